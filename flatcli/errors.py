@@ -1,0 +1,51 @@
+"""One error type per kind of user mistake; the CLI maps them to messages and exit codes.
+
+Every error raised for bad input derives from :class:`FlatrobError` and carries a message that
+names the problem and the fix. The CLI prints ``Error: <message>`` on one line and exits with
+:attr:`FlatrobError.exit_code` (2 for bad input or usage). Anything else is an unexpected failure
+(exit 1).
+"""
+
+from __future__ import annotations
+
+
+class FlatrobError(Exception):
+    """Base class: a problem with what the user gave us (exit code 2)."""
+
+    exit_code = 2
+
+
+class UsageError(FlatrobError):
+    """Conflicting or out-of-range options."""
+
+
+class CheckpointError(FlatrobError):
+    """The checkpoint file cannot be read, or does not match the architecture."""
+
+
+class SpecError(FlatrobError):
+    """The layer spec is malformed or names something that does not exist."""
+
+
+class LayerError(FlatrobError):
+    """The head (or an earlier) layer is unknown, not ``nn.Linear``, or not the last linear map."""
+
+
+class DataError(FlatrobError):
+    """The data source is missing, malformed, or does not fit the model."""
+
+
+class DetectorError(FlatrobError):
+    """A saved detector is unreadable or belongs to another checkpoint."""
+
+
+class MissingExtraError(FlatrobError):
+    """An optional dependency (e.g. matplotlib for ``--plot``) is not installed."""
+
+
+class Interrupted(Exception):
+    """SIGINT/SIGTERM arrived; raised at a batch boundary. ``signum`` picks the exit code."""
+
+    def __init__(self, signum: int, message: str = ""):
+        super().__init__(message)
+        self.signum = signum
