@@ -1,0 +1,3 @@
+from flatcli.cli import run
+
+run()

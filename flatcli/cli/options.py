@@ -1,0 +1,51 @@
+"""Options shared by every command, declared once (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Annotated, Optional
+
+import typer
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    csv = "csv"
+
+
+class WeightNorm(str, Enum):
+    squared = "squared"
+    plain = "plain"
+
+
+Checkpoint = Annotated[
+    str,
+    typer.Argument(help="safetensors checkpoint, or example:digits-cnn for the bundled example.", show_default=False),
+]
+SpecFile = Annotated[Optional[str], typer.Option("--spec", help="Layer spec (YAML); overrides the embedded spec.")]
+Arch = Annotated[
+    Optional[str],
+    typer.Option("--arch", help="Architecture: a built-in, torchvision:NAME or module.path:Class (default: spec, then detected)."),
+]
+Layer = Annotated[Optional[str], typer.Option("--layer", help="Head layer (an nn.Linear), e.g. fc (default: spec, then the built-in's head).")]
+Data = Annotated[
+    Optional[str],
+    typer.Option("--data", help="digits, cifar10:ROOT, cifar100:ROOT, folder:DIR or tensors:FILE (default: spec, then digits)."),
+]
+Split = Annotated[str, typer.Option("--split", help="Data split: train, test or all (digits).")]
+Limit = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples of the split.")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per batch; memory is bounded by it.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, same numbers.")]
+FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format: table, json, jsonl or csv.")]
+Output = Annotated[Optional[str], typer.Option("--output", "-o", help="Write the result to FILE (atomically); - is stdout.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+PerSample = Annotated[bool, typer.Option("--per-sample", help="Include per-sample rows in json/table output.")]
+WeightNormOpt = Annotated[
+    WeightNorm,
+    typer.Option("--weight-norm", help="Relative sharpness uses ||W||_F^2 (squared, the paper's proofs) or ||W||_F (plain, its code)."),
+]
+Scale = Annotated[float, typer.Option("--scale", help="Scale the head: W -> sW (and b -> sb unless --no-scale-bias).")]
+ScaleBias = Annotated[bool, typer.Option("--scale-bias/--no-scale-bias", help="Scale the head's bias with its weight.")]

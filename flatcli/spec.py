@@ -1,0 +1,205 @@
+"""The layer spec: which architecture a checkpoint holds, which layer is the head, how inputs look.
+
+A spec is a small YAML (or JSON) mapping, read from ``--spec FILE`` or from the safetensors metadata
+key ``flatrob.spec``. Every key is optional; command-line options override it::
+
+    arch: resnet18              # built-in name, torchvision:NAME, or module.path:ClassName
+    arch_kwargs: {}             # keyword arguments for the builder
+    layer: fc                   # the head: an nn.Linear, named relative to the network
+    num_classes: 10             # default: rows of the head's weight
+    input_shape: [3, 32, 32]    # C, H, W of one input in [0, 1]
+    mean: [0.4914, 0.4822, 0.4465]   # normalisation applied inside the model
+    std: [0.2470, 0.2435, 0.2616]
+    strip_prefix: "module."     # removed from every state-dict key that has it
+    layers: [layer4.1.conv2]    # earlier layers for Hutchinson traces
+    data: cifar10:~/data        # default --data
+
+Only ``yaml.safe_load`` semantics are used, documents are size-limited, and anchors/aliases are
+refused (no "billion laughs").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flatcli.errors import SpecError
+
+MAX_SPEC_BYTES = 64 * 1024
+METADATA_KEY = "flatrob.spec"
+
+
+@dataclass(frozen=True)
+class Spec:
+    arch: str | None = None
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    layer: str | None = None
+    num_classes: int | None = None
+    input_shape: tuple[int, int, int] | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    strip_prefix: str | None = None
+    layers: tuple[str, ...] = ()
+    data: str | None = None
+
+    def merged(self, **overrides: Any) -> "Spec":
+        """A copy with every override that is not ``None`` applied (command-line options win)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return validate(dataclasses.replace(self, **given))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for JSON/YAML output; ``None`` and empty fields left out."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or value == () or value == {}:
+                continue
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+
+FIELDS = [f.name for f in dataclasses.fields(Spec)]
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses anchors and aliases: a spec never needs them."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise SpecError(f"YAML aliases are not allowed in a spec (line {event.start_mark.line + 1})")
+        node = super().compose_node(parent, index)
+        if getattr(node, "anchor", None):
+            raise SpecError("YAML anchors are not allowed in a spec")
+        return node
+
+
+def parse_spec(text: str | bytes, origin: str = "spec") -> Spec:
+    """Parse a YAML/JSON spec document; ``origin`` names it in error messages."""
+    if len(text) > MAX_SPEC_BYTES:
+        raise SpecError(f"{origin} is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few lines")
+    try:
+        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+    except SpecError:
+        raise
+    except yaml.YAMLError as e:
+        where = getattr(e, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise SpecError(f"{origin} is not valid YAML{line}: {getattr(e, 'problem', None) or e}") from None
+    except (ValueError, TypeError, RecursionError) as e:
+        raise SpecError(f"{origin} is not valid YAML: {e}") from None
+    if doc is None:
+        return Spec()
+    if not isinstance(doc, dict):
+        raise SpecError(f"{origin} must be a mapping of keys ({', '.join(FIELDS)}), got {type(doc).__name__}")
+    return from_mapping(doc, origin)
+
+
+def read_spec_file(path: str | Path) -> Spec:
+    p = Path(path).expanduser()
+    try:
+        if p.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(f"spec {p} is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few lines")
+        text = p.read_bytes()
+    except FileNotFoundError:
+        raise SpecError(f"spec file {p} does not exist") from None
+    except IsADirectoryError:
+        raise SpecError(f"spec {p} is a directory; pass a YAML file") from None
+    except OSError as e:
+        raise SpecError(f"cannot read spec {p}: {e.strerror}") from None
+    try:
+        return parse_spec(text.decode("utf-8"), f"spec {p}")
+    except UnicodeDecodeError:
+        raise SpecError(f"spec {p} is not UTF-8 text") from None
+
+
+def from_mapping(doc: dict, origin: str = "spec") -> Spec:
+    unknown = [k for k in doc if k not in FIELDS]
+    if unknown:
+        key = str(unknown[0])
+        close = difflib.get_close_matches(key, FIELDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(FIELDS)}"
+        raise SpecError(f"{origin}: unknown key {key!r}{hint}")
+    try:
+        spec = Spec(
+            arch=_opt(doc, "arch", str),
+            arch_kwargs=_kwargs(doc.get("arch_kwargs")),
+            layer=_opt(doc, "layer", str),
+            num_classes=_opt(doc, "num_classes", int),
+            input_shape=_tuple(doc.get("input_shape"), int),
+            mean=_tuple(doc.get("mean"), float),
+            std=_tuple(doc.get("std"), float),
+            strip_prefix=_opt(doc, "strip_prefix", str),
+            layers=_tuple(doc.get("layers"), str) or (),
+            data=_opt(doc, "data", str),
+        )
+    except SpecError as e:
+        raise SpecError(f"{origin}: {e}") from None
+    try:
+        return validate(spec)
+    except SpecError as e:
+        raise SpecError(f"{origin}: {e}") from None
+
+
+def validate(spec: Spec) -> Spec:
+    """Check ranges and consistency; returns the spec unchanged."""
+    if spec.num_classes is not None and spec.num_classes < 1:
+        raise SpecError(f"num_classes must be at least 1, got {spec.num_classes}")
+    if spec.input_shape is not None:
+        if len(spec.input_shape) != 3 or min(spec.input_shape) < 1 or max(spec.input_shape) > 65536:
+            raise SpecError(f"input_shape must be [C, H, W] with positive sizes, got {list(spec.input_shape)}")
+    if spec.std is not None and any(not (s > 0) for s in spec.std):
+        raise SpecError(f"std must be positive, got {list(spec.std)}")
+    for name in ("mean", "std"):
+        values = getattr(spec, name)
+        if values is not None:
+            if any(v != v or v in (float("inf"), float("-inf")) for v in values):
+                raise SpecError(f"{name} must be finite, got {list(values)}")
+            if spec.input_shape is not None and len(values) not in (1, spec.input_shape[0]):
+                raise SpecError(
+                    f"{name} has {len(values)} values but input_shape has {spec.input_shape[0]} channels"
+                )
+    return spec
+
+
+def _opt(doc: dict, key: str, kind: type):
+    value = doc.get(key)
+    if value is None:
+        return None
+    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
+        raise SpecError(f"{key} must be {'an integer' if kind is int else 'a string'}, got {value!r}")
+    return value
+
+
+def _tuple(value, kind: type):
+    if value is None:
+        return None
+    if isinstance(value, (str, int, float)) and kind is not str:
+        value = [value]
+    if isinstance(value, str) and kind is str:
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list):
+        raise SpecError(f"expected a list, got {value!r}")
+    out = []
+    for v in value:
+        if kind is str and not isinstance(v, str):
+            raise SpecError(f"expected layer names, got {v!r}")
+        if kind in (int, float) and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise SpecError(f"expected numbers, got {v!r}")
+        if kind is int and v != int(v):
+            raise SpecError(f"expected integers, got {v!r}")
+        out.append(kind(v))
+    return tuple(out)
+
+
+def _kwargs(value) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+        raise SpecError(f"arch_kwargs must be a mapping of names to values, got {value!r}")
+    return dict(value)
