@@ -70,11 +70,14 @@ class HeadSplit:
         other._captured, other._handle = self._captured, None
         return other
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """``phi(x)``: runs the model once and returns the head's input."""
+    def features(self, x: torch.Tensor, verify: bool = False) -> torch.Tensor:
+        """``phi(x)``: runs the model once and returns the head's input (``verify``: check the split too)."""
         self._captured.clear()
-        self.model(x)
-        return self._take()
+        out = self.model(x)
+        phi = self._take()
+        if verify:
+            self._check(x, out, phi)
+        return phi
 
     def logits(self, phi: torch.Tensor) -> torch.Tensor:
         """Logits of the (scaled) model from features: ``s W phi + (s) b``."""
@@ -101,16 +104,17 @@ class HeadSplit:
 
     def verify(self, x: torch.Tensor) -> None:
         """Fail clearly unless ``head(phi(x))`` equals the model's output on ``x``."""
-        self._captured.clear()
         with torch.no_grad():
-            out = self.model(x)
-            phi = self._take()
-            if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], self.head.out_features):
-                shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-                raise LayerError(
-                    f"the model's output {shape} is not the output of layer {self.name!r} "
-                    f"({x.shape[0]}, {self.head.out_features}); pick the last linear layer"
-                )
+            self.features(x, verify=True)
+
+    def _check(self, x: torch.Tensor, out, phi: torch.Tensor) -> None:
+        if not isinstance(out, torch.Tensor) or out.shape != (x.shape[0], self.head.out_features):
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise LayerError(
+                f"the model's output {shape} is not the output of layer {self.name!r} "
+                f"({x.shape[0]}, {self.head.out_features}); pick the last linear layer"
+            )
+        with torch.no_grad():
             again = self.head(phi)
             self._captured.clear()
             err = (again - out).abs().max().item()

@@ -56,13 +56,9 @@ def measure_sharpness(
     correct = 0
     n = 0
     with HeadSplit(model, head, loaded.layer, scaling) as split:
-        first = True
         for x, y, index in datamod.batches(data, settings.batch_size, device=device):
-            if first:
-                split.verify(x)
-                first = False
             with torch.no_grad():
-                phi = split.features(x)
+                phi = split.features(x, verify=n == 0)
             m = head_measures(phi, scaling.weight(head), scaling.bias(head), y, weight_norm=settings.weight_norm)
             for k in MEASURES:
                 columns[k].append(m[k].cpu().numpy())

@@ -78,6 +78,9 @@ def load_model(
     kwargs = dict(spec.arch_kwargs)
     if spec.arch:
         arch = spec.arch
+        info = models.BUILTINS.get(arch)
+        if info is not None and not kwargs:
+            kwargs = info.infer_kwargs(state) or {}  # sizes (width, hidden, ...) read off the weights
     else:
         arch, detected_kwargs = models.detect_arch(state)
         kwargs = {**detected_kwargs, **kwargs}

@@ -15,6 +15,21 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, TextIO
 
+from flatcli.errors import UsageError
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """The output path, if it can be created: its directory exists and it is not itself a directory."""
+    target = Path(path).expanduser()
+    if target.is_dir():
+        raise UsageError(f"output {target} is a directory; name a file")
+    parent = target.parent
+    if not parent.is_dir():
+        raise UsageError(f"cannot write {target}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write {target}: directory {parent} is not writable")
+    return target
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -23,9 +38,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     A failed or interrupted run therefore never leaves a half-written file, and an existing file
     is replaced in one step (``os.replace`` is atomic on POSIX within a file system).
     """
-    target = Path(path)
-    directory = target.parent if str(target.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
+    target = check_writable(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise UsageError(f"cannot write {target}: {e.strerror}") from None
     os.close(fd)
     tmp_path = Path(tmp)
     try:

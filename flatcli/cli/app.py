@@ -14,6 +14,7 @@ import traceback
 import typer
 from typer import _click as click
 from typer.core import TyperGroup
+from typer.exceptions import Abort, Exit
 
 from flatcli.errors import FlatrobError, Interrupted
 
@@ -25,11 +26,11 @@ class FlatrobGroup(TyperGroup):
         try:
             code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = code if isinstance(code, int) else 0
-        except click.exceptions.Exit as e:
+        except Exit as e:
             code = e.exit_code
         except click.exceptions.ClickException as e:
             code = _fail(e.format_message(), e.exit_code)
-        except click.exceptions.Abort:
+        except Abort:
             code = _fail("aborted", 130)
         except FlatrobError as e:
             code = _fail(str(e), e.exit_code)

@@ -9,11 +9,13 @@ from typing import Callable, Iterator
 
 from flatcli import __version__
 from flatcli.errors import UsageError
-from flatcli.output import ResultWriter
+from flatcli.output import ResultWriter, check_writable
 
 
-def check_common(*, limit: int | None = None, batch_size: int | None = None) -> None:
-    """Reject out-of-range shared options before any work."""
+def check_common(*, limit: int | None = None, batch_size: int | None = None, output: str | None = None) -> None:
+    """Reject out-of-range shared options (and an output path that cannot be written) before any work."""
+    if output not in (None, "-"):
+        check_writable(output)
     if limit is not None and limit < 0:
         raise UsageError(f"--limit must be 0 or more, got {limit}")
     if batch_size is not None and batch_size < 1:

@@ -25,3 +25,19 @@ def demo(device: Device = "cpu") -> None:
     section(f"flatrob sharpness {EXAMPLE} --hutchinson 20")
     sharpness(EXAMPLE, device=device, hutchinson=20, quiet=True)
     sys.stdout.flush()
+
+    from flatcli.cli.attack import attack
+    from flatcli.cli.options import Norm
+
+    section(f"flatrob attack {EXAMPLE} --norm linf --eps 0.3 --alpha 0.03 --steps 20   # the uncanny valley (Fig. 3)")
+    attack(EXAMPLE, device=device, norm=Norm.linf, eps=0.3, alpha=0.03, steps=20, quiet=True)
+    sys.stdout.flush()
+
+    from flatcli.cli.bound import bound
+
+    numbers = "--kappa 0.8 --lipschitz 12 --r 3.1 --classes 10 --features 512"
+    section(f"flatrob bound {numbers} --epsilon 0.01,0.1,1   # Prop. 8/9 from numbers")
+    bound(kappa="0.8", lipschitz="12", r="3.1", classes="10", features="512", epsilon="0.01,0.1,1")
+    section(f"flatrob bound {EXAMPLE} --epsilon 0.1 --limit 32 --local-iters 20 --check   # measured, then attacked")
+    bound(EXAMPLE, epsilon="0.1", limit=32, local_iters=20, check=True, device=device, quiet=True)
+    sys.stdout.flush()

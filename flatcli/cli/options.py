@@ -49,3 +49,36 @@ WeightNormOpt = Annotated[
 ]
 Scale = Annotated[float, typer.Option("--scale", help="Scale the head: W -> sW (and b -> sb unless --no-scale-bias).")]
 ScaleBias = Annotated[bool, typer.Option("--scale-bias/--no-scale-bias", help="Scale the head's bias with its weight.")]
+
+# Attack options, shared by attack, sweep-scale and detect. Values left unset come from --preset
+# (each command has its default preset); see flatcli.attacks.PRESETS.
+
+
+class Norm(str, Enum):
+    linf = "linf"
+    l2 = "l2"
+
+
+class Preset(str, Enum):
+    uncanny = "uncanny"
+    basin = "basin"
+    robust = "robust"
+
+
+NormOpt = Annotated[Optional[Norm], typer.Option("--norm", help="Threat model: linf or l2 (default: from --preset).", show_default=False)]
+Eps = Annotated[Optional[float], typer.Option("--eps", help="Radius of the eps-ball around each input (default: from --preset).", show_default=False)]
+Alpha = Annotated[Optional[float], typer.Option("--alpha", help="Step size (default: from --preset).", show_default=False)]
+Steps = Annotated[Optional[int], typer.Option("--steps", help="Number of PGD steps (default: from --preset).", show_default=False)]
+RandomStart = Annotated[
+    bool, typer.Option("--random-start/--no-random-start", help="Start from a uniform point of the eps-ball (linf: box, l2: volume).")
+]
+Restarts = Annotated[int, typer.Option("--restarts", help="Random restarts; per sample the one with the highest final loss is kept.")]
+PresetOpt = Annotated[
+    Optional[Preset],
+    typer.Option(
+        "--preset",
+        help="Paper settings: uncanny (PGD-linf, 10 steps, eps 8/255, alpha 2/255; §6.2), basin (PGD-l2, 25 steps, "
+        "eps 0.025, alpha 0.001; §6.1), robust (PGD-l2, 50 steps, eps 0.5, alpha 0.01; D.2). Explicit options override it.",
+        show_default=False,
+    ),
+]

@@ -49,7 +49,7 @@ def sharpness(
     layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated earlier layers for Hutchinson traces (Fig. 14).")] = None,
 ) -> None:
     """Relative sharpness of the head layer, per sample and per data set (closed form)."""
-    common.check_common(limit=limit, batch_size=batch_size)
+    common.check_common(limit=limit, batch_size=batch_size, output=output)
     if hutchinson < 0 or hutchinson == 1:
         raise UsageError(f"--hutchinson needs 0 (off) or at least 2 probes, got {hutchinson}")
     if not scale > 0:

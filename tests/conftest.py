@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import pytest
+from typer.testing import CliRunner
+
+from flatcli.cli import app
+
+EXAMPLE = "example:digits-cnn"
+
+
+@dataclass
+class Result:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+
+def invoke(*args: str, input: str | bytes | None = None) -> Result:
+    """Run ``flatrob ARGS`` in-process through the real error mapping, stdout and stderr apart."""
+    runner = CliRunner()
+    res = runner.invoke(app, [str(a) for a in args], input=input, catch_exceptions=False)
+    return Result(res.exit_code, res.stdout, res.stderr)
+
+
+@pytest.fixture
+def cli():
+    return invoke
+
+
+def assert_one_error(res: Result, *fragments: str) -> None:
+    """Exit 2, exactly one ``Error:`` line (the only line) on stderr, no traceback, nothing on stdout."""
+    assert res.exit_code == 2, (res.exit_code, res.stderr)
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stdout == ""
+    for f in fragments:
+        assert f.lower() in lines[0].lower(), (f, lines[0])
