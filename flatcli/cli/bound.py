@@ -409,7 +409,6 @@ def _checkpoint(
     spec, arch, layer, data, split: str, limit, batch_size: int, device: str, seed: int, per_sample: bool,
     format, output, quiet: bool,
 ) -> None:
-    common.check_common(limit=limit, batch_size=batch_size)
     epsilons = parse_list("epsilon", epsilon)
     lip_text = (lipschitz or "upper").strip()
     if lip_text in ("upper", "local"):
@@ -424,6 +423,7 @@ def _checkpoint(
         raise UsageError(f"--check-steps must be at least 1, got {steps}")
     if check_steps is not None and not check:
         raise UsageError("--check-steps needs --check")
+    common.check_common(limit=limit, batch_size=batch_size, output=output)
 
     import torch
 
