@@ -37,7 +37,7 @@ TRAJECTORY_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 def render_table(stream, summary: dict, samples: list[dict] | None) -> None:
     con = render.console(stream)
     scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-    con.print(render.key_values("PGD attack: accuracy and uncanny valley", scalars))
+    con.print(render.key_values("PGD attack", scalars))
     steps = [
         {
             "step": t,
@@ -159,6 +159,8 @@ def attack(
         if traj_format is None:
             raise UsageError(f"--trajectory {trajectory}: use a .csv or .jsonl file name")
     _check_file(save_adv, "--save-adv")
+    if output not in (None, "-"):
+        _check_file(output, "--output")
     if plot is not None:
         from flatcli.plots import check_plot_path, require_matplotlib
 
