@@ -484,21 +484,30 @@ def check_compatible(data: DataSource, input_shape: tuple | None, num_classes: i
 
 
 def batches(
-    data: DataSource, batch_size: int, *, device: str | torch.device = "cpu", workers: int = 0
+    data: DataSource,
+    batch_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     """Yield ``(x (B, C, H, W) float32 on device, y int64, index int64)`` in the data set's order.
 
     Batches are fresh tensors (never views of the source), so callers may modify them in place.
-    ``y`` and ``index`` are on ``device`` too.
+    ``y`` and ``index`` are on ``device`` too. ``shard=(rank, world)`` yields only batches number
+    ``rank, rank + world, ...``: batch composition is the same as in one process, and gathering
+    round by round in rank order restores the original order.
     """
+    rank, world = shard
     if batch_size < 1:
         raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
     if workers < 0:
         raise UsageError(f"workers must be 0 or more, got {workers}")
     device = torch.device(device)
     n = len(data)
+    starts = list(range(0, n, batch_size))[rank::world]
     if data.x is not None or hasattr(data._reader, "batch"):
-        for start in range(0, n, batch_size):
+        for start in starts:
             stop = min(start + batch_size, n)
             if data.x is not None:
                 x = data.x[start:stop].to(device, dtype=torch.float32, copy=True)
@@ -510,8 +519,7 @@ def batches(
         return
     loader = DataLoader(
         data,
-        batch_size=batch_size,
-        shuffle=False,
+        batch_sampler=[list(range(start, min(start + batch_size, n))) for start in starts],
         num_workers=workers,
         pin_memory=device.type == "cuda",
     )

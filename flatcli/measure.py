@@ -15,7 +15,9 @@ import numpy as np
 import torch
 
 from flatcli import data as datamod
+from flatcli.distributed import SINGLE, Dist
 from flatcli.head import HeadSplit, Scaling
+from flatcli.precision import autocast
 from flatcli.model import LoadedModel, find_module
 from flatcli.sharpness import MEASURES, batch_loss_sum, head_measures, hutchinson_traces, weight_factor
 from flatcli.stats import describe
@@ -31,6 +33,7 @@ class SharpnessSettings:
     hutchinson: int = 0  # probes for the head (0: off)
     layers: tuple[str, ...] = ()  # earlier layers for Hutchinson
     seed: int = 0
+    precision: str = "fp32"  # forward pass under autocast; closed forms stay float64
 
 
 def batch_rows(measures: dict[str, torch.Tensor], y: torch.Tensor, index: torch.Tensor) -> list[dict]:
@@ -48,26 +51,40 @@ def measure_sharpness(
     device: torch.device,
     on_rows: Callable[[list[dict]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> dict:
-    """Per-sample closed forms streamed to ``on_rows``; returns the data-set summary."""
+    """Per-sample closed forms streamed to ``on_rows``; returns the data-set summary.
+
+    Under torchrun (``dist``) each rank measures its batches and rank 0 receives them in order; the
+    summary (and every ``on_rows`` call) is meaningful on rank 0 only.
+    """
     model, head = loaded.model, loaded.head
     scaling = settings.scaling
-    columns: dict[str, list[float]] = {k: [] for k in MEASURES}
+    columns: dict[str, list] = {k: [] for k in MEASURES}
     correct = 0
     n = 0
     with HeadSplit(model, head, loaded.layer, scaling) as split:
-        for x, y, index in datamod.batches(data, settings.batch_size, device=device):
-            with torch.no_grad():
-                phi = split.features(x, verify=n == 0)
-            m = head_measures(phi, scaling.weight(head), scaling.bias(head), y, weight_norm=settings.weight_norm)
-            for k in MEASURES:
-                columns[k].append(m[k].cpu().numpy())
-            correct += int((m["pred"] == y).sum())
-            n += len(y)
-            if on_rows is not None:
-                on_rows(batch_rows(m, y, index))
-            if progress is not None:
-                progress(len(y))
+        for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
+            result = None
+            if batch is not None:
+                x, y, index = batch
+                with torch.no_grad(), autocast(device, settings.precision):
+                    phi = split.features(x, verify=i == 0)
+                m = head_measures(phi, scaling.weight(head), scaling.bias(head), y, weight_norm=settings.weight_norm)
+                result = {k: m[k].cpu() for k in ("pred", *MEASURES)} | {"y": y.cpu(), "index": index.cpu()}
+            for r in dist.gather(result):
+                for k in MEASURES:
+                    columns[k].append(r[k].numpy())
+                correct += int((r["pred"] == r["y"]).sum())
+                n += len(r["y"])
+                if on_rows is not None:
+                    on_rows(batch_rows(r, r["y"], r["index"]))
+                if progress is not None:
+                    progress(len(r["y"]))
+    if settings.hutchinson or settings.layers:
+        hutchinson = hutchinson_summary(loaded, data, settings, device=device, dist=dist)
+    if not dist.is_main:
+        return {}
     values = {k: np.concatenate(v) for k, v in columns.items()}
     w = scaling.weight(head)
     summary = {
@@ -80,12 +97,16 @@ def measure_sharpness(
         **{k: describe(values[k]) for k in MEASURES},
     }
     if settings.hutchinson or settings.layers:
-        summary["hutchinson"] = hutchinson_summary(loaded, data, settings, device=device, closed_form=summary)
+        for row in hutchinson:
+            if row["layer"] == loaded.layer and settings.hutchinson:
+                row["closed_form_trace"] = summary["trace_h"]["mean"]
+                row["z"] = (row["trace"] - row["closed_form_trace"]) / row["trace_stderr"] if row["trace_stderr"] > 0 else 0.0
+        summary["hutchinson"] = hutchinson
     return summary
 
 
 def hutchinson_summary(
-    loaded: LoadedModel, data: datamod.DataSource, settings: SharpnessSettings, *, device, closed_form: dict
+    loaded: LoadedModel, data: datamod.DataSource, settings: SharpnessSettings, *, device, dist: Dist = SINGLE
 ) -> list[dict]:
     """Hutchinson traces of the head (when ``settings.hutchinson``) and of ``settings.layers``.
 
@@ -93,7 +114,7 @@ def hutchinson_summary(
     ``||W_l||_F``). The head's Hessian is taken w.r.t. the scaled weight ``sW``: differentiating w.r.t.
     ``W`` gives ``s^2`` times it.
     """
-    probes = max(settings.hutchinson, 2) if settings.hutchinson else 100
+    probes = settings.hutchinson or 100
     head = loaded.head
     names = ([loaded.layer] if settings.hutchinson else []) + [n for n in settings.layers if n != loaded.layer]
     weights = [head.weight if n == loaded.layer else _layer_weight(loaded, n) for n in names]
@@ -101,30 +122,30 @@ def hutchinson_summary(
 
     def loss_sums():
         with HeadSplit(loaded.model, head, loaded.layer, scaling) as split:
-            for x, y, _ in datamod.batches(data, settings.batch_size, device=device):
-                logits, _ = split(x)
-                yield batch_loss_sum(logits, y), len(y)
+            for batch in dist.rounds(data, settings.batch_size, device=device):
+                if batch is not None:
+                    x, y, _ = batch
+                    logits, _ = split(x)
+                    yield batch_loss_sum(logits, y), len(y)
 
-    estimates = hutchinson_traces(loss_sums, [[w] for w in weights], probes, seed=settings.seed)
+    estimates = hutchinson_traces(loss_sums, [[w] for w in weights], probes, seed=settings.seed, reduce=dist.sum)
     out = []
     for name, w, est in zip(names, weights, estimates):
         is_head = name == loaded.layer
         factor = scaling.scale**2 if is_head else 1.0
         trace, stderr = est.mean / factor, est.stderr / factor
         wf = float(weight_factor(scaling.weight(head) if is_head else w, settings.weight_norm))
-        row = {
-            "layer": name,
-            "parameters": w.numel(),
-            "probes": est.probes,
-            "trace": trace,
-            "trace_stderr": stderr,
-            "relative_sharpness": wf * trace,
-            "relative_sharpness_stderr": wf * stderr,
-        }
-        if is_head:
-            row["closed_form_trace"] = closed_form["trace_h"]["mean"]
-            row["z"] = (trace - row["closed_form_trace"]) / stderr if stderr > 0 else 0.0
-        out.append(row)
+        out.append(
+            {
+                "layer": name,
+                "parameters": w.numel(),
+                "probes": est.probes,
+                "trace": trace,
+                "trace_stderr": stderr,
+                "relative_sharpness": wf * trace,
+                "relative_sharpness_stderr": wf * stderr,
+            }
+        )
     return out
 
 

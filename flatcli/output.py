@@ -31,6 +31,12 @@ def check_writable(path: str | os.PathLike) -> Path:
     return target
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
@@ -47,6 +53,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets the usual mode
         os.replace(tmp_path, target)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
@@ -85,7 +92,8 @@ class ResultWriter:
 
     ``jsonl``/``csv`` rows are written and flushed as soon as :meth:`rows` receives them (streamed per
     batch); ``json``/``table`` keep rows only when ``per_sample`` is set. Call :meth:`finish` with the
-    summary; on an exception inside the ``with`` block the target file is never created.
+    summary; on an exception inside the ``with`` block the target file is never created. A disabled
+    writer (torchrun ranks other than 0) writes nothing.
     ``render_table(stream, summary, samples)`` draws the table format (the CLI supplies it).
     """
 
@@ -97,10 +105,12 @@ class ResultWriter:
         command: str,
         per_sample: bool = False,
         render_table: Callable[[TextIO, dict, list[dict] | None], None] | None = None,
+        enabled: bool = True,
     ):
         if fmt not in FORMATS:
             raise ValueError(f"format must be one of {FORMATS}")
         self.fmt = fmt
+        self.enabled = enabled
         self.path = None if path in (None, "-") else path
         self.command = command
         self.keep_rows = per_sample and fmt in ("json", "table")
@@ -111,7 +121,10 @@ class ResultWriter:
         self.stream: TextIO = sys.stdout
 
     def __enter__(self) -> "ResultWriter":
-        if self.path is not None:
+        if not self.enabled:
+            self.stream = open(os.devnull, "w")
+            self._stack.callback(self.stream.close)
+        elif self.path is not None:
             tmp = self._stack.enter_context(atomic_path(self.path))
             self.stream = self._stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
         return self
@@ -120,6 +133,8 @@ class ResultWriter:
         return self._stack.__exit__(*exc)
 
     def rows(self, rows: list[dict]) -> None:
+        if not self.enabled:
+            return
         if self.keep_rows:
             self.samples.extend(jsonable(rows))
         elif self.fmt == "jsonl":
@@ -133,6 +148,8 @@ class ResultWriter:
             self.stream.flush()
 
     def finish(self, config: dict, summary: dict) -> None:
+        if not self.enabled:
+            return
         samples = self.samples if self.keep_rows else None
         if self.fmt == "json":
             json.dump(document(self.command, config, summary, samples), self.stream, indent=2)

@@ -124,6 +124,7 @@ def hutchinson_traces(
     params: Sequence[Sequence[torch.Tensor]],
     probes: int,
     seed: int = 0,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> list[TraceEstimate]:
     """``Tr(H_l) ~ mean_i v_i^T H_l v_i`` for each parameter group ``params[l]``, Rademacher ``v_i``.
 
@@ -132,6 +133,7 @@ def hutchinson_traces(
     Hessian-vector products come from double backprop. Probe ``i`` of group ``l`` is regenerated from
     its own seed on every batch, so no probe is stored and each ``v_i^T H v_i`` is accumulated over
     the whole data set; the standard error is the sample std of those values over sqrt(probes).
+    ``reduce`` sums partial results across processes when the batches are sharded.
     """
     if probes < 2:
         raise ValueError("Hutchinson needs at least 2 probes for a standard error")
@@ -152,6 +154,9 @@ def hutchinson_traces(
                 hv = torch.autograd.grad(gv, group, retain_graph=True)
                 quad[g_idx, i] += sum((h.double() * v.double()).sum() for h, v in zip(hv, vs)).item()
         del grads
+    if reduce is not None:  # sum the partial sums of every process (torchrun)
+        totals = reduce(torch.cat([quad.flatten(), torch.tensor([float(total)], dtype=torch.float64)]))
+        quad, total = totals[:-1].view_as(quad), int(totals[-1].item())
     quad /= max(total, 1)
     return [
         TraceEstimate(

@@ -12,6 +12,7 @@ import yaml
 from safetensors.torch import save_file
 
 from flatcli.checkpoint import read
+from flatcli.output import _umask
 from flatcli.sharpness import MEASURES
 from tests.conftest import EXAMPLE
 
@@ -21,7 +22,7 @@ ROW_KEYS = ["index", "label", "pred", *MEASURES]
 CONFIG_KEYS = {
     "checkpoint", "checkpoint_sha256", "arch", "arch_source", "layer", "classes", "features", "data", "split",
     "limit", "batch_size", "device", "seed", "versions", "weight_norm", "scale", "scale_bias",
-    "hutchinson_probes", "layers",
+    "hutchinson_probes", "layers", "precision", "channels_last",
 }
 
 
@@ -74,6 +75,7 @@ def test_output_file_written_atomically(cli, tmp_path):
     assert res.exit_code == 0 and res.stdout == ""
     assert json.loads(target.read_text())["summary"]["n"] == 5
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    assert target.stat().st_mode & 0o777 == 0o666 & ~_umask()
     assert cli("sharpness", EXAMPLE, "--format", "json", "--limit", "5", "--output", "-").stdout.startswith("{")
 
 

@@ -22,12 +22,20 @@ def check_common(*, limit: int | None = None, batch_size: int | None = None, out
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
 
 
-def load(checkpoint: str, *, spec: str | None, arch: str | None, layer: str | None, device: str):
+def load(
+    checkpoint: str, *, spec: str | None, arch: str | None, layer: str | None, device: str, channels_last: bool = False
+):
     """Resolve device and model from the shared options."""
     from flatcli.model import load_model, resolve_device
 
-    dev = resolve_device(device)
+    from flatcli.distributed import local_device
+
+    dev = local_device(resolve_device(device))
     loaded = load_model(checkpoint, spec_file=spec, overrides={"arch": arch, "layer": layer}, device=dev)
+    if channels_last:
+        import torch
+
+        loaded.model.to(memory_format=torch.channels_last)
     return loaded, dev
 
 
@@ -84,5 +92,15 @@ def note(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr)
 
 
-def writer(fmt, output: str | None, *, command: str, per_sample: bool, render_table) -> ResultWriter:
-    return ResultWriter(fmt.value, output, command=command, per_sample=per_sample, render_table=render_table)
+def distributed(device):
+    """This process's place under torchrun (single process otherwise)."""
+    from flatcli.distributed import from_environment
+
+    return from_environment(device)
+
+
+def writer(fmt, output: str | None, *, command: str, per_sample: bool, render_table, enabled: bool = True) -> ResultWriter:
+    """The result writer; ``enabled=False`` (torchrun ranks other than 0) writes nothing anywhere."""
+    return ResultWriter(
+        fmt.value, output, command=command, per_sample=per_sample, render_table=render_table, enabled=enabled
+    )

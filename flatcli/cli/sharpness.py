@@ -10,7 +10,7 @@ from flatcli.cli import common, render
 from flatcli.cli.app import app
 from flatcli.cli.options import (
     Arch, BatchSize, Checkpoint, Data, Device, FormatOpt, Format, Layer, Limit, Output, PerSample, Quiet,
-    Scale, ScaleBias, Seed, SpecFile, Split, WeightNorm, WeightNormOpt,
+    Scale, ScaleBias, Seed, SpecFile, Split, WeightNorm, WeightNormOpt, PrecisionOpt, Precision, ChannelsLast,
 )
 from flatcli.errors import UsageError
 
@@ -47,6 +47,8 @@ def sharpness(
     scale_bias: ScaleBias = True,
     hutchinson: Annotated[int, typer.Option("--hutchinson", help="Probes for a Hutchinson estimate of the head's trace (0: off).")] = 0,
     layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated earlier layers for Hutchinson traces (Fig. 14).")] = None,
+    precision: PrecisionOpt = Precision.fp32,
+    channels_last: ChannelsLast = False,
 ) -> None:
     """Relative sharpness of the head layer, per sample and per data set (closed form)."""
     common.check_common(limit=limit, batch_size=batch_size, output=output)
@@ -60,7 +62,7 @@ def sharpness(
     from flatcli.measure import SharpnessSettings, measure_sharpness
 
     torch.manual_seed(seed)
-    loaded, dev = common.load(checkpoint, spec=spec, arch=arch, layer=layer, device=device)
+    loaded, dev = common.load(checkpoint, spec=spec, arch=arch, layer=layer, device=device, channels_last=channels_last)
     ds = common.load_data_for(loaded, data, split, limit)
     chosen_layers = tuple(n.strip() for n in layers.split(",") if n.strip()) if layers else loaded.spec.layers
     settings = SharpnessSettings(
@@ -70,6 +72,7 @@ def sharpness(
         hutchinson=hutchinson,
         layers=chosen_layers,
         seed=seed,
+        precision=precision.value,
     )
     config = {
         **common.base_config(loaded, ds, device=dev, seed=seed, batch_size=batch_size, split=split, limit=limit),
@@ -78,8 +81,13 @@ def sharpness(
         "scale_bias": scale_bias,
         "hutchinson_probes": hutchinson,
         "layers": list(chosen_layers),
+        "precision": precision.value,
+        "channels_last": channels_last,
     }
-    with common.writer(format, output, command="sharpness", per_sample=per_sample, render_table=render_table) as out:
-        with common.progress_bar(len(ds), "sharpness", quiet) as progress:
-            summary = measure_sharpness(loaded, ds, settings, device=dev, on_rows=out.rows, progress=progress)
+    dist = common.distributed(dev)
+    with common.writer(
+        format, output, command="sharpness", per_sample=per_sample, render_table=render_table, enabled=dist.is_main
+    ) as out:
+        with common.progress_bar(len(ds), "sharpness", quiet or not dist.is_main) as progress:
+            summary = measure_sharpness(loaded, ds, settings, device=dev, on_rows=out.rows, progress=progress, dist=dist)
         out.finish(config, summary)

@@ -1,0 +1,83 @@
+"""Data parallelism under ``torchrun``: shard batches by rank, gather per-batch results to rank 0.
+
+One process needs none of this (``Dist()`` is the single-process default). Under ``torchrun
+--nproc-per-node N`` every rank takes batches ``rank, rank + N, ...`` (:func:`flatcli.data.batches`
+with ``shard``); after each *round* (one batch per rank) the per-batch results are gathered in rank
+order, which is the original batch order, so rank 0 sees exactly the sequence of batch results one
+process would have produced: same per-sample values, same order, same summary. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+
+from flatcli import data as datamod
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def rounds(self, data: datamod.DataSource, batch_size: int, *, device, workers: int = 0) -> Iterator[Any]:
+        """This rank's batches, one per round, ``None`` in a final round where it has none.
+
+        Every rank yields the same number of rounds, so collective calls stay in step.
+        """
+        n_batches = math.ceil(len(data) / batch_size)
+        it = datamod.batches(data, batch_size, device=device, workers=workers, shard=(self.rank, self.world))
+        for _ in range(math.ceil(n_batches / self.world)):
+            yield next(it, None)
+
+    def gather(self, result: Any) -> list[Any]:
+        """Results of this round from every rank, in batch order, on rank 0 (``[]`` elsewhere).
+
+        ``result`` must be picklable (CPU tensors, numpy arrays, lists); ``None`` marks no batch.
+        """
+        if self.world == 1:
+            return [] if result is None else [result]
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, result)
+        return [p for p in parts if p is not None] if self.is_main else []
+
+    def sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum over ranks (in place; returned for convenience)."""
+        if self.world > 1:
+            torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
+        return tensor
+
+
+SINGLE = Dist()
+
+
+def from_environment(device: torch.device) -> Dist:
+    """``Dist`` of this process: single unless launched by torchrun (``WORLD_SIZE`` > 1).
+
+    Initialises the process group once: NCCL for CUDA devices, gloo otherwise.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return SINGLE
+    dist = torch.distributed
+    if not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group(backend=backend)
+    return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def local_device(device: torch.device) -> torch.device:
+    """Under torchrun, ``cuda`` means this rank's GPU (``LOCAL_RANK``)."""
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    return device
