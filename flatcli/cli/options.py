@@ -82,3 +82,26 @@ PresetOpt = Annotated[
         show_default=False,
     ),
 ]
+Takeoff = Annotated[float, typer.Option("--takeoff", help="Take-off threshold tau on the normalised loss, in (0, 1].")]
+
+# The second attack of sweep-scale (on each scaled model, appendix D.3); unset values: PGD-linf, 10 steps,
+# eps 8/255, alpha 2/255 (the uncanny preset).
+AttackNormOpt = Annotated[
+    Optional[Norm], typer.Option("--attack-norm", help="Per-scale attack threat model: linf or l2 (default: linf).", show_default=False)
+]
+AttackEps = Annotated[Optional[float], typer.Option("--attack-eps", help="Per-scale attack radius (default: 8/255).", show_default=False)]
+AttackAlpha = Annotated[Optional[float], typer.Option("--attack-alpha", help="Per-scale attack step size (default: 2/255).", show_default=False)]
+AttackSteps = Annotated[Optional[int], typer.Option("--attack-steps", help="Per-scale attack PGD steps (default: 10).", show_default=False)]
+
+
+class Precision(str, Enum):
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option("--precision", help="Forward pass precision (torch.autocast); closed-form measures stay float64."),
+]
+ChannelsLast = Annotated[bool, typer.Option("--channels-last", help="Run convolutions in channels-last memory format (faster on GPUs).")]
