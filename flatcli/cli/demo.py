@@ -41,3 +41,9 @@ def demo(device: Device = "cpu") -> None:
     section(f"flatrob bound {EXAMPLE} --epsilon 0.1 --limit 32 --local-iters 20 --check   # measured, then attacked")
     bound(EXAMPLE, epsilon="0.1", limit=32, local_iters=20, check=True, device=device, quiet=True)
     sys.stdout.flush()
+
+    from flatcli.cli.detect import Method, detect
+
+    section(f"flatrob detect {EXAMPLE} --eps 0.3 --alpha 0.03 --steps 20 --method components   # D.4: flag adversarials")
+    detect(EXAMPLE, device=device, norm=Norm.linf, eps=0.3, alpha=0.03, steps=20, method=Method.components, quiet=True)
+    sys.stdout.flush()
