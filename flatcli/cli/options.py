@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from flatcli.cli import complete
+
 
 class Format(str, Enum):
     table = "table"
@@ -29,15 +31,26 @@ Arch = Annotated[
     Optional[str],
     typer.Option("--arch", help="Architecture: a built-in, torchvision:NAME or module.path:Class (default: spec, then detected)."),
 ]
-Layer = Annotated[Optional[str], typer.Option("--layer", help="Head layer (an nn.Linear), e.g. fc (default: spec, then the built-in's head).")]
+Layer = Annotated[
+    Optional[str],
+    typer.Option(
+        "--layer",
+        help="Head layer (an nn.Linear), e.g. fc (default: spec, then the built-in's head).",
+        autocompletion=complete.layer,
+    ),
+]
 Data = Annotated[
     Optional[str],
-    typer.Option("--data", help="digits, cifar10:ROOT, cifar100:ROOT, folder:DIR or tensors:FILE (default: spec, then digits)."),
+    typer.Option(
+        "--data",
+        help="digits, cifar10:ROOT, cifar100:ROOT, folder:DIR or tensors:FILE (default: spec, then digits).",
+        autocompletion=complete.data,
+    ),
 ]
-Split = Annotated[str, typer.Option("--split", help="Data split: train, test or all (digits).")]
+Split = Annotated[str, typer.Option("--split", help="Data split: train, test or all (digits).", autocompletion=complete.split)]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples of the split.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Samples per batch; memory is bounded by it.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda or cuda:N.", autocompletion=complete.device)]
 Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, same numbers.")]
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format: table, json, jsonl or csv.")]
 Output = Annotated[Optional[str], typer.Option("--output", "-o", help="Write the result to FILE (atomically); - is stdout.")]

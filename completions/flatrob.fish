@@ -1,0 +1,1 @@
+complete --command flatrob --no-files --arguments "(env _FLATROB_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=get-args _TYPER_COMPLETE_ARGS=(commandline -cp) flatrob)" --condition "env _FLATROB_COMPLETE=complete_fish _TYPER_COMPLETE_FISH_ACTION=is-args _TYPER_COMPLETE_ARGS=(commandline -cp) flatrob"

@@ -1,0 +1,184 @@
+"""Value completion for the shared options (``autocompletion=`` in :mod:`flatcli.cli.options`).
+
+The completion scripts in ``completions/`` call ``flatrob`` back with ``_FLATROB_COMPLETE`` set on every
+<Tab>, so these functions must answer fast: nothing here imports torch (about 2-6 s to import), numpy or
+the library's model code. Each function returns ``(value, help)`` pairs; Typer keeps those that start
+with what has been typed.
+
+bash splits words at ``:`` (``COMP_WORDBREAKS``), so under bash a value such as ``cifar10:~/data`` reaches
+us as three words; :func:`checkpoint_on_line` glues them back where it matters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from pathlib import Path
+
+import typer
+
+# (prefix, help) for --data; the prefixes ending in ":" take a path.
+DATA_SOURCES = (
+    ("digits", "scikit-learn's bundled 8x8 digits"),
+    ("cifar10:", "CIFAR-10 under ROOT (torchvision files, never downloaded)"),
+    ("cifar100:", "CIFAR-100 under ROOT (torchvision files, never downloaded)"),
+    ("folder:", "an ImageFolder directory"),
+    ("tensors:", "safetensors with x, y (as attack --save-adv writes); tensors:- reads stdin"),
+)
+SPLITS = (("test", "test split"), ("train", "train split"), ("all", "every sample (digits)"))
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+MAX_HEADER_BYTES = 100 * 1024 * 1024  # as flatcli.checkpoint
+MAX_PATHS = 200
+
+
+def device(incomplete: str) -> list[tuple[str, str]]:
+    """``auto``, ``cpu``, and ``cuda``/``cuda:N`` for the NVIDIA GPUs this machine shows."""
+    items = [("auto", "CUDA when available, else CPU"), ("cpu", "CPU")]
+    n = gpu_count()
+    if n:
+        items.append(("cuda", "the current CUDA device"))
+        items += [(f"cuda:{i}", f"CUDA device {i}") for i in range(n)]
+    return items
+
+
+def gpu_count() -> int:
+    """NVIDIA GPUs visible to this process, without importing torch.
+
+    Counted from the driver's ``/proc/driver/nvidia/gpus`` entries, else the ``/dev/nvidiaN`` device
+    nodes (containers often have only those), then limited by ``CUDA_VISIBLE_DEVICES``.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        present = len(os.listdir("/proc/driver/nvidia/gpus"))
+    except OSError:
+        present = 0
+    if not present:
+        try:
+            present = sum(1 for n in os.listdir("/dev") if n.startswith("nvidia") and n[6:].isdigit())
+        except OSError:
+            present = 0
+    if visible is None:
+        return present
+    ids = [v for v in visible.split(",") if v.strip()]
+    if not ids or ids[0].strip().startswith("-"):
+        return 0
+    return min(len(ids), present) if present else 0
+
+
+def data(incomplete: str) -> list[tuple[str, str]]:
+    """The ``--data`` source prefixes; after ``prefix:`` (zsh, fish) the paths that fit the prefix."""
+    prefix, sep, rest = incomplete.partition(":")
+    if sep and f"{prefix}:" in dict(DATA_SOURCES):
+        want_files = prefix == "tensors"
+        return [(f"{prefix}:{p}", "") for p in paths(rest, files=want_files)]
+    return list(DATA_SOURCES)
+
+
+def split(incomplete: str) -> list[tuple[str, str]]:
+    return list(SPLITS)
+
+
+def paths(partial: str, *, files: bool) -> list[str]:
+    """Directories (and with ``files`` also files) starting with ``partial``, spelled as the user began."""
+    head, slash, stem = partial.rpartition("/")
+    shown = head + slash  # "" or "dir/" ("~/" stays "~/" in what is offered)
+    try:
+        entries = sorted(os.scandir(os.path.expanduser(shown) if shown else "."), key=lambda e: e.name)
+    except OSError:
+        return []
+    out = []
+    for entry in entries:
+        if not entry.name.startswith(stem) or (entry.name.startswith(".") and not stem.startswith(".")):
+            continue
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            continue
+        if is_dir or files:
+            out.append(f"{shown}{entry.name}{'/' if is_dir else ''}")
+        if len(out) >= MAX_PATHS:
+            break
+    return out
+
+
+def layer(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
+    """The checkpoint's linear layers (2-D ``*.weight`` tensors), read from its safetensors header only."""
+    ref = checkpoint_on_line(ctx)
+    if not ref:
+        return []
+    try:
+        header = read_header(resolve(ref))
+    except Exception:  # noqa: BLE001 - a <Tab> never prints a traceback; no layers is the answer
+        return []
+    return linear_layers(header)
+
+
+def linear_layers(header: dict) -> list[tuple[str, str]]:
+    """``(name, "Linear IN -> OUT")`` for each 2-D ``NAME.weight`` of a safetensors header, in file order.
+
+    A ``module.`` prefix shared by every key (DataParallel) is dropped, as loading does by default.
+    """
+    keys = [k for k in header if k != "__metadata__"]
+    strip = "module." if keys and all(k.startswith("module.") for k in keys) else ""
+    out = []
+    for key in keys:
+        info = header[key]
+        shape = info.get("shape") if isinstance(info, dict) else None
+        if key.endswith(".weight") and isinstance(shape, list) and len(shape) == 2:
+            name = key[len(strip) : -len(".weight")]
+            out.append((name, f"Linear {shape[1]} -> {shape[0]}"))
+    return out
+
+
+def checkpoint_on_line(ctx: typer.Context) -> str | None:
+    """The checkpoint argument already typed on the line, if any.
+
+    While an option still lacks its value (``--layer <Tab>``), Click's resilient parse leaves the
+    positional words unassigned in ``ctx.args``; the checkpoint is the first of them. Words that bash
+    split at ``:`` (``example : digits-cnn``) are joined again.
+    """
+    ref = ctx.params.get("checkpoint")
+    if isinstance(ref, str) and ref:
+        words = [ref]
+        if ":" not in ref and os.environ.get("_FLATROB_COMPLETE", "").endswith("_bash"):
+            line = os.environ.get("COMP_WORDS", "").split(" ")
+            for i in range(len(line) - 2):
+                if line[i] == ref and line[i + 1] == ":":
+                    words = line[i : i + 3]
+                    break
+    else:
+        words = list(ctx.args)
+    if not words:
+        return None
+    ref = words[0]
+    while len(words) >= 3 and words[1] == ":":
+        ref += ":" + words[2]
+        words = [ref] + words[3:]
+    return ref
+
+
+def resolve(ref: str) -> Path:
+    """``example:NAME`` (the bundled examples) or a path, as :func:`flatcli.checkpoint.resolve`."""
+    if ref.startswith("example:"):
+        return EXAMPLES_DIR / f"{ref.split(':', 1)[1]}.safetensors"
+    return Path(ref).expanduser()
+
+
+def read_header(path: Path) -> dict:
+    """The JSON header of a safetensors file (8-byte little-endian length, then JSON).
+
+    The same layout :func:`flatcli.checkpoint.read_header` reads; repeated here because that module
+    imports torch at import time, which would cost seconds on every <Tab>.
+    """
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError("not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise ValueError("not a safetensors file")
+        header = json.loads(f.read(n).decode("utf-8"))
+    if not isinstance(header, dict):
+        raise ValueError("not a safetensors file")
+    return header
