@@ -10,10 +10,12 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from flatcli.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported only when tensors are read: shell completion reads headers only
+    import torch
 
 EXAMPLES_DIR = Path(__file__).parent / "examples"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
@@ -24,7 +26,7 @@ PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
 class Checkpoint:
     path: Path
     name: str  # as the user gave it (``example:digits-cnn`` or a path)
-    state_dict: dict[str, torch.Tensor]
+    state_dict: dict[str, "torch.Tensor"]
     metadata: dict[str, str]
     sha256: str
 
@@ -88,6 +90,7 @@ def read(ref: str) -> Checkpoint:
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: the safetensors metadata must map strings to strings")
+    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 

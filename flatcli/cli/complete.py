@@ -11,10 +11,7 @@ us as three words; :func:`checkpoint_on_line` glues them back where it matters.
 
 from __future__ import annotations
 
-import json
 import os
-import struct
-from pathlib import Path
 
 import typer
 
@@ -27,8 +24,6 @@ DATA_SOURCES = (
     ("tensors:", "safetensors with x, y (as attack --save-adv writes); tensors:- reads stdin"),
 )
 SPLITS = (("test", "test split"), ("train", "train split"), ("all", "every sample (digits)"))
-EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # as flatcli.checkpoint
 MAX_PATHS = 200
 
 
@@ -107,6 +102,8 @@ def layer(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     ref = checkpoint_on_line(ctx)
     if not ref:
         return []
+    from flatcli.checkpoint import read_header, resolve  # header only: no torch
+
     try:
         header = read_header(resolve(ref))
     except Exception:  # noqa: BLE001 - a <Tab> never prints a traceback; no layers is the answer
@@ -156,29 +153,3 @@ def checkpoint_on_line(ctx: typer.Context) -> str | None:
         ref += ":" + words[2]
         words = [ref] + words[3:]
     return ref
-
-
-def resolve(ref: str) -> Path:
-    """``example:NAME`` (the bundled examples) or a path, as :func:`flatcli.checkpoint.resolve`."""
-    if ref.startswith("example:"):
-        return EXAMPLES_DIR / f"{ref.split(':', 1)[1]}.safetensors"
-    return Path(ref).expanduser()
-
-
-def read_header(path: Path) -> dict:
-    """The JSON header of a safetensors file (8-byte little-endian length, then JSON).
-
-    The same layout :func:`flatcli.checkpoint.read_header` reads; repeated here because that module
-    imports torch at import time, which would cost seconds on every <Tab>.
-    """
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            raise ValueError("not a safetensors file")
-        (n,) = struct.unpack("<Q", head)
-        if n > MAX_HEADER_BYTES:
-            raise ValueError("not a safetensors file")
-        header = json.loads(f.read(n).decode("utf-8"))
-    if not isinstance(header, dict):
-        raise ValueError("not a safetensors file")
-    return header
