@@ -8,14 +8,14 @@ import torch.nn.functional as F
 
 from flatcli.sharpness import cross_entropy, head_measures, softmax_terms
 
-torch.set_default_dtype(torch.float64)
+D = torch.float64  # every tensor here is float64 (the default dtype is left alone)
 
 
 def _problem(k: int, m: int, b: int, bias: bool, seed: int):
     g = torch.Generator().manual_seed(seed)
-    phi = torch.randn(b, m, generator=g) * 1.5
-    W = torch.randn(k, m, generator=g) / m**0.5 * 2
-    bvec = torch.randn(k, generator=g) if bias else None
+    phi = torch.randn(b, m, generator=g, dtype=D) * 1.5
+    W = torch.randn(k, m, generator=g, dtype=D) / m**0.5 * 2
+    bvec = torch.randn(k, generator=g, dtype=D) if bias else None
     y = torch.randint(0, k, (b,), generator=g)
     return phi, W, bvec, y
 
@@ -85,16 +85,16 @@ def test_trace_needs_no_label_and_plain_norm():
 
 def test_flat_regime_keeps_relative_precision():
     """For huge margins, 1 - p_top and -log p_y are tiny but must not round to 0 (Lemma 11 regime)."""
-    logits = torch.tensor([[60.0, 0.0, 0.0]])
+    logits = torch.tensor([[60.0, 0.0, 0.0]], dtype=D)
     y = torch.tensor([0])
     _, c, rest = softmax_terms(logits)
-    exact_rest = 2 * torch.exp(torch.tensor(-60.0)) / (1 + 2 * torch.exp(torch.tensor(-60.0)))
+    exact_rest = 2 * torch.exp(torch.tensor(-60.0, dtype=D)) / (1 + 2 * torch.exp(torch.tensor(-60.0, dtype=D)))
     assert torch.allclose(rest, exact_rest, rtol=1e-12)
     # c = sum_j p_j (1 - p_j) ~ 2 * rest for a confident prediction
     assert torch.allclose(c, 2 * exact_rest, rtol=1e-12)
-    assert torch.allclose(cross_entropy(logits, y), torch.log1p(2 * torch.exp(torch.tensor(-60.0))), rtol=1e-12)
+    assert torch.allclose(cross_entropy(logits, y), torch.log1p(2 * torch.exp(torch.tensor(-60.0, dtype=D))), rtol=1e-12)
     # A wrong label on the same logits: ordinary large loss.
-    assert torch.allclose(cross_entropy(logits, torch.tensor([1])), torch.tensor(60.0 + 1e-26), rtol=1e-12)
+    assert torch.allclose(cross_entropy(logits, torch.tensor([1])), torch.tensor(60.0 + 1e-26, dtype=D), rtol=1e-12)
 
 
 def test_scaling_head_flattens():
