@@ -47,3 +47,11 @@ def demo(device: Device = "cpu") -> None:
     section(f"flatrob detect {EXAMPLE} --eps 0.3 --alpha 0.03 --steps 20 --method components   # D.4: flag adversarials")
     detect(EXAMPLE, device=device, norm=Norm.linf, eps=0.3, alpha=0.03, steps=20, method=Method.components, quiet=True)
     sys.stdout.flush()
+
+    from flatcli.cli.sweep import sweep_scale
+
+    flags = "--scales 1,10,100 --limit 60 --eps 1 --alpha 0.1 --steps 10 --attack-eps 0.1 --attack-alpha 0.025"
+    section(f"flatrob sweep-scale {EXAMPLE} {flags}   # §6.1 basins, D.3 gradient masking")
+    sweep_scale(EXAMPLE, scales="1,10,100", limit=60, eps=1.0, alpha=0.1, steps=10, attack_eps=0.1, attack_alpha=0.025,
+                device=device, quiet=True)
+    sys.stdout.flush()

@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""The fixed-trajectory part of ``sweep-scale``: 7 scales vs 1 scale vs a naive loop, side by side in one run.
+
+For each case (the bundled digits CNN on the digits test split with the paper's §6.1 trajectories,
+PGD-l2 25 steps eps 0.025 alpha 0.001; with ``--resnet``, a CIFAR-shaped ResNet-18 with random weights
+on random inputs) it times, on the same data, interleaved over ``--repeats`` rounds so that load on
+the machine hits every variant alike:
+
+* sweep, 1 scale:  ``flatcli.sweep.run_sweep`` with ``scales=(1,)`` and no per-scale attack;
+* sweep, 7 scales: the same with the paper's scales 0.25 .. 50: the trajectories are generated once
+                   and every scale is evaluated from the features cached by the attack's own forward
+                   passes (the target: under 1.3x the 1-scale time);
+* naive loop:      the same trajectories generated once (iterates kept), then for each scale the
+                   scaled model is re-run on every stored iterate x_0 .. x_T, with the same closed
+                   forms and take-off statistics on its output.
+
+Prints median and minimum seconds per variant and the median over rounds of the per-round ratio to
+``sweep, 1 scale``, and checks that the naive loop gives the same loss increases. On the CPU the clock
+is the process's CPU time by default (steadier than wall time on a shared machine). Usage:
+``python bench/sweep.py [--repeats 5] [--threads N] [--resnet] [--device cpu|cuda] [--clock wall|cpu]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attack import CLOCK, resnet_case, timed  # noqa: E402 - the helpers of bench/attack.py
+
+from flatcli.attacks import PGD, PRESETS, eval_mode  # noqa: E402
+from flatcli.data import DataSource, load_data  # noqa: E402
+from flatcli.head import HeadSplit  # noqa: E402
+from flatcli.model import LoadedModel, load_model  # noqa: E402
+from flatcli.sweep import DEFAULT_SCALES, SweepSettings, evaluate_scale, run_sweep  # noqa: E402
+
+assert CLOCK  # re-exported clocks: wall / cpu
+
+
+def naive(loaded: LoadedModel, ds: DataSource, settings: SweepSettings, device) -> np.ndarray:
+    """Trajectories once (iterates kept), then the scaled model re-run on every iterate, per scale.
+
+    Returns the loss increases (S, N), to check against the cached-feature sweep.
+    """
+    traj = settings.trajectory
+    head = loaded.head
+    out = [[] for _ in settings.scales]
+    with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer) as split:
+        for start in range(0, len(ds), settings.batch_size):
+            x = ds.x[start : start + settings.batch_size].to(device)
+            y = ds.y[start : start + settings.batch_size].to(device)
+            seen: list[torch.Tensor] = []
+
+            def recording(z):
+                seen.append(z.detach())
+                return split(z)
+
+            traj.run(recording, x, y, record=True)
+            iterates = torch.stack(seen)  # (T+1, B, ...)
+            dist = torch.linalg.vector_norm((iterates - x[None]).flatten(2), dim=2).double()
+            for i, s in enumerate(settings.scales):
+                scaled = split.with_scaling(settings.scaling(s))
+                with torch.no_grad():
+                    phi = torch.stack([scaled.features(xt) for xt in iterates])  # the model again, per scale
+                sb = evaluate_scale(phi, None, y, dist, scaled.scaling.weight(head), scaled.scaling.bias(head),
+                                    weight_norm=settings.weight_norm, tau=settings.takeoff)
+                out[i].append(sb.loss_increase.cpu().numpy())
+    return np.stack([np.concatenate(parts) for parts in out])
+
+
+def bench(name: str, loaded: LoadedModel, ds: DataSource, trajectory: PGD, device, batch_size: int, repeats: int, clock: str) -> None:
+    one = SweepSettings(scales=(1.0,), trajectory=trajectory, attack=None, batch_size=batch_size)
+    seven = SweepSettings(scales=DEFAULT_SCALES, trajectory=trajectory, attack=None, batch_size=batch_size)
+    results: dict[str, object] = {}
+
+    def sweep1():
+        results["1"] = run_sweep(loaded, ds, one, device=device)
+
+    def sweep7():
+        results["7"] = run_sweep(loaded, ds, seven, device=device)
+
+    def naive7():
+        results["naive"] = naive(loaded, ds, seven, device)
+
+    variants = {"sweep, 1 scale": sweep1, "sweep, 7 scales": sweep7, "naive loop, 7 scales": naive7}
+    for fn in variants.values():  # warm-up (allocator, oneDNN primitives)
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(repeats):
+        for key, fn in variants.items():
+            times[key].append(timed(fn, device, clock))
+
+    print(f"\n{name}: fixed trajectories PGD-{trajectory.norm} eps {trajectory.eps:.4g} alpha {trajectory.alpha:.4g} "
+          f"{trajectory.steps} steps, {len(ds)} inputs, batch {batch_size}, {repeats} rounds")
+    print(f"  {'variant':<24}{'median s':>10}{'min s':>10}{'/ 1 scale':>11}")
+    base = times["sweep, 1 scale"]
+    for key, ts in times.items():
+        ratio = statistics.median(t / b for t, b in zip(ts, base))
+        print(f"  {key:<24}{statistics.median(ts):>10.4f}{min(ts):>10.4f}{ratio:>11.3f}")
+    cached = results["7"].samples["loss_increase"]
+    direct = results["naive"]
+    worst = float(np.max(np.abs(cached - direct) / np.maximum(np.abs(direct), 1e-6)))
+    print(f"  loss increase, cached features vs naive loop: largest relative difference {worst:.3g}")
+    s1 = results["1"].summary["scales"][0]
+    s7 = next(r for r in results["7"].summary["scales"] if r["scale"] == 1.0)
+    print(f"  s=1 row identical with 1 and 7 scales: {s1 == s7}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--resnet", action="store_true", help="also a random ResNet-18 on CIFAR-shaped inputs (slow on CPU)")
+    parser.add_argument("--resnet-n", type=int, default=64)
+    parser.add_argument(
+        "--clock", choices=("auto", "wall", "cpu"), default="auto",
+        help="wall: elapsed time; cpu: process CPU time, steadier on a shared machine (auto: cpu on the CPU, wall on CUDA)",
+    )
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    clock = args.clock if args.clock != "auto" else ("wall" if device.type == "cuda" else "cpu")
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {clock} clock")
+
+    trajectory = PGD(**PRESETS["basin"])
+    loaded = load_model("example:digits-cnn", device=device)
+    ds = load_data("digits", "test")
+    bench("example:digits-cnn", loaded, ds, trajectory, device, args.batch_size, args.repeats, clock)
+    if args.resnet:
+        loaded, ds = resnet_case(device, args.resnet_n)
+        bench("resnet18 (random weights)", loaded, ds, trajectory, device, args.batch_size, max(1, args.repeats // 2), clock)
+
+
+if __name__ == "__main__":
+    main()

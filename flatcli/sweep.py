@@ -1,0 +1,434 @@
+"""``flatrob sweep-scale`` as a library call: flatten the network by scaling its head (paper §6.1, D.3).
+
+Scaling the head by ``s`` (``W -> sW``, ``b -> sb`` unless the bias is kept) changes nothing before the
+head, so the features ``phi`` of any input are the same at every scale and only
+``logits = s W phi (+ s) b`` change. Two parts, both streamed per batch:
+
+1. Fixed trajectories (§6.1, Fig. 2). PGD (default PGD-l2, 25 steps, eps 0.025, alpha 0.001) runs once
+   on the *unscaled* model with ``record=True``: the features of every iterate ``x_0 .. x_T`` come from
+   the attack's own forward passes. Every scale is then evaluated from those cached features with the
+   closed forms of :func:`flatcli.sharpness.head_measures` (float64): loss along the trajectory, loss
+   increase ``l(x_T) - l(x_clean)``, take-off step and basin width (:func:`flatcli.trajectory.takeoff`),
+   clean accuracy and clean relative sharpness. No forward pass of the feature extractor per scale.
+2. Per-scale attack (D.3, Fig. 13). For each scale, PGD (default PGD-linf, 10 steps, eps 8/255,
+   alpha 2/255) attacks the *scaled* model; robust accuracy is measured at that scale. The s=1
+   adversarials are evaluated at every scale (transfer) from their cached features. With the bias
+   scaled, scaling cannot change a prediction, so transfer accuracy is the same at every scale,
+   while robust accuracy rises with ``s``: the float32 softmax saturates, the input gradient
+   vanishes, and a first-order attack stalls (gradient masking).
+
+Only per-sample scalars (one per sample and scale) and a few example trajectories (for the figures)
+are kept; rows go out per batch through ``on_rows``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flatcli import data as datamod
+from flatcli.attacks import PGD, eval_mode
+from flatcli.errors import UsageError
+from flatcli.head import HeadSplit, Scaling
+from flatcli.model import LoadedModel
+from flatcli.sharpness import WEIGHT_NORMS, cross_entropy, head_measures
+from flatcli.trajectory import Takeoff, takeoff
+
+#: The paper's §6.1 scales (Fig. 2).
+DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0)
+
+#: Keys of each record of ``summary["scales"]`` (pinned by a contract test).
+SCALE_KEYS = (
+    "scale", "clean_accuracy", "sharpness_mean", "loss_increase_mean", "loss_increase_median",
+    "basin_width_median", "censored", "robust_accuracy", "transfer_accuracy",
+)
+#: Keys of the per-sample rows (one per sample and scale), in order.
+SAMPLE_KEYS = (
+    "index", "label", "scale", "clean_pred", "clean_loss", "clean_sharpness", "adv_loss", "loss_increase",
+    "takeoff_step", "basin_width", "censored", "final_dist_l2", "robust_pred", "transfer_pred",
+)
+
+
+def default_trajectory() -> PGD:
+    return PGD.from_options("basin")
+
+
+def default_attack() -> PGD:
+    return PGD.from_options("uncanny")
+
+
+@dataclass
+class SweepSettings:
+    """What to sweep. ``trajectory``: the fixed-trajectory attack (on the unscaled model); ``attack``:
+    the per-scale attack, or ``None`` to skip part 2. ``examples``: how many trajectories (the first
+    ones of the data) keep their whole per-step loss at every scale, for the figures."""
+
+    scales: tuple[float, ...] = DEFAULT_SCALES
+    trajectory: PGD = field(default_factory=default_trajectory)
+    attack: PGD | None = field(default_factory=default_attack)
+    scale_bias: bool = True
+    weight_norm: str = "squared"
+    takeoff: float = 0.1  # tau
+    batch_size: int = 256
+    seed: int = 0
+    examples: int = 32
+
+    def __post_init__(self) -> None:
+        self.scales = check_scales(self.scales)
+        if not 0 < self.takeoff <= 1:
+            raise UsageError(f"--takeoff must be in (0, 1], got {self.takeoff}")
+        if self.weight_norm not in WEIGHT_NORMS:
+            raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+        if self.batch_size < 1:
+            raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.examples < 0:
+            raise UsageError(f"examples must be 0 or more, got {self.examples}")
+
+    def scaling(self, scale: float) -> Scaling:
+        return Scaling(float(scale), self.scale_bias)
+
+
+def check_scales(scales) -> tuple[float, ...]:
+    """The scales as floats: at least one, each finite and positive, no repeats."""
+    values = tuple(float(s) for s in scales)
+    if not values:
+        raise UsageError("--scales needs at least one scale, e.g. --scales 0.25,0.5,1,2.5,5,10,50")
+    for s in values:
+        if not (math.isfinite(s) and s > 0):
+            raise UsageError(f"--scales: every scale must be a finite number > 0, got {s:g}")
+    seen = set()
+    for s in values:
+        if s in seen:
+            raise UsageError(f"--scales lists {s:g} twice; give each scale once")
+        seen.add(s)
+    return values
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``"0.25,0.5,1"`` -> ``(0.25, 0.5, 1.0)``, checked by :func:`check_scales`."""
+    parts = [p.strip() for p in str(text).split(",")]
+    values = []
+    for p in parts:
+        try:
+            values.append(float(p))
+        except ValueError:
+            raise UsageError(f"--scales takes comma-separated numbers such as 0.25,1,10; got {p!r} in {text!r}") from None
+    return check_scales(values)
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure pieces: one scale from cached features; Spearman correlation
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaleBatch:
+    """One scale on one batch, all from cached features (per-sample tensors, float64 where real).
+
+    ``loss`` (T+1, B) is the loss at ``x_0 .. x_T`` of the fixed trajectory; ``clean`` the
+    :func:`head_measures` at the clean inputs; ``loss_increase = loss[T] - clean loss``.
+    """
+
+    clean: dict[str, Tensor]
+    loss: Tensor
+    loss_increase: Tensor
+    takeoff: Takeoff
+
+
+def evaluate_scale(
+    phi: Tensor,
+    clean_phi: Tensor | None,
+    y: Tensor,
+    dist_l2: Tensor,
+    weight: Tensor,
+    bias: Tensor | None,
+    *,
+    weight_norm: str = "squared",
+    tau: float = 0.1,
+) -> ScaleBatch:
+    """The head ``(weight, bias)`` (already scaled) on cached trajectory features.
+
+    ``phi`` (T+1, B, m): features of ``x_0 .. x_T``; ``clean_phi`` (B, m): features of the clean inputs,
+    or ``None`` when ``x_0`` is the clean input (no random start); ``dist_l2`` (T+1, B):
+    ``||x_t - x_clean||_2``. Loss, sharpness and predictions are the closed forms of
+    :func:`flatcli.sharpness.head_measures` -- the numbers ``flatrob attack``/``sharpness`` report.
+    """
+    T1, B = phi.shape[0], phi.shape[1]
+    # Losses of all iterates: the logits and cross-entropy exactly as head_measures forms them (float64),
+    # without the measures that only the clean input needs.
+    w = weight.detach().double()
+    logits = phi.flatten(0, 1).detach().double() @ w.T
+    if bias is not None:
+        logits = logits + bias.detach().double()
+    loss = cross_entropy(logits, y.to(logits.device).repeat(T1)).view(T1, B)
+    clean = head_measures(phi[0] if clean_phi is None else clean_phi, weight, bias, y, weight_norm=weight_norm)
+    to = takeoff(loss, dist_l2.to(loss.device, torch.float64), tau)
+    return ScaleBatch(clean=clean, loss=loss, loss_increase=loss[-1] - clean["loss"], takeoff=to)
+
+
+def rankdata(values) -> np.ndarray:
+    """Ranks 1..n of ``values``, ties given the average of the ranks they span."""
+    v = np.asarray(values, dtype=np.float64)
+    _, inverse, counts = np.unique(v, return_inverse=True, return_counts=True)
+    ends = np.cumsum(counts)
+    average = ends - (counts - 1) / 2.0  # mean of ranks ends-counts+1 .. ends
+    return average[inverse.reshape(-1)]
+
+
+def spearman(a, b) -> float:
+    """Spearman's rank correlation of two equally long sequences (average ranks for ties).
+
+    NaN when fewer than 3 pairs or when either side is constant.
+    """
+    a = np.asarray(a, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError("spearman needs two 1-d sequences of the same length")
+    if a.size < 3:
+        return float("nan")
+    ra = rankdata(a) - (a.size + 1) / 2.0
+    rb = rankdata(b) - (b.size + 1) / 2.0
+    denom = math.sqrt(float((ra * ra).sum()) * float((rb * rb).sum()))
+    return float((ra * rb).sum() / denom) if denom > 0 else float("nan")
+
+
+# ------------------------------------------------------------------------------------------------
+# Over a data set
+# ------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepOutcome:
+    """``summary`` (JSON-ready); per-sample columns ``samples[key]`` ((S, N) arrays, scales in ``scales``
+    order; ``samples["index"]`` (N,)); ``reference``: the s=1 columns (N,) behind the Spearman
+    correlation, whether or not 1 is among the scales; ``examples``: per-step losses ``loss`` (S, T+1, E)
+    and distances ``dist_l2`` (T+1, E) of the first E trajectories, for the figures."""
+
+    summary: dict
+    scales: tuple[float, ...]
+    samples: dict[str, np.ndarray]
+    reference: dict[str, np.ndarray]
+    examples: dict
+
+
+class _Columns:
+    """Per-sample scalars, one list of arrays per key and scale."""
+
+    def __init__(self, n_scales: int):
+        self.parts: dict[str, list[list[np.ndarray]]] = {}
+        self.n_scales = n_scales
+
+    def add(self, i: int, **cols: Tensor) -> None:
+        for k, v in cols.items():
+            lists = self.parts.setdefault(k, [[] for _ in range(self.n_scales)])
+            lists[i].append(v.detach().cpu().numpy())
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.stack([np.concatenate(p) for p in lists]) for k, lists in self.parts.items()}
+
+
+def run_sweep(
+    loaded: LoadedModel,
+    data: datamod.DataSource,
+    settings: SweepSettings,
+    *,
+    device: torch.device,
+    on_rows: Callable[[list[dict]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SweepOutcome:
+    """Both parts of the sweep over ``data``, batch by batch; rows (one per sample and scale) go to
+    ``on_rows`` as each batch is done. The s=1 quantities behind ``spearman_width_sharpness`` and the
+    s=1 adversarials behind ``transfer_accuracy`` are computed even when 1 is not among the scales."""
+    scales = settings.scales
+    # Internal scales: the requested ones, plus s=1 when absent (Spearman at s=1; transfer source).
+    evaluated = scales if 1.0 in scales else scales + (1.0,)
+    one = evaluated.index(1.0)
+    traj, atk = settings.trajectory, settings.attack
+    head = loaded.head
+    heads = [(settings.scaling(s).weight(head).detach(), _bias(settings.scaling(s), head)) for s in evaluated]
+    cols = _Columns(len(evaluated))
+    traj_gen = torch.Generator(device="cpu").manual_seed(settings.seed)
+    # One generator per attacked scale, each seeded as `flatrob attack --seed` seeds its own.
+    atk_gens = [torch.Generator(device="cpu").manual_seed(settings.seed) for _ in evaluated]
+    examples = _Examples(settings.examples, len(evaluated))
+    indices: list[np.ndarray] = []
+    n = 0
+    with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer) as split:
+        for x, y, index in datamod.batches(data, settings.batch_size, device=device):
+            if n == 0:
+                split.verify(x[:2])  # BN in eval mode, samples independent, head is the last linear map
+            clean_phi = None
+            if traj.random_start:
+                with torch.no_grad():
+                    clean_phi = split.features(x).detach().double()
+            res = traj.run(split, x, y, record=True, generator=traj_gen)
+            phi = res.phi.double()  # once; head_measures' .double() is then free for every scale
+            dist_l2 = res.dist_l2.double()
+            per_scale = []
+            for i, (w, b) in enumerate(heads):
+                sb = evaluate_scale(phi, clean_phi, y, dist_l2, w, b, weight_norm=settings.weight_norm, tau=settings.takeoff)
+                per_scale.append(sb)
+                cols.add(
+                    i,
+                    clean_pred=sb.clean["pred"],
+                    clean_correct=sb.clean["pred"] == y.to(sb.clean["pred"].device),
+                    clean_loss=sb.clean["loss"],
+                    clean_sharpness=sb.clean["relative_sharpness"],
+                    adv_loss=sb.loss[-1],
+                    loss_increase=sb.loss_increase,
+                    takeoff_step=sb.takeoff.step,
+                    width=sb.takeoff.width,
+                    censored=sb.takeoff.censored,
+                    final_dist_l2=sb.takeoff.lower_bound,
+                )
+            examples.add(per_scale, dist_l2, index)
+            indices.append(index.cpu().numpy())
+            if atk is not None:
+                _attack_batch(split, atk, x, y, evaluated, one, heads, atk_gens, cols, settings.scale_bias)
+            n += len(y)
+            if on_rows is not None:
+                on_rows(_rows(cols, evaluated, scales, index, y, len(y), atk is not None))
+            if progress is not None:
+                progress(len(y))
+    if n == 0:
+        raise UsageError("the data set is empty; nothing to sweep (check --limit)")
+    arrays = cols.arrays()
+    summary = _summary(arrays, evaluated, scales, one, settings, n)
+    keep = [evaluated.index(s) for s in scales]
+    samples = {k: v[keep] for k, v in arrays.items()}
+    samples["index"] = np.concatenate(indices)
+    reference = {k: arrays[k][one] for k in ("clean_sharpness", "width", "censored", "final_dist_l2")}
+    return SweepOutcome(
+        summary=summary,
+        scales=scales,
+        samples=samples,
+        reference=reference,
+        examples=examples.result(keep),
+    )
+
+
+def _bias(scaling: Scaling, head) -> Tensor | None:
+    b = scaling.bias(head)
+    return None if b is None else b.detach()
+
+
+def _attack_batch(split, atk: PGD, x, y, evaluated, one, heads, gens, cols: _Columns, scale_bias: bool) -> None:
+    """Part 2 on one batch: PGD on each scaled model, then every scale on the s=1 adversarials."""
+    adv_phi: list[Tensor] = []
+    for i, s in enumerate(evaluated):
+        scaled = split.with_scaling(Scaling(float(s), scale_bias))
+        res = atk.run(scaled, x, y, generator=gens[i])
+        with torch.no_grad():
+            adv_phi.append(split.features(res.x_adv).detach().double())
+    for i, (w, b) in enumerate(heads):
+        robust = head_measures(adv_phi[i], w, b)["pred"]
+        transfer = head_measures(adv_phi[one], w, b)["pred"]
+        cols.add(i, robust_pred=robust, robust_correct=robust == y.to(robust.device),
+                 transfer_pred=transfer, transfer_correct=transfer == y.to(transfer.device))
+
+
+class _Examples:
+    """Per-step losses (every scale) and distances of the first ``limit`` trajectories."""
+
+    def __init__(self, limit: int, n_scales: int):
+        self.limit = limit
+        self.loss: list[list[np.ndarray]] = [[] for _ in range(n_scales)]
+        self.dist: list[np.ndarray] = []
+        self.index: list[np.ndarray] = []
+        self.kept = 0
+
+    def add(self, per_scale: list[ScaleBatch], dist_l2: Tensor, index: Tensor) -> None:
+        take = min(self.limit - self.kept, dist_l2.shape[1])
+        if take <= 0:
+            return
+        for i, sb in enumerate(per_scale):
+            self.loss[i].append(sb.loss[:, :take].cpu().numpy())
+        self.dist.append(dist_l2[:, :take].cpu().numpy())
+        self.index.append(index[:take].cpu().numpy())
+        self.kept += take
+
+    def result(self, keep: list[int]) -> dict:
+        if not self.kept:
+            return {"loss": np.zeros((len(keep), 0, 0)), "dist_l2": np.zeros((0, 0)), "index": np.zeros(0, dtype=np.int64)}
+        return {
+            "loss": np.stack([np.concatenate(self.loss[i], axis=1) for i in keep]),  # (S, T+1, E)
+            "dist_l2": np.concatenate(self.dist, axis=1),  # (T+1, E)
+            "index": np.concatenate(self.index),
+        }
+
+
+def _rows(cols: _Columns, evaluated, scales, index: Tensor, y: Tensor, B: int, attacked: bool) -> list[dict]:
+    """The last batch's per-sample rows, sample-major, one per requested scale."""
+    last = {k: [lists[i][-1] for i in range(len(evaluated))] for k, lists in cols.parts.items()}
+    idx = index.cpu().tolist()
+    lab = y.cpu().tolist()
+    rows = []
+    for j in range(B):
+        for s in scales:
+            i = evaluated.index(s)
+            censored = bool(last["censored"][i][j])
+            rows.append({
+                "index": idx[j],
+                "label": lab[j],
+                "scale": s,
+                "clean_pred": int(last["clean_pred"][i][j]),
+                "clean_loss": float(last["clean_loss"][i][j]),
+                "clean_sharpness": float(last["clean_sharpness"][i][j]),
+                "adv_loss": float(last["adv_loss"][i][j]),
+                "loss_increase": float(last["loss_increase"][i][j]),
+                "takeoff_step": None if censored else int(last["takeoff_step"][i][j]),
+                "basin_width": None if censored else float(last["width"][i][j]),
+                "censored": censored,
+                "final_dist_l2": float(last["final_dist_l2"][i][j]),
+                "robust_pred": int(last["robust_pred"][i][j]) if attacked else None,
+                "transfer_pred": int(last["transfer_pred"][i][j]) if attacked else None,
+            })
+    return rows
+
+
+def censored_median(width: np.ndarray, censored: np.ndarray) -> float | None:
+    """Median basin width with censored samples counted as wider than every measured one (their width
+    is at least the final distance, which no measured width reaches); ``None`` when the median falls
+    on a censored sample, i.e. it is not measured."""
+    if width.size == 0:
+        return None
+    value = float(np.median(np.where(censored, np.inf, width)))
+    return value if math.isfinite(value) else None
+
+
+def _summary(arrays: dict, evaluated, scales, one: int, settings: SweepSettings, n: int) -> dict:
+    attacked = settings.attack is not None
+    records = []
+    for s in scales:
+        i = evaluated.index(s)
+        censored = arrays["censored"][i].astype(bool)
+        increase = arrays["loss_increase"][i]
+        records.append({
+            "scale": s,
+            "clean_accuracy": float(arrays["clean_correct"][i].mean()),
+            "sharpness_mean": float(arrays["clean_sharpness"][i].mean()),
+            "loss_increase_mean": float(increase.mean()),
+            "loss_increase_median": float(np.median(increase)),
+            "basin_width_median": censored_median(arrays["width"][i], censored),
+            "censored": int(censored.sum()),
+            "robust_accuracy": float(arrays["robust_correct"][i].mean()) if attacked else None,
+            "transfer_accuracy": float(arrays["transfer_correct"][i].mean()) if attacked else None,
+        })
+    censored1 = arrays["censored"][one].astype(bool)
+    width1 = arrays["width"][one][~censored1]
+    sharp1 = arrays["clean_sharpness"][one][~censored1]
+    rho = spearman(width1, sharp1) if width1.size else float("nan")
+    return {
+        "n": n,
+        "scales": records,
+        "spearman_width_sharpness": rho if math.isfinite(rho) else None,
+        "spearman_samples": int(width1.size),
+        "takeoff_tau": settings.takeoff,
+        "trajectory_steps": settings.trajectory.steps,
+        "attack_steps": settings.attack.steps if attacked else None,
+    }
