@@ -23,9 +23,11 @@ from torch import Tensor
 
 from flatcli import data as datamod
 from flatcli.attacks import PGD, eval_mode, least_likely
+from flatcli.distributed import SINGLE, Dist
 from flatcli.errors import UsageError
 from flatcli.head import HeadSplit, Scaling
 from flatcli.model import LoadedModel
+from flatcli.precision import autocast
 from flatcli.sharpness import head_measures
 from flatcli.stats import describe, quantiles
 
@@ -131,6 +133,7 @@ class AttackSettings:
     targeted: int | str | None = None  # a class, "least-likely", or None
     seed: int = 0
     keep_adv: bool = False  # hold the final adversarials (for --save-adv)
+    precision: str = "fp32"  # forward/backward under autocast; closed forms stay float64
 
     def __post_init__(self) -> None:
         if not 0 < self.takeoff <= 1:
@@ -184,91 +187,136 @@ def run_attack(
     on_steps: Callable[[list[dict]], None] | None = None,
     on_samples: Callable[[list[dict]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> AttackOutcome:
-    """Attack every batch, stream trajectory/sample rows, return the summary (and adversarials)."""
+    """Attack every batch, stream trajectory/sample rows, return the summary (and adversarials).
+
+    Random starts draw from a generator seeded by ``(seed, batch number)``, so a batch is attacked the
+    same way whichever process runs it. Under torchrun (``dist``) each rank attacks its batches and
+    rank 0 consumes them in the original order; the outcome is meaningful on rank 0 only.
+    """
     attack = settings.attack
     k = loaded.num_classes
     if isinstance(settings.targeted, int) and not 0 <= settings.targeted < k:
         raise UsageError(f"--targeted {settings.targeted}: the model has classes 0..{k - 1}")
-    T = attack.steps
-    acc = _Accumulator(T)
-    generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    head, scaling = loaded.head, settings.scaling
-    weight, bias = scaling.weight(head), scaling.bias(head)
+    acc = _Accumulator(attack.steps)
     advs: list[tuple[Tensor, Tensor, Tensor]] = []
     target_hits = 0
-    with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer, scaling) as split:
-        first = True
-        for x, y, index in datamod.batches(data, settings.batch_size, device=device):
-            if first:
-                split.verify(x[:2])  # structural check: BN is in eval mode, samples are independent
-                first = False
-            B = len(y)
-            clean_phi = None
-            clean_logits = None
-            if attack.random_start or settings.targeted == "least-likely":
-                with torch.no_grad():
-                    clean_logits, clean_phi = split(x)
-            target = resolve_targets(settings.targeted, y, clean_logits)
-            res = attack.run(split, x, y, target=target, record=True, generator=generator)
-            # One closed-form call for all (T+1) * B iterates: the numbers `flatrob sharpness` gives on x_t.
-            m = head_measures(res.phi.flatten(0, 1), weight, bias, y.repeat(T + 1), weight_norm=settings.weight_norm)
-            m = {key: v.view(T + 1, B) for key, v in m.items()}
-            if clean_phi is None:
-                clean = {key: v[0] for key, v in m.items()}
-            else:
-                clean = head_measures(clean_phi, weight, bias, y, weight_norm=settings.weight_norm)
-            correct = m["pred"] == y[None, :].to(m["pred"].device)
-            sharp, loss = m["relative_sharpness"], m["loss"]
-            to = takeoff(loss, res.dist_l2.double().to(loss.device), settings.takeoff)
-            peak_step, peak = sharpness_peaks(sharp)
-            valley = valley_mask(sharp)
-            clean_correct = clean["pred"] == y.to(clean["pred"].device)
-            adv_pred = m["pred"][-1]
-            loss_increase = loss[-1] - clean["loss"]
-            if target is not None:
-                target_hits += int((adv_pred == target.to(adv_pred.device)).sum())
-
-            s = acc.sums
-            s["loss"] += loss.sum(1).cpu().numpy()
-            s["loss_sq"] += (loss * loss).sum(1).cpu().numpy()
-            s["sharp"] += sharp.sum(1).cpu().numpy()
-            s["sharp_sq"] += (sharp * sharp).sum(1).cpu().numpy()
-            s["correct"] += correct.sum(1).cpu().numpy()
-            s["confidence"] += m["confidence"].sum(1).cpu().numpy()
-            s["dist_l2"] += res.dist_l2.double().sum(1).cpu().numpy()
-            acc.add(
-                clean_correct=clean_correct,
-                adv_correct=correct[-1],
-                ever_correct=correct.all(0) & clean_correct,
-                loss_increase=loss_increase,
-                valley=valley,
-                width=to.width,
-                censored=to.censored,
-                lower_bound=to.lower_bound,
-                takeoff_step=to.step,
-                clean_sharpness=clean["relative_sharpness"],
-                adv_sharpness=sharp[-1],
-            )
-            acc.n += B
-            if on_steps is not None:
-                on_steps(_step_rows(m, correct, res.dist_l2, res.dist_linf, index))
-            if on_samples is not None:
-                on_samples(
-                    _sample_rows(
-                        index=index, y=y, target=target, restart=res.restart, clean=clean, m=m, peak=peak,
-                        peak_step=peak_step, valley=valley, to=to, dist_linf=res.dist_linf[-1],
-                    )
-                )
-            if settings.keep_adv:
-                advs.append((res.x_adv.cpu(), y.cpu(), index.cpu()))
-            if progress is not None:
-                progress(B)
+    with eval_mode(loaded.model), HeadSplit(loaded.model, loaded.head, loaded.layer, settings.scaling) as split:
+        for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
+            result = None
+            if batch is not None:
+                number = i * dist.world + dist.rank
+                generator = torch.Generator(device="cpu").manual_seed(settings.seed * 1_000_003 + number)
+                result = _attack_batch(split, loaded, settings, *batch, generator=generator, verify=i == 0)
+            for r in dist.gather(result):
+                target_hits += _consume(r, acc, on_steps, on_samples)
+                if settings.keep_adv:
+                    advs.append((r["x_adv"], r["y"], r["index"]))
+                if progress is not None:
+                    progress(len(r["y"]))
+    if not dist.is_main:
+        return AttackOutcome(summary={})
     summary = _summary(acc, settings, loaded, target_hits)
     adv = None
     if settings.keep_adv:
         adv = tuple(torch.cat(parts) for parts in zip(*advs))  # type: ignore[assignment]
     return AttackOutcome(summary=summary, adv=adv)
+
+
+def _attack_batch(split: HeadSplit, loaded: LoadedModel, settings: AttackSettings, x: Tensor, y: Tensor,
+                  index: Tensor, *, generator: torch.Generator, verify: bool) -> dict:
+    """Attack one batch with recording; everything the summary and the rows need, on the CPU."""
+    attack = settings.attack
+    T, B = attack.steps, len(y)
+    weight, bias = settings.scaling.weight(loaded.head), settings.scaling.bias(loaded.head)
+    if verify:
+        split.verify(x[:2])  # structural check: BN is in eval mode, samples are independent
+    clean_phi = None
+    clean_logits = None
+    with autocast(x.device, settings.precision):
+        if attack.random_start or settings.targeted == "least-likely":
+            with torch.no_grad():
+                clean_logits, clean_phi = split(x)
+        target = resolve_targets(settings.targeted, y, clean_logits)
+        res = attack.run(split, x, y, target=target, record=True, generator=generator)
+    # One closed-form call for all (T+1) * B iterates: the numbers `flatrob sharpness` gives on x_t.
+    m = head_measures(res.phi.flatten(0, 1), weight, bias, y.repeat(T + 1), weight_norm=settings.weight_norm)
+    m = {key: v.view(T + 1, B) for key, v in m.items()}
+    if clean_phi is None:
+        clean = {key: v[0] for key, v in m.items()}
+    else:
+        clean = head_measures(clean_phi, weight, bias, y, weight_norm=settings.weight_norm)
+    correct = m["pred"] == y[None, :].to(m["pred"].device)
+    to = takeoff(m["loss"], res.dist_l2.double().to(m["loss"].device), settings.takeoff)
+    peak_step, peak = sharpness_peaks(m["relative_sharpness"])
+    out = {
+        "m": {key: m[key] for key in ("loss", "relative_sharpness", "trace_h", "confidence", "p_true", "pred")},
+        "clean": {key: clean[key] for key in ("pred", "loss", "relative_sharpness")},
+        "correct": correct,
+        "takeoff": to,
+        "peak_step": peak_step,
+        "peak": peak,
+        "valley": valley_mask(m["relative_sharpness"]),
+        "dist_l2": res.dist_l2,
+        "dist_linf": res.dist_linf,
+        "restart": res.restart,
+        "target": target,
+        "y": y,
+        "index": index,
+        "x_adv": res.x_adv if settings.keep_adv else None,
+    }
+    return _to_cpu(out)
+
+
+def _to_cpu(value):
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, Takeoff):
+        return Takeoff(**{f: _to_cpu(getattr(value, f)) for f in value.__dataclass_fields__})
+    return value
+
+
+def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
+    """Add one batch's results to the summary sums and emit its rows; returns its target hits."""
+    m, clean, correct, to, y = r["m"], r["clean"], r["correct"], r["takeoff"], r["y"]
+    sharp, loss = m["relative_sharpness"], m["loss"]
+    clean_correct = clean["pred"] == y
+    s = acc.sums
+    s["loss"] += loss.sum(1).numpy()
+    s["loss_sq"] += (loss * loss).sum(1).numpy()
+    s["sharp"] += sharp.sum(1).numpy()
+    s["sharp_sq"] += (sharp * sharp).sum(1).numpy()
+    s["correct"] += correct.sum(1).numpy()
+    s["confidence"] += m["confidence"].sum(1).numpy()
+    s["dist_l2"] += r["dist_l2"].double().sum(1).numpy()
+    acc.add(
+        clean_correct=clean_correct,
+        adv_correct=correct[-1],
+        ever_correct=correct.all(0) & clean_correct,
+        loss_increase=loss[-1] - clean["loss"],
+        valley=r["valley"],
+        width=to.width,
+        censored=to.censored,
+        lower_bound=to.lower_bound,
+        takeoff_step=to.step,
+        clean_sharpness=clean["relative_sharpness"],
+        adv_sharpness=sharp[-1],
+    )
+    acc.n += len(y)
+    if on_steps is not None:
+        on_steps(_step_rows(m, correct, r["dist_l2"], r["dist_linf"], r["index"]))
+    if on_samples is not None:
+        on_samples(
+            _sample_rows(
+                index=r["index"], y=y, target=r["target"], restart=r["restart"], clean=clean, m=m, peak=r["peak"],
+                peak_step=r["peak_step"], valley=r["valley"], to=to, dist_linf=r["dist_linf"][-1],
+            )
+        )
+    target = r["target"]
+    return 0 if target is None else int((m["pred"][-1] == target).sum())
 
 
 def _step_rows(m: dict, correct: Tensor, dist_l2: Tensor, dist_linf: Tensor, index: Tensor) -> list[dict]:

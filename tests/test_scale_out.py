@@ -51,6 +51,17 @@ def test_torchrun_sharpness_equals_one_process(cli, tmp_path):
     close(single["summary"], dist["summary"])
 
 
+@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+def test_torchrun_attack_equals_one_process(cli, tmp_path):
+    args = ["attack", EXAMPLE, "--format", "json", "--per-sample", "--limit", "37", "--batch-size", "8",
+            "--norm", "linf", "--eps", "0.1", "--alpha", "0.02", "--steps", "4", "--random-start", "--device", "cpu"]
+    dist = torchrun_json(tmp_path, *args)
+    single = json.loads(cli(*args).stdout)
+    assert [r["index"] for r in dist["samples"]] == [r["index"] for r in single["samples"]]
+    close(single["samples"], dist["samples"])
+    close(single["summary"], dist["summary"])
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_close_to_fp32(cli, precision):
     def summary(p):

@@ -15,7 +15,7 @@ from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output,
     PerSample, PresetOpt, Quiet, RandomStart, Restarts, Scale, ScaleBias, Seed, SpecFile, Split, Steps, WeightNorm,
-    WeightNormOpt,
+    WeightNormOpt, ChannelsLast, Precision, PrecisionOpt,
 )
 from flatcli.errors import UsageError
 
@@ -132,6 +132,8 @@ def attack(
     weight_norm: WeightNormOpt = WeightNorm.squared,
     scale: Scale = 1.0,
     scale_bias: ScaleBias = True,
+    precision: PrecisionOpt = Precision.fp32,
+    channels_last: ChannelsLast = False,
 ) -> None:
     """PGD-linf / PGD-l2 recording loss, sharpness and confidence at every step (uncanny valley, take-off)."""
     from flatcli.attacks import PGD, PRESETS
@@ -181,7 +183,8 @@ def attack(
     from flatcli.trajectory import AttackSettings, run_attack
 
     torch.manual_seed(seed)
-    loaded, dev = common.load(checkpoint, spec=spec, arch=arch, layer=layer, device=device)
+    loaded, dev = common.load(checkpoint, spec=spec, arch=arch, layer=layer, device=device, channels_last=channels_last)
+    dist = common.distributed(dev)
     if isinstance(target, int) and target >= loaded.num_classes:
         raise UsageError(f"--targeted {target}: the model has classes 0..{loaded.num_classes - 1}")
     ds = common.load_data_for(loaded, data, split, limit)
@@ -194,6 +197,7 @@ def attack(
         targeted=target,
         seed=seed,
         keep_adv=save_adv is not None,
+        precision=precision.value,
     )
     config = {
         **common.base_config(loaded, ds, device=dev, seed=seed, batch_size=batch_size, split=split, limit=limit),
@@ -208,18 +212,24 @@ def attack(
         "trajectory": trajectory,
         "save_adv": save_adv,
         "plot": plot,
+        "precision": precision.value,
+        "channels_last": channels_last,
         "conventions": CONVENTIONS,
     }
-    with common.writer(format, output, command="attack", per_sample=per_sample, render_table=render_table) as out:
-        traj = ResultWriter(traj_format, trajectory, command="attack") if trajectory else None
+    main = dist.is_main  # under torchrun only rank 0 writes
+    with common.writer(format, output, command="attack", per_sample=per_sample, render_table=render_table, enabled=main) as out:
+        traj = ResultWriter(traj_format, trajectory, command="attack", enabled=main) if trajectory else None
         with traj if traj is not None else contextlib.nullcontext():
-            with common.progress_bar(len(ds), "attack", quiet) as progress:
+            with common.progress_bar(len(ds), "attack", quiet or not main) as progress:
                 outcome = run_attack(
                     loaded, ds, settings, device=dev,
                     on_steps=traj.rows if traj is not None else None,
                     on_samples=out.rows if per_sample or format in (Format.jsonl, Format.csv) else None,
                     progress=progress,
+                    dist=dist,
                 )
+            if not main:
+                return
             if save_adv is not None:
                 from flatcli.data import save_tensors
 
