@@ -452,7 +452,7 @@ def load_detector(path: str | os.PathLike) -> Detector:
         ) from exc
     except OSError as exc:
         raise DetectorError(f"cannot read detector file {name}: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DetectorError(
             f"detector file {name} is not valid JSON ({exc}); "
             "re-create it with `flatrob detect ... --save FILE`"

@@ -97,6 +97,8 @@ def read_sharpness_json(source: str) -> tuple[dict, str]:
         text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()
     except OSError as exc:
         raise UsageError(f"--from-json: cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--from-json: {name} is not UTF-8 text; use `flatrob sharpness ... --format json`") from None
     if not text.strip():
         raise UsageError(f"--from-json: {name} is empty; pipe in `flatrob sharpness ... --format json`")
     try:
@@ -106,6 +108,8 @@ def read_sharpness_json(source: str) -> tuple[dict, str]:
             f"--from-json: {name} is not JSON ({exc.msg} at line {exc.lineno}); "
             "use `flatrob sharpness ... --format json` (not jsonl/csv/table)"
         ) from None
+    except RecursionError:
+        raise UsageError(f"--from-json: {name} is not sharpness JSON (nested too deeply to read)") from None
     if not isinstance(doc, dict) or doc.get("command") != "sharpness":
         got = doc.get("command") if isinstance(doc, dict) else type(doc).__name__
         raise UsageError(f"--from-json: {name} is not `flatrob sharpness --format json` output (command: {got!r})")

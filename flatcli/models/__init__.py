@@ -116,6 +116,12 @@ def _build_torchvision(name: str, num_classes: int, kwargs: dict) -> nn.Module:
         hint = f"did you mean {', '.join('torchvision:' + c for c in close)}? " if close else ""
         raise SpecError(f"torchvision has no model {name!r}; {hint}see torchvision.models.list_models()")
     builder = torchvision.models.get_model_builder(name)
+    fetching = sorted(key for key in kwargs if key.startswith(("weights", "pretrained")) and kwargs[key] not in (None, False))
+    if fetching:
+        raise SpecError(
+            f"torchvision:{name} with {', '.join(fetching)} would download pretrained weights; flatrob never "
+            f"downloads: remove {', '.join(fetching)} from arch_kwargs (the checkpoint supplies the weights)"
+        )
     try:
         return builder(num_classes=num_classes, **kwargs)
     except (TypeError, ValueError) as exc:
@@ -259,6 +265,13 @@ def load_state(net: nn.Module, state_dict: StateDict) -> None:
             f"checkpoint does not fit the model: {diff.describe()}; "
             "check the architecture, num_classes, input channels and key prefix"
         )
+    model = net.state_dict()
+    for key, value in state_dict.items():
+        if model[key].is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(
+                f"checkpoint tensor {key!r} has dtype {str(value.dtype).removeprefix('torch.')} but the model "
+                "expects floating weights; save the state dict as float32 (float16/bfloat16 also load)"
+            )
     net.load_state_dict(state_dict, strict=True)
 
 

@@ -1,0 +1,265 @@
+"""Hostile and broken files across every command: exit 2, one ``Error:`` line, no traceback, no file.
+
+A catalogue of inputs a user (or an attacker handing over a file) can give flatrob: corrupt or
+oversized safetensors headers, weights of the wrong dtype or an absurd shape, metadata that is not
+YAML/JSON, YAML tags and alias bombs, ``module.path:Class`` naming something that is not an
+``nn.Module`` subclass, pickles, data with NaN or values outside [0, 1], labels out of range, images
+of the wrong shape. Each is run through a command that reads it; nothing is executed, nothing
+crashes, and the output directory stays empty (not even a temporary file). The cases already in
+``test_bad_inputs_sharpness.py``, ``test_attack_cli.py``, ``test_bound_cli.py`` and
+``test_detect_cli.py`` are not repeated here.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from flatcli.checkpoint import read
+from tests.conftest import EXAMPLE, assert_one_error, invoke
+
+SPEC = None
+
+
+def _raw_safetensors(path, header: bytes | dict, body: bytes = b"", length: int | None = None) -> None:
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    n = len(raw) if length is None else length
+    path.write_bytes(struct.pack("<Q", n) + raw + body)
+
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("hostile")
+    ck = read(EXAMPLE)
+    state = ck.state_dict
+    spec = ck.metadata["flatrob.spec"]
+    meta = {"flatrob.spec": spec}
+    f: dict[str, object] = {}
+
+    def st(name, tensors, metadata=meta):
+        f[name] = d / f"{name}.safetensors"
+        save_file(tensors, str(f[name]), metadata=metadata)
+
+    def raw(name, header, body=b"", length=None):
+        f[name] = d / f"{name}.safetensors"
+        _raw_safetensors(f[name], header, body, length)
+
+    def text(name, content, suffix=".yaml"):
+        f[name] = d / f"{name}{suffix}"
+        f[name].write_text(content)
+
+    # --- checkpoints: the container ---
+    f["empty"] = d / "empty.safetensors"
+    f["empty"].write_bytes(b"")
+    raw("huge_header", b"{}", length=2**63 - 1)
+    raw("header_past_eof", b'{"a": 1}', length=4096)
+    raw("header_not_json", b"\xff\xfe not json at all")
+    raw("header_list", b"[1, 2, 3]")
+    raw("header_nested", b"[" * 100_000 + b"]" * 100_000)
+    raw("offsets_out_of_range", {"fc.weight": {"dtype": "F32", "shape": [10, 32], "data_offsets": [0, 1280]}}, b"\0" * 16)
+    raw("unknown_dtype", {"fc.weight": {"dtype": "Q7", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8)
+    raw("absurd_shape", {"fc.weight": {"dtype": "F32", "shape": [2**40, 2**40], "data_offsets": [0, 8]}}, b"\0" * 8)
+    raw("negative_shape", {"fc.weight": {"dtype": "F32", "shape": [-1, 2], "data_offsets": [0, 8]}}, b"\0" * 8)
+    raw("f16_wrong_size", {"fc.weight": {"dtype": "F16", "shape": [10, 32], "data_offsets": [0, 64]}}, b"\0" * 64)
+    raw("bf16_wrong_size", {"fc.weight": {"dtype": "BF16", "shape": [10, 32], "data_offsets": [0, 100]}}, b"\0" * 100)
+    raw("metadata_not_strings", {"__metadata__": {"flatrob.spec": {"arch": "mlp"}}})
+    # --- checkpoints: the weights ---
+    st("int_weights", {k: (v * 100).to(torch.int32) if v.is_floating_point() else v for k, v in state.items()})
+    st("f16_inf", {**{k: v.half() if v.is_floating_point() else v for k, v in state.items()},
+                   "fc.weight": torch.full((10, 32), 1e6).half()})
+    st("bf16_nan", {**state, "fc.bias": torch.full((10,), float("nan"), dtype=torch.bfloat16)})
+    st("bool_weights", {**state, "conv1.weight": torch.ones(16, 1, 3, 3, dtype=torch.bool)})
+    st("absurd_head", {**state, "fc.weight": torch.zeros(10, 32, 1, 1, 1)})
+    st("scalar_head", {**state, "fc.weight": torch.tensor(1.0)})
+    st("no_tensors_meta_only", {}, metadata=meta)
+    # --- checkpoints: the embedded spec ---
+    st("meta_json_list", state, {"flatrob.spec": "[1, 2, 3]"})
+    st("meta_yaml_tag", state, {"flatrob.spec": "arch: !!python/object/apply:os.system ['echo pwned']\n"})
+    st("meta_alias_bomb", state, {"flatrob.spec": BOMB})
+    st("meta_huge_spec", state, {"flatrob.spec": "# " + "x" * 70_000 + "\narch: small-cnn\n"})
+    st("meta_not_module", state, {"flatrob.spec": "arch: collections:OrderedDict\nlayer: fc\nnum_classes: 10\n"})
+    # --- pickles ---
+    f["pickle_pth"] = d / "model.pth"
+    torch.save(state, f["pickle_pth"])
+    f["pickle_disguised"] = d / "disguised.safetensors"
+    torch.save(state, f["pickle_disguised"])
+    # --- spec files ---
+    text("spec_python_tag", "arch: !!python/name:os.system\n")
+    text("spec_custom_tag", "arch: !Net small-cnn\n")
+    text("spec_alias_bomb", BOMB)
+    text("spec_function", "arch: builtins:print\nlayer: fc\n")
+    text("spec_non_module_class", "arch: flatcli.errors:FlatrobError\nlayer: fc\n")
+    text("spec_missing_module", "arch: no_such_module_xyz:Net\nlayer: fc\n")
+    text("spec_torchvision_weights", "arch: 'torchvision:resnet18'\narch_kwargs: {weights: IMAGENET1K_V1}\n")
+    text("spec_torchvision_backbone", "arch: 'torchvision:fasterrcnn_resnet50_fpn'\narch_kwargs: {weights_backbone: DEFAULT}\n")
+    text("spec_torchvision_pretrained", "arch: 'torchvision:resnet18'\narch_kwargs: {pretrained: true}\n")
+    text("spec_binary", "")
+    f["spec_binary"].write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\xff\xfe")
+    text("spec_huge_input", "input_shape: [1, 100000000, 100000000]\n")
+    text("spec_bad_num_classes", "num_classes: 0\n")
+    # --- data files ---
+    x = torch.rand(6, 1, 8, 8)
+    y = torch.arange(6, dtype=torch.int64)
+    st("data_nan", {"x": x.clone().index_fill_(0, torch.tensor([2]), float("nan")), "y": y}, None)
+    st("data_inf", {"x": x.clone().index_fill_(0, torch.tensor([1]), float("inf")), "y": y}, None)
+    st("data_above_one", {"x": x * 255, "y": y}, None)
+    st("data_negative", {"x": x - 0.5, "y": y}, None)
+    st("data_int_images", {"x": (x * 255).to(torch.uint8), "y": y}, None)
+    st("data_float_labels", {"x": x, "y": y.float()}, None)
+    st("data_negative_labels", {"x": x, "y": -y - 1}, None)
+    st("data_labels_too_big", {"x": x, "y": y + 100}, None)
+    st("data_label_count", {"x": x, "y": y[:4]}, None)
+    st("data_wrong_channels", {"x": torch.rand(6, 3, 8, 8), "y": y}, None)
+    st("data_wrong_size", {"x": torch.rand(6, 1, 28, 28), "y": y}, None)
+    st("data_flat_images", {"x": torch.rand(6, 64), "y": y}, None)
+    st("data_no_y", {"x": x}, None)
+    st("data_float_index", {"x": x, "y": y, "index": torch.arange(6.0)}, None)
+    raw("data_huge_header", b"{}", length=2**40)
+    raw("data_absurd_shape", {"x": {"dtype": "F32", "shape": [2**31, 1, 2**16, 2**16], "data_offsets": [0, 4]},
+                              "y": {"dtype": "I64", "shape": [1], "data_offsets": [4, 12]}}, b"\0" * 12)
+    f["data_pickle"] = d / "data.safetensors.pt"
+    torch.save({"x": x, "y": y}, f["data_pickle"])
+    # --- JSON inputs of bound / detect ---
+    text("json_nested", "[" * 100_000 + "]" * 100_000, ".json")
+    text("json_not_utf8", "", ".json")
+    f["json_not_utf8"].write_bytes(b"\xff\xfe\x00{")
+    text("detector_nested", '{"a":' * 50_000 + "1" + "}" * 50_000, ".json")
+    text("detector_wrong_types", json.dumps({"schema_version": 1, "kind": "flatrob-detector", "method": "stump",
+                                              "score": "relative_sharpness", "threshold": "high",
+                                              "direction": "sideways", "meta": []}), ".json")
+    f["out"] = d / "out"
+    return {k: str(v) for k, v in f.items()}
+
+
+LIMIT = ["--limit", "6", "--batch-size", "6"]
+ATTACK = ["--steps", "1"]
+
+# case: (command and arguments, fragments the one error line must contain)
+CASES: dict[str, tuple[list[str], list[str]]] = {
+    # checkpoint container
+    "empty checkpoint": (["sharpness", "{empty}"], ["not a safetensors"]),
+    "header length 2^63": (["attack", "{huge_header}", *ATTACK], ["header claims"]),
+    "header past end of file": (["sweep-scale", "{header_past_eof}"], ["header claims"]),
+    "header not json": (["detect", "{header_not_json}"], ["not json"]),
+    "header a json list": (["bound", "{header_list}", "--epsilon", "0.1"], ["json object"]),
+    "header nested 100k deep": (["inspect", "{header_nested}"], ["not json"]),
+    "tensor offsets past the data": (["attack", "{offsets_out_of_range}", *ATTACK], ["safetensors"]),
+    "unknown tensor dtype": (["inspect", "{unknown_dtype}"], ["safetensors"]),
+    "absurd tensor shape in header": (["sharpness", "{absurd_shape}"], ["safetensors"]),
+    "negative tensor shape": (["bound", "{negative_shape}", "--epsilon", "0.1"], ["safetensors"]),
+    "float16 size does not match shape": (["detect", "{f16_wrong_size}"], ["safetensors"]),
+    "bfloat16 size does not match shape": (["sweep-scale", "{bf16_wrong_size}"], ["safetensors"]),
+    "metadata values not strings": (["attack", "{metadata_not_strings}", *ATTACK], ["metadata"]),
+    # weights
+    "integer weights": (["attack", "{int_weights}", *ATTACK], ["dtype int32", "floating"]),
+    "bool weights": (["sharpness", "{bool_weights}"], ["dtype", "conv1.weight"]),
+    "float16 weights overflow to inf": (["detect", "{f16_inf}"], ["nan or inf"]),
+    "bfloat16 NaN bias": (["bound", "{bf16_nan}", "--epsilon", "0.1"], ["nan or inf"]),
+    "head weight of absurd rank": (["sweep-scale", "{absurd_head}"], ["fc.weight"]),
+    "head weight a scalar": (["inspect", "{scalar_head}"], ["fc.weight"]),
+    "metadata only, no tensors": (["attack", "{no_tensors_meta_only}", *ATTACK], ["no tensors"]),
+    # embedded spec
+    "embedded spec a json list": (["attack", "{meta_json_list}", *ATTACK], ["mapping"]),
+    "embedded spec with python tag": (["sweep-scale", "{meta_yaml_tag}"], ["yaml"]),
+    "embedded alias bomb": (["detect", "{meta_alias_bomb}"], ["alias"]),
+    "embedded spec over 64 KiB": (["bound", "{meta_huge_spec}", "--epsilon", "0.1"], ["64 kib"]),
+    "embedded class not a module": (["inspect", "{meta_not_module}"], ["nn.module"]),
+    # pickles
+    "pth pickle to attack": (["attack", "{pickle_pth}", *ATTACK], ["pickle"]),
+    "pth pickle to bound": (["bound", "{pickle_pth}", "--epsilon", "0.1"], ["pickle"]),
+    "pickle renamed .safetensors": (["detect", "{pickle_disguised}"], ["not a safetensors"]),
+    # spec files
+    "spec python/name tag": (["attack", EXAMPLE, "--spec", "{spec_python_tag}", *ATTACK], ["yaml"]),
+    "spec custom tag": (["sweep-scale", EXAMPLE, "--spec", "{spec_custom_tag}"], ["yaml"]),
+    "spec alias bomb": (["bound", EXAMPLE, "--spec", "{spec_alias_bomb}", "--epsilon", "0.1"], ["alias"]),
+    "spec arch a function": (["detect", EXAMPLE, "--spec", "{spec_function}"], ["nn.module"]),
+    "spec arch an exception class": (["attack", EXAMPLE, "--spec", "{spec_non_module_class}", *ATTACK], ["nn.module"]),
+    "spec arch module missing": (["inspect", EXAMPLE, "--spec", "{spec_missing_module}"], ["no_such_module_xyz"]),
+    "arch option a function": (["sweep-scale", EXAMPLE, "--arch", "os:system"], ["nn.module"]),
+    "torchvision weights would download": (["sharpness", EXAMPLE, "--spec", "{spec_torchvision_weights}"], ["weights", "download"]),
+    "torchvision backbone weights": (["inspect", EXAMPLE, "--spec", "{spec_torchvision_backbone}"], ["weights_backbone"]),
+    "torchvision pretrained=True": (["attack", EXAMPLE, "--spec", "{spec_torchvision_pretrained}", *ATTACK], ["pretrained"]),
+    "spec not text": (["sweep-scale", EXAMPLE, "--spec", "{spec_binary}"], ["spec"]),
+    "spec absurd input shape": (["detect", EXAMPLE, "--spec", "{spec_huge_input}"], ["input_shape"]),
+    "spec zero classes": (["bound", EXAMPLE, "--spec", "{spec_bad_num_classes}", "--epsilon", "0.1"], ["num_classes"]),
+    # data
+    "data with NaN": (["attack", EXAMPLE, "--data", "tensors:{data_nan}", *ATTACK], ["nan"]),
+    "data with Inf": (["sweep-scale", EXAMPLE, "--data", "tensors:{data_inf}"], ["infinite"]),
+    "data in 0..255": (["detect", EXAMPLE, "--data", "tensors:{data_above_one}"], ["outside [0, 1]"]),
+    "data normalised (negative)": (["bound", EXAMPLE, "--data", "tensors:{data_negative}", "--epsilon", "0.1"], ["outside [0, 1]"]),
+    "data uint8 images": (["attack", EXAMPLE, "--data", "tensors:{data_int_images}", *ATTACK], ["dtype"]),
+    "data float labels": (["sweep-scale", EXAMPLE, "--data", "tensors:{data_float_labels}"], ["y has dtype"]),
+    "data negative labels": (["detect", EXAMPLE, "--data", "tensors:{data_negative_labels}"], ["negative"]),
+    "data labels past the classes": (["attack", EXAMPLE, "--data", "tensors:{data_labels_too_big}", *ATTACK], ["label"]),
+    "data fewer labels than images": (["bound", EXAMPLE, "--data", "tensors:{data_label_count}", "--epsilon", "0.1"], ["one label per row"]),
+    "data 3 channels for a 1-channel model": (["sweep-scale", EXAMPLE, "--data", "tensors:{data_wrong_channels}"], ["shape"]),
+    "data 28x28 for an 8x8 model": (["detect", EXAMPLE, "--data", "tensors:{data_wrong_size}"], ["shape"]),
+    "data not NCHW": (["attack", EXAMPLE, "--data", "tensors:{data_flat_images}", *ATTACK], ["4 dimensions"]),
+    "data without labels": (["bound", EXAMPLE, "--data", "tensors:{data_no_y}", "--epsilon", "0.1"], ["no tensor 'y'"]),
+    "data float index": (["sweep-scale", EXAMPLE, "--data", "tensors:{data_float_index}"], ["index"]),
+    "data header length 2^40": (["detect", EXAMPLE, "--data", "tensors:{data_huge_header}"], ["safetensors"]),
+    "data absurd shape in header": (["attack", EXAMPLE, "--data", "tensors:{data_absurd_shape}", *ATTACK], ["safetensors"]),
+    "data a pickle": (["sharpness", EXAMPLE, "--data", "tensors:{data_pickle}"], ["safetensors"]),
+    "data a device file": (["attack", EXAMPLE, "--data", "tensors:/dev/zero", *ATTACK], ["not a file"]),
+    "detect adversarials with NaN": (["detect", EXAMPLE, "--adversarial", "{data_nan}"], ["nan"]),
+    # JSON inputs
+    "bound json nested 100k deep": (["bound", "--from-json", "{json_nested}", "-L", "3", "--epsilon", "0.1"], ["json"]),
+    "bound json not utf-8": (["bound", "--from-json", "{json_not_utf8}", "-L", "3", "--epsilon", "0.1"], ["json"]),
+    "detector nested 50k deep": (["detect", EXAMPLE, "--detector", "{detector_nested}"], ["detector_nested.json"]),
+    "detector fields of the wrong type": (["detect", EXAMPLE, "--detector", "{detector_wrong_types}"], ["detector_wrong_types.json"]),
+}
+
+# Options that keep each run small; added only where the command takes them.
+SMALL = {"attack": LIMIT, "sweep-scale": [*LIMIT, "--scales", "1,2"], "detect": LIMIT, "sharpness": LIMIT,
+         "bound": ["--limit", "6"], "inspect": []}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_input_is_one_error_and_no_file(files, tmp_path, case):
+    args, fragments = CASES[case]
+    args = [a.format(**files) for a in args]
+    command = args[0]
+    out = tmp_path / "result.json"
+    extra = SMALL[command] if command != "bound" or "--from-json" not in args else []
+    res = invoke(*args, *extra, "--format", "json", "--output", str(out))
+    assert_one_error(res, *fragments)
+    assert list(tmp_path.iterdir()) == []  # no output file, not even a temporary one
+
+
+def test_catalogue_covers_every_command_and_is_large():
+    commands = {args[0] for args, _ in CASES.values()}
+    assert commands == {"sharpness", "inspect", "attack", "sweep-scale", "bound", "detect"}
+    assert len(CASES) >= 30
+
+
+def test_nothing_executed_by_a_yaml_tag(files, tmp_path, monkeypatch):
+    """``!!python/object/apply:os.system`` in a spec must never reach os.system."""
+    import os
+
+    calls = []
+    monkeypatch.setattr(os, "system", lambda *a: calls.append(a) or 0)
+    res = invoke("inspect", files["meta_yaml_tag"])
+    assert_one_error(res, "yaml")
+    res = invoke("inspect", EXAMPLE, "--spec", files["spec_python_tag"])
+    assert_one_error(res, "yaml")
+    assert calls == []
+
+
+def test_float16_and_bfloat16_checkpoints_that_fit_still_load(tmp_path):
+    """Half-precision weights are legitimate: they load (upcast), only broken ones are refused."""
+    ck = read(EXAMPLE)
+    for dtype in (torch.float16, torch.bfloat16):
+        path = tmp_path / f"{dtype}.safetensors"
+        save_file({k: v.to(dtype) if v.is_floating_point() else v for k, v in ck.state_dict.items()}, str(path),
+                  metadata={"flatrob.spec": ck.metadata["flatrob.spec"]})
+        res = invoke("inspect", str(path), "--format", "json")
+        assert res.exit_code == 0, res.stderr
