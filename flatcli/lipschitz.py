@@ -14,13 +14,16 @@ user passes):
     - ``a + b`` / ``a - b``: ``L = L(a) + L(b)`` (times ``sqrt(expansion)`` when an operand is
       broadcast to a larger shape, which copies its entries);
     - ``torch.cat`` / ``torch.stack``: ``L = sqrt(sum_i L(a_i)^2)``;
-    - operations on constants only, and shape queries (``x.size(0)``), are constants (``L = 0``).
+    - operations on constants only, and shape queries (``x.size(0)``), are constants (``L = 0``);
+    - an in-place operation (``mul_``, ``inplace=True``) rebinds its input: later users of the
+      mutated tensor get the operation's bound (refused where views share the memory, unless the
+      operation is elementwise with constant <= 1, which cannot raise any bound).
 
     Per-operation constants ``c``: Normalize ``1 / min(std)``; Linear ``||W||_2`` (exact SVD);
     eval-mode BatchNorm ``max |gamma / sqrt(running_var + eps)|``; ReLU/LeakyReLU(slope <= 1)/Tanh/
-    ELU(alpha <= 1)/Softplus/Hardtanh 1, Sigmoid 1/4, GELU 1.1290, SiLU 1.0999, Mish 1.0886,
-    Hardswish 1.5, Hardsigmoid 1/6, SELU 1.7581; MaxPool ``sqrt(max number of windows an input pixel
-    falls in)`` (exact for l2); AvgPool / AdaptiveAvgPool the exact operator norm (closed form
+    ELU(alpha <= 1)/Softplus/Hardtanh/clamp/abs 1, Sigmoid 1/4, GELU 1.1290, SiLU 1.0999, Mish
+    1.0886, Hardswish 1.5, Hardsigmoid 1/6, SELU 1.7581 (LeakyReLU, ELU, PReLU: max(1, |slope|));
+    MaxPool ``sqrt(max number of windows an input pixel falls in)`` (exact for l2); AvgPool / AdaptiveAvgPool the exact operator norm (closed form
     ``1/sqrt(window)`` for non-overlapping windows, otherwise the SVD of the per-channel matrix, or
     Lanczos beyond 4096 pixels); mean over ``n`` entries ``1/sqrt(n)``; multiplication /
     division by a constant its largest magnitude; reshapes, slicing, dropout in eval mode 1.
@@ -35,15 +38,16 @@ user passes):
     not converge within ``iters`` operator applications, a rigorous bound is used instead: the
     zero-padded (strided) conv is a coordinate restriction of a circular convolution on the padded
     grid, whose norm is the largest singular value of the kernel's DFT over the grid frequencies
-    (float64; tight for large maps, up to ~10% loose on 4x4 maps). 1x1 convolutions use the exact
-    ``max_g ||W_g||_2``.
+    (float64; tight for large maps, 10-50% loose on 4x4 and 2x2 maps), or, for convs with at most
+    ``DENSE_CONV_MAX_IN`` inputs (e.g. 512 channels at 1x1, 256 at 2x2), the exact SVD of the dense
+    matrix. 1x1 convolutions use the exact ``max_g ||W_g||_2``.
 
     Anything else raises :class:`~flatcli.errors.UsageError` naming the module and node: the bound
     would not be sound (e.g. products of two input-dependent tensors, LayerNorm, attention).
 
 ``local_estimate``
     The largest spectral norm of the Jacobian of ``phi`` at the given points, by power iteration on
-    ``J^T J`` (``torch.func.jvp`` / ``vjp``), batched over samples (eval mode makes samples
+    ``J^T J`` (double backward), batched over samples (eval mode makes samples
     independent). An estimate of the local Lipschitz constant from below: optimistic, *not* a
     certificate.
 
@@ -76,6 +80,10 @@ POWER_TOL = 1e-5
 DENSE_MAX_PIXELS = 4096
 """Per-channel linear pooling maps up to this many input pixels get an exact SVD of their matrix."""
 
+DENSE_CONV_MAX_IN = 1024
+DENSE_CONV_MAX_ENTRIES = 1 << 22
+"""Convs with at most this many inputs (and matrix entries) get an exact SVD of their dense matrix."""
+
 _HINT = "pass --lipschitz VALUE"
 
 # Largest |derivative| of each activation (numerically checked in float64, rounded up).
@@ -100,6 +108,17 @@ class Lipschitz:
     value: float
     kind: str
     detail: dict = field(default_factory=dict)
+
+
+def given(value: float) -> Lipschitz:
+    """A Lipschitz constant the user passed (``--lipschitz VALUE``): positive and finite, else UsageError."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise UsageError(f"--lipschitz must be a number, got {value!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise UsageError(f"--lipschitz must be positive and finite, got {value!r}")
+    return Lipschitz(value=v, kind="given", detail={})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -256,6 +275,36 @@ def conv2d_operator_norm(
     return math.sqrt(theta), converged, k
 
 
+def conv2d_dense_norm(
+    weight: torch.Tensor,
+    input_hw: Sequence[int],
+    *,
+    stride: int | Sequence[int] = 1,
+    padding: int | Sequence[int] | str = 0,
+    dilation: int | Sequence[int] = 1,
+    groups: int = 1,
+) -> float:
+    """Exact norm of a small conv: from its matrix (the conv of the identity batch), float64 eigvalsh of the Gram.
+
+    Every entry of that matrix is a single kernel weight (no sums), so computing it in the weight's
+    own precision is exact.
+    """
+    g = _conv_geometry(weight, input_hw, stride, padding, dilation)
+    pt, pb, pl, pr = g["pads"]
+    H, W = g["hw"]
+    w = weight.detach().cpu()
+    if not w.is_floating_point() or w.dtype in (torch.float16, torch.bfloat16):
+        w = w.float()
+    cin = int(w.shape[1]) * groups
+    n = cin * H * W
+    basis = F.pad(torch.eye(n, dtype=w.dtype).view(n, cin, H, W), (pl, pr, pt, pb))
+    with torch.no_grad():
+        out = F.conv2d(basis, w, None, g["s"], 0, g["d"], groups)
+    mat = out.reshape(n, -1).to(torch.float64)  # (inputs, outputs): the transposed matrix
+    gram = mat.T @ mat if mat.shape[1] <= mat.shape[0] else mat @ mat.T
+    return math.sqrt(max(float(torch.linalg.eigvalsh(gram)[-1]), 0.0))
+
+
 def conv2d_circulant_bound(
     weight: torch.Tensor,
     input_hw: Sequence[int],
@@ -274,14 +323,19 @@ def conv2d_circulant_bound(
     suffices: the other half are complex conjugates), from ``eigvalsh`` of the smaller Gram matrix.
     """
     g = _conv_geometry(weight, input_hw, 1, padding, dilation)
-    (dh, dw), (eh, ew), (Hp, Wp) = g["d"], g["ext"], g["padded"]
+    (kh, kw), (dh, dw), (eh, ew), (Hp, Wp) = g["k"], g["d"], g["ext"], g["padded"]
     N1, N2 = max(Hp, eh, 1), max(Wp, ew, 1)
     w = weight.detach().to("cpu", torch.float64)
     cout, cin_g = int(w.shape[0]), int(w.shape[1])
-    grid = torch.zeros((cout, cin_g, N1, N2), dtype=torch.float64)
-    grid[:, :, 0:eh:dh, 0:ew:dw] = w
-    spec = torch.fft.rfft2(grid)  # (cout, cin_g, N1, N2 // 2 + 1)
-    mats = spec.permute(2, 3, 0, 1).reshape(-1, cout // groups, cin_g)
+    # K^(u, v) = sum_ab K[:, :, a, b] exp(-2 pi i (a dh u / N1 + b dw v / N2)), v up to N2 // 2.
+    u = torch.arange(N1, dtype=torch.float64).view(-1, 1, 1, 1)
+    v = torch.arange(N2 // 2 + 1, dtype=torch.float64).view(1, -1, 1, 1)
+    a = torch.arange(kh, dtype=torch.float64).view(1, 1, -1, 1) * dh
+    b = torch.arange(kw, dtype=torch.float64).view(1, 1, 1, -1) * dw
+    angle = 2 * math.pi * (a * u / N1 + b * v / N2)
+    phase = torch.polar(torch.ones_like(angle), -angle).reshape(-1, kh * kw)
+    flat = w.reshape(cout * cin_g, kh * kw).to(torch.complex128)
+    mats = (phase @ flat.T).reshape(-1, cout // groups, cin_g)
     gram = mats @ mats.mH if mats.shape[-2] <= mats.shape[-1] else mats.mH @ mats
     top = float(torch.linalg.eigvalsh(gram)[..., -1].max()) if gram.numel() else 0.0
     return math.sqrt(max(top, 0.0)) * (1.0 + 1e-9)
@@ -300,7 +354,8 @@ def conv2d_bound(
     """Upper bound on the conv's operator norm and how it was obtained (see the module docstring).
 
     1x1 kernels: exact ``max_g ||W_g||_2``. Otherwise the iterative estimate at the real input size
-    times ``1 + SAFETY`` when it converged; else the rigorous circulant bound.
+    times ``1 + SAFETY`` when it converged; else the exact dense SVD for small inputs and the
+    rigorous circulant bound for large ones.
     """
     g = _conv_geometry(weight, input_hw, stride, padding, dilation)
     if g["out"][0] <= 0 or g["out"][1] <= 0:
@@ -317,6 +372,13 @@ def conv2d_bound(
     if converged:
         info["method"] = "iterative x (1 + SAFETY)"
         return est * (1.0 + SAFETY), info
+    n_in = int(weight.shape[1]) * groups * g["hw"][0] * g["hw"][1]
+    n_out = int(weight.shape[0]) * g["out"][0] * g["out"][1]
+    if n_in <= DENSE_CONV_MAX_IN and n_in * n_out <= DENSE_CONV_MAX_ENTRIES:
+        info["method"] = "exact (dense SVD; iteration not converged)"
+        exact = conv2d_dense_norm(weight, input_hw, stride=stride, padding=padding, dilation=dilation,
+                                  groups=groups)
+        return max(exact, est), info
     circ = conv2d_circulant_bound(weight, input_hw, padding=padding, dilation=dilation, groups=groups)
     info["circulant"] = circ
     info["method"] = "circulant bound (iteration not converged)"
@@ -402,10 +464,14 @@ def channelwise_linear_norm(
         return float(torch.linalg.matrix_norm(mat, ord=2)), "exact (dense SVD)"
     gen = torch.Generator().manual_seed(0)
     v0 = torch.randn((1, 1, H, W), generator=gen, dtype=torch.float64)
-    _, adj = torch.func.vjp(fn, torch.zeros_like(v0))
+    x0 = torch.zeros_like(v0, requires_grad=True)
+    with torch.enable_grad():
+        y0 = fn(x0)  # linear: the adjoint is the backward of this graph
 
     def gram(v: torch.Tensor) -> torch.Tensor:
-        return adj(fn(v.view(1, 1, H, W)))[0].flatten()
+        with torch.no_grad():
+            out = fn(v.view(1, 1, H, W))
+        return torch.autograd.grad(y0, x0, out, retain_graph=True)[0].flatten()
 
     theta, converged, _ = lanczos_top_eigenvalue(gram, v0, max_matvecs=max(iters, 50))
     method = "iterative x (1 + SAFETY)" if converged else "iterative x (1 + SAFETY), not converged"
@@ -492,17 +558,19 @@ _ACT_FUNCS: dict[Any, str] = {
     F.gelu: "gelu", F.silu: "silu", F.mish: "mish", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid",
     torch.tanh: "tanh", F.tanh: "tanh", F.softplus: "softplus", F.hardtanh: "hardtanh",
     F.hardsigmoid: "hardsigmoid", F.hardswish: "hardswish", F.logsigmoid: "logsigmoid",
-    F.softsign: "softsign", F.tanhshrink: "tanhshrink",
+    F.softsign: "softsign", F.tanhshrink: "tanhshrink", torch.clamp: "clamp", torch.clip: "clamp",
+    torch.clamp_: "clamp", torch.abs: "abs",
 }
 _ACT_METHODS = {
     "relu": "relu", "relu_": "relu", "sigmoid": "sigmoid", "sigmoid_": "sigmoid", "tanh": "tanh",
-    "tanh_": "tanh",
+    "tanh_": "tanh", "clamp": "clamp", "clamp_": "clamp", "clip": "clamp", "clip_": "clamp",
+    "abs": "abs", "abs_": "abs",
 }
 _CONST_ACTS = {
     "relu": 1.0, "relu6": 1.0, "celu": 1.0, "selu": SELU_LIP, "gelu": GELU_LIP, "silu": SILU_LIP,
     "mish": MISH_LIP, "sigmoid": SIGMOID_LIP, "tanh": 1.0, "softplus": 1.0, "hardtanh": 1.0,
     "hardsigmoid": HARDSIGMOID_LIP, "hardswish": HARDSWISH_LIP, "logsigmoid": 1.0, "softsign": 1.0,
-    "tanhshrink": 1.0,
+    "tanhshrink": 1.0, "clamp": 1.0, "abs": 1.0,
 }
 _ACT_MODULES: dict[type, float] = {
     nn.ReLU: 1.0, nn.ReLU6: 1.0, nn.CELU: 1.0, nn.SELU: SELU_LIP, nn.GELU: GELU_LIP,
@@ -512,6 +580,10 @@ _ACT_MODULES: dict[type, float] = {
     nn.Unflatten: 1.0, nn.Dropout: 1.0, nn.Dropout1d: 1.0, nn.Dropout2d: 1.0, nn.Dropout3d: 1.0,
     nn.AlphaDropout: 1.0, nn.FeatureAlphaDropout: 1.0, nn.ZeroPad2d: 1.0,
 }
+_DROPOUT_FUNCS = {F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.alpha_dropout, F.feature_alpha_dropout}
+_VIEW_METHODS = {"expand", "expand_as", "select", "diagonal", "as_strided", "T", "mT", "view_as_real"}
+_ALIAS_MODULES = (nn.Identity, nn.Flatten, nn.Unflatten, nn.Dropout, nn.Dropout1d, nn.Dropout2d,
+                  nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 _ADD = {operator.add, operator.iadd, torch.add}
 _SUB = {operator.sub, operator.isub, torch.sub}
 _MUL = {operator.mul, operator.imul, torch.mul}
@@ -606,15 +678,8 @@ class _Walker:
         self._record(node, kind, "scale", bound, factor, **extra)
 
     # ---- main ----
-    def run(self, phi: fx.Node) -> float:
-        needed: set[fx.Node] = set()
-        stack = [phi]
-        while stack:
-            n = stack.pop()
-            if n in needed:
-                continue
-            needed.add(n)
-            stack.extend(n.all_input_nodes)
+    def run(self, phi: fx.Node, head: fx.Node) -> float:
+        needed = self._needed(phi, head)
         for node in self.gm.graph.nodes:
             if node not in needed:
                 continue
@@ -642,7 +707,89 @@ class _Walker:
                     raise _Unsupported(f"node kind {node.op}")
             except _Unsupported as e:
                 raise UsageError(self._message(node, str(e))) from None
+            if self._inplace(node) and node.args and self._isdep(node.args[0]):
+                try:
+                    self._rebind(node, node.args[0])
+                except _Unsupported as e:
+                    raise UsageError(self._message(node, str(e))) from None
         return self.L[phi]
+
+    def _needed(self, phi: fx.Node, head: fx.Node) -> set[fx.Node]:
+        """Ancestors of ``phi``, plus in-place operations (and their ancestors) that mutate one
+        before the head runs."""
+        order = list(self.gm.graph.nodes)
+        before = order[: order.index(head)]
+        needed: set[fx.Node] = set()
+
+        def add(root: fx.Node) -> None:
+            stack = [root]
+            while stack:
+                n = stack.pop()
+                if n not in needed:
+                    needed.add(n)
+                    stack.extend(n.all_input_nodes)
+
+        add(phi)
+        changed = True
+        while changed:
+            changed = False
+            for n in before:
+                if n not in needed and n.args and isinstance(n.args[0], fx.Node) \
+                        and n.args[0] in needed and self._inplace(n):
+                    add(n)
+                    changed = True
+        return needed
+
+    def _rebind(self, node: fx.Node, mutated: fx.Node) -> None:
+        """After ``node`` mutates ``mutated`` in place, later users of it see ``node``'s value.
+
+        An elementwise map with constant <= 1 cannot raise the bound of the tensor or of anything
+        sharing its memory: nothing to do. Otherwise the mutated tensor takes ``node``'s bound, which
+        is only sound if no other tensor shares its memory (a view of it, or it a view of another).
+        """
+        rec = self.records[-1] if self.records and self.records[-1]["node"] == node.name else {}
+        if rec.get("rule") == "scale" and rec.get("factor", math.inf) <= 1.0 and self._elementwise(node):
+            return
+        if self._aliasing(mutated) or any(u is not node and self._aliasing(u) for u in mutated.users):
+            raise _Unsupported("in-place operation on a tensor that shares memory with others")
+        self.L[mutated] = self.L[node]
+
+    def _elementwise(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return type(self.modules.get(node.target)) in _ACT_MODULES or isinstance(
+                self.modules.get(node.target), (nn.LeakyReLU, nn.ELU))
+        t = node.target
+        if node.op == "call_method":
+            return t in _ACT_METHODS or t == "dropout"
+        return t in _ACT_FUNCS or t in _DROPOUT_FUNCS
+
+    def _aliasing(self, node: fx.Node) -> bool:
+        """Whether ``node``'s result may share memory with its input (views, no-op copies)."""
+        if node.op == "call_module":
+            return isinstance(self.modules.get(node.target), _ALIAS_MODULES)
+        if node.op == "call_method":
+            return node.target in _SHAPE_METHODS or node.target in _VIEW_METHODS
+        if node.op == "call_function":
+            return node.target in _SHAPE_FUNCS or node.target is operator.getitem \
+                or node.target in _DROPOUT_FUNCS
+        return False
+
+    def _inplace(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return bool(getattr(self.modules.get(node.target), "inplace", False))
+        t = node.target
+        name = t if isinstance(t, str) else getattr(t, "__name__", "")
+        if name.endswith("_") and not name.startswith("_"):
+            return True
+        if node.kwargs.get("inplace"):
+            return True
+        if node.op == "call_function" and callable(t):
+            try:
+                bound = inspect.signature(t).bind(*node.args, **node.kwargs)
+            except (TypeError, ValueError):
+                return False
+            return bool(bound.arguments.get("inplace", False))
+        return False
 
     def _shape_query(self, node: fx.Node) -> bool:
         if node.op == "call_method" and node.target in _SHAPE_QUERY_METHODS:
@@ -763,9 +910,7 @@ class _Walker:
             else:
                 f = _CONST_ACTS[act]
             self._scale(node, act, f)
-        elif (not is_method and t in (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d,
-                                      F.alpha_dropout, F.feature_alpha_dropout)) or (
-                is_method and t == "dropout"):
+        elif (not is_method and t in _DROPOUT_FUNCS) or (is_method and t == "dropout"):
             if _bind(_sig_dropout, vargs, vkwargs)["training"]:
                 raise _Unsupported("dropout in training mode")
             self._scale(node, name, 1.0)
@@ -835,7 +980,8 @@ class _Walker:
             if t is F.adaptive_avg_pool2d:
                 self._adaptive_avgpool(node, name, src, fn)
             else:
-                # F.avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode, count_include_pad, divisor_override)
+                # F.avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode,
+                #              count_include_pad, divisor_override)
                 full = list(vargs[1:]) + [None] * 6
                 kernel = vkwargs.get("kernel_size", full[0])
                 stride = vkwargs.get("stride", full[1])
@@ -954,7 +1100,7 @@ def upper_bound(
                 f"({type(e).__name__}: {e}); check the input size"
             ) from None
         walker = _Walker(gm, rec.values, iters)
-        value = walker.run(phi)
+        value = walker.run(phi, calls[0])
     detail = {
         "method": "operator norms through the torch.fx graph",
         "head": head,
@@ -972,11 +1118,14 @@ def local_estimate(
 ) -> Lipschitz:
     """Largest spectral norm of the Jacobian of ``phi`` over the points ``x`` (a batch).
 
-    Per sample, power iteration on ``J^T J``: ``J v`` by ``torch.func.jvp``, ``J^T u`` by the
-    ``vjp`` of one linearisation; all samples at once (in eval mode they are independent, so ``J``
-    is block diagonal). Each sample's estimate ``sqrt(||J^T J v||)`` approaches its norm from below;
-    stops early when every sample changes by less than 1e-6 (relative). ``detail["per_sample"]``
-    lists them, ``value`` is their max. An optimistic estimate, not a certificate.
+    Per sample, power iteration on ``J^T J`` by double backward: one forward graph gives ``J^T u``
+    (built once, with ``create_graph``, as a function of a dummy ``u``), whose backward in ``u`` gives
+    ``J v``; all samples at once (in eval mode they are independent, so ``J`` is block diagonal).
+    (Double backward rather than ``torch.func.jvp``: faster per step, and no seconds-long first-use
+    cost of the forward-mode decompositions.) Each sample's estimate
+    ``sqrt(||J^T J v||)`` approaches its norm from below; stops early when every sample changes by
+    less than 1e-6 (relative). ``detail["per_sample"]`` lists them, ``value`` is their max. An
+    optimistic estimate of the local Lipschitz constant, not a certificate.
     """
     head_mod = _head_module(model, head)
     if x.dim() < 2 or x.shape[0] == 0:
@@ -1006,17 +1155,23 @@ def local_estimate(
     v, _ = unit(v)
     est = torch.zeros(B, dtype=torch.float64)
     done, k = False, 0
-    with _eval_mode(model), torch.no_grad():
-        _, vjp_fn = torch.func.vjp(phi, x)
-        for k in range(1, max(1, iters) + 1):
-            _, jv = torch.func.jvp(phi, (x,), (v,))
-            (z,) = vjp_fn(jv)
-            v, n = unit(z)
-            new = n.sqrt().cpu()
-            done = bool(((new - est).abs() <= 1e-6 * new).all()) and k > 1
-            est = torch.maximum(est, new)
-            if done:
-                break
+    with _eval_mode(model):
+        xr = x.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            y = phi(xr)  # one forward graph, reused by every product
+            if y.requires_grad:
+                u = torch.zeros_like(y, requires_grad=True)
+                (g,) = torch.autograd.grad(y, xr, u, create_graph=True)  # J^T u, linear in u
+        if y.requires_grad and g.requires_grad:
+            for k in range(1, max(1, iters) + 1):
+                (jv,) = torch.autograd.grad(g, u, v, retain_graph=True)  # J v (double backward)
+                (z,) = torch.autograd.grad(y, xr, jv, retain_graph=True)  # J^T (J v)
+                v, n = unit(z.detach())
+                new = n.sqrt().cpu()
+                done = bool(((new - est).abs() <= 1e-6 * new).all()) and k > 1
+                est = torch.maximum(est, new)
+                if done:
+                    break
     per = [float(e) for e in est]
     i = max(range(B), key=lambda j: per[j])
     detail = {"per_sample": per, "argmax": i, "n": B, "iterations": k, "converged": done}
