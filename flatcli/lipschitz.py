@@ -920,9 +920,9 @@ class _Walker:
                 raise _Unsupported(f"padding mode {b['mode']!r} repeats entries")
             self._scale(node, name, 1.0)
         elif (not is_method and t in _ADD) or (is_method and t in ("add", "add_")):
-            self._sum(node, name, sign_alpha=True)
+            self._sum(node, name)
         elif (not is_method and t in _SUB) or (is_method and t in ("sub", "sub_")):
-            self._sum(node, name, sign_alpha=True)
+            self._sum(node, name)
         elif (not is_method and t in _MUL) or (is_method and t in ("mul", "mul_")):
             self._mul(node, name, divide=False)
         elif (not is_method and t in _DIV) or (is_method and t in ("div", "div_", "true_divide")):
@@ -995,7 +995,7 @@ class _Walker:
         """sqrt(how many times broadcasting copies each entry of ``operand`` into the result)."""
         return math.sqrt(self.values[node].numel() / max(1, self.values[operand].numel()))
 
-    def _sum(self, node, name, sign_alpha: bool) -> None:
+    def _sum(self, node, name) -> None:
         b = _bind(_sig_add, node.args, node.kwargs)
         alpha = abs(float(self._val(b["alpha"])))
         bound = 0.0
