@@ -192,6 +192,14 @@ def project(x: Tensor, x0: Tensor, eps: float | Tensor, norm: str) -> Tensor:
     return (x0 + delta).clamp(0.0, 1.0)
 
 
+def batch_generator(seed: int, batch_number: int) -> torch.Generator:
+    """The CPU generator for random starts of batch ``batch_number`` (in data order) under ``seed``.
+
+    Seeding per batch makes a batch's attack independent of which process (torchrun rank) runs it.
+    """
+    return torch.Generator(device="cpu").manual_seed(seed * 1_000_003 + batch_number)
+
+
 def random_start(x0: Tensor, eps: float | Tensor, norm: str, generator: torch.Generator | None = None) -> Tensor:
     """A uniform point of the eps-ball around ``x0`` (linf: the box; l2: the ball's volume), clamped to [0, 1].
 

@@ -32,7 +32,8 @@ import torch
 
 from flatcli import data as datamod
 from flatcli import detect as core
-from flatcli.attacks import PGD, eval_mode
+from flatcli.attacks import PGD, batch_generator, eval_mode
+from flatcli.distributed import SINGLE, Dist
 from flatcli.errors import DetectorError, UsageError
 from flatcli.head import HeadSplit, Scaling
 from flatcli.model import LoadedModel
@@ -130,27 +131,31 @@ def score_inputs(
     on_batch: Callable[[ScoreSet], None] | None = None,
     keep: bool = True,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> ScoreSet | None:
     """Score every input of ``data`` (one forward pass per batch; labels are never read).
 
     ``on_batch`` receives each batch's :class:`ScoreSet` as soon as it is ready; with ``keep=False``
-    nothing is accumulated (memory bounded by the batch) and ``None`` is returned.
+    nothing is accumulated (memory bounded by the batch) and ``None`` is returned. Under torchrun
+    (``dist``) rank 0 receives every batch in order; other ranks get nothing.
     """
     head = loaded.head
     parts: list[ScoreSet] = []
     with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer) as split:
-        first = True
-        for x, _y, index in datamod.batches(data, batch_size, device=device):
-            with torch.no_grad():
-                phi = split.features(x, verify=first)
-            first = False
-            s = batch_scores(phi, head.weight, head.bias, index, weight_norm)
-            if on_batch is not None:
-                on_batch(s)
-            if keep:
-                parts.append(s)
-            if progress is not None:
-                progress(len(index))
+        for i, batch in enumerate(dist.rounds(data, batch_size, device=device)):
+            result = None
+            if batch is not None:
+                x, _y, index = batch
+                with torch.no_grad():
+                    phi = split.features(x, verify=i == 0)
+                result = batch_scores(phi, head.weight, head.bias, index, weight_norm)
+            for s in dist.gather(result):
+                if on_batch is not None:
+                    on_batch(s)
+                if keep:
+                    parts.append(s)
+                if progress is not None:
+                    progress(len(s.index))
     return ScoreSet.concat(parts) if keep else None
 
 
@@ -165,36 +170,45 @@ def attack_and_score(
     device: torch.device | str = "cpu",
     keep_adv: bool = False,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> tuple[ScoreSet, ScoreSet, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """Craft one adversarial per input of ``data`` and score the clean and the adversarial inputs.
 
     The attack uses the labels (it maximises the cross-entropy); the scores do not. Random starts
-    come from a CPU generator seeded with ``seed`` and drawn batch by batch in data order, as in
+    come from :func:`flatcli.attacks.batch_generator` per batch, as in
     :func:`flatcli.trajectory.run_attack`, so ``flatrob attack --save-adv`` with the same options and
     seed writes the very same adversarials. Returns ``(clean, adversarial, adv)`` where ``adv`` is
     ``(x, y, index)`` on the CPU when ``keep_adv`` (for ``--save-adv``), else ``None``.
     """
     head = loaded.head
-    generator = torch.Generator(device="cpu").manual_seed(seed)
     clean_parts: list[ScoreSet] = []
     adv_parts: list[ScoreSet] = []
     kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer, Scaling()) as split:
-        first = True
-        for x, y, index in datamod.batches(data, batch_size, device=device):
-            if first:
-                split.verify(x[:2])  # BN in eval mode, samples independent, head is the last linear map
-                first = False
-            res = attack.run(split, x, y, generator=generator)
-            with torch.no_grad():
-                phi_clean = split.features(x)
-                phi_adv = split.features(res.x_adv)
-            clean_parts.append(batch_scores(phi_clean, head.weight, head.bias, index, weight_norm))
-            adv_parts.append(batch_scores(phi_adv, head.weight, head.bias, index, weight_norm))
-            if keep_adv:
-                kept.append((res.x_adv.detach().cpu(), y.cpu(), index.cpu()))
-            if progress is not None:
-                progress(len(y))
+        for i, batch in enumerate(dist.rounds(data, batch_size, device=device)):
+            result = None
+            if batch is not None:
+                x, y, index = batch
+                if i == 0:
+                    split.verify(x[:2])  # BN in eval mode, samples independent, head is the last linear map
+                res = attack.run(split, x, y, generator=batch_generator(seed, dist.batch_number(i)))
+                with torch.no_grad():
+                    phi_clean = split.features(x)
+                    phi_adv = split.features(res.x_adv)
+                result = (
+                    batch_scores(phi_clean, head.weight, head.bias, index, weight_norm),
+                    batch_scores(phi_adv, head.weight, head.bias, index, weight_norm),
+                    (res.x_adv.detach().cpu(), y.cpu(), index.cpu()) if keep_adv else None,
+                )
+            for clean_scores, adv_scores, adv_batch in dist.gather(result):
+                clean_parts.append(clean_scores)
+                adv_parts.append(adv_scores)
+                if keep_adv:
+                    kept.append(adv_batch)
+                if progress is not None:
+                    progress(len(clean_scores.index))
+    if not dist.is_main:
+        return ScoreSet.concat([]), ScoreSet.concat([]), None
     adv = tuple(torch.cat(p) for p in zip(*kept)) if keep_adv and kept else None
     return ScoreSet.concat(clean_parts), ScoreSet.concat(adv_parts), adv  # type: ignore[return-value]
 
@@ -452,6 +466,7 @@ def apply_detection(
     device: torch.device | str = "cpu",
     on_rows: Callable[[list[dict]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> dict:
     """Flag every input of ``data``; rows ``index, score, flagged`` go to ``on_rows`` per batch.
 
@@ -475,7 +490,9 @@ def apply_detection(
             ])
 
     score_inputs(loaded, data, batch_size=batch_size, weight_norm=weight_norm, device=device,
-                 on_batch=take, keep=False, progress=progress)
+                 on_batch=take, keep=False, progress=progress, dist=dist)
+    if not dist.is_main:
+        return {}
     n = counts["n"]
     return {
         "n": n,

@@ -38,6 +38,10 @@ class Dist:
         for _ in range(math.ceil(n_batches / self.world)):
             yield next(it, None)
 
+    def batch_number(self, round_: int) -> int:
+        """Position in data order of the batch this rank takes in round ``round_``."""
+        return round_ * self.world + self.rank
+
     def gather(self, result: Any) -> list[Any]:
         """Results of this round from every rank, in batch order, on rank 0 (``[]`` elsewhere).
 

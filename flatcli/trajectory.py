@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from flatcli import data as datamod
-from flatcli.attacks import PGD, eval_mode, least_likely
+from flatcli.attacks import PGD, batch_generator, eval_mode, least_likely
 from flatcli.distributed import SINGLE, Dist
 from flatcli.errors import UsageError
 from flatcli.head import HeadSplit, Scaling
@@ -206,8 +206,7 @@ def run_attack(
         for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
             result = None
             if batch is not None:
-                number = i * dist.world + dist.rank
-                generator = torch.Generator(device="cpu").manual_seed(settings.seed * 1_000_003 + number)
+                generator = batch_generator(settings.seed, dist.batch_number(i))
                 result = _attack_batch(split, loaded, settings, *batch, generator=generator, verify=i == 0)
             for r in dist.gather(result):
                 target_hits += _consume(r, acc, on_steps, on_samples)

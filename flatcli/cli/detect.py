@@ -258,18 +258,23 @@ def detect(
         "plot": plot,
         "conventions": CONVENTIONS,
     }
-    with common.writer(format, output, command="detect", per_sample=per_sample, render_table=render_fit) as out:
+    dist = common.distributed(dev)
+    with common.writer(
+        format, output, command="detect", per_sample=per_sample, render_table=render_fit, enabled=dist.is_main
+    ) as out:
         total = len(ds) + (len(adv_ds) if adv_ds is not None else 0)
-        with common.progress_bar(total, "detect", quiet) as progress:
+        with common.progress_bar(total, "detect", quiet or not dist.is_main) as progress:
             if adv_ds is None:
                 clean, adv, adv_tensors = attack_and_score(
                     loaded, ds, pgd, batch_size=batch_size, weight_norm=wn, seed=seed, device=dev,
-                    keep_adv=save_adv is not None, progress=progress,
+                    keep_adv=save_adv is not None, progress=progress, dist=dist,
                 )
             else:
-                clean = score_inputs(loaded, ds, batch_size=batch_size, weight_norm=wn, device=dev, progress=progress)
-                adv = score_inputs(loaded, adv_ds, batch_size=batch_size, weight_norm=wn, device=dev, progress=progress)
+                clean = score_inputs(loaded, ds, batch_size=batch_size, weight_norm=wn, device=dev, progress=progress, dist=dist)
+                adv = score_inputs(loaded, adv_ds, batch_size=batch_size, weight_norm=wn, device=dev, progress=progress, dist=dist)
                 adv_tensors = None
+        if not dist.is_main:  # rank 0 fits and writes
+            return
         outcome = fit_detection(clean, adv, settings)
         out.rows(outcome.rows)
         det = outcome.detector
@@ -345,10 +350,15 @@ def _apply(checkpoint, detector_path, *, spec, arch, layer, data, split, limit, 
         "weight_norm": det_wn,
         "conventions": {k: CONVENTIONS[k] for k in ("stump", "components", "score_column")},
     }
-    with common.writer(format, output, command="detect", per_sample=per_sample, render_table=render_apply) as out:
-        with common.progress_bar(len(ds), "detect", quiet) as progress:
+    dist = common.distributed(dev)
+    with common.writer(
+        format, output, command="detect", per_sample=per_sample, render_table=render_apply, enabled=dist.is_main
+    ) as out:
+        with common.progress_bar(len(ds), "detect", quiet or not dist.is_main) as progress:
             summary = apply_detection(det, loaded, ds, batch_size=batch_size, weight_norm=det_wn, device=dev,
-                                      on_rows=out.rows, progress=progress)
+                                      on_rows=out.rows, progress=progress, dist=dist)
+        if not dist.is_main:
+            return
         summary["checkpoint_match"] = det.meta.get("checkpoint_sha256") == loaded.checkpoint.sha256
         out.finish(config, summary)
         common.note(f"flagged {summary['n_flagged']} of {summary['n']} inputs ({summary['flagged_share']:.1%})",
