@@ -32,10 +32,12 @@ import torch
 from torch import Tensor
 
 from flatcli import data as datamod
-from flatcli.attacks import PGD, eval_mode
+from flatcli.attacks import PGD, batch_generator, eval_mode
+from flatcli.distributed import SINGLE, Dist
 from flatcli.errors import UsageError
 from flatcli.head import HeadSplit, Scaling
 from flatcli.model import LoadedModel
+from flatcli.precision import PRECISIONS, autocast
 from flatcli.sharpness import WEIGHT_NORMS, cross_entropy, head_measures
 from flatcli.trajectory import Takeoff, takeoff
 
@@ -77,6 +79,7 @@ class SweepSettings:
     batch_size: int = 256
     seed: int = 0
     examples: int = 32
+    precision: str = "fp32"  # the network's forward/backward under autocast; closed forms stay float64
 
     def __post_init__(self) -> None:
         self.scales = check_scales(self.scales)
@@ -86,6 +89,8 @@ class SweepSettings:
             raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
         if self.batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {self.batch_size}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.examples < 0:
             raise UsageError(f"examples must be 0 or more, got {self.examples}")
 
@@ -205,7 +210,7 @@ def spearman(a, b) -> float:
 @dataclass
 class SweepOutcome:
     """``summary`` (JSON-ready); per-sample columns ``samples[key]`` ((S, N) arrays, scales in ``scales``
-    order; ``samples["index"]`` (N,)); ``reference``: the s=1 columns (N,) behind the Spearman
+    order; ``samples["index"]`` and ``samples["y"]`` (N,)); ``reference``: the s=1 columns (N,) behind the Spearman
     correlation, whether or not 1 is among the scales; ``examples``: per-step losses ``loss`` (S, T+1, E)
     and distances ``dist_l2`` (T+1, E) of the first E trajectories, for the figures."""
 
@@ -216,20 +221,12 @@ class SweepOutcome:
     examples: dict
 
 
-class _Columns:
-    """Per-sample scalars, one list of arrays per key and scale."""
-
-    def __init__(self, n_scales: int):
-        self.parts: dict[str, list[list[np.ndarray]]] = {}
-        self.n_scales = n_scales
-
-    def add(self, i: int, **cols: Tensor) -> None:
-        for k, v in cols.items():
-            lists = self.parts.setdefault(k, [[] for _ in range(self.n_scales)])
-            lists[i].append(v.detach().cpu().numpy())
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.stack([np.concatenate(p) for p in lists]) for k, lists in self.parts.items()}
+#: Per-sample columns of a batch result, each (S, B) over the evaluated scales.
+_COLUMNS = (
+    "clean_pred", "clean_correct", "clean_loss", "clean_sharpness", "adv_loss", "loss_increase", "takeoff_step",
+    "width", "censored", "final_dist_l2",
+)
+_ATTACK_COLUMNS = ("robust_pred", "robust_correct", "transfer_pred", "transfer_correct")
 
 
 def run_sweep(
@@ -240,76 +237,49 @@ def run_sweep(
     device: torch.device,
     on_rows: Callable[[list[dict]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> SweepOutcome:
     """Both parts of the sweep over ``data``, batch by batch; rows (one per sample and scale) go to
     ``on_rows`` as each batch is done. The s=1 quantities behind ``spearman_width_sharpness`` and the
-    s=1 adversarials behind ``transfer_accuracy`` are computed even when 1 is not among the scales."""
+    s=1 adversarials behind ``transfer_accuracy`` are computed even when 1 is not among the scales.
+
+    Random starts draw from a generator seeded by ``(seed, batch number)``, as in ``flatrob attack``,
+    so a batch is attacked the same way whichever process runs it. Under torchrun (``dist``) each rank
+    sweeps its batches and rank 0 consumes them in the original order; the outcome is meaningful on
+    rank 0 only (``None`` elsewhere).
+    """
     scales = settings.scales
     # Internal scales: the requested ones, plus s=1 when absent (Spearman at s=1; transfer source).
     evaluated = scales if 1.0 in scales else scales + (1.0,)
-    one = evaluated.index(1.0)
-    traj, atk = settings.trajectory, settings.attack
     head = loaded.head
     heads = [(settings.scaling(s).weight(head).detach(), _bias(settings.scaling(s), head)) for s in evaluated]
-    cols = _Columns(len(evaluated))
-    traj_gen = torch.Generator(device="cpu").manual_seed(settings.seed)
-    # One generator per attacked scale, each seeded as `flatrob attack --seed` seeds its own.
-    atk_gens = [torch.Generator(device="cpu").manual_seed(settings.seed) for _ in evaluated]
-    examples = _Examples(settings.examples, len(evaluated))
-    indices: list[np.ndarray] = []
-    n = 0
+    parts: list[dict] = []
+    examples = _Examples(settings.examples)
     with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer) as split:
-        for x, y, index in datamod.batches(data, settings.batch_size, device=device):
-            if n == 0:
-                split.verify(x[:2])  # BN in eval mode, samples independent, head is the last linear map
-            clean_phi = None
-            if traj.random_start:
-                with torch.no_grad():
-                    clean_phi = split.features(x).detach().double()
-            res = traj.run(split, x, y, record=True, generator=traj_gen)
-            phi = res.phi.double()  # once; head_measures' .double() is then free for every scale
-            dist_l2 = res.dist_l2.double()
-            per_scale = []
-            for i, (w, b) in enumerate(heads):
-                sb = evaluate_scale(phi, clean_phi, y, dist_l2, w, b, weight_norm=settings.weight_norm, tau=settings.takeoff)
-                per_scale.append(sb)
-                cols.add(
-                    i,
-                    clean_pred=sb.clean["pred"],
-                    clean_correct=sb.clean["pred"] == y.to(sb.clean["pred"].device),
-                    clean_loss=sb.clean["loss"],
-                    clean_sharpness=sb.clean["relative_sharpness"],
-                    adv_loss=sb.loss[-1],
-                    loss_increase=sb.loss_increase,
-                    takeoff_step=sb.takeoff.step,
-                    width=sb.takeoff.width,
-                    censored=sb.takeoff.censored,
-                    final_dist_l2=sb.takeoff.lower_bound,
-                )
-            examples.add(per_scale, dist_l2, index)
-            indices.append(index.cpu().numpy())
-            if atk is not None:
-                _attack_batch(split, atk, x, y, evaluated, one, heads, atk_gens, cols, settings.scale_bias)
-            n += len(y)
-            if on_rows is not None:
-                on_rows(_rows(cols, evaluated, scales, index, y, len(y), atk is not None))
-            if progress is not None:
-                progress(len(y))
-    if n == 0:
+        for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
+            result = None
+            if batch is not None:
+                number = dist.batch_number(i)
+                result = _sweep_batch(split, settings, evaluated, heads, *batch, number=number, verify=i == 0)
+            for r in dist.gather(result):
+                parts.append({k: r[k] for k in r if k not in ("loss_by_step", "dist_l2")})  # O(S) scalars per sample
+                examples.add(r["loss_by_step"], r["dist_l2"], r["index"])
+                if on_rows is not None:
+                    on_rows(_rows(r, evaluated, scales, settings.attack is not None))
+                if progress is not None:
+                    progress(len(r["y"]))
+    if not dist.is_main:
+        return None  # type: ignore[return-value]
+    if not parts:
         raise UsageError("the data set is empty; nothing to sweep (check --limit)")
-    arrays = cols.arrays()
-    summary = _summary(arrays, evaluated, scales, one, settings, n)
+    arrays = {k: np.concatenate([p[k].numpy() for p in parts], axis=-1) for k in parts[0]}
+    one = evaluated.index(1.0)
+    summary = _summary(arrays, evaluated, scales, one, settings)
     keep = [evaluated.index(s) for s in scales]
-    samples = {k: v[keep] for k, v in arrays.items()}
-    samples["index"] = np.concatenate(indices)
+    samples = {k: (v[keep] if v.ndim == 2 else v) for k, v in arrays.items()}
     reference = {k: arrays[k][one] for k in ("clean_sharpness", "width", "censored", "final_dist_l2")}
-    return SweepOutcome(
-        summary=summary,
-        scales=scales,
-        samples=samples,
-        reference=reference,
-        examples=examples.result(keep),
-    )
+    return SweepOutcome(summary=summary, scales=scales, samples=samples, reference=reference,
+                        examples=examples.result(keep))
 
 
 def _bias(scaling: Scaling, head) -> Tensor | None:
@@ -317,76 +287,120 @@ def _bias(scaling: Scaling, head) -> Tensor | None:
     return None if b is None else b.detach()
 
 
-def _attack_batch(split, atk: PGD, x, y, evaluated, one, heads, gens, cols: _Columns, scale_bias: bool) -> None:
-    """Part 2 on one batch: PGD on each scaled model, then every scale on the s=1 adversarials."""
+def _sweep_batch(split: HeadSplit, settings: SweepSettings, evaluated, heads, x: Tensor, y: Tensor, index: Tensor,
+                 *, number: int, verify: bool) -> dict:
+    """Both parts on one batch; per-sample columns (S, B) and the loss curves (S, T+1, B), on the CPU."""
+    traj, atk = settings.trajectory, settings.attack
+    if verify:
+        split.verify(x[:2])  # BN in eval mode, samples independent, head is the last linear map
+    clean_phi = None
+    with autocast(x.device, settings.precision):
+        if traj.random_start:
+            with torch.no_grad():
+                clean_phi = split.features(x).detach().double()
+        res = traj.run(split, x, y, record=True, generator=batch_generator(settings.seed, number))
+    phi = res.phi.double()  # once for every scale
+    dist_l2 = res.dist_l2.double()
+    cols: dict[str, list[Tensor]] = {k: [] for k in _COLUMNS}
+    losses = []
+    for w, b in heads:
+        sb = evaluate_scale(phi, clean_phi, y, dist_l2, w, b, weight_norm=settings.weight_norm, tau=settings.takeoff)
+        pred = sb.clean["pred"]
+        values = {
+            "clean_pred": pred,
+            "clean_correct": pred == y.to(pred.device),
+            "clean_loss": sb.clean["loss"],
+            "clean_sharpness": sb.clean["relative_sharpness"],
+            "adv_loss": sb.loss[-1],
+            "loss_increase": sb.loss_increase,
+            "takeoff_step": sb.takeoff.step,
+            "width": sb.takeoff.width,
+            "censored": sb.takeoff.censored,
+            "final_dist_l2": sb.takeoff.lower_bound,
+        }
+        for k, v in values.items():
+            cols[k].append(v.detach().cpu())
+        losses.append(sb.loss.cpu())
+    out = {k: torch.stack(v) for k, v in cols.items()}
+    if atk is not None:
+        out.update(_attack_batch(split, atk, x, y, evaluated, heads, settings, number))
+    out.update(loss_by_step=torch.stack(losses), dist_l2=dist_l2.cpu(), y=y.cpu(), index=index.cpu())
+    return out
+
+
+def _attack_batch(split: HeadSplit, atk: PGD, x, y, evaluated, heads, settings: SweepSettings, number: int) -> dict:
+    """Part 2 on one batch: PGD on each scaled model (seeded as ``flatrob attack --scale s`` seeds
+    this batch), then every scale on its own adversarials and on the s=1 ones."""
     adv_phi: list[Tensor] = []
-    for i, s in enumerate(evaluated):
-        scaled = split.with_scaling(Scaling(float(s), scale_bias))
-        res = atk.run(scaled, x, y, generator=gens[i])
-        with torch.no_grad():
-            adv_phi.append(split.features(res.x_adv).detach().double())
+    with autocast(x.device, settings.precision):
+        for s in evaluated:
+            scaled = split.with_scaling(settings.scaling(s))
+            res = atk.run(scaled, x, y, generator=batch_generator(settings.seed, number))
+            with torch.no_grad():
+                adv_phi.append(split.features(res.x_adv).detach().double())
+    one = evaluated.index(1.0)
+    cols: dict[str, list[Tensor]] = {k: [] for k in _ATTACK_COLUMNS}
     for i, (w, b) in enumerate(heads):
         robust = head_measures(adv_phi[i], w, b)["pred"]
         transfer = head_measures(adv_phi[one], w, b)["pred"]
-        cols.add(i, robust_pred=robust, robust_correct=robust == y.to(robust.device),
-                 transfer_pred=transfer, transfer_correct=transfer == y.to(transfer.device))
+        for k, v in (("robust_pred", robust), ("robust_correct", robust == y.to(robust.device)),
+                     ("transfer_pred", transfer), ("transfer_correct", transfer == y.to(transfer.device))):
+            cols[k].append(v.cpu())
+    return {k: torch.stack(v) for k, v in cols.items()}
 
 
 class _Examples:
     """Per-step losses (every scale) and distances of the first ``limit`` trajectories."""
 
-    def __init__(self, limit: int, n_scales: int):
+    def __init__(self, limit: int):
         self.limit = limit
-        self.loss: list[list[np.ndarray]] = [[] for _ in range(n_scales)]
+        self.loss: list[np.ndarray] = []
         self.dist: list[np.ndarray] = []
         self.index: list[np.ndarray] = []
         self.kept = 0
 
-    def add(self, per_scale: list[ScaleBatch], dist_l2: Tensor, index: Tensor) -> None:
+    def add(self, loss: Tensor, dist_l2: Tensor, index: Tensor) -> None:
         take = min(self.limit - self.kept, dist_l2.shape[1])
         if take <= 0:
             return
-        for i, sb in enumerate(per_scale):
-            self.loss[i].append(sb.loss[:, :take].cpu().numpy())
-        self.dist.append(dist_l2[:, :take].cpu().numpy())
-        self.index.append(index[:take].cpu().numpy())
+        self.loss.append(loss[:, :, :take].numpy())
+        self.dist.append(dist_l2[:, :take].numpy())
+        self.index.append(index[:take].numpy())
         self.kept += take
 
     def result(self, keep: list[int]) -> dict:
         if not self.kept:
             return {"loss": np.zeros((len(keep), 0, 0)), "dist_l2": np.zeros((0, 0)), "index": np.zeros(0, dtype=np.int64)}
         return {
-            "loss": np.stack([np.concatenate(self.loss[i], axis=1) for i in keep]),  # (S, T+1, E)
+            "loss": np.concatenate(self.loss, axis=2)[keep],  # (S, T+1, E)
             "dist_l2": np.concatenate(self.dist, axis=1),  # (T+1, E)
             "index": np.concatenate(self.index),
         }
 
 
-def _rows(cols: _Columns, evaluated, scales, index: Tensor, y: Tensor, B: int, attacked: bool) -> list[dict]:
-    """The last batch's per-sample rows, sample-major, one per requested scale."""
-    last = {k: [lists[i][-1] for i in range(len(evaluated))] for k, lists in cols.parts.items()}
-    idx = index.cpu().tolist()
-    lab = y.cpu().tolist()
+def _rows(r: dict, evaluated, scales, attacked: bool) -> list[dict]:
+    """One batch's per-sample rows, sample-major, one per requested scale."""
+    cols = {k: v.tolist() for k, v in r.items() if k not in ("loss_by_step", "dist_l2")}
     rows = []
-    for j in range(B):
+    for j, (index, label) in enumerate(zip(cols["index"], cols["y"])):
         for s in scales:
             i = evaluated.index(s)
-            censored = bool(last["censored"][i][j])
+            censored = bool(cols["censored"][i][j])
             rows.append({
-                "index": idx[j],
-                "label": lab[j],
+                "index": index,
+                "label": label,
                 "scale": s,
-                "clean_pred": int(last["clean_pred"][i][j]),
-                "clean_loss": float(last["clean_loss"][i][j]),
-                "clean_sharpness": float(last["clean_sharpness"][i][j]),
-                "adv_loss": float(last["adv_loss"][i][j]),
-                "loss_increase": float(last["loss_increase"][i][j]),
-                "takeoff_step": None if censored else int(last["takeoff_step"][i][j]),
-                "basin_width": None if censored else float(last["width"][i][j]),
+                "clean_pred": cols["clean_pred"][i][j],
+                "clean_loss": cols["clean_loss"][i][j],
+                "clean_sharpness": cols["clean_sharpness"][i][j],
+                "adv_loss": cols["adv_loss"][i][j],
+                "loss_increase": cols["loss_increase"][i][j],
+                "takeoff_step": None if censored else cols["takeoff_step"][i][j],
+                "basin_width": None if censored else cols["width"][i][j],
                 "censored": censored,
-                "final_dist_l2": float(last["final_dist_l2"][i][j]),
-                "robust_pred": int(last["robust_pred"][i][j]) if attacked else None,
-                "transfer_pred": int(last["transfer_pred"][i][j]) if attacked else None,
+                "final_dist_l2": cols["final_dist_l2"][i][j],
+                "robust_pred": cols["robust_pred"][i][j] if attacked else None,
+                "transfer_pred": cols["transfer_pred"][i][j] if attacked else None,
             })
     return rows
 
@@ -401,7 +415,7 @@ def censored_median(width: np.ndarray, censored: np.ndarray) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _summary(arrays: dict, evaluated, scales, one: int, settings: SweepSettings, n: int) -> dict:
+def _summary(arrays: dict, evaluated, scales, one: int, settings: SweepSettings) -> dict:
     attacked = settings.attack is not None
     records = []
     for s in scales:
@@ -424,7 +438,7 @@ def _summary(arrays: dict, evaluated, scales, one: int, settings: SweepSettings,
     sharp1 = arrays["clean_sharpness"][one][~censored1]
     rho = spearman(width1, sharp1) if width1.size else float("nan")
     return {
-        "n": n,
+        "n": int(arrays["y"].size),
         "scales": records,
         "spearman_width_sharpness": rho if math.isfinite(rho) else None,
         "spearman_samples": int(width1.size),

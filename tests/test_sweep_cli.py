@@ -158,3 +158,18 @@ def test_gradient_masking_on_the_example():
     assert hundred["robust_accuracy"] > one["robust_accuracy"] + 0.4
     assert one["robust_accuracy"] < 0.5
     assert hundred["transfer_accuracy"] == one["transfer_accuracy"] == one["robust_accuracy"]
+
+
+def test_torchrun_sweep_equals_one_process(cli, tmp_path):
+    from tests.test_scale_out import TORCHRUN, close, torchrun_json
+
+    if not TORCHRUN.exists():
+        pytest.skip("torchrun not installed")
+    args = ["sweep-scale", EXAMPLE, "--format", "json", "--per-sample", "--limit", "21", "--batch-size", "8",
+            "--scales", "1,10", "--steps", "3", "--random-start", "--attack-eps", "0.1", "--attack-steps", "2",
+            "--device", "cpu"]
+    dist = torchrun_json(tmp_path, *args)
+    single = json.loads(cli(*args).stdout)
+    assert [(r["index"], r["scale"]) for r in dist["samples"]] == [(r["index"], r["scale"]) for r in single["samples"]]
+    close(single["samples"], dist["samples"])
+    close(single["summary"], dist["summary"])

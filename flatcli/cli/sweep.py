@@ -10,9 +10,9 @@ import typer
 from flatcli.cli import common, render
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackAlpha, AttackEps, AttackNormOpt, AttackSteps, BatchSize, Checkpoint, Data, Device, Eps,
-    Format, FormatOpt, Layer, Limit, NormOpt, Output, PerSample, PresetOpt, Quiet, RandomStart, Restarts,
-    ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, WeightNorm, WeightNormOpt,
+    Alpha, Arch, AttackAlpha, AttackEps, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint, Data,
+    Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt,
+    Quiet, RandomStart, Restarts, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, WeightNorm, WeightNormOpt,
 )
 from flatcli.errors import UsageError
 
@@ -135,6 +135,8 @@ def sweep_scale(
         Optional[str],
         typer.Option("--plot", help="Write the Fig. 2 and Fig. 13 panels as PNGs into DIR (needs matplotlib).", metavar="DIR"),
     ] = None,
+    precision: PrecisionOpt = Precision.fp32,
+    channels_last: ChannelsLast = False,
 ) -> None:
     """Scale the head by each s: loss increase on fixed trajectories, basin widths, robust accuracy, transfer.
 
@@ -172,7 +174,7 @@ def sweep_scale(
         require_matplotlib()
     settings = SweepSettings(
         scales=scale_values, trajectory=trajectory, attack=per_scale, scale_bias=scale_bias,
-        weight_norm=weight_norm.value, takeoff=takeoff, batch_size=batch_size, seed=seed,
+        weight_norm=weight_norm.value, takeoff=takeoff, batch_size=batch_size, seed=seed, precision=precision.value,
     )
 
     import torch
@@ -180,7 +182,8 @@ def sweep_scale(
     from flatcli.sweep import run_sweep
 
     torch.manual_seed(seed)
-    loaded, dev = common.load(checkpoint, spec=spec, arch=arch, layer=layer, device=device)
+    loaded, dev = common.load(checkpoint, spec=spec, arch=arch, layer=layer, device=device, channels_last=channels_last)
+    dist = common.distributed(dev)
     ds = common.load_data_for(loaded, data, split, limit)
     config = {
         **common.base_config(loaded, ds, device=dev, seed=seed, batch_size=batch_size, split=split, limit=limit),
@@ -192,21 +195,25 @@ def sweep_scale(
         "attack_each_scale": attack_each_scale,
         "attack": per_scale.config() if per_scale is not None else None,
         "plot": str(plot_dir) if plot_dir is not None else None,
+        "precision": precision.value,
+        "channels_last": channels_last,
         "conventions": CONVENTIONS,
     }
     rows_out = per_sample or format in (Format.jsonl, Format.csv)
-    with common.writer(format, output, command="sweep-scale", per_sample=per_sample, render_table=render_table) as out:
-        with common.progress_bar(len(ds), "sweep-scale", quiet) as progress:
+    main = dist.is_main  # under torchrun only rank 0 writes
+    with common.writer(format, output, command="sweep-scale", per_sample=per_sample, render_table=render_table, enabled=main) as out:
+        with common.progress_bar(len(ds), "sweep-scale", quiet or not main) as progress:
             outcome = run_sweep(
-                loaded, ds, settings, device=dev, on_rows=out.rows if per_sample else None, progress=progress
+                loaded, ds, settings, device=dev, on_rows=out.rows if per_sample else None, progress=progress, dist=dist
             )
+        if not main:
+            return
         if rows_out and not per_sample:
             out.rows(outcome.summary["scales"])  # csv/jsonl: one row per scale
         if plot_dir is not None:
             from flatcli.sweep_plots import sweep_figures
 
             plot_dir.mkdir(exist_ok=True)
-            title = f"{loaded.checkpoint.name}"
-            for path in sweep_figures(outcome, plot_dir, title=title, trajectory=trajectory, attack=per_scale):
+            for path in sweep_figures(outcome, plot_dir, title=loaded.checkpoint.name, trajectory=trajectory, attack=per_scale):
                 common.note(f"wrote {path}", quiet)
         out.finish(config, outcome.summary)
