@@ -36,6 +36,7 @@ import torch
 
 from flatcli import data as datamod
 from flatcli.bound import certified_radius
+from flatcli.distributed import SINGLE, Dist
 from flatcli.errors import DataError, UsageError
 from flatcli.head import HeadSplit
 from flatcli.model import LoadedModel
@@ -124,49 +125,34 @@ def measure(
     *,
     device: torch.device,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> Measured:
-    """The measuring pass: per-sample kappa, ||phi||, gradient norm, ||x||, loss; mean gradient; local L."""
-    from flatcli.lipschitz import local_estimate
+    """The measuring pass: per-sample kappa, ||phi||, gradient norm, ||x||, loss; mean gradient; local L.
 
+    Under torchrun every rank measures its batches and receives everyone's (the radii of all samples
+    are needed by every rank's ``--check``).
+    """
     model, head = loaded.model, loaded.head
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "label", "pred", "loss", "input_norm", "kappa", "feature_norm", "grad_norm")}
     grad_sum = torch.zeros(head.out_features, head.in_features, dtype=torch.float64, device=device)
     local_value, local_index, local_converged, local_iterations = -1.0, None, True, 0
     input_shape: tuple[int, ...] | None = None
     with HeadSplit(model, head, loaded.layer) as split:
-        for x, y, index in datamod.batches(data, settings.batch_size, device=device):
-            if input_shape is None:
-                split.verify(x)
-                input_shape = tuple(int(s) for s in x.shape[1:])
-            with torch.no_grad():
-                phi = split.features(x)
-            m = head_measures(phi, head.weight, head.bias, y, weight_norm="squared")
-            with torch.no_grad():
-                logits = phi.double() @ head.weight.detach().double().T
-                if head.bias is not None:
-                    logits = logits + head.bias.detach().double()
-                resid = torch.softmax(logits, dim=-1)
-                resid[torch.arange(len(y), device=resid.device), y] -= 1.0
-                grad_sum += resid.T @ phi.double()
-            with warnings.catch_warnings():
-                # torch's forward-mode AD loads TorchScript decompositions on first use and warns about it.
-                warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-                est = local_estimate(model, loaded.layer, x, iters=settings.local_iters, seed=settings.seed)
-            if est.value > local_value:
-                local_value = est.value
-                local_index = int(index[est.detail["argmax"]])
-            local_converged = local_converged and bool(est.detail.get("converged", False))
-            local_iterations = max(local_iterations, int(est.detail.get("iterations", 0)))
-            cols["index"].append(index.cpu().numpy())
-            cols["label"].append(y.cpu().numpy())
-            cols["pred"].append(m["pred"].cpu().numpy())
-            cols["loss"].append(m["loss"].cpu().numpy())
-            cols["input_norm"].append(torch.linalg.vector_norm(x.double().flatten(1), dim=1).cpu().numpy())
-            cols["kappa"].append(m["relative_sharpness"].cpu().numpy())
-            cols["feature_norm"].append(m["feature_norm"].cpu().numpy())
-            cols["grad_norm"].append(m["grad_norm"].cpu().numpy())
-            if progress is not None:
-                progress(len(y))
+        for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
+            result = None
+            if batch is not None:
+                result = _measure_batch(split, loaded, settings, *batch, verify=i == 0)
+            for r in dist.gather_all(result):  # every rank needs every radius for --check
+                input_shape = r["input_shape"]
+                grad_sum += r["grad_sum"].to(device)
+                if r["local_value"] > local_value:
+                    local_value, local_index = r["local_value"], r["local_index"]
+                local_converged = local_converged and r["local_converged"]
+                local_iterations = max(local_iterations, r["local_iterations"])
+                for k in cols:
+                    cols[k].append(r[k])
+                if progress is not None and dist.is_main:
+                    progress(len(r["index"]))
     if input_shape is None:
         raise DataError(f"data {data.name} has no samples; the bound needs at least one (check --limit)")
     v = {k: np.concatenate(c) for k, c in cols.items()}
@@ -178,6 +164,45 @@ def measure(
         input_shape=input_shape,
         local={"value": local_value, "index": local_index, "converged": local_converged, "iterations": local_iterations},
     )
+
+
+def _measure_batch(split: HeadSplit, loaded: LoadedModel, settings: BoundSettings, x, y, index, *, verify: bool) -> dict:
+    """One batch of the measuring pass, on the CPU: per-sample columns, gradient sum, local estimate."""
+    from flatcli.lipschitz import local_estimate
+
+    head = loaded.head
+    if verify:
+        split.verify(x)
+    with torch.no_grad():
+        phi = split.features(x)
+    m = head_measures(phi, head.weight, head.bias, y, weight_norm="squared")
+    with torch.no_grad():
+        logits = phi.double() @ head.weight.detach().double().T
+        if head.bias is not None:
+            logits = logits + head.bias.detach().double()
+        resid = torch.softmax(logits, dim=-1)
+        resid[torch.arange(len(y), device=resid.device), y] -= 1.0
+        grad_sum = (resid.T @ phi.double()).cpu()
+    with warnings.catch_warnings():
+        # torch's forward-mode AD loads TorchScript decompositions on first use and warns about it.
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+        est = local_estimate(loaded.model, loaded.layer, x, iters=settings.local_iters, seed=settings.seed)
+    return {
+        "input_shape": tuple(int(s) for s in x.shape[1:]),
+        "grad_sum": grad_sum,
+        "local_value": est.value,
+        "local_index": int(index[est.detail["argmax"]]),
+        "local_converged": bool(est.detail.get("converged", False)),
+        "local_iterations": int(est.detail.get("iterations", 0)),
+        "index": index.cpu().numpy(),
+        "label": y.cpu().numpy(),
+        "pred": m["pred"].cpu().numpy(),
+        "loss": m["loss"].cpu().numpy(),
+        "input_norm": torch.linalg.vector_norm(x.double().flatten(1), dim=1).cpu().numpy(),
+        "kappa": m["relative_sharpness"].cpu().numpy(),
+        "feature_norm": m["feature_norm"].cpu().numpy(),
+        "grad_norm": m["grad_norm"].cpu().numpy(),
+    }
 
 
 def lipschitz_constants(loaded: LoadedModel, measured: Measured, settings: BoundSettings) -> dict:
@@ -277,6 +302,7 @@ def check_radii(
     *,
     device: torch.device,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> dict:
     """PGD-l2 inside each sample's certified radius; the largest loss increase over all iterates.
 
@@ -291,22 +317,27 @@ def check_radii(
     steps = settings.check_steps
     increase = [[] for _ in per_sample]
     deltas = [torch.as_tensor(np.atleast_1d(ps.delta), dtype=torch.float64) for _, _, ps in per_sample]
-    start = 0
     with eval_mode(loaded.model), HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
-        for x, y, _ in datamod.batches(data, settings.batch_size, device=device):
-            stop = start + len(y)
-            for e_i, delta in enumerate(deltas):
-                eps = delta[start:stop].to(device=device, dtype=x.dtype)
-                result = pgd(
-                    split, x, y, norm="l2", eps=eps, alpha=eps * (settings.check_step_factor / steps),
-                    steps=steps, record=True,
-                )
-                losses = torch.stack([cross_entropy(lg.double(), y) for lg in result.logits_by_step])
-                increase[e_i].append((losses.max(0).values - losses[0]).cpu().numpy())
-            start = stop
-            if progress is not None:
-                progress(len(y))
-    return {"increase": [np.concatenate(parts) for parts in increase]}
+        for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
+            result = None
+            if batch is not None:
+                x, y, _ = batch
+                start = dist.batch_number(i) * settings.batch_size
+                result = []
+                for delta in deltas:
+                    eps = delta[start : start + len(y)].to(device=device, dtype=x.dtype)
+                    res = pgd(
+                        split, x, y, norm="l2", eps=eps, alpha=eps * (settings.check_step_factor / steps),
+                        steps=steps, record=True,
+                    )
+                    losses = torch.stack([cross_entropy(lg.double(), y) for lg in res.logits_by_step])
+                    result.append((losses.max(0).values - losses[0]).cpu().numpy())
+            for r in dist.gather(result):
+                for e_i, inc in enumerate(r):
+                    increase[e_i].append(inc)
+                if progress is not None:
+                    progress(len(r[0]))
+    return {"increase": [np.concatenate(parts) if parts else np.zeros(0) for parts in increase]}
 
 
 def check_summary(check: dict, per_sample: list, measured: Measured, lip: dict, settings: BoundSettings) -> dict:
@@ -395,14 +426,20 @@ def measure_bound(
     device: torch.device,
     on_rows: Callable[[list[dict]], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: Dist = SINGLE,
 ) -> dict:
-    """Measure, bound and (with ``check_steps``) check; per-sample rows go to ``on_rows``; returns the summary."""
-    measured = measure(loaded, data, settings, device=device, progress=progress)
+    """Measure, bound and (with ``check_steps``) check; per-sample rows go to ``on_rows``; returns the summary.
+
+    Under torchrun the summary is meaningful on rank 0 only (others return ``{}``).
+    """
+    measured = measure(loaded, data, settings, device=device, progress=progress, dist=dist)
     lip = lipschitz_constants(loaded, measured, settings)
     rows, per_sample = radii(measured, loaded, lip["used"], settings)
     check = None
     if settings.check_steps:
-        check = check_radii(loaded, data, per_sample, settings, device=device)
+        check = check_radii(loaded, data, per_sample, settings, device=device, dist=dist)
+    if not dist.is_main:
+        return {}
     summary = {
         "n": measured.n,
         "accuracy": float((measured.pred == measured.label).mean()),

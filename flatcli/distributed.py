@@ -53,6 +53,14 @@ class Dist:
         torch.distributed.all_gather_object(parts, result)
         return [p for p in parts if p is not None] if self.is_main else []
 
+    def gather_all(self, result: Any) -> list[Any]:
+        """Like :meth:`gather`, but every rank receives the round's results (in batch order)."""
+        if self.world == 1:
+            return [] if result is None else [result]
+        parts: list[Any] = [None] * self.world
+        torch.distributed.all_gather_object(parts, result)
+        return [p for p in parts if p is not None]
+
     def sum(self, tensor: torch.Tensor) -> torch.Tensor:
         """Elementwise sum over ranks (in place; returned for convenience)."""
         if self.world > 1:

@@ -453,11 +453,15 @@ def _checkpoint(
         "check_step_factor": settings.check_step_factor,
         "local_iters": settings.local_iters,
     }
-    with common.writer(format, output, command="bound", per_sample=per_sample, render_table=render_checkpoint) as out:
-        with common.progress_bar(len(ds), "bound", quiet) as progress:
-            summary = measure_bound(loaded, ds, settings, device=dev, on_rows=out.rows, progress=progress)
+    dist = common.distributed(dev)
+    with common.writer(
+        format, output, command="bound", per_sample=per_sample, render_table=render_checkpoint, enabled=dist.is_main
+    ) as out:
+        with common.progress_bar(len(ds), "bound", quiet or not dist.is_main) as progress:
+            summary = measure_bound(loaded, ds, settings, device=dev, on_rows=out.rows, progress=progress, dist=dist)
         out.finish(config, summary)
-    _report_check(summary, quiet)
+    if dist.is_main:
+        _report_check(summary, quiet)
 
 
 def _report_check(summary: dict, quiet: bool) -> None:
