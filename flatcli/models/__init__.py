@@ -85,7 +85,10 @@ def build_network(arch: str, *, num_classes: int, in_channels: int, kwargs: dict
         builder = BUILTINS[arch].builder
         call = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
         _check_call(arch, builder, call)
-        return builder(**call)
+        try:
+            return builder(**call)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
     if arch.startswith("torchvision:"):
         return _build_torchvision(arch.partition(":")[2], num_classes, kwargs)
     if ":" in arch:
@@ -153,7 +156,10 @@ def _build_class(arch: str, num_classes: int, in_channels: int, kwargs: dict) ->
     if "in_channels" in params:
         call["in_channels"] = in_channels
     _check_call(arch, obj, call)
-    return obj(**call)
+    try:
+        return obj(**call)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
 
 
 def default_head(arch: str, net: nn.Module) -> str:

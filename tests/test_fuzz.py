@@ -1,0 +1,291 @@
+"""Fuzzing the loaders that read untrusted files: safetensors checkpoints, specs, ``tensors:`` data.
+
+Every generated input must end in a clean load or a :class:`FlatrobError` (which the CLI turns into
+one ``Error:`` line and exit 2); any other exception fails the test, and so does a case that runs
+longer than :data:`CASE_SECONDS` (a SIGALRM interrupts it: no hangs). Generation is derandomized so CI
+sees the same cases every run; the counts below add up to more than 500 cases, run in well under the
+2 minutes CI allows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import struct
+from datetime import timedelta
+
+import pytest
+import torch
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save
+
+from flatcli import checkpoint as ckpt
+from flatcli import data as datamod
+from flatcli import spec as specmod
+from flatcli.errors import FlatrobError
+
+CASE_SECONDS = 10
+
+#: Number of generated cases per target (sum >= 500, the acceptance criterion).
+EXAMPLES = {
+    "checkpoint_bytes": 300,
+    "checkpoint_structured": 600,
+    "checkpoint_mutated": 400,
+    "spec_text": 500,
+    "spec_structured": 400,
+    "data_structured": 500,
+    "data_mutated": 300,
+    "model_spec": 150,
+}
+RAN = {key: 0 for key in EXAMPLES}
+
+
+def fuzz_settings(key: str):
+    return settings(
+        max_examples=EXAMPLES[key],
+        deadline=timedelta(seconds=5),
+        derandomize=True,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    )
+
+
+@contextlib.contextmanager
+def time_limit(seconds: int = CASE_SECONDS):
+    def expire(signum, frame):
+        raise TimeoutError(f"a fuzz case ran longer than {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def clean_or_flatrob_error(key: str, fn, *args, **kwargs) -> str:
+    """``ok`` or ``error`` (a FlatrobError with a one-line message and exit code 2); anything else raises."""
+    RAN[key] += 1
+    with time_limit():
+        try:
+            fn(*args, **kwargs)
+        except FlatrobError as exc:
+            assert exc.exit_code == 2
+            assert str(exc).strip(), "an error must say what is wrong"
+            return "error"
+    return "ok"
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("fuzz")
+
+
+# ------------------------------------------------------------------------------------------------
+# Strategies
+# ------------------------------------------------------------------------------------------------
+
+DTYPES = ["F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "U16", "U32", "U64", "BOOL",
+          "F8_E4M3", "F8_E5M2", "C64", "Q7", "", "f32"]
+KEYS = ["x", "y", "index", "fc.weight", "fc.bias", "conv1.weight", "__metadata__", "", "a" * 300]
+
+dims = st.one_of(st.integers(0, 6), st.integers(-3, 2**63 - 1), st.sampled_from([2**31, 2**32, 2**40, 2**62]))
+offsets = st.one_of(
+    st.lists(st.integers(0, 512), min_size=2, max_size=2).map(sorted),
+    st.lists(st.integers(-(2**63), 2**64), min_size=0, max_size=3),
+)
+entry = st.fixed_dictionaries(
+    {"dtype": st.sampled_from(DTYPES), "shape": st.lists(dims, max_size=5), "data_offsets": offsets}
+)
+json_scalar = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=20))
+json_value = st.recursive(json_scalar, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                            st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+                          max_leaves=12)
+metadata = st.one_of(st.dictionaries(st.sampled_from(["flatrob.spec", "flatrob.attack", "x"]), st.text(max_size=60), max_size=3),
+                     json_value)
+header = st.dictionaries(st.sampled_from(KEYS), st.one_of(entry, json_value), max_size=4)
+
+
+def _with_metadata(h: dict, meta) -> dict:
+    if "__metadata__" in h or meta is None:
+        return h
+    return {**h, "__metadata__": meta}
+
+
+def _container(h: dict, body: bytes, length_delta: int = 0) -> bytes:
+    raw = json.dumps(h, allow_nan=True).encode()
+    return struct.pack("<Q", max(0, len(raw) + length_delta)) + raw + body
+
+
+def _small_valid() -> bytes:
+    return save({"x": torch.rand(2, 1, 2, 2), "y": torch.tensor([0, 1]), "fc.weight": torch.ones(2, 3)},
+                metadata={"flatrob.spec": "arch: mlp\nlayer: fc\n"})
+
+
+VALID = _small_valid()
+
+
+@st.composite
+def mutated(draw, base: bytes = VALID):
+    blob = bytearray(base)
+    for _ in range(draw(st.integers(1, 8))):
+        kind = draw(st.sampled_from(["flip", "truncate", "insert", "length"]))
+        if kind == "flip" and blob:
+            i = draw(st.integers(0, len(blob) - 1))
+            blob[i] = draw(st.integers(0, 255))
+        elif kind == "truncate":
+            del blob[draw(st.integers(0, len(blob))):]
+        elif kind == "insert":
+            i = draw(st.integers(0, len(blob)))
+            blob[i:i] = draw(st.binary(max_size=16))
+        elif kind == "length" and len(blob) >= 8:
+            blob[:8] = struct.pack("<Q", draw(st.integers(0, 2**64 - 1)))
+    return bytes(blob)
+
+
+def _write(work, name: str, blob: bytes):
+    path = work / name
+    path.write_bytes(blob)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+@fuzz_settings("checkpoint_bytes")
+@given(blob=st.binary(max_size=256))
+def test_checkpoint_arbitrary_bytes(work, blob):
+    path = _write(work, "c.safetensors", blob)
+    assert clean_or_flatrob_error("checkpoint_bytes", ckpt.read, str(path)) == "error"  # never a model
+
+
+@fuzz_settings("checkpoint_structured")
+@given(h=header, meta=st.one_of(st.none(), metadata), body=st.binary(max_size=512), delta=st.integers(-4, 4))
+def test_checkpoint_structured_header(work, h, meta, body, delta):
+    path = _write(work, "s.safetensors", _container(_with_metadata(h, meta), body, delta))
+    clean_or_flatrob_error("checkpoint_structured", ckpt.read, str(path))
+
+
+@fuzz_settings("checkpoint_mutated")
+@given(blob=mutated())
+def test_checkpoint_mutated_valid_file(work, blob):
+    path = _write(work, "m.safetensors", blob)
+    clean_or_flatrob_error("checkpoint_mutated", ckpt.read, str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Specs
+# ------------------------------------------------------------------------------------------------
+
+yaml_chars = st.sampled_from(list("abcdefgxyz_:-[]{},&*!|>%@`'\"#\n\t 0123456789.") + ["!!python/object:os.system",
+                                                                                     "*a", "&a ", "arch: ", "layer: ",
+                                                                                     "input_shape: ", "\x00", "\ud7ff"])
+
+
+@fuzz_settings("spec_text")
+@given(text=st.one_of(st.text(max_size=200), st.lists(yaml_chars, max_size=60).map("".join)))
+def test_spec_arbitrary_text(text):
+    clean_or_flatrob_error("spec_text", specmod.parse_spec, text, "fuzz")
+
+
+@fuzz_settings("spec_structured")
+@given(doc=st.dictionaries(st.sampled_from(specmod.FIELDS + ["layr", "head"]), json_value, max_size=6),
+       as_json=st.booleans())
+def test_spec_structured_documents(doc, as_json):
+    text = json.dumps(doc) if as_json else yaml.safe_dump(doc)
+    clean_or_flatrob_error("spec_structured", specmod.parse_spec, text, "fuzz")
+
+
+# ------------------------------------------------------------------------------------------------
+# tensors: data files
+# ------------------------------------------------------------------------------------------------
+
+small_dims = st.lists(st.integers(0, 4), max_size=5)
+TORCH_DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64, torch.int64, torch.int32, torch.uint8,
+                torch.int8, torch.bool]
+
+
+@st.composite
+def tensors(draw):
+    out = {}
+    for key in draw(st.lists(st.sampled_from(["x", "y", "index", "z"]), unique=True, max_size=4)):
+        shape = draw(small_dims)
+        dtype = draw(st.sampled_from(TORCH_DTYPES))
+        fill = draw(st.sampled_from([0.0, 0.5, 1.0, -1.0, 2.0, 255.0, float("nan"), float("inf"), 1e30]))
+        t = torch.full(shape, fill) if dtype.is_floating_point else torch.full(shape, fill).nan_to_num(0, 0, 0)
+        out[key] = t.to(dtype)
+    return out
+
+
+@fuzz_settings("data_structured")
+@given(ts=tensors(), meta=st.one_of(st.none(), st.dictionaries(st.text(max_size=10), st.text(max_size=20), max_size=2)))
+def test_data_tensor_files(work, ts, meta):
+    path = _write(work, "d.safetensors", save(ts, metadata=meta))
+    clean_or_flatrob_error("data_structured", datamod.load_data, f"tensors:{path}", "test", None)
+
+
+@fuzz_settings("data_mutated")
+@given(blob=mutated())
+def test_data_mutated_file(work, blob):
+    path = _write(work, "dm.safetensors", blob)
+    clean_or_flatrob_error("data_mutated", datamod.load_data, f"tensors:{path}", "test", None)
+
+
+# ------------------------------------------------------------------------------------------------
+# Spec embedded in a real checkpoint, all the way to a built model
+# ------------------------------------------------------------------------------------------------
+
+ARCHS = [None, "small-cnn", "mlp", "vgg11-bn", "collections:OrderedDict", "flatcli.errors:FlatrobError",
+         "torch.nn:Linear", "torch.nn:Identity", "nope", "torchvision:nope", ":", "a:"]
+
+
+@st.composite
+def model_specs(draw):
+    doc = {}
+    if draw(st.booleans()):
+        doc["arch"] = draw(st.sampled_from(ARCHS))
+    if draw(st.booleans()):
+        doc["arch_kwargs"] = draw(st.dictionaries(st.sampled_from(["width", "hidden", "in_features", "bias", "dropout"]),
+                                                  st.one_of(st.integers(-2, 64), st.lists(st.integers(-1, 16), max_size=2),
+                                                            st.booleans(), st.text(max_size=3)), max_size=2))
+    if draw(st.booleans()):
+        doc["layer"] = draw(st.sampled_from(["fc", "conv1", "bn1", "nope", "", "fc.weight"]))
+    if draw(st.booleans()):
+        doc["num_classes"] = draw(st.integers(-1, 12))
+    if draw(st.booleans()):
+        doc["input_shape"] = draw(st.lists(st.integers(0, 9), max_size=4))
+    for key in ("mean", "std"):
+        if draw(st.booleans()):
+            doc[key] = draw(st.lists(st.floats(-2, 2), max_size=4))
+    return doc
+
+
+@fuzz_settings("model_spec")
+@given(doc=model_specs())
+def test_model_with_fuzzed_embedded_spec(work, doc):
+    from flatcli.model import load_model
+
+    state = ckpt.read("example:digits-cnn").state_dict
+    path = _write(work, "model.safetensors", save(state, metadata={"flatrob.spec": yaml.safe_dump(doc)}))
+    clean_or_flatrob_error("model_spec", load_model, str(path))
+
+
+def test_the_unmutated_inputs_load(work):
+    """The fuzzers start from inputs that load, so 'ok' is reachable and refusals are not blanket."""
+    path = _write(work, "valid.safetensors", VALID)
+    assert clean_or_flatrob_error("checkpoint_mutated", ckpt.read, str(path)) == "ok"
+    assert clean_or_flatrob_error("data_mutated", datamod.load_data, f"tensors:{path}", "test", None) == "ok"
+    assert clean_or_flatrob_error("spec_text", specmod.parse_spec, "arch: mlp\nlayer: fc\n", "fuzz") == "ok"
+
+
+def test_enough_cases_ran():
+    """The acceptance floor: at least 500 fuzz cases (when the whole file runs)."""
+    assert sum(EXAMPLES.values()) >= 500
+    if all(RAN.values()):
+        assert sum(RAN.values()) >= 500, RAN
