@@ -17,6 +17,7 @@ from typing import Any, Iterator
 import torch
 
 from flatcli import data as datamod
+from flatcli import interrupts
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,21 @@ class Dist:
         """
         n_batches = math.ceil(len(data) / batch_size)
         it = datamod.batches(data, batch_size, device=device, workers=workers, shard=(self.rank, self.world))
-        for _ in range(math.ceil(n_batches / self.world)):
-            yield next(it, None)
+        with interrupts.deferring():  # SIGINT/SIGTERM stop at the next boundary, not inside a batch
+            for _ in range(math.ceil(n_batches / self.world)):
+                self.check_interrupt(device)
+                yield next(it, None)
+            self.check_interrupt(device)
+
+    def check_interrupt(self, device) -> None:
+        """A batch boundary: raise :class:`~flatcli.errors.Interrupted` if a signal arrived (on any rank)."""
+        if self.world == 1:
+            interrupts.check()
+            return
+        flag = torch.tensor([float(interrupts.pending() or 0)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)  # every rank stops in the same round
+        if flag.item() > 0:
+            interrupts.stop(int(flag.item()))
 
     def batch_number(self, round_: int) -> int:
         """Position in data order of the batch this rank takes in round ``round_``."""

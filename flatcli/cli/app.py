@@ -16,6 +16,7 @@ from typer import _click as click
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit
 
+from flatcli import interrupts
 from flatcli.errors import FlatrobError, Interrupted
 
 
@@ -24,7 +25,8 @@ class FlatrobGroup(TyperGroup):
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            with interrupts.handling():  # SIGINT/SIGTERM: stop at the next batch boundary
+                code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = code if isinstance(code, int) else 0
         except Exit as e:
             code = e.exit_code

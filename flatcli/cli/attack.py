@@ -17,6 +17,7 @@ from flatcli.cli.options import (
     PerSample, PresetOpt, Quiet, RandomStart, Restarts, Scale, ScaleBias, Seed, SpecFile, Split, Steps, WeightNorm,
     WeightNormOpt, ChannelsLast, Precision, PrecisionOpt,
 )
+from flatcli import interrupts
 from flatcli.errors import UsageError
 
 CONVENTIONS = {
@@ -216,6 +217,7 @@ def attack(
         "channels_last": channels_last,
         "conventions": CONVENTIONS,
     }
+    interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     main = dist.is_main  # under torchrun only rank 0 writes
     with common.writer(format, output, command="attack", per_sample=per_sample, render_table=render_table, enabled=main) as out:
         traj = ResultWriter(traj_format, trajectory, command="attack", enabled=main) if trajectory else None
