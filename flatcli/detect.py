@@ -199,6 +199,16 @@ class Detector:
 # --------------------------------------------------------------------------------------------
 
 
+def _class_counts(y: np.ndarray, what: str) -> tuple[int, int]:
+    """``(clean, adversarial)`` counts; :class:`UsageError` naming ``what`` when a class is missing."""
+    n1 = int(y.sum())
+    n0 = len(y) - n1
+    if n0 == 0 or n1 == 0:
+        missing = "clean (0)" if n0 == 0 else "adversarial (1)"
+        raise UsageError(f"cannot {what}: no {missing} inputs; both classes are needed")
+    return n0, n1
+
+
 def fit(
     X: Any,
     labels: Any,
@@ -219,11 +229,7 @@ def fit(
     seed = _check_seed(seed)
     X = _check_features(X, method)
     y = _check_labels(labels, len(X))
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if n0 == 0 or n1 == 0:
-        missing = "clean (0)" if n0 == 0 else "adversarial (1)"
-        raise UsageError(f"cannot fit a detector: no {missing} inputs; both classes are needed")
+    n0, n1 = _class_counts(y, "fit a detector")
     if score is None:
         score = _DEFAULT_SCORE[method]
     if method == "stump":
@@ -377,11 +383,7 @@ def cross_validate(
         raise UsageError(f"--folds must be an integer >= 2, got {folds!r}")
     X = _check_features(X, method)
     y = _check_labels(labels, len(X))
-    n1 = int(y.sum())
-    n0 = len(y) - n1
-    if n0 == 0 or n1 == 0:
-        missing = "clean (0)" if n0 == 0 else "adversarial (1)"
-        raise UsageError(f"cannot cross-validate: no {missing} inputs; both classes are needed")
+    n0, n1 = _class_counts(y, "cross-validate")
     if min(n0, n1) < folds:
         raise UsageError(
             f"--folds {folds} needs at least {folds} inputs per class, got {n0} clean and "
