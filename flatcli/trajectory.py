@@ -188,12 +188,15 @@ def run_attack(
     on_samples: Callable[[list[dict]], None] | None = None,
     progress: Callable[[int], None] | None = None,
     dist: Dist = SINGLE,
+    store=None,
 ) -> AttackOutcome:
     """Attack every batch, stream trajectory/sample rows, return the summary (and adversarials).
 
     Random starts draw from a generator seeded by ``(seed, batch number)``, so a batch is attacked the
     same way whichever process runs it. Under torchrun (``dist``) each rank attacks its batches and
-    rank 0 consumes them in the original order; the outcome is meaningful on rank 0 only.
+    rank 0 consumes them in the original order; the outcome is meaningful on rank 0 only. ``store``
+    (a :class:`flatcli.resume.ResumeStore`, ``--resume``) supplies batches finished by an earlier run
+    and receives each newly finished one before its rows go out.
     """
     attack = settings.attack
     k = loaded.num_classes
@@ -206,9 +209,14 @@ def run_attack(
         for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
             result = None
             if batch is not None:
-                generator = batch_generator(settings.seed, dist.batch_number(i))
-                result = _attack_batch(split, loaded, settings, *batch, generator=generator, verify=i == 0)
-            for r in dist.gather(result):
+                number = dist.batch_number(i)
+                result = store.load(number, batch[2]) if store is not None else None
+                if result is None:
+                    generator = batch_generator(settings.seed, number)
+                    result = _attack_batch(split, loaded, settings, *batch, generator=generator, verify=i == 0)
+            for j, r in enumerate(dist.gather(result)):
+                if store is not None:
+                    store.save(i * dist.world + j, r)  # finished: persisted before its rows go out
                 target_hits += _consume(r, acc, on_steps, on_samples)
                 if settings.keep_adv:
                     advs.append((r["x_adv"], r["y"], r["index"]))

@@ -109,3 +109,93 @@ def test_real_process_interrupted_mid_run_leaves_no_file(tmp_path, signum, code)
     assert "--resume" in line
     assert list(out.iterdir()) == []
     assert len(stdout.splitlines()) < 359  # it stopped early
+
+
+# ------------------------------------------------------------------------------------------------
+# --resume DIR
+# ------------------------------------------------------------------------------------------------
+
+RUN = ["attack", EXAMPLE, "--limit", "120", "--batch-size", "10", "--steps", "60", "--quiet"]
+
+
+def test_acceptance_sigint_then_rerun_is_byte_identical_to_an_uninterrupted_run(tmp_path):
+    """Kill `attack --resume DIR` with SIGINT mid-run, rerun it: the same bytes as a run never interrupted."""
+    outputs = ["--format", "jsonl", "--per-sample", "--trajectory"]
+    full = _start([*RUN, *outputs, "full-traj.csv", "--save-adv", "full.safetensors"], tmp_path)
+    proc = _start([*RUN, *outputs, "traj.csv", "--save-adv", "adv.safetensors", "--resume", "R"], tmp_path)
+    _wait_for_rows(proc, 11)  # the second batch's rows are out: mid-run
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    line = _one_line(stderr)
+    assert "--resume R" in line and "rerun the same command" in line
+    assert not (tmp_path / "traj.csv").exists() and not (tmp_path / "adv.safetensors").exists()
+    saved = sorted(p.name for p in (tmp_path / "R").glob("batch-*.safetensors"))
+    assert 2 <= len(saved) < 12, saved  # finished batches kept, not all of them
+
+    again = subprocess.run([FLATROB, *RUN, *outputs, "traj.csv", "--save-adv", "adv.safetensors", "--resume", "R"],
+                           capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                           timeout=120)
+    assert again.returncode == 0, again.stderr
+    full_stdout, full_stderr = full.communicate(timeout=120)
+    assert full.returncode == 0, full_stderr
+    assert again.stdout == full_stdout
+    assert (tmp_path / "traj.csv").read_bytes() == (tmp_path / "full-traj.csv").read_bytes()
+    assert (tmp_path / "adv.safetensors").read_bytes() == (tmp_path / "full.safetensors").read_bytes()
+
+
+SMALL = ["attack", EXAMPLE, "--limit", "30", "--batch-size", "10", "--steps", "3", "--format", "json", "--per-sample"]
+
+
+def test_resume_after_a_partial_run_gives_the_same_json(tmp_path, monkeypatch):
+    full = invoke(*SMALL)
+    assert full.exit_code == 0
+    log = _signal_during_batch(monkeypatch, signal.SIGTERM, on_call=2)
+    res = invoke(*SMALL, "--resume", tmp_path / "R")
+    assert res.exit_code == 143 and log == ["start", "done", "start", "done"]
+    assert len(list((tmp_path / "R").glob("batch-*"))) == 2
+    monkeypatch.undo()
+    res = invoke(*SMALL, "--resume", tmp_path / "R")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == full.stdout
+    assert "resumed: 2 finished batch" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "change, setting",
+    [(["--eps", "0.1"], "eps"), (["--seed", "1"], "seed"), (["--batch-size", "5"], "batch_size"),
+     (["--limit", "20"], "samples"), (["--norm", "l2"], "norm"), (["--scale", "2"], "scale")],
+)
+def test_different_settings_are_refused_naming_the_setting(tmp_path, change, setting):
+    assert invoke(*SMALL, "--resume", tmp_path / "R").exit_code == 0
+    args = list(SMALL)
+    for opt, value in zip(change[::2], change[1::2]):
+        if opt in args:
+            args[args.index(opt) + 1] = value
+        else:
+            args += [opt, value]
+    res = invoke(*args, "--resume", tmp_path / "R", "--output", tmp_path / "out.json")
+    assert res.exit_code == 2
+    line = _one_line(res.stderr)
+    assert f"{setting} was" in line and "different settings" in line
+    assert not (tmp_path / "out.json").exists()
+
+
+def test_resume_refuses_a_directory_that_is_not_its_own(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    (tmp_path / "stuff" / "notes.txt").write_text("mine")
+    assert "not a flatrob resume directory" in _one_line(invoke(*SMALL, "--resume", tmp_path / "stuff").stderr)
+    (tmp_path / "file").write_text("x")
+    assert "is a file" in _one_line(invoke(*SMALL, "--resume", tmp_path / "file").stderr)
+    assert "does not exist" in _one_line(invoke(*SMALL, "--resume", tmp_path / "no" / "dir").stderr)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("[" * 10000)
+    assert "unreadable" in _one_line(invoke(*SMALL, "--resume", tmp_path / "bad").stderr)
+
+
+def test_a_damaged_batch_file_is_recomputed(tmp_path):
+    full = invoke(*SMALL)
+    assert invoke(*SMALL, "--resume", tmp_path / "R").exit_code == 0
+    (tmp_path / "R" / "batch-000001.safetensors").write_bytes(b"garbage")
+    res = invoke(*SMALL, "--resume", tmp_path / "R")
+    assert res.exit_code == 0 and res.stdout == full.stdout

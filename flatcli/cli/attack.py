@@ -14,7 +14,7 @@ from flatcli.cli import common, render
 from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output,
-    PerSample, PresetOpt, Quiet, RandomStart, Restarts, Scale, ScaleBias, Seed, SpecFile, Split, Steps, WeightNorm,
+    PerSample, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, Scale, ScaleBias, Seed, SpecFile, Split, Steps, WeightNorm,
     WeightNormOpt, ChannelsLast, Precision, PrecisionOpt,
 )
 from flatcli import interrupts
@@ -94,6 +94,38 @@ def _parse_targeted(value: str | None) -> int | str | None:
     return cls
 
 
+def _resume_store(directory: str, loaded, ds, dev, settings, pgd, channels_last: bool, *, enabled: bool):
+    """The --resume directory, checked against everything the per-batch numbers depend on."""
+    import hashlib
+
+    from flatcli import __version__
+    from flatcli.resume import ResumeStore
+    from flatcli.trajectory import Takeoff
+
+    samples = hashlib.sha256(ds.y.numpy().tobytes() + ds.index.numpy().tobytes()).hexdigest()
+    identity = {
+        "flatrob": __version__,
+        "checkpoint_sha256": loaded.checkpoint.sha256,
+        "arch": loaded.spec.arch,
+        "layer": loaded.layer,
+        "data": ds.name,
+        "samples": len(ds),
+        "labels_and_indices_sha256": samples,
+        "batch_size": settings.batch_size,
+        "seed": settings.seed,
+        **pgd.config(),
+        "targeted": settings.targeted,
+        "takeoff": settings.takeoff,
+        "weight_norm": settings.weight_norm,
+        "scale": settings.scaling.scale,
+        "scale_bias": settings.scaling.scale_bias,
+        "precision": settings.precision,
+        "channels_last": channels_last,
+        "device": dev.type,
+    }
+    return ResumeStore(directory, "attack", identity, {"Takeoff": Takeoff}) if enabled else None
+
+
 @app.command()
 def attack(
     checkpoint: Checkpoint,
@@ -135,6 +167,7 @@ def attack(
     scale_bias: ScaleBias = True,
     precision: PrecisionOpt = Precision.fp32,
     channels_last: ChannelsLast = False,
+    resume: ResumeOpt = None,
 ) -> None:
     """PGD-linf / PGD-l2 recording loss, sharpness and confidence at every step (uncanny valley, take-off)."""
     from flatcli.attacks import PGD, PRESETS
@@ -197,7 +230,7 @@ def attack(
         takeoff=takeoff,
         targeted=target,
         seed=seed,
-        keep_adv=save_adv is not None,
+        keep_adv=save_adv is not None or resume is not None,  # a resumed run may add --save-adv
         precision=precision.value,
     )
     config = {
@@ -217,8 +250,13 @@ def attack(
         "channels_last": channels_last,
         "conventions": CONVENTIONS,
     }
-    interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     main = dist.is_main  # under torchrun only rank 0 writes
+    store = None
+    if resume is not None:
+        store = _resume_store(resume, loaded, ds, dev, settings, pgd, channels_last, enabled=main)
+        interrupts.set_hint("no output file was written; " + store.hint())
+    else:
+        interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     with common.writer(format, output, command="attack", per_sample=per_sample, render_table=render_table, enabled=main) as out:
         traj = ResultWriter(traj_format, trajectory, command="attack", enabled=main) if trajectory else None
         with traj if traj is not None else contextlib.nullcontext():
@@ -229,7 +267,10 @@ def attack(
                     on_samples=out.rows if per_sample or format in (Format.jsonl, Format.csv) else None,
                     progress=progress,
                     dist=dist,
+                    store=store,
                 )
+            if store is not None and store.reused:
+                common.note(f"resumed: {store.reused} finished batch(es) read from {resume}", quiet or not main)
             if not main:
                 return
             if save_adv is not None:

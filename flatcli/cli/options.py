@@ -55,6 +55,15 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed: same seed, same 
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format: table, json, jsonl or csv.")]
 Output = Annotated[Optional[str], typer.Option("--output", "-o", help="Write the result to FILE (atomically); - is stdout.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or notes on stderr.")]
+ResumeOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--resume",
+        help="Keep finished batches in DIR (created if missing); rerunning with the same settings continues "
+        "there and gives the same output as an uninterrupted run.",
+        metavar="DIR",
+    ),
+]
 PerSample = Annotated[bool, typer.Option("--per-sample", help="Include per-sample rows in json/table output.")]
 WeightNormOpt = Annotated[
     WeightNorm,
