@@ -43,7 +43,7 @@ STEP_KEYS = (
 SAMPLE_KEYS = (
     "index", "label", "target", "restart", "clean_pred", "adv_pred", "clean_loss", "adv_loss", "loss_increase",
     "clean_sharpness", "adv_sharpness", "peak_sharpness", "peak_step", "valley", "takeoff_step", "basin_width",
-    "censored", "final_dist_l2", "final_dist_linf",
+    "censored", "final_dist_l2", "final_dist_linf", "nonfinite",
 )
 
 
@@ -158,7 +158,9 @@ class _Accumulator:
             k: [] for k in ("clean_correct", "adv_correct", "ever_correct", "loss_increase", "valley", "width",
                             "censored", "lower_bound", "takeoff_step", "clean_sharpness", "adv_sharpness", "hit")
         }
-        self.n = 0
+        self.n = 0  # samples in the statistics (finite ones)
+        self.total = 0  # samples attacked
+        self.nonfinite = 0  # samples whose logits or gradients went NaN/Inf: flagged, left out of the statistics
 
     def add(self, **cols: Tensor) -> None:
         for k, v in cols.items():
@@ -255,6 +257,10 @@ def _attack_batch(split: HeadSplit, loaded: LoadedModel, settings: AttackSetting
     else:
         clean = head_measures(clean_phi, weight, bias, y, weight_norm=settings.weight_norm)
     correct = m["pred"] == y[None, :].to(m["pred"].device)
+    finite = _finite_samples(m, clean, res.dist_l2, res.dist_linf)
+    x_adv = None
+    if settings.keep_adv:  # a flagged sample keeps its clean input, so the saved file stays loadable
+        x_adv = torch.where(finite.to(x.device).view(-1, *([1] * (x.dim() - 1))), res.x_adv, x)
     to = takeoff(m["loss"], res.dist_l2.double().to(m["loss"].device), settings.takeoff)
     peak_step, peak = sharpness_peaks(m["relative_sharpness"])
     out = {
@@ -271,9 +277,26 @@ def _attack_batch(split: HeadSplit, loaded: LoadedModel, settings: AttackSetting
         "target": target,
         "y": y,
         "index": index,
-        "x_adv": res.x_adv if settings.keep_adv else None,
+        "x_adv": x_adv,
+        "finite": finite,
     }
     return _to_cpu(out)
+
+
+def _finite_samples(m: dict, clean: dict, dist_l2: Tensor, dist_linf: Tensor) -> Tensor:
+    """(B,) bool: every recorded measure of the sample, at every step and at the clean input, is finite.
+
+    NaN/Inf in the logits or in the gradient (which makes the next iterate NaN) shows up here; such
+    samples are flagged in the rows and counted in the summary instead of poisoning its means.
+    """
+    finite = torch.ones_like(m["loss"][0], dtype=torch.bool)
+    for key in ("loss", "relative_sharpness", "trace_h", "confidence", "p_true"):
+        finite &= torch.isfinite(m[key]).all(0)
+    for key in ("loss", "relative_sharpness"):
+        finite &= torch.isfinite(clean[key]).to(finite.device)
+    for d in (dist_l2, dist_linf):
+        finite &= torch.isfinite(d).all(0).to(finite.device)
+    return finite
 
 
 def _to_cpu(value):
@@ -291,39 +314,42 @@ def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
     m, clean, correct, to, y = r["m"], r["clean"], r["correct"], r["takeoff"], r["y"]
     sharp, loss = m["relative_sharpness"], m["loss"]
     clean_correct = clean["pred"] == y
+    ok = r["finite"]  # flagged (non-finite) samples are left out of every sum and column
     s = acc.sums
-    s["loss"] += loss.sum(1).numpy()
-    s["loss_sq"] += (loss * loss).sum(1).numpy()
-    s["sharp"] += sharp.sum(1).numpy()
-    s["sharp_sq"] += (sharp * sharp).sum(1).numpy()
-    s["correct"] += correct.sum(1).numpy()
-    s["confidence"] += m["confidence"].sum(1).numpy()
-    s["dist_l2"] += r["dist_l2"].double().sum(1).numpy()
+    s["loss"] += loss[:, ok].sum(1).numpy()
+    s["loss_sq"] += (loss * loss)[:, ok].sum(1).numpy()
+    s["sharp"] += sharp[:, ok].sum(1).numpy()
+    s["sharp_sq"] += (sharp * sharp)[:, ok].sum(1).numpy()
+    s["correct"] += correct[:, ok].sum(1).numpy()
+    s["confidence"] += m["confidence"][:, ok].sum(1).numpy()
+    s["dist_l2"] += r["dist_l2"].double()[:, ok].sum(1).numpy()
     acc.add(
-        clean_correct=clean_correct,
-        adv_correct=correct[-1],
-        ever_correct=correct.all(0) & clean_correct,
-        loss_increase=loss[-1] - clean["loss"],
-        valley=r["valley"],
-        width=to.width,
-        censored=to.censored,
-        lower_bound=to.lower_bound,
-        takeoff_step=to.step,
-        clean_sharpness=clean["relative_sharpness"],
-        adv_sharpness=sharp[-1],
+        clean_correct=clean_correct[ok],
+        adv_correct=correct[-1][ok],
+        ever_correct=(correct.all(0) & clean_correct)[ok],
+        loss_increase=(loss[-1] - clean["loss"])[ok],
+        valley=r["valley"][ok],
+        width=to.width[ok],
+        censored=to.censored[ok],
+        lower_bound=to.lower_bound[ok],
+        takeoff_step=to.step[ok],
+        clean_sharpness=clean["relative_sharpness"][ok],
+        adv_sharpness=sharp[-1][ok],
     )
-    acc.n += len(y)
+    acc.n += int(ok.sum())
+    acc.total += len(y)
+    acc.nonfinite += int((~ok).sum())
     if on_steps is not None:
         on_steps(_step_rows(m, correct, r["dist_l2"], r["dist_linf"], r["index"]))
     if on_samples is not None:
         on_samples(
             _sample_rows(
                 index=r["index"], y=y, target=r["target"], restart=r["restart"], clean=clean, m=m, peak=r["peak"],
-                peak_step=r["peak_step"], valley=r["valley"], to=to, dist_linf=r["dist_linf"][-1],
+                peak_step=r["peak_step"], valley=r["valley"], to=to, dist_linf=r["dist_linf"][-1], nonfinite=~ok,
             )
         )
     target = r["target"]
-    return 0 if target is None else int((m["pred"][-1] == target).sum())
+    return 0 if target is None else int(((m["pred"][-1] == target) & ok).sum())
 
 
 def _step_rows(m: dict, correct: Tensor, dist_l2: Tensor, dist_linf: Tensor, index: Tensor) -> list[dict]:
@@ -347,7 +373,7 @@ def _step_rows(m: dict, correct: Tensor, dist_l2: Tensor, dist_linf: Tensor, ind
     return [dict(zip(STEP_KEYS, vals)) for vals in zip(*(cols[key] for key in STEP_KEYS))]
 
 
-def _sample_rows(*, index, y, target, restart, clean, m, peak, peak_step, valley, to, dist_linf) -> list[dict]:
+def _sample_rows(*, index, y, target, restart, clean, m, peak, peak_step, valley, to, dist_linf, nonfinite) -> list[dict]:
     B = len(y)
     nan = [None] * B
     cols = {
@@ -370,6 +396,7 @@ def _sample_rows(*, index, y, target, restart, clean, m, peak, peak_step, valley
         "censored": to.censored,
         "final_dist_l2": to.lower_bound,
         "final_dist_linf": dist_linf,
+        "nonfinite": nonfinite,
     }
     lists = {key: (v.cpu().tolist() if isinstance(v, Tensor) else v) for key, v in cols.items()}
     censored = lists["censored"]
@@ -378,13 +405,18 @@ def _sample_rows(*, index, y, target, restart, clean, m, peak, peak_step, valley
     return [dict(zip(SAMPLE_KEYS, vals)) for vals in zip(*(lists[key] for key in SAMPLE_KEYS))]
 
 
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
 def _summary(acc: _Accumulator, settings: AttackSettings, loaded: LoadedModel, target_hits: int) -> dict:
     n = acc.n
     s = acc.sums
-    mean_loss = s["loss"] / n
-    mean_sharp = s["sharp"] / n
-    std_loss = np.sqrt(np.maximum(s["loss_sq"] / n - mean_loss**2, 0.0))
-    std_sharp = np.sqrt(np.maximum(s["sharp_sq"] / n - mean_sharp**2, 0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):  # every sample non-finite: NaN (null) means
+        mean_loss = s["loss"] / n
+        mean_sharp = s["sharp"] / n
+        std_loss = np.sqrt(np.maximum(s["loss_sq"] / n - mean_loss**2, 0.0))
+        std_sharp = np.sqrt(np.maximum(s["sharp_sq"] / n - mean_sharp**2, 0.0))
     censored = acc.column("censored").astype(bool)
     width = acc.column("width")
     steps = acc.column("takeoff_step")
@@ -392,21 +424,22 @@ def _summary(acc: _Accumulator, settings: AttackSettings, loaded: LoadedModel, t
     clean_correct = acc.column("clean_correct").astype(bool)
     adv_correct = acc.column("adv_correct").astype(bool)
     summary = {
-        "n": n,
+        "n": acc.total,
+        "nonfinite": acc.nonfinite,
         "steps": settings.attack.steps,
-        "clean_accuracy": float(clean_correct.mean()),
-        "robust_accuracy": float(adv_correct.mean()),
-        "ever_fooled_accuracy": float(acc.column("ever_correct").astype(bool).mean()),
+        "clean_accuracy": _mean(clean_correct),
+        "robust_accuracy": _mean(adv_correct),
+        "ever_fooled_accuracy": _mean(acc.column("ever_correct").astype(bool)),
         "success_rate": float((clean_correct & ~adv_correct).sum() / max(clean_correct.sum(), 1)),
         "mean_loss_by_step": mean_loss.tolist(),
         "std_loss_by_step": std_loss.tolist(),
         "mean_sharpness_by_step": mean_sharp.tolist(),
         "std_sharpness_by_step": std_sharp.tolist(),
-        "accuracy_by_step": (s["correct"] / n).tolist(),
-        "mean_confidence_by_step": (s["confidence"] / n).tolist(),
-        "mean_dist_l2_by_step": (s["dist_l2"] / n).tolist(),
+        "accuracy_by_step": (s["correct"] / max(n, 1) if n else s["correct"] * np.nan).tolist(),
+        "mean_confidence_by_step": (s["confidence"] / max(n, 1) if n else s["confidence"] * np.nan).tolist(),
+        "mean_dist_l2_by_step": (s["dist_l2"] / max(n, 1) if n else s["dist_l2"] * np.nan).tolist(),
         **valley_of_mean(mean_sharp),
-        "valley_fraction": float(acc.column("valley").astype(bool).mean()),
+        "valley_fraction": _mean(acc.column("valley").astype(bool)),
         "loss_final_is_max": bool(mean_loss[-1] >= mean_loss.max()),
         "loss_increase": quantiles(acc.column("loss_increase")),
         "clean_sharpness": describe(acc.column("clean_sharpness")),
@@ -421,5 +454,5 @@ def _summary(acc: _Accumulator, settings: AttackSettings, loaded: LoadedModel, t
         },
     }
     if settings.targeted is not None:
-        summary["target_success_rate"] = target_hits / n
+        summary["target_success_rate"] = target_hits / n if n else float("nan")
     return summary

@@ -19,6 +19,7 @@ SUMMARY_KEYS = {
     "mean_loss_by_step", "std_loss_by_step", "mean_sharpness_by_step", "std_sharpness_by_step", "accuracy_by_step",
     "mean_confidence_by_step", "mean_dist_l2_by_step", "sharpness_peak_step", "sharpness_final_over_peak",
     "valley_fraction", "loss_final_is_max", "loss_increase", "clean_sharpness", "adv_sharpness", "takeoff",
+    "nonfinite",
 }
 TAKEOFF_KEYS = {"tau", "measured", "censored", "width", "step", "censored_final_dist_l2"}
 STEP_COLUMNS = [
@@ -28,7 +29,7 @@ STEP_COLUMNS = [
 SAMPLE_COLUMNS = [
     "index", "label", "target", "restart", "clean_pred", "adv_pred", "clean_loss", "adv_loss", "loss_increase",
     "clean_sharpness", "adv_sharpness", "peak_sharpness", "peak_step", "valley", "takeoff_step", "basin_width",
-    "censored", "final_dist_l2", "final_dist_linf",
+    "censored", "final_dist_l2", "final_dist_linf", "nonfinite",
 ]
 ATTACK_CONFIG = {
     "preset", "preset_values", "norm", "eps", "alpha", "steps", "random_start", "restarts", "targeted",

@@ -30,6 +30,8 @@ CONVENTIONS = {
     "takeoff": "first t with (l_t - l_0)/(max l - l_0) >= tau; width ||x_{t*-1} - x_clean||_2; censored if max l - l_0 <= 1e-6",
     "valley": "sample's sharpness peaks at 0 < t < T and ends below half of its peak",
     "ever_fooled_accuracy": "share of samples classified correctly at the clean input and at every iterate",
+    "nonfinite": "a sample whose logits or gradients turn NaN/Inf at any step is flagged (nonfinite), counted in "
+    "summary.nonfinite and left out of every mean and rate; --save-adv keeps its clean input",
 }
 
 TRAJECTORY_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
@@ -268,6 +270,11 @@ def attack(
                     progress=progress,
                     dist=dist,
                     store=store,
+                )
+            if main and outcome.summary.get("nonfinite"):
+                common.note(
+                    f"note: {outcome.summary['nonfinite']} of {outcome.summary['n']} samples hit NaN/Inf in the logits or "
+                    "gradients; they are flagged (nonfinite) and left out of the means", quiet,
                 )
             if store is not None and store.reused:
                 common.note(f"resumed: {store.reused} finished batch(es) read from {resume}", quiet or not main)
