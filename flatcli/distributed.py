@@ -9,6 +9,7 @@ process would have produced: same per-sample values, same order, same summary. O
 
 from __future__ import annotations
 
+import atexit
 import math
 import os
 from dataclasses import dataclass
@@ -99,7 +100,15 @@ def from_environment(device: torch.device) -> Dist:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend)
+        # Tear the group down before the interpreter exits: gloo threads left running abort the process
+        # ("terminate called without an active exception") at random.
+        atexit.register(_destroy)
     return Dist(rank=dist.get_rank(), world=dist.get_world_size())
+
+
+def _destroy() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def local_device(device: torch.device) -> torch.device:
