@@ -171,6 +171,7 @@ def attack_and_score(
     keep_adv: bool = False,
     progress: Callable[[int], None] | None = None,
     dist: Dist = SINGLE,
+    store=None,
 ) -> tuple[ScoreSet, ScoreSet, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """Craft one adversarial per input of ``data`` and score the clean and the adversarial inputs.
 
@@ -178,7 +179,9 @@ def attack_and_score(
     come from :func:`flatcli.attacks.batch_generator` per batch, as in
     :func:`flatcli.trajectory.run_attack`, so ``flatrob attack --save-adv`` with the same options and
     seed writes the very same adversarials. Returns ``(clean, adversarial, adv)`` where ``adv`` is
-    ``(x, y, index)`` on the CPU when ``keep_adv`` (for ``--save-adv``), else ``None``.
+    ``(x, y, index)`` on the CPU when ``keep_adv`` (for ``--save-adv``), else ``None``. ``store``
+    (:class:`flatcli.resume.ResumeStore`, ``--resume``) supplies batches an earlier run finished and
+    receives every new one.
     """
     head = loaded.head
     clean_parts: list[ScoreSet] = []
@@ -187,7 +190,9 @@ def attack_and_score(
     with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer, Scaling()) as split:
         for i, batch in enumerate(dist.rounds(data, batch_size, device=device)):
             result = None
-            if batch is not None:
+            if batch is not None and store is not None:
+                result = store.load(dist.batch_number(i), batch[2])
+            if batch is not None and result is None:
                 x, y, index = batch
                 if i == 0:
                     split.verify(x[:2])  # BN in eval mode, samples independent, head is the last linear map
@@ -200,7 +205,9 @@ def attack_and_score(
                     batch_scores(phi_adv, head.weight, head.bias, index, weight_norm),
                     (res.x_adv.detach().cpu(), y.cpu(), index.cpu()) if keep_adv else None,
                 )
-            for clean_scores, adv_scores, adv_batch in dist.gather(result):
+            for j, (clean_scores, adv_scores, adv_batch) in enumerate(dist.gather(result)):
+                if store is not None:
+                    store.save(i * dist.world + j, (clean_scores, adv_scores, adv_batch))
                 clean_parts.append(clean_scores)
                 adv_parts.append(adv_scores)
                 if keep_adv:

@@ -31,25 +31,40 @@ VERSION = 1
 MANIFEST = "manifest.json"
 
 
-def _flatten(value: Any, prefix: str, tensors: dict, nones: list, classes: dict) -> None:
+def _flatten(value: Any, prefix: str, tensors: dict, nones: list, classes: dict, arrays: list) -> None:
+    """Tensors (and numpy arrays, listed in ``arrays``) under dotted keys; containers named in ``classes``."""
+    import numpy as np
     import torch
+
+    def key(k) -> str:
+        return f"{prefix}.{k}" if prefix else str(k)
 
     if isinstance(value, torch.Tensor):
         tensors[prefix] = value.detach().cpu().contiguous().clone()
+    elif isinstance(value, np.ndarray):
+        tensors[prefix] = torch.from_numpy(np.ascontiguousarray(value).copy())
+        arrays.append(prefix)
     elif value is None:
         nones.append(prefix)
     elif isinstance(value, dict):
         for k, v in value.items():
-            _flatten(v, f"{prefix}.{k}" if prefix else str(k), tensors, nones, classes)
+            _flatten(v, key(k), tensors, nones, classes, arrays)
+    elif isinstance(value, tuple):
+        classes[prefix] = "tuple"
+        for i, v in enumerate(value):
+            _flatten(v, key(i), tensors, nones, classes, arrays)
     elif is_dataclass(value):
         classes[prefix] = type(value).__name__
         for f in fields(value):
-            _flatten(getattr(value, f.name), f"{prefix}.{f.name}", tensors, nones, classes)
+            _flatten(getattr(value, f.name), key(f.name), tensors, nones, classes, arrays)
     else:
         raise TypeError(f"cannot persist {type(value).__name__} at {prefix!r}")
 
 
-def _unflatten(tensors: dict, nones: list, classes: dict, factories: dict[str, Callable]) -> dict:
+def _unflatten(tensors: dict, nones: list, classes: dict, arrays: list, factories: dict[str, Callable]) -> Any:
+    arrays = set(arrays)
+    tensors = {k: v.numpy() if k in arrays else v for k, v in tensors.items()}
+    factories = {**factories, "tuple": lambda **parts: tuple(parts[str(i)] for i in range(len(parts)))}
     root: dict = {}
     for key, value in [*tensors.items(), *((k, None) for k in nones)]:
         node = root
@@ -69,11 +84,13 @@ def _unflatten(tensors: dict, nones: list, classes: dict, factories: dict[str, C
 class ResumeStore:
     """One run's resume directory: the manifest check on opening, then per-batch load/save."""
 
-    def __init__(self, directory: str | os.PathLike, command: str, settings: dict, factories: dict[str, Callable]):
+    def __init__(self, directory: str | os.PathLike, command: str, settings: dict, factories: dict[str, Callable],
+                 index_of: Callable[[Any], Any] = lambda result: result["index"]):
         self.dir = Path(directory).expanduser()
         self.command = command
         self.settings = json.loads(json.dumps(settings))  # plain JSON data, as read back; order kept for messages
         self.factories = factories
+        self.index_of = index_of  # the source indices of a batch result (checked on loading)
         self.reused = 0
         self._open()
 
@@ -138,10 +155,11 @@ class ResumeStore:
                 meta = f.metadata() or {}
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
             layout = json.loads(meta.get("flatrob.layout", "{}"))
-            result = _unflatten(tensors, list(layout.get("none", [])), dict(layout.get("classes", {})), self.factories)
+            result = _unflatten(tensors, list(layout.get("none", [])), dict(layout.get("classes", {})),
+                                list(layout.get("arrays", [])), self.factories)
+            saved = torch.as_tensor(self.index_of(result))
         except Exception:  # noqa: BLE001 - a damaged batch file is simply recomputed
             return None
-        saved = result.get("index")
         if not isinstance(saved, torch.Tensor) or not torch.equal(saved.cpu(), index.detach().cpu()):
             raise UsageError(
                 f"--resume {self.dir}: {path.name} holds other samples than batch {number} of this run; "
@@ -160,13 +178,34 @@ class ResumeStore:
         tensors: dict = {}
         nones: list = []
         classes: dict = {}
-        _flatten(result, "", tensors, nones, classes)
-        layout = json.dumps({"none": nones, "classes": classes}, sort_keys=True)
+        arrays: list = []
+        _flatten(result, "", tensors, nones, classes, arrays)
+        layout = json.dumps({"none": nones, "classes": classes, "arrays": arrays}, sort_keys=True)
         with atomic_path(path) as tmp:
             save_file(tensors, str(tmp), metadata={"flatrob.layout": layout})
 
     def hint(self) -> str:
         return f"finished batches are saved in {self.dir}: rerun the same command (with --resume {self.dir}) to continue"
+
+
+def run_identity(loaded, ds, device, **settings) -> dict:
+    """What a command's per-batch numbers depend on: code version, checkpoint, data, device, ``settings``."""
+    import hashlib
+
+    from flatcli import __version__
+
+    samples = hashlib.sha256(ds.y.numpy().tobytes() + ds.index.numpy().tobytes()).hexdigest()
+    return {
+        "flatrob": __version__,
+        "checkpoint_sha256": loaded.checkpoint.sha256,
+        "arch": loaded.spec.arch,
+        "layer": loaded.layer,
+        "data": ds.name,
+        "samples": len(ds),
+        "labels_and_indices_sha256": samples,
+        **settings,
+        "device": getattr(device, "type", str(device)),
+    }
 
 
 def _show(value: Any) -> str:

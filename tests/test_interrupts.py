@@ -199,3 +199,47 @@ def test_a_damaged_batch_file_is_recomputed(tmp_path):
     (tmp_path / "R" / "batch-000001.safetensors").write_bytes(b"garbage")
     res = invoke(*SMALL, "--resume", tmp_path / "R")
     assert res.exit_code == 0 and res.stdout == full.stdout
+
+
+DETECT = ["detect", EXAMPLE, "--limit", "60", "--batch-size", "10", "--steps", "3", "--format", "json", "--per-sample"]
+
+
+def test_detect_resume_after_sigterm_gives_the_same_json(tmp_path, monkeypatch):
+    import flatcli.detection as detection
+
+    full = invoke(*DETECT)
+    assert full.exit_code == 0, full.stderr
+    real = detection.batch_scores
+    calls = {"n": 0}
+
+    def batch_scores(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # the clean scores of the second batch
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(detection, "batch_scores", batch_scores)
+    res = invoke(*DETECT, "--resume", tmp_path / "R", "--output", tmp_path / "out.json")
+    assert res.exit_code == 143
+    assert "--resume" in _one_line(res.stderr) and not (tmp_path / "out.json").exists()
+    assert calls["n"] == 4  # the second batch was finished (clean and adversarial scores), no third
+    assert len(list((tmp_path / "R").glob("batch-*"))) == 2
+    monkeypatch.undo()
+    res = invoke(*DETECT, "--resume", tmp_path / "R")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == full.stdout
+    # fitting settings are not part of the resume identity: another method reuses the adversarials
+    other = invoke(*DETECT, "--method", "components", "--resume", tmp_path / "R")
+    assert other.exit_code == 0 and "resumed: 6 finished batch" in other.stderr
+    assert other.stdout == invoke(*DETECT, "--method", "components").stdout
+    refused = invoke(*DETECT, "--eps", "0.2", "--resume", tmp_path / "R")
+    assert "eps was" in _one_line(refused.stderr)
+    refused = invoke("attack", EXAMPLE, "--limit", "60", "--resume", tmp_path / "R")
+    assert "flatrob detect" in _one_line(refused.stderr)
+
+
+def test_detect_resume_needs_something_to_craft(tmp_path):
+    adv = tmp_path / "adv.safetensors"
+    assert invoke("attack", EXAMPLE, "--limit", "10", "--steps", "1", "--save-adv", adv).exit_code == 0
+    res = invoke("detect", EXAMPLE, "--limit", "10", "--adversarial", adv, "--resume", tmp_path / "R")
+    assert "--resume" in _one_line(res.stderr) and not (tmp_path / "R").exists()

@@ -13,8 +13,9 @@ from flatcli.cli import common, render
 from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output,
-    PerSample, PresetOpt, Quiet, RandomStart, Restarts, Seed, SpecFile, Split, Steps, WeightNorm,
+    PerSample, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, Seed, SpecFile, Split, Steps, WeightNorm,
 )
+from flatcli import interrupts
 from flatcli.errors import UsageError
 
 DEFAULT_PRESET = "uncanny"  # §6.2: PGD-linf, 10 steps, eps 8/255, alpha 2/255
@@ -162,6 +163,7 @@ def detect(
     detector: DetectorFile = None,
     force: Force = False,
     weight_norm: WeightNormMaybe = None,
+    resume: ResumeOpt = None,
 ) -> None:
     """Detect adversarial inputs by their sharpness: fit and cross-validate a threshold (D.4), or apply a saved one."""
     common.check_common(limit=limit, batch_size=batch_size, output=output)
@@ -176,7 +178,7 @@ def detect(
             "--method": method, "--score": score, "--folds": folds, "--only-successful": only_successful or None,
             "--adversarial": adversarial, "--save": save, "--save-adv": save_adv, "--plot": plot,
         }
-        clash = [k for k, v in fit_only.items() if v is not None] + attack_given
+        clash = [k for k, v in fit_only.items() if v is not None] + attack_given + (["--resume"] if resume else [])
         if clash:
             raise UsageError(
                 f"--detector applies a saved detector, but {', '.join(clash)} belong to fitting one; drop them, "
@@ -194,6 +196,8 @@ def detect(
             raise UsageError("--adversarial reads ready adversarials; --save-adv would only copy them: drop it")
         if adversarial in ("", "-"):
             raise UsageError("--adversarial needs a file name")
+        if resume is not None:
+            raise UsageError("--resume keeps the crafted adversarials of a run; with --adversarial nothing is crafted: drop it")
     if plot is not None:
         from flatcli.plots import check_plot_path, require_matplotlib
 
@@ -259,6 +263,16 @@ def detect(
         "conventions": CONVENTIONS,
     }
     dist = common.distributed(dev)
+    store = None
+    if resume is not None and dist.is_main:
+        from flatcli.detection import ScoreSet
+        from flatcli.resume import ResumeStore, run_identity
+
+        identity = run_identity(loaded, ds, dev, batch_size=batch_size, seed=seed, weight_norm=wn, **pgd.config())
+        store = ResumeStore(resume, "detect", identity, {"ScoreSet": ScoreSet}, index_of=lambda r: r[0].index)
+        interrupts.set_hint("no output file was written; " + store.hint())
+    elif pgd is not None:
+        interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     with common.writer(
         format, output, command="detect", per_sample=per_sample, render_table=render_fit, enabled=dist.is_main
     ) as out:
@@ -267,8 +281,10 @@ def detect(
             if adv_ds is None:
                 clean, adv, adv_tensors = attack_and_score(
                     loaded, ds, pgd, batch_size=batch_size, weight_norm=wn, seed=seed, device=dev,
-                    keep_adv=save_adv is not None, progress=progress, dist=dist,
+                    keep_adv=save_adv is not None or store is not None, progress=progress, dist=dist, store=store,
                 )
+                if store is not None and store.reused:
+                    common.note(f"resumed: {store.reused} finished batch(es) read from {resume}", quiet)
             else:
                 clean = score_inputs(loaded, ds, batch_size=batch_size, weight_norm=wn, device=dev, progress=progress, dist=dist)
                 adv = score_inputs(loaded, adv_ds, batch_size=batch_size, weight_norm=wn, device=dev, progress=progress, dist=dist)
