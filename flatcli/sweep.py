@@ -238,6 +238,7 @@ def run_sweep(
     on_rows: Callable[[list[dict]], None] | None = None,
     progress: Callable[[int], None] | None = None,
     dist: Dist = SINGLE,
+    store=None,
 ) -> SweepOutcome:
     """Both parts of the sweep over ``data``, batch by batch; rows (one per sample and scale) go to
     ``on_rows`` as each batch is done. The s=1 quantities behind ``spearman_width_sharpness`` and the
@@ -246,7 +247,8 @@ def run_sweep(
     Random starts draw from a generator seeded by ``(seed, batch number)``, as in ``flatrob attack``,
     so a batch is attacked the same way whichever process runs it. Under torchrun (``dist``) each rank
     sweeps its batches and rank 0 consumes them in the original order; the outcome is meaningful on
-    rank 0 only (``None`` elsewhere).
+    rank 0 only (``None`` elsewhere). ``store`` (:class:`flatcli.resume.ResumeStore`, ``--resume``)
+    supplies batches an earlier run finished and receives every new one.
     """
     scales = settings.scales
     # Internal scales: the requested ones, plus s=1 when absent (Spearman at s=1; transfer source).
@@ -260,8 +262,12 @@ def run_sweep(
             result = None
             if batch is not None:
                 number = dist.batch_number(i)
-                result = _sweep_batch(split, settings, evaluated, heads, *batch, number=number, verify=i == 0)
-            for r in dist.gather(result):
+                result = store.load(number, batch[2]) if store is not None else None
+                if result is None:
+                    result = _sweep_batch(split, settings, evaluated, heads, *batch, number=number, verify=i == 0)
+            for j, r in enumerate(dist.gather(result)):
+                if store is not None:
+                    store.save(i * dist.world + j, r)
                 parts.append({k: r[k] for k in r if k not in ("loss_by_step", "dist_l2")})  # O(S) scalars per sample
                 examples.add(r["loss_by_step"], r["dist_l2"], r["index"])
                 if on_rows is not None:

@@ -243,3 +243,33 @@ def test_detect_resume_needs_something_to_craft(tmp_path):
     assert invoke("attack", EXAMPLE, "--limit", "10", "--steps", "1", "--save-adv", adv).exit_code == 0
     res = invoke("detect", EXAMPLE, "--limit", "10", "--adversarial", adv, "--resume", tmp_path / "R")
     assert "--resume" in _one_line(res.stderr) and not (tmp_path / "R").exists()
+
+
+SWEEP = ["sweep-scale", EXAMPLE, "--limit", "40", "--batch-size", "10", "--steps", "3", "--attack-steps", "2",
+         "--scales", "0.5,2", "--format", "json", "--per-sample"]
+
+
+def test_sweep_resume_after_sigint_gives_the_same_json(tmp_path, monkeypatch):
+    import flatcli.sweep as sweep
+
+    full = invoke(*SWEEP)
+    assert full.exit_code == 0, full.stderr
+    real = sweep._sweep_batch
+    calls = {"n": 0}
+
+    def sweep_batch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "_sweep_batch", sweep_batch)
+    res = invoke(*SWEEP, "--resume", tmp_path / "R", "--output", tmp_path / "out.json")
+    assert res.exit_code == 130 and calls["n"] == 2
+    assert "--resume" in _one_line(res.stderr) and not (tmp_path / "out.json").exists()
+    monkeypatch.undo()
+    res = invoke(*SWEEP, "--resume", tmp_path / "R")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == full.stdout and "resumed: 2 finished batch" in res.stderr
+    refused = invoke(*SWEEP, "--takeoff", "0.2", "--resume", tmp_path / "R")
+    assert "takeoff_tau was" in _one_line(refused.stderr)

@@ -12,8 +12,9 @@ from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, AttackAlpha, AttackEps, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint, Data,
     Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt,
-    Quiet, RandomStart, Restarts, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, WeightNorm, WeightNormOpt,
+    Quiet, RandomStart, Restarts, ResumeOpt, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, WeightNorm, WeightNormOpt,
 )
+from flatcli import interrupts
 from flatcli.errors import UsageError
 
 DEFAULT_SCALES = "0.25,0.5,1,2.5,5,10,50"
@@ -137,6 +138,7 @@ def sweep_scale(
     ] = None,
     precision: PrecisionOpt = Precision.fp32,
     channels_last: ChannelsLast = False,
+    resume: ResumeOpt = None,
 ) -> None:
     """Scale the head by each s: loss increase on fixed trajectories, basin widths, robust accuracy, transfer.
 
@@ -201,11 +203,28 @@ def sweep_scale(
     }
     rows_out = per_sample or format in (Format.jsonl, Format.csv)
     main = dist.is_main  # under torchrun only rank 0 writes
+    store = None
+    if resume is not None and main:
+        from flatcli.resume import ResumeStore, run_identity
+
+        identity = run_identity(
+            loaded, ds, dev, batch_size=batch_size, seed=seed, scales=list(scale_values), scale_bias=scale_bias,
+            weight_norm=weight_norm.value, takeoff_tau=takeoff, trajectory=trajectory.config(),
+            attack=per_scale.config() if per_scale is not None else None, precision=precision.value,
+            channels_last=channels_last, examples=settings.examples,
+        )
+        store = ResumeStore(resume, "sweep-scale", identity, {})
+        interrupts.set_hint("no output file was written; " + store.hint())
+    else:
+        interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     with common.writer(format, output, command="sweep-scale", per_sample=per_sample, render_table=render_table, enabled=main) as out:
         with common.progress_bar(len(ds), "sweep-scale", quiet or not main) as progress:
             outcome = run_sweep(
-                loaded, ds, settings, device=dev, on_rows=out.rows if per_sample else None, progress=progress, dist=dist
+                loaded, ds, settings, device=dev, on_rows=out.rows if per_sample else None, progress=progress, dist=dist,
+                store=store,
             )
+        if store is not None and store.reused:
+            common.note(f"resumed: {store.reused} finished batch(es) read from {resume}", quiet)
         if not main:
             return
         if rows_out and not per_sample:
