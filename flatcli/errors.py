@@ -43,8 +43,12 @@ class MissingExtraError(FlatrobError):
     """An optional dependency (e.g. matplotlib for ``--plot``) is not installed."""
 
 
-class Interrupted(Exception):
-    """SIGINT/SIGTERM arrived; raised at a batch boundary. ``signum`` picks the exit code."""
+class Interrupted(BaseException):
+    """SIGINT/SIGTERM arrived; raised at a batch boundary. ``signum`` picks the exit code.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so no ``except Exception`` on the way turns an
+    interrupt into a bad-input error.
+    """
 
     def __init__(self, signum: int, message: str = ""):
         super().__init__(message)

@@ -98,33 +98,14 @@ def _parse_targeted(value: str | None) -> int | str | None:
 
 def _resume_store(directory: str, loaded, ds, dev, settings, pgd, channels_last: bool, *, enabled: bool):
     """The --resume directory, checked against everything the per-batch numbers depend on."""
-    import hashlib
-
-    from flatcli import __version__
-    from flatcli.resume import ResumeStore
+    from flatcli.resume import ResumeStore, run_identity
     from flatcli.trajectory import Takeoff
 
-    samples = hashlib.sha256(ds.y.numpy().tobytes() + ds.index.numpy().tobytes()).hexdigest()
-    identity = {
-        "flatrob": __version__,
-        "checkpoint_sha256": loaded.checkpoint.sha256,
-        "arch": loaded.spec.arch,
-        "layer": loaded.layer,
-        "data": ds.name,
-        "samples": len(ds),
-        "labels_and_indices_sha256": samples,
-        "batch_size": settings.batch_size,
-        "seed": settings.seed,
-        **pgd.config(),
-        "targeted": settings.targeted,
-        "takeoff": settings.takeoff,
-        "weight_norm": settings.weight_norm,
-        "scale": settings.scaling.scale,
-        "scale_bias": settings.scaling.scale_bias,
-        "precision": settings.precision,
-        "channels_last": channels_last,
-        "device": dev.type,
-    }
+    identity = run_identity(
+        loaded, ds, dev, batch_size=settings.batch_size, seed=settings.seed, **pgd.config(), targeted=settings.targeted,
+        takeoff=settings.takeoff, weight_norm=settings.weight_norm, scale=settings.scaling.scale,
+        scale_bias=settings.scaling.scale_bias, precision=settings.precision, channels_last=channels_last,
+    )
     return ResumeStore(directory, "attack", identity, {"Takeoff": Takeoff}) if enabled else None
 
 
