@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from flatcli import interrupts
 from tests.conftest import EXAMPLE, invoke
@@ -273,3 +274,24 @@ def test_sweep_resume_after_sigint_gives_the_same_json(tmp_path, monkeypatch):
     assert res.stdout == full.stdout and "resumed: 2 finished batch" in res.stderr
     refused = invoke(*SWEEP, "--takeoff", "0.2", "--resume", tmp_path / "R")
     assert "takeoff_tau was" in _one_line(refused.stderr)
+
+
+def test_ctrl_c_while_reading_data_is_an_interrupt_not_a_data_error(tmp_path, monkeypatch):
+    """Outside a batch loop the signal stops at once, and no `except Exception` turns it into exit 2."""
+    import safetensors.torch
+
+    from flatcli.data import save_tensors
+
+    data = tmp_path / "d.safetensors"
+    save_tensors(data, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64), torch.arange(4))
+
+    def load_file(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(5)
+        raise AssertionError("the signal should have stopped the read")
+
+    monkeypatch.setattr(safetensors.torch, "load_file", load_file)
+    res = invoke("attack", EXAMPLE, "--data", f"tensors:{data}", "--steps", "1", "--output", tmp_path / "o.json")
+    assert res.exit_code == 130
+    assert "SIGINT" in _one_line(res.stderr)
+    assert not (tmp_path / "o.json").exists()
