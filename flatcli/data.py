@@ -40,6 +40,7 @@ have ``x = None``: use :func:`batches` or ``data[i]``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -160,9 +161,10 @@ class _FolderImages:
 
         path = self.files[position]
         try:
-            with Image.open(path) as image:
+            with _no_bombs(), Image.open(path) as image:
                 tensor = to_tensor(image.convert(self.mode))
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError,
+                Image.DecompressionBombWarning) as exc:
             raise DataError(f"cannot read image {path}: {_one_line(exc)}") from exc
         if self.shape is not None and tuple(tensor.shape) != self.shape:
             raise DataError(
@@ -327,9 +329,9 @@ def _load_folder(dir_arg: str, split: str) -> DataSource:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(files[0]) as image:
+        with _no_bombs(), Image.open(files[0]) as image:
             mode = "L" if image.mode in _GREY_MODES else "RGB"
-    except (OSError, UnidentifiedImageError) as exc:
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise DataError(f"cannot read image {files[0]}: {_one_line(exc)}") from exc
     shape = tuple(_FolderImages(files, mode)(0).shape)
     reader = _FolderImages(files, mode, shape)
@@ -584,6 +586,18 @@ def _own(t: Tensor) -> Tensor:
     if t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset() != 0:
         t = t.clone()
     return t
+
+
+@contextlib.contextmanager
+def _no_bombs():
+    """PIL's decompression-bomb warning (an image of over ~89M pixels) becomes an error: refused, not read."""
+    import warnings
+
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
 
 
 def _one_line(exc: BaseException) -> str:

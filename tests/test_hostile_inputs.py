@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import struct
+import zlib
 
 import pytest
 import torch
@@ -136,6 +137,24 @@ def files(tmp_path_factory):
     text("detector_wrong_types", json.dumps({"schema_version": 1, "kind": "flatrob-detector", "method": "stump",
                                               "score": "relative_sharpness", "threshold": "high",
                                               "direction": "sideways", "meta": []}), ".json")
+    # --- image folders ---
+    def png(width: int, height: int) -> bytes:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+    for name, size in (("folder_bomb", 30000), ("folder_big", 10000)):  # 900M pixels (error), 100M (warning)
+        (d / name / "0").mkdir(parents=True)
+        (d / name / "0" / "x.png").write_bytes(png(size, size))
+        f[name] = d / name
+    (d / "folder_truncated" / "3").mkdir(parents=True)
+    (d / "folder_truncated" / "3" / "x.png").write_bytes(png(8, 8)[:40])
+    f["folder_truncated"] = d / "folder_truncated"
+    (d / "folder_text" / "1").mkdir(parents=True)
+    (d / "folder_text" / "1" / "x.png").write_text("not an image")
+    f["folder_text"] = d / "folder_text"
     f["out"] = d / "out"
     return {k: str(v) for k, v in f.items()}
 
@@ -211,6 +230,10 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "data a pickle": (["sharpness", EXAMPLE, "--data", "tensors:{data_pickle}"], ["safetensors"]),
     "data a device file": (["attack", EXAMPLE, "--data", "tensors:/dev/zero", *ATTACK], ["not a file"]),
     "detect adversarials with NaN": (["detect", EXAMPLE, "--adversarial", "{data_nan}"], ["nan"]),
+    "image decompression bomb": (["attack", EXAMPLE, "--data", "folder:{folder_bomb}", *ATTACK], ["decompression bomb"]),
+    "image of 100M pixels": (["sweep-scale", EXAMPLE, "--data", "folder:{folder_big}"], ["decompression bomb"]),
+    "truncated png": (["detect", EXAMPLE, "--data", "folder:{folder_truncated}"], ["cannot read image"]),
+    "text file named .png": (["bound", EXAMPLE, "--data", "folder:{folder_text}", "--epsilon", "0.1"], ["cannot read image"]),
     # JSON inputs
     "bound json nested 100k deep": (["bound", "--from-json", "{json_nested}", "-L", "3", "--epsilon", "0.1"], ["json"]),
     "bound json not utf-8": (["bound", "--from-json", "{json_not_utf8}", "-L", "3", "--epsilon", "0.1"], ["json"]),
