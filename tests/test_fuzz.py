@@ -39,6 +39,7 @@ EXAMPLES = {
     "data_structured": 500,
     "data_mutated": 300,
     "model_spec": 150,
+    "image_mutated": 200,
 }
 RAN = {key: 0 for key in EXAMPLES}
 
@@ -235,6 +236,38 @@ def test_data_tensor_files(work, ts, meta):
 def test_data_mutated_file(work, blob):
     path = _write(work, "dm.safetensors", blob)
     clean_or_flatrob_error("data_mutated", datamod.load_data, f"tensors:{path}", "test", None)
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8), 128).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+PNG = _png()
+
+
+@fuzz_settings("image_mutated")
+@given(blob=st.one_of(mutated(PNG), st.binary(max_size=128)), suffix=st.sampled_from([".png", ".jpg", ".gif", ".bmp"]))
+def test_folder_with_a_mutated_image(work, blob, suffix):
+    import shutil
+
+    root = work / "folder"
+    shutil.rmtree(root, ignore_errors=True)
+    (root / "0").mkdir(parents=True)
+    (root / "0" / "a.png").write_bytes(PNG)
+    (root / "0" / f"b{suffix}").write_bytes(blob)
+
+    def read_all():
+        ds = datamod.load_data(f"folder:{root}", "test", None)
+        for _ in datamod.batches(ds, 2):
+            pass
+
+    clean_or_flatrob_error("image_mutated", read_all)
 
 
 # ------------------------------------------------------------------------------------------------
