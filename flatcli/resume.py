@@ -185,7 +185,12 @@ class ResumeStore:
             save_file(tensors, str(tmp), metadata={"flatrob.layout": layout})
 
     def hint(self) -> str:
-        return f"finished batches are saved in {self.dir}: rerun the same command (with --resume {self.dir}) to continue"
+        return hint_for(self.dir)
+
+
+def hint_for(directory) -> str:
+    """The resume half of the one line an interrupted run prints."""
+    return f"finished batches are saved in {directory}: rerun the same command (with --resume {directory}) to continue"
 
 
 def run_identity(loaded, ds, device, **settings) -> dict:

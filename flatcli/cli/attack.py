@@ -236,8 +236,10 @@ def attack(
     main = dist.is_main  # under torchrun only rank 0 writes
     store = None
     if resume is not None:
+        from flatcli.resume import hint_for
+
         store = _resume_store(resume, loaded, ds, dev, settings, pgd, channels_last, enabled=main)
-        interrupts.set_hint("no output file was written; " + store.hint())
+        interrupts.set_hint("no output file was written; " + hint_for(resume))
     else:
         interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     with common.writer(format, output, command="attack", per_sample=per_sample, render_table=render_table, enabled=main) as out:

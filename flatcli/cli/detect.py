@@ -270,7 +270,10 @@ def detect(
 
         identity = run_identity(loaded, ds, dev, batch_size=batch_size, seed=seed, weight_norm=wn, **pgd.config())
         store = ResumeStore(resume, "detect", identity, {"ScoreSet": ScoreSet}, index_of=lambda r: r[0].index)
-        interrupts.set_hint("no output file was written; " + store.hint())
+    if resume is not None:
+        from flatcli.resume import hint_for
+
+        interrupts.set_hint("no output file was written; " + hint_for(resume))
     elif pgd is not None:
         interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     with common.writer(

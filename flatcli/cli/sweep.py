@@ -214,7 +214,10 @@ def sweep_scale(
             channels_last=channels_last, examples=settings.examples,
         )
         store = ResumeStore(resume, "sweep-scale", identity, {})
-        interrupts.set_hint("no output file was written; " + store.hint())
+    if resume is not None:
+        from flatcli.resume import hint_for
+
+        interrupts.set_hint("no output file was written; " + hint_for(resume))
     else:
         interrupts.set_hint("no output file was written; rerun with --resume DIR to keep finished batches across interruptions")
     with common.writer(format, output, command="sweep-scale", per_sample=per_sample, render_table=render_table, enabled=main) as out:
