@@ -295,3 +295,28 @@ def test_ctrl_c_while_reading_data_is_an_interrupt_not_a_data_error(tmp_path, mo
     assert res.exit_code == 130
     assert "SIGINT" in _one_line(res.stderr)
     assert not (tmp_path / "o.json").exists()
+
+
+def test_torchrun_ranks_stop_together_and_resume_matches_one_process(tmp_path):
+    """Under torchrun every rank stops in the same round; the resumed run equals one uninterrupted process."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not installed")
+    args = [*RUN, "--format", "jsonl", "--per-sample", "--device", "cpu", "--resume", "R", "--output", "out.jsonl"]
+    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "flatcli", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while len(list((tmp_path / "R").glob("batch-*"))) < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert stderr.count("Error: interrupted by SIGINT (Ctrl-C) at a batch boundary") == 2, stderr[-2000:]
+    assert "unexpected failure" not in stderr
+    assert not (tmp_path / "out.jsonl").exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    single = subprocess.run([FLATROB, *RUN, "--format", "jsonl", "--per-sample", "--device", "cpu"],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert (tmp_path / "out.jsonl").read_text() == single.stdout
