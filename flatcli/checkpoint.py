@@ -78,6 +78,22 @@ def read_header(path: Path) -> dict:
     return header
 
 
+def check_tensors(path, state: dict) -> None:
+    """Refuse dtypes flatrob does not read (float8, complex, ...) and NaN/Inf weights, naming the tensor."""
+    import torch
+
+    readable = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8,
+                torch.int16, torch.int32, torch.int64)
+    for key, t in state.items():
+        if t.dtype not in readable:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has dtype {str(t.dtype).removeprefix('torch.')}, which flatrob does not read; "
+                "save the weights as float32 (float16/bfloat16 also load)"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: tensor {key!r} contains NaN or Inf; the checkpoint is broken")
+
+
 def read(ref: str) -> Checkpoint:
     """Load the state dict and metadata of a safetensors checkpoint (on CPU)."""
     path = resolve(ref)
@@ -101,16 +117,7 @@ def read(ref: str) -> Checkpoint:
         raise CheckpointError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
     if not state:
         raise CheckpointError(f"{path} holds no tensors")
-    readable = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8,
-                torch.int16, torch.int32, torch.int64)
-    for key, t in state.items():
-        if t.dtype not in readable:
-            raise CheckpointError(
-                f"{path}: tensor {key!r} has dtype {str(t.dtype).removeprefix('torch.')}, which flatrob does not read; "
-                "save the weights as float32 (float16/bfloat16 also load)"
-            )
-        if t.is_floating_point() and not torch.isfinite(t).all():
-            raise CheckpointError(f"{path}: tensor {key!r} contains NaN or Inf; the checkpoint is broken")
+    check_tensors(path, state)
     return Checkpoint(
         path=path,
         name=ref,
