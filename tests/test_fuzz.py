@@ -40,6 +40,7 @@ EXAMPLES = {
     "data_mutated": 300,
     "model_spec": 150,
     "image_mutated": 200,
+    "pickle_mutated": 200,
 }
 RAN = {key: 0 for key in EXAMPLES}
 
@@ -268,6 +269,26 @@ def test_folder_with_a_mutated_image(work, blob, suffix):
             pass
 
     clean_or_flatrob_error("image_mutated", read_all)
+
+
+def _pickle() -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    torch.save({"state_dict": {"fc.weight": torch.ones(2, 3), "fc.bias": torch.zeros(2)}, "epoch": 1}, buf)
+    return buf.getvalue()
+
+
+PICKLE = _pickle()
+
+
+@fuzz_settings("pickle_mutated")
+@given(blob=st.one_of(mutated(PICKLE), st.binary(max_size=128)))
+def test_convert_a_mutated_pickle(work, blob):
+    from flatcli.convert import convert_pickle
+
+    src = _write(work, "p.pt", blob)
+    clean_or_flatrob_error("pickle_mutated", convert_pickle, src, work / "p.safetensors", force=True)
 
 
 # ------------------------------------------------------------------------------------------------
