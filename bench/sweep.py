@@ -15,7 +15,9 @@ the machine hits every variant alike:
                    forms and take-off statistics on its output.
 
 Prints median and minimum seconds per variant and the median over rounds of the per-round ratio to
-``sweep, 1 scale``, and checks that the naive loop gives the same loss increases. On the CPU the clock
+``sweep, 1 scale``; then, for one more 7-scale sweep, the time spent evaluating the scales from cached
+features (an attribution that load on the machine cannot blur), and checks that the naive loop gives
+the same loss increases. On the CPU the clock
 is the process's CPU time by default (steadier than wall time on a shared machine). Usage:
 ``python bench/sweep.py [--repeats 5] [--threads N] [--resnet] [--device cpu|cuda] [--clock wall|cpu]``.
 """
@@ -37,7 +39,8 @@ from flatcli.attacks import PGD, PRESETS, eval_mode  # noqa: E402
 from flatcli.data import DataSource, load_data  # noqa: E402
 from flatcli.head import HeadSplit  # noqa: E402
 from flatcli.model import LoadedModel, load_model  # noqa: E402
-from flatcli.sweep import DEFAULT_SCALES, SweepSettings, evaluate_scale, run_sweep  # noqa: E402
+import flatcli.sweep as sweepmod  # noqa: E402
+from flatcli.sweep import DEFAULT_SCALES, SweepSettings, evaluate_scale, evaluate_scales, run_sweep  # noqa: E402
 
 assert CLOCK  # re-exported clocks: wall / cpu
 
@@ -84,6 +87,23 @@ def bench(name: str, loaded: LoadedModel, ds: DataSource, trajectory: PGD, devic
     def sweep7():
         results["7"] = run_sweep(loaded, ds, seven, device=device)
 
+    def sweep7_attributed() -> tuple[float, float]:
+        """One 7-scale sweep with the time spent evaluating scales from cached features measured apart."""
+        spent = [0.0]
+
+        def evaluate(*args, **kwargs):
+            t0 = CLOCK[clock]()
+            out = evaluate_scales(*args, **kwargs)
+            spent[0] += CLOCK[clock]() - t0
+            return out
+
+        sweepmod.evaluate_scales = evaluate
+        try:
+            total = timed(sweep7, device, clock)
+        finally:
+            sweepmod.evaluate_scales = evaluate_scales
+        return spent[0], total
+
     def naive7():
         results["naive"] = naive(loaded, ds, seven, device)
 
@@ -102,6 +122,9 @@ def bench(name: str, loaded: LoadedModel, ds: DataSource, trajectory: PGD, devic
     for key, ts in times.items():
         ratio = statistics.median(t / b for t, b in zip(ts, base))
         print(f"  {key:<24}{statistics.median(ts):>10.4f}{min(ts):>10.4f}{ratio:>11.3f}")
+    spent, total = sweep7_attributed()
+    print(f"  of one 7-scale sweep ({total:.3f} s), evaluating the 7 scales from cached features took {spent:.3f} s "
+          f"({100 * spent / total:.1f}%); the rest is the trajectories themselves")
     cached = results["7"].samples["loss_increase"]
     direct = results["naive"]
     worst = float(np.max(np.abs(cached - direct) / np.maximum(np.abs(direct), 1e-6)))

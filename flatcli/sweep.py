@@ -156,24 +156,50 @@ def evaluate_scale(
     weight_norm: str = "squared",
     tau: float = 0.1,
 ) -> ScaleBatch:
-    """The head ``(weight, bias)`` (already scaled) on cached trajectory features.
+    """One head ``(weight, bias)`` (already scaled) on cached trajectory features; see :func:`evaluate_scales`."""
+    return evaluate_scales(phi, clean_phi, y, dist_l2, [(weight, bias)], weight_norm=weight_norm, tau=tau)[0]
+
+
+def evaluate_scales(
+    phi: Tensor,
+    clean_phi: Tensor | None,
+    y: Tensor,
+    dist_l2: Tensor,
+    heads: list[tuple[Tensor, Tensor | None]],
+    *,
+    weight_norm: str = "squared",
+    tau: float = 0.1,
+) -> list[ScaleBatch]:
+    """Every head ``(weight, bias)`` of ``heads`` (already scaled) on the same cached trajectory features.
 
     ``phi`` (T+1, B, m): features of ``x_0 .. x_T``; ``clean_phi`` (B, m): features of the clean inputs,
     or ``None`` when ``x_0`` is the clean input (no random start); ``dist_l2`` (T+1, B):
-    ``||x_t - x_clean||_2``. Loss, sharpness and predictions are the closed forms of
+    ``||x_t - x_clean||_2``. The losses of all iterates at all scales are formed in one batch of float64
+    operations (logits ``phi W_s^T + b_s``, cross-entropy as :func:`flatcli.sharpness.cross_entropy`), so
+    the cost hardly grows with the number of scales; the clean measures (sharpness, prediction) are
     :func:`flatcli.sharpness.head_measures` -- the numbers ``flatrob attack``/``sharpness`` report.
     """
     T1, B = phi.shape[0], phi.shape[1]
-    # Losses of all iterates: the logits and cross-entropy exactly as head_measures forms them (float64),
-    # without the measures that only the clean input needs.
-    w = weight.detach().double()
-    logits = phi.flatten(0, 1).detach().double() @ w.T
-    if bias is not None:
-        logits = logits + bias.detach().double()
-    loss = cross_entropy(logits, y.to(logits.device).repeat(T1)).view(T1, B)
-    clean = head_measures(phi[0] if clean_phi is None else clean_phi, weight, bias, y, weight_norm=weight_norm)
-    to = takeoff(loss, dist_l2.to(loss.device, torch.float64), tau)
-    return ScaleBatch(clean=clean, loss=loss, loss_increase=loss[-1] - clean["loss"], takeoff=to)
+    S = len(heads)
+    flat = phi.flatten(0, 1).detach().double()  # (T1*B, m)
+    weights = torch.stack([w.detach().double() for w, _ in heads])  # (S, k, m)
+    logits = torch.matmul(flat, weights.transpose(1, 2))  # (S, T1*B, k)
+    if any(b is not None for _, b in heads):
+        biases = torch.stack([b.detach().double() if b is not None else torch.zeros_like(weights[0, :, 0]) for _, b in heads])
+        logits = logits + biases[:, None, :]
+    y = y.to(logits.device)
+    loss = cross_entropy(logits.flatten(0, 1), y.repeat(S * T1)).view(S, T1, B)
+    # take-off on all scales at once: columns (T+1, S*B)
+    to = takeoff(loss.permute(1, 0, 2).reshape(T1, S * B), dist_l2.to(loss.device, torch.float64).repeat(1, S), tau)
+    out = []
+    for i, (w, b) in enumerate(heads):
+        clean = head_measures(phi[0] if clean_phi is None else clean_phi, w, b, y, weight_norm=weight_norm)
+        if clean_phi is None:
+            clean["loss"] = loss[i, 0]  # the same numbers the increase is taken from, to the last bit
+        cols = slice(i * B, (i + 1) * B)
+        part = Takeoff(step=to.step[cols], width=to.width[cols], censored=to.censored[cols], lower_bound=to.lower_bound[cols])
+        out.append(ScaleBatch(clean=clean, loss=loss[i], loss_increase=loss[i, -1] - clean["loss"], takeoff=part))
+    return out
 
 
 def rankdata(values) -> np.ndarray:
@@ -309,8 +335,7 @@ def _sweep_batch(split: HeadSplit, settings: SweepSettings, evaluated, heads, x:
     dist_l2 = res.dist_l2.double()
     cols: dict[str, list[Tensor]] = {k: [] for k in _COLUMNS}
     losses = []
-    for w, b in heads:
-        sb = evaluate_scale(phi, clean_phi, y, dist_l2, w, b, weight_norm=settings.weight_norm, tau=settings.takeoff)
+    for sb in evaluate_scales(phi, clean_phi, y, dist_l2, heads, weight_norm=settings.weight_norm, tau=settings.takeoff):
         pred = sb.clean["pred"]
         values = {
             "clean_pred": pred,
