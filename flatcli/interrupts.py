@@ -5,7 +5,8 @@ signals. Outside a batch loop a signal raises :class:`~flatcli.errors.Interrupte
 Ctrl-C always did). Inside one (:func:`deferring`, entered by :meth:`flatcli.distributed.Dist.rounds`
 for every data-parallel loop) it only sets a flag; :func:`check`, called at every batch boundary,
 raises ``Interrupted`` there, so finished batches are complete (and saved, with ``--resume``). A
-second signal while one is pending stops at once. Atomic output paths (:mod:`flatcli.output`) make sure
+second signal while one is pending (and more than :data:`SAME_INTERRUPT_S` later: a Ctrl-C delivered
+twice is one) stops at once. Atomic output paths (:mod:`flatcli.output`) make sure
 no partial output file is left either way; the CLI exits with ``128 + signum`` (130, 143) and one
 line saying how to resume (:func:`set_hint`).
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import threading
+import time
 from typing import Iterator
 
 from flatcli.errors import Interrupted
@@ -22,7 +24,10 @@ from flatcli.errors import Interrupted
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 NAMES = {signal.SIGINT: "SIGINT (Ctrl-C)", signal.SIGTERM: "SIGTERM"}
 
-_state = {"pending": None, "depth": 0, "hint": None}
+#: A second signal sooner than this after the first is the same interruption, not a request to stop at once.
+SAME_INTERRUPT_S = 0.5
+
+_state = {"pending": None, "depth": 0, "hint": None, "since": 0.0}
 
 
 def pending() -> int | None:
@@ -41,9 +46,13 @@ def message(signum: int) -> str:
 
 
 def _handler(signum, frame) -> None:
+    now = time.monotonic()
+    if _state["pending"] is not None and now - _state["since"] < SAME_INTERRUPT_S:
+        return  # one Ctrl-C delivered twice (terminal to the process group, then torchrun forwarding it)
     if _state["depth"] > 0 and _state["pending"] is None:
-        _state["pending"] = signum  # acted on by check() at the next batch boundary
+        _state.update(pending=signum, since=now)  # acted on by check() at the next batch boundary
         return
+    _state.update(pending=signum, since=now)
     raise Interrupted(signum, message(signum))
 
 

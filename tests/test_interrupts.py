@@ -25,7 +25,7 @@ def _one_line(stderr: str) -> str:
     return lines[0]
 
 
-def _signal_during_batch(monkeypatch, signum: int, on_call: int = 2, times: int = 1) -> list[str]:
+def _signal_during_batch(monkeypatch, signum: int, on_call: int = 2, times: int = 1, gap: float = 0.0) -> list[str]:
     """Send ``signum`` to this process ``times`` times while batch ``on_call`` of the attack is computed."""
     import flatcli.trajectory as trajectory
 
@@ -36,7 +36,9 @@ def _signal_during_batch(monkeypatch, signum: int, on_call: int = 2, times: int 
         n = sum(1 for e in log if e == "start") + 1
         log.append("start")
         if n == on_call:
-            for _ in range(times):
+            for k in range(times):
+                if k:
+                    time.sleep(gap)
                 os.kill(os.getpid(), signum)
         out = real(*args, **kwargs)
         log.append("done")
@@ -58,8 +60,19 @@ def test_signal_finishes_the_batch_then_stops_without_a_file(monkeypatch, tmp_pa
     assert list(tmp_path.iterdir()) == []
 
 
+def test_one_ctrl_c_delivered_twice_still_finishes_the_batch(monkeypatch, tmp_path):
+    """A terminal sends SIGINT to the whole process group and torchrun forwards it again: one interruption."""
+    log = _signal_during_batch(monkeypatch, signal.SIGINT, times=2, gap=0.0)
+    res = invoke("attack", EXAMPLE, "--limit", "40", "--batch-size", "10", "--steps", "2", "--format", "json",
+                 "--output", tmp_path / "out.json")
+    assert res.exit_code == 130
+    _one_line(res.stderr)
+    assert log == ["start", "done", "start", "done"]
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_second_signal_stops_at_once(monkeypatch, tmp_path):
-    log = _signal_during_batch(monkeypatch, signal.SIGINT, times=2)
+    log = _signal_during_batch(monkeypatch, signal.SIGINT, times=2, gap=interrupts.SAME_INTERRUPT_S + 0.1)
     res = invoke("attack", EXAMPLE, "--limit", "40", "--batch-size", "10", "--steps", "2", "--format", "json",
                  "--output", tmp_path / "out.json")
     assert res.exit_code == 130
