@@ -203,7 +203,7 @@ def attack_and_score(
                 result = (
                     batch_scores(phi_clean, head.weight, head.bias, index, weight_norm),
                     batch_scores(phi_adv, head.weight, head.bias, index, weight_norm),
-                    (res.x_adv.detach().cpu(), y.cpu(), index.cpu()) if keep_adv else None,
+                    (res.x_adv.detach().cpu(), y.cpu(), index.cpu()) if keep_adv or store is not None else None,
                 )
             for j, (clean_scores, adv_scores, adv_batch) in enumerate(dist.gather(result)):
                 if store is not None:

@@ -14,6 +14,7 @@ when the loss never rises), :func:`sharpness_peaks` / :func:`valley_mask` (uncan
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -207,6 +208,9 @@ def run_attack(
     acc = _Accumulator(attack.steps)
     advs: list[tuple[Tensor, Tensor, Tensor]] = []
     target_hits = 0
+    # With a store every batch keeps its adversarials on disk (a resumed run may add --save-adv); they
+    # are held in memory only for --save-adv.
+    batch_settings = settings if store is None or settings.keep_adv else dataclasses.replace(settings, keep_adv=True)
     with eval_mode(loaded.model), HeadSplit(loaded.model, loaded.head, loaded.layer, settings.scaling) as split:
         for i, batch in enumerate(dist.rounds(data, settings.batch_size, device=device)):
             result = None
@@ -215,7 +219,7 @@ def run_attack(
                 result = store.load(number, batch[2]) if store is not None else None
                 if result is None:
                     generator = batch_generator(settings.seed, number)
-                    result = _attack_batch(split, loaded, settings, *batch, generator=generator, verify=i == 0)
+                    result = _attack_batch(split, loaded, batch_settings, *batch, generator=generator, verify=i == 0)
             for j, r in enumerate(dist.gather(result)):
                 if store is not None:
                     store.save(i * dist.world + j, r)  # finished: persisted before its rows go out

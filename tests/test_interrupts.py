@@ -333,3 +333,12 @@ def test_torchrun_ranks_stop_together_and_resume_matches_one_process(tmp_path):
     single = subprocess.run([FLATROB, *RUN, "--format", "jsonl", "--per-sample", "--device", "cpu"],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert (tmp_path / "out.jsonl").read_text() == single.stdout
+
+
+def test_save_adv_can_be_added_when_resuming(tmp_path):
+    """Adversarials are kept in DIR even without --save-adv, so a rerun may ask for them."""
+    assert invoke(*SMALL, "--resume", tmp_path / "R").exit_code == 0
+    res = invoke(*SMALL, "--resume", tmp_path / "R", "--save-adv", tmp_path / "resumed.safetensors")
+    assert res.exit_code == 0 and "resumed: 3 finished batch" in res.stderr
+    assert invoke(*SMALL, "--save-adv", tmp_path / "fresh.safetensors").exit_code == 0
+    assert (tmp_path / "resumed.safetensors").read_bytes() == (tmp_path / "fresh.safetensors").read_bytes()

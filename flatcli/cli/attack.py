@@ -213,7 +213,7 @@ def attack(
         takeoff=takeoff,
         targeted=target,
         seed=seed,
-        keep_adv=save_adv is not None or resume is not None,  # a resumed run may add --save-adv
+        keep_adv=save_adv is not None,
         precision=precision.value,
     )
     config = {

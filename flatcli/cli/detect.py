@@ -284,7 +284,7 @@ def detect(
             if adv_ds is None:
                 clean, adv, adv_tensors = attack_and_score(
                     loaded, ds, pgd, batch_size=batch_size, weight_norm=wn, seed=seed, device=dev,
-                    keep_adv=save_adv is not None or store is not None, progress=progress, dist=dist, store=store,
+                    keep_adv=save_adv is not None, progress=progress, dist=dist, store=store,
                 )
                 if store is not None and store.reused:
                     common.note(f"resumed: {store.reused} finished batch(es) read from {resume}", quiet)
