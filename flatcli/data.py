@@ -348,7 +348,7 @@ def _load_folder(dir_arg: str, split: str) -> DataSource:
 
 
 def _load_tensors(file_arg: str) -> DataSource:
-    import safetensors.torch
+    from safetensors.torch import load as safetensors_from_bytes, load_file
 
     name = f"tensors:{file_arg}"
     try:
@@ -359,13 +359,13 @@ def _load_tensors(file_arg: str) -> DataSource:
                 blob = blob.encode("latin-1")
             if not blob:
                 raise DataError("tensors:- read nothing from stdin; pipe a safetensors file into it")
-            tensors = safetensors.torch.load(blob)
+            tensors = safetensors_from_bytes(blob)
             metadata = _header_metadata(blob)
         else:
             path = Path(os.path.expanduser(file_arg))
             if not path.is_file():
                 raise DataError(f"tensors file {file_arg} does not exist or is not a file")
-            tensors = safetensors.torch.load_file(str(path))
+            tensors = load_file(str(path))
             with open(path, "rb") as handle:
                 head = handle.read(8)
                 size = int.from_bytes(head, "little") if len(head) == 8 else 0

@@ -14,8 +14,8 @@ key ``flatrob.spec``. Every key is optional; command-line options override it::
     layers: [layer4.1.conv2]    # earlier layers for Hutchinson traces
     data: cifar10:~/data        # default --data
 
-Only ``yaml.safe_load`` semantics are used, documents are size-limited, and anchors/aliases are
-refused (no "billion laughs").
+Documents are read with ``yaml.safe_load``, size-limited, and anchors/aliases are refused before
+loading (no "billion laughs").
 """
 
 from __future__ import annotations
@@ -66,17 +66,11 @@ class Spec:
 FIELDS = [f.name for f in dataclasses.fields(Spec)]
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """``SafeLoader`` that refuses anchors and aliases: a spec never needs them."""
-
-    def compose_node(self, parent, index):  # type: ignore[override]
-        if self.check_event(yaml.events.AliasEvent):
-            event = self.peek_event()
-            raise SpecError(f"YAML aliases are not allowed in a spec (line {event.start_mark.line + 1})")
-        node = super().compose_node(parent, index)
-        if getattr(node, "anchor", None):
-            raise SpecError("YAML anchors are not allowed in a spec")
-        return node
+def _refuse_aliases(text: str | bytes) -> None:
+    """Scan the YAML event stream first: anchors and aliases are refused before anything is built."""
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise SpecError(f"YAML anchors and aliases are not allowed in a spec (line {event.start_mark.line + 1})")
 
 
 def parse_spec(text: str | bytes, origin: str = "spec") -> Spec:
@@ -84,7 +78,8 @@ def parse_spec(text: str | bytes, origin: str = "spec") -> Spec:
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError(f"{origin} is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few lines")
     try:
-        doc = yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
+        _refuse_aliases(text)
+        doc = yaml.safe_load(text)
     except SpecError:
         raise
     except yaml.YAMLError as e:
