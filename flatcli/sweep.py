@@ -19,6 +19,14 @@ head, so the features ``phi`` of any input are the same at every scale and only
 
 Only per-sample scalars (one per sample and scale) and a few example trajectories (for the figures)
 are kept; rows go out per batch through ``on_rows``.
+
+NaN/Inf (in the logits or gradients of either attack) is caught per sample and scale with
+:func:`flatcli.trajectory.finite_samples`, as ``flatrob attack`` does: a sample is ``nonfinite`` at scale
+``s`` when its fixed-trajectory losses or clean measures at ``s``, its distances, its adversarial of the
+attack at ``s`` or the s=1 adversarial it is transferred from are not finite. It is flagged in its row,
+counted in that scale's record (``nonfinite``; the summary's ``nonfinite`` counts samples flagged at any
+scale) and left out of that scale's means, medians and rates (and of the Spearman correlation when
+flagged at s=1).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from flatcli.head import HeadSplit, Scaling
 from flatcli.model import LoadedModel
 from flatcli.precision import PRECISIONS, autocast
 from flatcli.sharpness import WEIGHT_NORMS, cross_entropy, head_measures
-from flatcli.trajectory import Takeoff, takeoff
+from flatcli.trajectory import Takeoff, finite_samples, takeoff
 
 #: The paper's §6.1 scales (Fig. 2).
 DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0)
@@ -47,12 +55,13 @@ DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0)
 #: Keys of each record of ``summary["scales"]`` (pinned by a contract test).
 SCALE_KEYS = (
     "scale", "clean_accuracy", "sharpness_mean", "loss_increase_mean", "loss_increase_median",
-    "basin_width_median", "censored", "robust_accuracy", "transfer_accuracy",
+    "basin_width_median", "censored", "nonfinite", "robust_accuracy", "transfer_accuracy",
 )
 #: Keys of the per-sample rows (one per sample and scale), in order.
 SAMPLE_KEYS = (
     "index", "label", "scale", "clean_pred", "clean_loss", "clean_sharpness", "adv_loss", "loss_increase",
     "takeoff_step", "basin_width", "censored", "final_dist_l2", "robust_pred", "transfer_pred",
+    "nonfinite",
 )
 
 
@@ -250,9 +259,11 @@ class SweepOutcome:
 #: Per-sample columns of a batch result, each (S, B) over the evaluated scales.
 _COLUMNS = (
     "clean_pred", "clean_correct", "clean_loss", "clean_sharpness", "adv_loss", "loss_increase", "takeoff_step",
-    "width", "censored", "final_dist_l2",
+    "width", "censored", "final_dist_l2", "nonfinite",
 )
-_ATTACK_COLUMNS = ("robust_pred", "robust_correct", "transfer_pred", "transfer_correct")
+_ATTACK_COLUMNS = ("robust_pred", "robust_correct", "transfer_pred", "transfer_correct", "attack_finite")
+#: Measures of an adversarial's head output checked for NaN/Inf (NaN features or overflowing logits show here).
+_ADV_MEASURES = ("relative_sharpness", "confidence")
 
 
 def run_sweep(
@@ -292,6 +303,8 @@ def run_sweep(
                 if result is None:
                     result = _sweep_batch(split, settings, evaluated, heads, *batch, number=number, verify=i == 0)
             for j, r in enumerate(dist.gather(result)):
+                if "nonfinite" not in r:  # a batch saved by a version that did not flag NaN/Inf
+                    r["nonfinite"] = torch.zeros_like(r["censored"], dtype=torch.bool)
                 if store is not None:
                     store.save(i * dist.world + j, r)
                 parts.append({k: r[k] for k in r if k not in ("loss_by_step", "dist_l2")})  # O(S) scalars per sample
@@ -309,7 +322,7 @@ def run_sweep(
     summary = _summary(arrays, evaluated, scales, one, settings)
     keep = [evaluated.index(s) for s in scales]
     samples = {k: (v[keep] if v.ndim == 2 else v) for k, v in arrays.items()}
-    reference = {k: arrays[k][one] for k in ("clean_sharpness", "width", "censored", "final_dist_l2")}
+    reference = {k: arrays[k][one] for k in ("clean_sharpness", "width", "censored", "final_dist_l2", "nonfinite")}
     return SweepOutcome(summary=summary, scales=scales, samples=samples, reference=reference,
                         examples=examples.result(keep))
 
@@ -348,6 +361,7 @@ def _sweep_batch(split: HeadSplit, settings: SweepSettings, evaluated, heads, x:
             "width": sb.takeoff.width,
             "censored": sb.takeoff.censored,
             "final_dist_l2": sb.takeoff.lower_bound,
+            "nonfinite": ~finite_samples({"loss": sb.loss}, sb.clean, dist_l2, step_keys=("loss",)),
         }
         for k, v in values.items():
             cols[k].append(v.detach().cpu())
@@ -355,6 +369,7 @@ def _sweep_batch(split: HeadSplit, settings: SweepSettings, evaluated, heads, x:
     out = {k: torch.stack(v) for k, v in cols.items()}
     if atk is not None:
         out.update(_attack_batch(split, atk, x, y, evaluated, heads, settings, number))
+        out["nonfinite"] = out["nonfinite"] | ~out.pop("attack_finite")
     out.update(loss_by_step=torch.stack(losses), dist_l2=dist_l2.cpu(), y=y.cpu(), index=index.cpu())
     return out
 
@@ -372,10 +387,15 @@ def _attack_batch(split: HeadSplit, atk: PGD, x, y, evaluated, heads, settings: 
     one = evaluated.index(1.0)
     cols: dict[str, list[Tensor]] = {k: [] for k in _ATTACK_COLUMNS}
     for i, (w, b) in enumerate(heads):
-        robust = head_measures(adv_phi[i], w, b)["pred"]
-        transfer = head_measures(adv_phi[one], w, b)["pred"]
+        robust_m = head_measures(adv_phi[i], w, b)
+        transfer_m = head_measures(adv_phi[one], w, b)
+        robust, transfer = robust_m["pred"], transfer_m["pred"]
+        # the adversarials as one-step trajectories: finite features and head output at this scale
+        finite = finite_samples({k: robust_m[k][None] for k in _ADV_MEASURES}, {}, step_keys=_ADV_MEASURES, clean_keys=())
+        finite &= finite_samples({k: transfer_m[k][None] for k in _ADV_MEASURES}, {}, step_keys=_ADV_MEASURES, clean_keys=())
         for k, v in (("robust_pred", robust), ("robust_correct", robust == y.to(robust.device)),
-                     ("transfer_pred", transfer), ("transfer_correct", transfer == y.to(transfer.device))):
+                     ("transfer_pred", transfer), ("transfer_correct", transfer == y.to(transfer.device)),
+                     ("attack_finite", finite)):
             cols[k].append(v.cpu())
     return {k: torch.stack(v) for k, v in cols.items()}
 
@@ -432,6 +452,7 @@ def _rows(r: dict, evaluated, scales, attacked: bool) -> list[dict]:
                 "final_dist_l2": cols["final_dist_l2"][i][j],
                 "robust_pred": cols["robust_pred"][i][j] if attacked else None,
                 "transfer_pred": cols["transfer_pred"][i][j] if attacked else None,
+                "nonfinite": bool(cols["nonfinite"][i][j]),
             })
     return rows
 
@@ -446,30 +467,39 @@ def censored_median(width: np.ndarray, censored: np.ndarray) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def _mean(values: np.ndarray) -> float | None:
+    """Mean, or ``None`` when no sample is left (every one non-finite)."""
+    return float(values.mean()) if values.size else None
+
+
 def _summary(arrays: dict, evaluated, scales, one: int, settings: SweepSettings) -> dict:
     attacked = settings.attack is not None
+    nonfinite = arrays["nonfinite"].astype(bool)  # (S, N): left out of that scale's statistics
     records = []
     for s in scales:
         i = evaluated.index(s)
-        censored = arrays["censored"][i].astype(bool)
-        increase = arrays["loss_increase"][i]
+        ok = ~nonfinite[i]
+        censored = arrays["censored"][i].astype(bool)[ok]
+        increase = arrays["loss_increase"][i][ok]
         records.append({
             "scale": s,
-            "clean_accuracy": float(arrays["clean_correct"][i].mean()),
-            "sharpness_mean": float(arrays["clean_sharpness"][i].mean()),
-            "loss_increase_mean": float(increase.mean()),
-            "loss_increase_median": float(np.median(increase)),
-            "basin_width_median": censored_median(arrays["width"][i], censored),
+            "clean_accuracy": _mean(arrays["clean_correct"][i][ok]),
+            "sharpness_mean": _mean(arrays["clean_sharpness"][i][ok]),
+            "loss_increase_mean": _mean(increase),
+            "loss_increase_median": float(np.median(increase)) if increase.size else None,
+            "basin_width_median": censored_median(arrays["width"][i][ok], censored),
             "censored": int(censored.sum()),
-            "robust_accuracy": float(arrays["robust_correct"][i].mean()) if attacked else None,
-            "transfer_accuracy": float(arrays["transfer_correct"][i].mean()) if attacked else None,
+            "nonfinite": int((~ok).sum()),
+            "robust_accuracy": _mean(arrays["robust_correct"][i][ok]) if attacked else None,
+            "transfer_accuracy": _mean(arrays["transfer_correct"][i][ok]) if attacked else None,
         })
-    censored1 = arrays["censored"][one].astype(bool)
-    width1 = arrays["width"][one][~censored1]
-    sharp1 = arrays["clean_sharpness"][one][~censored1]
+    keep1 = ~arrays["censored"][one].astype(bool) & ~nonfinite[one]
+    width1 = arrays["width"][one][keep1]
+    sharp1 = arrays["clean_sharpness"][one][keep1]
     rho = spearman(width1, sharp1) if width1.size else float("nan")
     return {
         "n": int(arrays["y"].size),
+        "nonfinite": int(nonfinite.any(0).sum()),
         "scales": records,
         "spearman_width_sharpness": rho if math.isfinite(rho) else None,
         "spearman_samples": int(width1.size),

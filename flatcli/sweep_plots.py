@@ -145,7 +145,7 @@ def _figure2(outcome, path: Path, title: str) -> None:
     ax_c.set_ylabel("normalised loss")
 
     # (d) sharpness at s=1 vs basin width at s=1
-    ref = outcome.reference
+    ref = {k: v[~outcome.reference["nonfinite"].astype(bool)] for k, v in outcome.reference.items()}  # flagged: left out
     cens = ref["censored"].astype(bool)
     ax_d.scatter(ref["clean_sharpness"][~cens], ref["width"][~cens], s=10, alpha=0.6, color="tab:blue", label="measured")
     if cens.any():
@@ -219,7 +219,9 @@ def _figure13(outcome, path: Path, title: str) -> None:
     recs = [records[k] for k in order]
     s = np.array([r["scale"] for r in recs])
     sharp_mean = np.array([r["sharpness_mean"] for r in recs])
-    sharp_median = np.median(outcome.samples["clean_sharpness"], axis=1)[order]
+    ok = ~outcome.samples["nonfinite"].astype(bool)  # (S, N): non-finite samples are left out of the median
+    sharp_median = np.array([np.median(v[k]) if k.any() else np.nan
+                             for v, k in zip(outcome.samples["clean_sharpness"], ok)])[order]
     clean = np.array([r["clean_accuracy"] for r in recs])
     attacked = all(r["robust_accuracy"] is not None for r in recs)
     fig, axes = plt.subplots(2, 2, figsize=(12, 8.5), constrained_layout=True)

@@ -261,7 +261,7 @@ def _attack_batch(split: HeadSplit, loaded: LoadedModel, settings: AttackSetting
     else:
         clean = head_measures(clean_phi, weight, bias, y, weight_norm=settings.weight_norm)
     correct = m["pred"] == y[None, :].to(m["pred"].device)
-    finite = _finite_samples(m, clean, res.dist_l2, res.dist_linf)
+    finite = finite_samples(m, clean, res.dist_l2, res.dist_linf)
     x_adv = None
     if settings.keep_adv:  # a flagged sample keeps its clean input, so the saved file stays loadable
         x_adv = torch.where(finite.to(x.device).view(-1, *([1] * (x.dim() - 1))), res.x_adv, x)
@@ -287,18 +287,27 @@ def _attack_batch(split: HeadSplit, loaded: LoadedModel, settings: AttackSetting
     return _to_cpu(out)
 
 
-def _finite_samples(m: dict, clean: dict, dist_l2: Tensor, dist_linf: Tensor) -> Tensor:
+#: Per-step measures :func:`finite_samples` checks by default (those ``flatrob attack`` records).
+STEP_MEASURES = ("loss", "relative_sharpness", "trace_h", "confidence", "p_true")
+#: Clean-input measures :func:`finite_samples` checks by default.
+CLEAN_MEASURES = ("loss", "relative_sharpness")
+
+
+def finite_samples(m: dict, clean: dict, *distances: Tensor, step_keys=STEP_MEASURES, clean_keys=CLEAN_MEASURES) -> Tensor:
     """(B,) bool: every recorded measure of the sample, at every step and at the clean input, is finite.
 
-    NaN/Inf in the logits or in the gradient (which makes the next iterate NaN) shows up here; such
-    samples are flagged in the rows and counted in the summary instead of poisoning its means.
+    ``m[key]`` for ``key`` in ``step_keys``: per-step measures (T+1, B); ``clean[key]`` for ``key`` in
+    ``clean_keys``: clean-input measures (B,); ``distances``: per-step distances (T+1, B). NaN/Inf in the
+    logits or in the gradient (which makes the next iterate NaN) shows up here; such samples are flagged
+    in the rows and counted in the summary instead of poisoning its means (``flatrob attack`` and
+    ``flatrob sweep-scale``).
     """
-    finite = torch.ones_like(m["loss"][0], dtype=torch.bool)
-    for key in ("loss", "relative_sharpness", "trace_h", "confidence", "p_true"):
+    finite = torch.ones_like(m[step_keys[0]][0], dtype=torch.bool)
+    for key in step_keys:
         finite &= torch.isfinite(m[key]).all(0)
-    for key in ("loss", "relative_sharpness"):
+    for key in clean_keys:
         finite &= torch.isfinite(clean[key]).to(finite.device)
-    for d in (dist_l2, dist_linf):
+    for d in distances:
         finite &= torch.isfinite(d).all(0).to(finite.device)
     return finite
 

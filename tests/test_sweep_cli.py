@@ -59,8 +59,8 @@ def test_json_contract(sweep_doc):
     assert config["trajectory"]["norm"] == "l2" and config["trajectory"]["random_start"] is True
     assert config["attack"] == {"norm": "linf", "eps": 0.1, "alpha": 0.025, "steps": 3, "random_start": False, "restarts": 1}
     summary = sweep_doc["summary"]
-    assert {"n", "scales", "spearman_width_sharpness"} <= set(summary)
-    assert summary["n"] == 32
+    assert {"n", "nonfinite", "scales", "spearman_width_sharpness"} <= set(summary)
+    assert summary["n"] == 32 and summary["nonfinite"] == 0
     assert [tuple(r) for r in summary["scales"]] == [SCALE_KEYS] * 2
     assert [r["scale"] for r in summary["scales"]] == [1.0, 10.0]
     rho = summary["spearman_width_sharpness"]

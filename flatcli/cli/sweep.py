@@ -34,6 +34,10 @@ CONVENTIONS = {
     "transfer_accuracy": "accuracy of the scaled model on the per-scale attack's adversarials crafted at s=1",
     "spearman_width_sharpness": "Spearman rank correlation (average ranks for ties) of basin width and clean "
     "relative sharpness at s=1, over uncensored samples",
+    "nonfinite": "a sample whose logits or gradients turn NaN/Inf at scale s (fixed trajectory, its per-scale attack, "
+    "or the s=1 adversarial transferred to s) is flagged (nonfinite) in its row at s, counted in that scale's "
+    "record and left out of its means, medians and rates (and of the Spearman correlation if flagged at s=1); "
+    "summary.nonfinite counts samples flagged at any scale",
 }
 
 ROW_COLUMNS = {
@@ -225,6 +229,11 @@ def sweep_scale(
             outcome = run_sweep(
                 loaded, ds, settings, device=dev, on_rows=out.rows if per_sample else None, progress=progress, dist=dist,
                 store=store,
+            )
+        if main and outcome.summary.get("nonfinite"):
+            common.note(
+                f"note: {outcome.summary['nonfinite']} of {outcome.summary['n']} samples hit NaN/Inf in the logits or "
+                "gradients at one or more scales; they are flagged (nonfinite) and left out of those scales' means", quiet,
             )
         if store is not None and store.reused:
             common.note(f"resumed: {store.reused} finished batch(es) read from {resume}", quiet)
