@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -67,18 +66,6 @@ def render_table(stream, summary: dict, samples: list[dict] | None) -> None:
                                  f"{to['censored']} censored)", stats))
     if samples:
         con.print(render.rows_table("Samples", samples))
-
-
-def _check_file(path: str | None, option: str) -> None:
-    if path is None:
-        return
-    if path in ("", "-"):
-        raise UsageError(f"{option} needs a file name (stdout carries the result)")
-    parent = Path(path).parent
-    if str(parent) and not parent.is_dir():
-        raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
-    if Path(path).is_dir():
-        raise UsageError(f"{option} {path} is a directory; give a file name")
 
 
 def _parse_targeted(value: str | None) -> int | str | None:
@@ -171,27 +158,20 @@ def attack(
     target = _parse_targeted(targeted)
     if not 0 < takeoff <= 1:
         raise UsageError(f"--takeoff must be in (0, 1], got {takeoff}")
+    for option, path in (("--trajectory", trajectory), ("--save-adv", save_adv)):
+        if path == "-":
+            raise UsageError(f"{option} needs a file name (stdout carries the result)")
+    common.check_outputs(output=output, trajectory=trajectory, save_adv=save_adv, plot=plot)
     traj_format = None
     if trajectory is not None:
-        _check_file(trajectory, "--trajectory")
         traj_format = TRAJECTORY_FORMATS.get(Path(trajectory).suffix.lower())
         if traj_format is None:
             raise UsageError(f"--trajectory {trajectory}: use a .csv or .jsonl file name")
-    _check_file(save_adv, "--save-adv")
-    if output not in (None, "-"):
-        _check_file(output, "--output")
     if plot is not None:
         from flatcli.plots import check_plot_path, require_matplotlib
 
         check_plot_path(plot)
         require_matplotlib()
-    files = {opt: p for opt, p in (("--output", output), ("--trajectory", trajectory), ("--save-adv", save_adv), ("--plot", plot)) if p not in (None, "-")}
-    seen: dict[str, str] = {}
-    for opt, p in files.items():
-        key = os.path.abspath(p)
-        if key in seen:
-            raise UsageError(f"{seen[key]} and {opt} name the same file {p}; give each its own file")
-        seen[key] = opt
 
     import torch
 

@@ -22,6 +22,28 @@ def check_common(*, limit: int | None = None, batch_size: int | None = None, out
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
 
 
+def check_outputs(**paths: str | None) -> None:
+    """Every output file named by an option is writable, and no two options name the same file.
+
+    Keyword names are option names (``save_adv`` is ``--save-adv``); ``None`` and ``-`` (stdout) pass.
+    """
+    import os
+
+    seen: dict[str, str] = {}
+    for option, path in paths.items():
+        if path in (None, "-"):
+            continue
+        flag = "--" + option.replace("_", "-")
+        if path == "":
+            raise UsageError(f"{flag} needs a file name")
+        if option != "plot":  # --plot checks its suffix and directory itself
+            check_writable(path)
+        key = os.path.abspath(os.path.expanduser(path))
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {flag} name the same file {path}; give each its own file")
+        seen[key] = flag
+
+
 def load(
     checkpoint: str, *, spec: str | None, arch: str | None, layer: str | None, device: str, channels_last: bool = False
 ):

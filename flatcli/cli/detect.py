@@ -3,7 +3,6 @@ save, or apply a saved detector (``--detector``)."""
 
 from __future__ import annotations
 
-import os
 from enum import Enum
 from typing import Annotated, Optional
 
@@ -112,23 +111,6 @@ def render_apply(stream, summary: dict, samples: list[dict] | None) -> None:
         con.print(render.rows_table("Inputs", samples))
 
 
-def _check_files(**paths: str | None) -> None:
-    """Each output file writable, none named twice."""
-    seen: dict[str, str] = {}
-    for option, path in paths.items():
-        if path in (None, "-"):
-            continue
-        flag = "--" + option.replace("_", "-")
-        if path == "":
-            raise UsageError(f"{flag} needs a file name")
-        if option != "plot":  # --plot checks its suffix itself
-            common.check_common(output=path)
-        key = os.path.abspath(os.path.expanduser(path))
-        if key in seen:
-            raise UsageError(f"{seen[key]} and {flag} name the same file {path}; give each its own file")
-        seen[key] = flag
-
-
 @app.command()
 def detect(
     checkpoint: Checkpoint,
@@ -167,7 +149,7 @@ def detect(
 ) -> None:
     """Detect adversarial inputs by their sharpness: fit and cross-validate a threshold (D.4), or apply a saved one."""
     common.check_common(limit=limit, batch_size=batch_size, output=output)
-    _check_files(output=output, save=save, save_adv=save_adv, plot=plot)
+    common.check_outputs(output=output, save=save, save_adv=save_adv, plot=plot)
     attack_given = {
         "--preset": preset, "--norm": norm, "--eps": eps, "--alpha": alpha, "--steps": steps,
         "--random-start": random_start or None, "--restarts": restarts if restarts != 1 else None,
