@@ -17,8 +17,13 @@ def section(title: str) -> None:
 @app.command()
 def demo(device: Device = "cpu") -> None:
     """Run each analysis on the bundled digits CNN (example:digits-cnn) and print the results."""
+    from flatcli.cli.attack import attack
+    from flatcli.cli.bound import bound
+    from flatcli.cli.detect import Method, detect
     from flatcli.cli.inspect import inspect
+    from flatcli.cli.options import Norm
     from flatcli.cli.sharpness import sharpness
+    from flatcli.cli.sweep import sweep_scale
 
     section(f"flatrob inspect {EXAMPLE}")
     inspect(EXAMPLE, format=Format.table)
@@ -26,14 +31,9 @@ def demo(device: Device = "cpu") -> None:
     sharpness(EXAMPLE, device=device, hutchinson=20, quiet=True)
     sys.stdout.flush()
 
-    from flatcli.cli.attack import attack
-    from flatcli.cli.options import Norm
-
     section(f"flatrob attack {EXAMPLE} --norm linf --eps 0.3 --alpha 0.03 --steps 20   # the uncanny valley (Fig. 3)")
     attack(EXAMPLE, device=device, norm=Norm.linf, eps=0.3, alpha=0.03, steps=20, quiet=True)
     sys.stdout.flush()
-
-    from flatcli.cli.bound import bound
 
     numbers = "--kappa 0.8 --lipschitz 12 --r 3.1 --classes 10 --features 512"
     section(f"flatrob bound {numbers} --epsilon 0.01,0.1,1   # Prop. 8/9 from numbers")
@@ -42,13 +42,9 @@ def demo(device: Device = "cpu") -> None:
     bound(EXAMPLE, epsilon="0.1", limit=32, local_iters=20, check=True, device=device, quiet=True)
     sys.stdout.flush()
 
-    from flatcli.cli.detect import Method, detect
-
     section(f"flatrob detect {EXAMPLE} --eps 0.3 --alpha 0.03 --steps 20 --method components   # D.4: flag adversarials")
     detect(EXAMPLE, device=device, norm=Norm.linf, eps=0.3, alpha=0.03, steps=20, method=Method.components, quiet=True)
     sys.stdout.flush()
-
-    from flatcli.cli.sweep import sweep_scale
 
     flags = "--scales 1,10,100 --limit 60 --eps 1 --alpha 0.1 --steps 10 --attack-eps 0.1 --attack-alpha 0.025"
     section(f"flatrob sweep-scale {EXAMPLE} {flags}   # §6.1 basins, D.3 gradient masking")
