@@ -281,7 +281,7 @@ def bound(
     output: Output = None,
     quiet: Quiet = False,
 ) -> None:
-    """Certified radius of Prop. 8/9: from numbers, from sharpness JSON, or measured from a checkpoint.
+    """Certified radius of Proposition 8/9: from numbers, from sharpness JSON, or measured from a checkpoint.
 
     \b
     flatrob bound --kappa 0.8 --lipschitz 12 --r 3.1 --classes 10 --features 512 --epsilon 0.1
