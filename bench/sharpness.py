@@ -4,7 +4,8 @@
 For each model (the bundled digits CNN on the digits test split; a CIFAR-shaped ResNet-18 with random
 weights on 256 random inputs) it times, on the same inputs and batches:
 
-* forward:      ``model(x)`` under ``no_grad`` (the floor: what any analysis must pay);
+* forward:      ``model(x)`` under ``no_grad`` over the data's batches (the floor: what any analysis
+  must pay);
 * closed form:  ``flatcli.measure.measure_sharpness`` (forward + O(k + m) per sample, float64);
 * hutchinson:   ``flatcli.sharpness.hutchinson_traces`` on the head, 100 Rademacher probes, as
   flatrob runs it (one forward per batch, all probes share its graph);
@@ -22,6 +23,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from flatcli import data as datamod
 from flatcli.data import DataSource, load_data
 from flatcli.head import HeadSplit
 from flatcli.measure import SharpnessSettings, measure_sharpness
@@ -66,9 +68,9 @@ def bench(name: str, loaded: LoadedModel, ds: DataSource, device, batch_size: in
     xs = [(x.to(device), y.to(device)) for x, y in zip(ds.x.split(batch_size), ds.y.split(batch_size))]
     settings = SharpnessSettings(batch_size=batch_size)
 
-    def forward():
+    def forward():  # a plain forward pass over the data: the same batches from the same source
         with torch.no_grad():
-            for x, _ in xs:
+            for x, _, _ in datamod.batches(ds, batch_size, device=device):
                 loaded.model(x)
 
     def closed():

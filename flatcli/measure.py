@@ -20,7 +20,7 @@ from flatcli.head import HeadSplit, Scaling
 from flatcli.precision import autocast
 from flatcli.model import LoadedModel, find_module
 from flatcli.sharpness import MEASURES, batch_loss_sum, head_measures, hutchinson_traces, weight_factor
-from flatcli.stats import describe
+from flatcli.stats import describe_columns
 
 ROW_KEYS = ("index", "label", "pred") + MEASURES
 
@@ -94,7 +94,7 @@ def measure_sharpness(
         "features": loaded.features,
         "weight_norm": float(weight_factor(w, "plain")),
         "feature_norm_min": float(values["feature_norm"].min()),
-        **{k: describe(values[k]) for k in MEASURES},
+        **describe_columns(values),
     }
     if settings.hutchinson or settings.layers:
         for row in hutchinson:

@@ -86,17 +86,19 @@ def head_measures(
     wphi = phi @ w.T
     logits = wphi + bias.detach().double() if bias is not None else wphi
     p, c, rest = softmax_terms(logits)
+    confidence, pred = p.max(-1)
     feat_sq = (phi * phi).sum(-1)
+    logit_sq = (wphi * wphi).sum(-1)
     trace_h = c * feat_sq
     out = {
-        "pred": p.argmax(-1),
-        "confidence": p.max(-1).values,
+        "pred": pred,
+        "confidence": confidence,
         "prob_term": c,
         "feature_norm": feat_sq.sqrt(),
-        "logit_norm_sq": (wphi * wphi).sum(-1),
+        "logit_norm_sq": logit_sq,
         "trace_h": trace_h,
         "relative_sharpness": weight_factor(w, weight_norm) * trace_h,
-        "relative_flatness_full": c * (wphi * wphi).sum(-1),
+        "relative_flatness_full": c * logit_sq,
     }
     if y is not None:
         y = y.to(p.device)
