@@ -25,47 +25,20 @@ time by default (steadier than wall time when other jobs share the machine). Usa
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from flatcli.attacks import PGD, PRESETS
-from flatcli.data import DataSource, load_data
-from flatcli.head import HeadSplit
-from flatcli.model import LoadedModel, load_model
-from flatcli.trajectory import AttackSettings, run_attack
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import configure, resnet_case, timed, timing_parser  # noqa: E402
 
-
-CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-def timed(fn, device, clock: str) -> float:
-    now = CLOCK[clock]
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = now()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return now() - t0
-
-
-def resnet_case(device, n: int) -> tuple[LoadedModel, DataSource]:
-    from flatcli.checkpoint import Checkpoint
-    from flatcli.models import build_network
-    from flatcli.models.wrapper import Classifier
-    from flatcli.spec import Spec
-
-    torch.manual_seed(0)
-    net = build_network("resnet18", num_classes=10, in_channels=3)
-    model = Classifier(net, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).to(device).eval()
-    ck = Checkpoint(path=None, name="random resnet18", state_dict={}, metadata={}, sha256="")
-    loaded = LoadedModel(model, net.fc, "fc", Spec(arch="resnet18"), "option", ck)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(n, 3, 32, 32, generator=g)
-    return loaded, DataSource(f"random:{n}", (3, 32, 32), 10, x=x, y=torch.randint(0, 10, (n,), generator=g))
+from flatcli.attacks import PGD, PRESETS  # noqa: E402
+from flatcli.data import DataSource, load_data  # noqa: E402
+from flatcli.head import HeadSplit  # noqa: E402
+from flatcli.model import LoadedModel, load_model  # noqa: E402
+from flatcli.trajectory import AttackSettings, run_attack  # noqa: E402
 
 
 def bench(name: str, loaded: LoadedModel, ds: DataSource, attack: PGD, device, batch_size: int, repeats: int, clock: str) -> None:
@@ -128,23 +101,8 @@ def bench(name: str, loaded: LoadedModel, ds: DataSource, attack: PGD, device, b
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--resnet", action="store_true", help="also a random ResNet-18 on CIFAR-shaped inputs (slow on CPU)")
-    parser.add_argument("--resnet-n", type=int, default=64)
-    parser.add_argument(
-        "--clock", choices=("auto", "wall", "cpu"), default="auto",
-        help="wall: elapsed time; cpu: process CPU time, steadier on a shared machine (auto: cpu on the CPU, wall on CUDA)",
-    )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    clock = args.clock if args.clock != "auto" else ("wall" if device.type == "cuda" else "cpu")
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {clock} clock")
+    args = timing_parser(__doc__, repeats=9).parse_args()
+    device, clock = configure(args)
 
     loaded = load_model("example:digits-cnn", device=device)
     ds = load_data("digits", "test")

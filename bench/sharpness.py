@@ -18,50 +18,28 @@ Usage: ``python bench/sharpness.py [--device cpu|cuda] [--repeats 3]``. Prints a
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from flatcli import data as datamod
-from flatcli.data import DataSource, load_data
-from flatcli.head import HeadSplit
-from flatcli.measure import SharpnessSettings, measure_sharpness
-from flatcli.model import LoadedModel, load_model
-from flatcli.models import build_network
-from flatcli.models.wrapper import Classifier
-from flatcli.sharpness import batch_loss_sum, hutchinson_traces
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import resnet_case, timed  # noqa: E402
+
+from flatcli import data as datamod  # noqa: E402
+from flatcli.data import DataSource, load_data  # noqa: E402
+from flatcli.head import HeadSplit  # noqa: E402
+from flatcli.measure import SharpnessSettings, measure_sharpness  # noqa: E402
+from flatcli.model import LoadedModel, load_model  # noqa: E402
+from flatcli.sharpness import batch_loss_sum, hutchinson_traces  # noqa: E402
 
 PROBES = 100
 TIMED_PROBES = 5
 
 
 def best_of(fn, repeats: int, device) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times)
-
-
-def resnet_case(device) -> tuple[LoadedModel, DataSource]:
-    from flatcli.checkpoint import Checkpoint
-    from flatcli.spec import Spec
-
-    torch.manual_seed(0)
-    net = build_network("resnet18", num_classes=10, in_channels=3)
-    model = Classifier(net, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).to(device).eval()
-    ck = Checkpoint(path=None, name="random resnet18", state_dict={}, metadata={}, sha256="")
-    loaded = LoadedModel(model, net.fc, "fc", Spec(arch="resnet18"), "option", ck)
-    g = torch.Generator().manual_seed(0)
-    x = torch.rand(256, 3, 32, 32, generator=g)
-    ds = DataSource("random:256", (3, 32, 32), 10, x=x, y=torch.randint(0, 10, (256,), generator=g))
-    return loaded, ds
+    return min(timed(fn, device) for _ in range(repeats))
 
 
 def bench(name: str, loaded: LoadedModel, ds: DataSource, device, batch_size: int, repeats: int) -> dict:
@@ -119,7 +97,7 @@ def main() -> None:
     device = torch.device(args.device)
     loaded = load_model("example:digits-cnn", device=device)
     bench("example:digits-cnn (digits test split)", loaded, load_data("digits", "test"), device, 256, args.repeats)
-    loaded, ds = resnet_case(device)
+    loaded, ds = resnet_case(device, 256)
     bench("CIFAR ResNet-18, random weights", loaded, ds, device, 128, args.repeats)
 
 

@@ -24,7 +24,6 @@ is the process's CPU time by default (steadier than wall time on a shared machin
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack import CLOCK, resnet_case, timed  # noqa: E402 - the helpers of bench/attack.py
+from common import CLOCK, configure, resnet_case, timed, timing_parser  # noqa: E402
 
 from flatcli.attacks import PGD, PRESETS, eval_mode  # noqa: E402
 from flatcli.data import DataSource, load_data  # noqa: E402
@@ -41,8 +40,6 @@ from flatcli.head import HeadSplit  # noqa: E402
 from flatcli.model import LoadedModel, load_model  # noqa: E402
 import flatcli.sweep as sweepmod  # noqa: E402
 from flatcli.sweep import DEFAULT_SCALES, SweepSettings, evaluate_scale, evaluate_scales, run_sweep  # noqa: E402
-
-assert CLOCK  # re-exported clocks: wall / cpu
 
 
 def naive(loaded: LoadedModel, ds: DataSource, settings: SweepSettings, device) -> np.ndarray:
@@ -135,23 +132,8 @@ def bench(name: str, loaded: LoadedModel, ds: DataSource, trajectory: PGD, devic
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--resnet", action="store_true", help="also a random ResNet-18 on CIFAR-shaped inputs (slow on CPU)")
-    parser.add_argument("--resnet-n", type=int, default=64)
-    parser.add_argument(
-        "--clock", choices=("auto", "wall", "cpu"), default="auto",
-        help="wall: elapsed time; cpu: process CPU time, steadier on a shared machine (auto: cpu on the CPU, wall on CUDA)",
-    )
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    clock = args.clock if args.clock != "auto" else ("wall" if device.type == "cuda" else "cpu")
-    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {clock} clock")
+    args = timing_parser(__doc__, repeats=5).parse_args()
+    device, clock = configure(args)
 
     trajectory = PGD(**PRESETS["basin"])
     loaded = load_model("example:digits-cnn", device=device)

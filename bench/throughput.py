@@ -12,51 +12,30 @@ Usage: ``python bench/throughput.py [--devices cpu,cuda] [--precisions fp32,bf16
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
 import torch
 
-from flatcli.attacks import PGD
-from flatcli.checkpoint import Checkpoint
-from flatcli.data import DataSource
-from flatcli.head import HeadSplit
-from flatcli.measure import SharpnessSettings, measure_sharpness
-from flatcli.model import LoadedModel
-from flatcli.models import build_network
-from flatcli.models.wrapper import Classifier
-from flatcli.precision import autocast
-from flatcli.spec import Spec
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import resnet_case, timed  # noqa: E402
+
+from flatcli.attacks import PGD  # noqa: E402
+from flatcli.head import HeadSplit  # noqa: E402
+from flatcli.measure import SharpnessSettings, measure_sharpness  # noqa: E402
+from flatcli.precision import autocast  # noqa: E402
 
 STEPS = 5
 
 
-def timed(fn, device) -> float:
-    fn()  # warm-up (cuDNN autotune, allocator)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
+def warm_timed(fn, device) -> float:
+    """Seconds of a second call (the first warms up cuDNN autotuning and the allocator)."""
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
-
-
-def setup(device, channels_last: bool, n: int):
-    torch.manual_seed(0)
-    net = build_network("resnet18", num_classes=10, in_channels=3)
-    model = Classifier(net, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).to(device).eval()
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
-    ck = Checkpoint(path=None, name="random resnet18", state_dict={}, metadata={}, sha256="")
-    loaded = LoadedModel(model, net.fc, "fc", Spec(arch="resnet18"), "option", ck)
-    g = torch.Generator().manual_seed(0)
-    ds = DataSource(f"random:{n}", (3, 32, 32), 10, x=torch.rand(n, 3, 32, 32, generator=g),
-                    y=torch.randint(0, 10, (n,), generator=g))
-    return loaded, ds
+    return timed(fn, device)
 
 
 def run(device, precision: str, n: int, batch: int) -> dict:
-    loaded, ds = setup(device, device.type == "cuda", n)
+    loaded, ds = resnet_case(device, n, channels_last=device.type == "cuda")
     settings = SharpnessSettings(batch_size=batch, precision=precision)
     xs = [(x.to(device), y.to(device)) for x, y in zip(ds.x.split(batch), ds.y.split(batch))]
     attack = PGD(norm="linf", eps=8 / 255, alpha=2 / 255, steps=STEPS)
@@ -69,9 +48,9 @@ def run(device, precision: str, n: int, batch: int) -> dict:
         return go
 
     out = {
-        "sharpness": n / timed(lambda: measure_sharpness(loaded, ds, settings, device=device), device),
-        "pgd step": n * STEPS / timed(pgd(False), device),
-        "pgd step, recording": n * STEPS / timed(pgd(True), device),
+        "sharpness": n / warm_timed(lambda: measure_sharpness(loaded, ds, settings, device=device), device),
+        "pgd step": n * STEPS / warm_timed(pgd(False), device),
+        "pgd step, recording": n * STEPS / warm_timed(pgd(True), device),
     }
     try:
         import torchattacks
@@ -84,7 +63,7 @@ def run(device, precision: str, n: int, batch: int) -> dict:
             for x, y in xs:
                 ta(x, y)
 
-    out["torchattacks pgd step"] = n * STEPS / timed(ta_run, device)
+    out["torchattacks pgd step"] = n * STEPS / warm_timed(ta_run, device)
     return out
 
 

@@ -171,10 +171,8 @@ def _measure_batch(split: HeadSplit, loaded: LoadedModel, settings: BoundSetting
     from flatcli.lipschitz import local_estimate
 
     head = loaded.head
-    if verify:
-        split.verify(x)
     with torch.no_grad():
-        phi = split.features(x)
+        phi = split.features(x, verify=verify)
     m = head_measures(phi, head.weight, head.bias, y, weight_norm="squared")
     with torch.no_grad():
         logits = phi.double() @ head.weight.detach().double().T

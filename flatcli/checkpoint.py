@@ -106,7 +106,6 @@ def read(ref: str) -> Checkpoint:
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise CheckpointError(f"{path}: the safetensors metadata must map strings to strings")
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load as load_bytes
 

@@ -196,10 +196,15 @@ def attack_and_score(
                 x, y, index = batch
                 if i == 0:
                     split.verify(x[:2])  # BN in eval mode, samples independent, head is the last linear map
-                res = attack.run(split, x, y, generator=batch_generator(seed, dist.batch_number(i)))
-                with torch.no_grad():
-                    phi_clean = split.features(x)
-                    phi_adv = split.features(res.x_adv)
+                # Recording keeps the features of x_0 .. x_T from the attack's own forward passes: the
+                # clean features are those of x_0 (unless the attack starts at a random point).
+                res = attack.run(split, x, y, generator=batch_generator(seed, dist.batch_number(i)), record=True)
+                phi_adv = res.phi[-1]
+                if attack.random_start:
+                    with torch.no_grad():
+                        phi_clean = split.features(x)
+                else:
+                    phi_clean = res.phi[0]
                 result = (
                     batch_scores(phi_clean, head.weight, head.bias, index, weight_norm),
                     batch_scores(phi_adv, head.weight, head.bias, index, weight_norm),

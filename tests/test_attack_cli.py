@@ -9,7 +9,6 @@ import json
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from tests.conftest import EXAMPLE, assert_one_error

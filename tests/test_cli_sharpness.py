@@ -7,7 +7,6 @@ import io
 import json
 
 import pytest
-import torch
 import yaml
 from safetensors.torch import save_file
 

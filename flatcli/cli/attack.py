@@ -14,7 +14,7 @@ from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output,
     PerSample, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, Scale, ScaleBias, Seed, SpecFile, Split, Steps, WeightNorm,
-    WeightNormOpt, ChannelsLast, Precision, PrecisionOpt,
+    WeightNormOpt, ChannelsLast, Precision, PrecisionOpt, SaveAdv, Takeoff,
 )
 from flatcli import interrupts
 from flatcli.errors import UsageError
@@ -122,13 +122,11 @@ def attack(
     targeted: Annotated[
         Optional[str], typer.Option("--targeted", help="Targeted attack towards class CLASS, or least-likely (the lowest clean logit).", metavar="CLASS|least-likely")
     ] = None,
-    takeoff: Annotated[float, typer.Option("--takeoff", help="Take-off threshold tau on the normalised loss, in (0, 1].")] = 0.1,
+    takeoff: Takeoff = 0.1,
     trajectory: Annotated[
         Optional[str], typer.Option("--trajectory", help="Write one row per sample and step to FILE (.csv or .jsonl), streamed.", metavar="FILE")
     ] = None,
-    save_adv: Annotated[
-        Optional[str], typer.Option("--save-adv", help="Write the final adversarials (x, y, index) as a tensors: safetensors FILE.", metavar="FILE")
-    ] = None,
+    save_adv: SaveAdv = None,
     plot: Annotated[
         Optional[str], typer.Option("--plot", help="Draw mean/spread of loss and sharpness per step (paper Fig. 3) to FILE (.png, .pdf, .svg).", metavar="FILE")
     ] = None,

@@ -12,7 +12,7 @@ from flatcli.cli import common, render
 from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output,
-    PerSample, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, Seed, SpecFile, Split, Steps, WeightNorm,
+    PerSample, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, Seed, SpecFile, Split, Steps, WeightNorm, SaveAdv,
 )
 from flatcli import interrupts
 from flatcli.errors import UsageError
@@ -64,10 +64,6 @@ Adversarial = Annotated[
                  "writes) instead of attacking; --limit applies to it too.", metavar="FILE"),
 ]
 Save = Annotated[Optional[str], typer.Option("--save", help="Write the fitted detector (JSON) to FILE.", metavar="FILE")]
-SaveAdv = Annotated[
-    Optional[str],
-    typer.Option("--save-adv", help="Write the generated adversarials (x, y, index) as a tensors safetensors FILE.", metavar="FILE"),
-]
 Plot = Annotated[
     Optional[str],
     typer.Option("--plot", help="Draw score histograms of clean vs adversarial inputs with the threshold, and the ROC "

@@ -104,6 +104,10 @@ PresetOpt = Annotated[
         show_default=False,
     ),
 ]
+SaveAdv = Annotated[
+    Optional[str],
+    typer.Option("--save-adv", help="Write the adversarials (x, y, index) as a tensors: safetensors FILE.", metavar="FILE"),
+]
 Takeoff = Annotated[float, typer.Option("--takeoff", help="Take-off threshold tau on the normalised loss, in (0, 1].")]
 
 # The second attack of sweep-scale (on each scaled model, appendix D.3); unset values: PGD-linf, 10 steps,

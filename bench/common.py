@@ -1,0 +1,69 @@
+"""What the benchmarks share: timing on a chosen clock, the random CIFAR ResNet-18 case, common options."""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from flatcli.checkpoint import Checkpoint
+from flatcli.data import DataSource
+from flatcli.model import LoadedModel
+from flatcli.models import build_network
+from flatcli.models.wrapper import Classifier
+from flatcli.spec import Spec
+
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(fn, device, clock: str = "wall") -> float:
+    """Seconds ``fn()`` takes on ``clock`` (wall or process CPU time), CUDA work included."""
+    now = CLOCK[clock]
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = now()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return now() - t0
+
+
+def resnet_case(device, n: int, channels_last: bool = False) -> tuple[LoadedModel, DataSource]:
+    """A CIFAR ResNet-18 with random weights (seed 0) and ``n`` random CIFAR-shaped inputs."""
+    torch.manual_seed(0)
+    net = build_network("resnet18", num_classes=10, in_channels=3)
+    model = Classifier(net, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).to(device).eval()
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    ck = Checkpoint(path=None, name="random resnet18", state_dict={}, metadata={}, sha256="")
+    loaded = LoadedModel(model, net.fc, "fc", Spec(arch="resnet18"), "option", ck)
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 3, 32, 32, generator=g)
+    return loaded, DataSource(f"random:{n}", (3, 32, 32), 10, x=x, y=torch.randint(0, 10, (n,), generator=g))
+
+
+def timing_parser(doc: str, repeats: int) -> argparse.ArgumentParser:
+    """Options of the interleaved-rounds benchmarks (attack, sweep)."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--resnet", action="store_true", help="also a random ResNet-18 on CIFAR-shaped inputs (slow on CPU)")
+    parser.add_argument("--resnet-n", type=int, default=64)
+    parser.add_argument(
+        "--clock", choices=("auto", "wall", "cpu"), default="auto",
+        help="wall: elapsed time; cpu: process CPU time, steadier on a shared machine (auto: cpu on the CPU, wall on CUDA)",
+    )
+    return parser
+
+
+def configure(args: argparse.Namespace) -> tuple[torch.device, str]:
+    """Apply ``--threads``; the device and the clock; print them."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    clock = args.clock if args.clock != "auto" else ("wall" if device.type == "cuda" else "cpu")
+    print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} threads, {clock} clock")
+    return device, clock
