@@ -6,10 +6,10 @@ For each case (the bundled digits CNN on the digits test split with the paper's 
 inputs and batches, interleaved over ``--repeats`` rounds so that load on the machine hits every
 variant alike:
 
-* plain:    ``flatcli.attacks.PGD.run(split, x, y)``: the attack alone, nothing recorded;
+* plain:    ``flatcli.core.pgd.PGD.run(split, x, y)``: the attack alone, nothing recorded;
 * plain + eval: the same plus one forward on the adversarials for robust accuracy (what any attack
             evaluation pays, and what recording needs for ``x_T``);
-* record:   ``flatcli.trajectory.run_attack`` without writers: the attack with ``record=True`` (features
+* record:   ``flatcli.runs.attack.attack`` without writers: the attack with ``record=True`` (features
             of every iterate from the attack's own forward passes, one final forward), the closed-form
             measures of all iterates, take-off, valley and summary statistics;
 * record + rows: the same, also building the per-step trajectory rows (what ``--trajectory`` writes,
@@ -34,16 +34,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import configure, resnet_case, timed, timing_parser  # noqa: E402
 
-from flatcli.attacks import PGD, PRESETS  # noqa: E402
-from flatcli.data import DataSource, load_data  # noqa: E402
-from flatcli.head import HeadSplit  # noqa: E402
-from flatcli.model import LoadedModel, load_model  # noqa: E402
-from flatcli.trajectory import AttackSettings, run_attack  # noqa: E402
+from flatcli.core.pgd import PGD, PRESETS  # noqa: E402
+from flatcli.inputs.data import DataSource, load_data  # noqa: E402
+from flatcli.models.head import HeadSplit  # noqa: E402
+from flatcli.models.loading import LoadedModel, load_model  # noqa: E402
+from flatcli.runs.attack import AttackSettings, attack as run_attack  # noqa: E402
+from flatcli.runtime.loop import RunContext  # noqa: E402
 
 
 def bench(name: str, loaded: LoadedModel, ds: DataSource, attack: PGD, device, batch_size: int, repeats: int, clock: str) -> None:
     batches = [(x.to(device), y.to(device)) for x, y in zip(ds.x.split(batch_size), ds.y.split(batch_size))]
-    settings = AttackSettings(attack=attack, batch_size=batch_size)
+    settings = AttackSettings(attack=attack)
+    ctx = RunContext(loaded=loaded, data=ds, device=device, batch_size=batch_size)
     out: dict[str, list] = {}
 
     def plain():
@@ -58,10 +60,10 @@ def bench(name: str, loaded: LoadedModel, ds: DataSource, attack: PGD, device, b
                     split(adv)[0].argmax(1).eq(y).sum().item()
 
     def record():
-        run_attack(loaded, ds, settings, device=device)
+        run_attack(ctx, settings)
 
     def record_rows():
-        run_attack(loaded, ds, settings, device=device, on_steps=lambda rows: None, on_samples=lambda rows: None)
+        run_attack(ctx, settings, on_rows=lambda rows: None)
 
     variants = {"plain": plain, "plain + eval": plain_eval, "record": record, "record + rows": record_rows}
     try:

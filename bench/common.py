@@ -7,12 +7,9 @@ import time
 
 import torch
 
-from flatcli.checkpoint import Checkpoint
-from flatcli.data import DataSource
-from flatcli.model import LoadedModel
-from flatcli.models import build_network
-from flatcli.models.wrapper import Classifier
-from flatcli.spec import Spec
+from flatcli.inputs.data import DataSource
+from flatcli.models.loading import LoadedModel, from_module
+from flatcli.models.registry import build_network
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
 
@@ -32,12 +29,10 @@ def timed(fn, device, clock: str = "wall") -> float:
 def resnet_case(device, n: int, channels_last: bool = False) -> tuple[LoadedModel, DataSource]:
     """A CIFAR ResNet-18 with random weights (seed 0) and ``n`` random CIFAR-shaped inputs."""
     torch.manual_seed(0)
-    net = build_network("resnet18", num_classes=10, in_channels=3)
-    model = Classifier(net, [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]).to(device).eval()
+    net = build_network("resnet18", num_classes=10, in_channels=3).eval()
+    loaded = from_module(net, layer="fc", mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26], device=device)
     if channels_last:
-        model.to(memory_format=torch.channels_last)
-    ck = Checkpoint(path=None, name="random resnet18", state_dict={}, metadata={}, sha256="")
-    loaded = LoadedModel(model, net.fc, "fc", Spec(arch="resnet18"), "option", ck)
+        loaded.model.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, 32, 32, generator=g)
     return loaded, DataSource(f"random:{n}", (3, 32, 32), 10, x=x, y=torch.randint(0, 10, (n,), generator=g))

@@ -24,7 +24,7 @@ import yaml
 from PIL import Image
 from safetensors.torch import save_file
 
-from flatcli.models import build_network
+from flatcli.models.registry import build_network
 
 CHILD = """
 import resource, sys

@@ -6,8 +6,8 @@ weights on 256 random inputs) it times, on the same inputs and batches:
 
 * forward:      ``model(x)`` under ``no_grad`` over the data's batches (the floor: what any analysis
   must pay);
-* closed form:  ``flatcli.measure.measure_sharpness`` (forward + O(k + m) per sample, float64);
-* hutchinson:   ``flatcli.sharpness.hutchinson_traces`` on the head, 100 Rademacher probes, as
+* closed form:  ``flatcli.runs.sharpness.sharpness`` (forward + O(k + m) per sample, float64);
+* hutchinson:   ``flatcli.core.hutchinson.HutchinsonTraces`` on the head, 100 Rademacher probes, as
   flatrob runs it (one forward per batch, all probes share its graph);
 * hutchinson, per-probe passes: the common implementation (e.g. PyHessian's data-loader HVP), one
   pass over the data with forward and double backprop per probe (timed on 5 probes, scaled to 100).
@@ -27,12 +27,13 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import resnet_case, timed  # noqa: E402
 
-from flatcli import data as datamod  # noqa: E402
-from flatcli.data import DataSource, load_data  # noqa: E402
-from flatcli.head import HeadSplit  # noqa: E402
-from flatcli.measure import SharpnessSettings, measure_sharpness  # noqa: E402
-from flatcli.model import LoadedModel, load_model  # noqa: E402
-from flatcli.sharpness import batch_loss_sum, hutchinson_traces  # noqa: E402
+from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum  # noqa: E402
+from flatcli.inputs import data as datamod  # noqa: E402
+from flatcli.inputs.data import DataSource, load_data  # noqa: E402
+from flatcli.models.head import HeadSplit  # noqa: E402
+from flatcli.models.loading import LoadedModel, load_model  # noqa: E402
+from flatcli.runs.sharpness import SharpnessSettings, sharpness  # noqa: E402
+from flatcli.runtime.loop import RunContext  # noqa: E402
 
 PROBES = 100
 TIMED_PROBES = 5
@@ -44,24 +45,25 @@ def best_of(fn, repeats: int, device) -> float:
 
 def bench(name: str, loaded: LoadedModel, ds: DataSource, device, batch_size: int, repeats: int) -> dict:
     xs = [(x.to(device), y.to(device)) for x, y in zip(ds.x.split(batch_size), ds.y.split(batch_size))]
-    settings = SharpnessSettings(batch_size=batch_size)
 
     def forward():  # a plain forward pass over the data: the same batches from the same source
         with torch.no_grad():
             for x, _, _ in datamod.batches(ds, batch_size, device=device):
                 loaded.model(x)
 
-    def closed():
-        measure_sharpness(loaded, ds, settings, device=device)
+    ctx = RunContext(loaded=loaded, data=ds, device=device, batch_size=batch_size)
+    settings = SharpnessSettings()
 
-    def batches():
+    def closed():
+        sharpness(ctx, settings)
+
+    def hutch():
+        traces = HutchinsonTraces([[loaded.head.weight]], PROBES)
         with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
             for x, y in xs:
                 logits, _ = split(x)
-                yield batch_loss_sum(logits, y), len(y)
-
-    def hutch():
-        hutchinson_traces(batches, [[loaded.head.weight]], PROBES)
+                traces.add(batch_loss_sum(logits, y), len(y))
+        traces.estimates()
 
     def hutch_per_probe():  # timed on TIMED_PROBES probes, scaled to PROBES (cost is linear in probes)
         w = loaded.head.weight

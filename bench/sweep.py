@@ -6,7 +6,7 @@ PGD-l2 25 steps eps 0.025 alpha 0.001; with ``--resnet``, a CIFAR-shaped ResNet-
 on random inputs) it times, on the same data, interleaved over ``--repeats`` rounds so that load on
 the machine hits every variant alike:
 
-* sweep, 1 scale:  ``flatcli.sweep.run_sweep`` with ``scales=(1,)`` and no per-scale attack;
+* sweep, 1 scale:  ``flatcli.runs.sweep.sweep_scale`` with ``scales=(1,)`` and no per-scale attack;
 * sweep, 7 scales: the same with the paper's scales 0.25 .. 50: the trajectories are generated once
                    and every scale is evaluated from the features cached by the attack's own forward
                    passes (the target: under 1.3x the 1-scale time);
@@ -34,15 +34,18 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import CLOCK, configure, resnet_case, timed, timing_parser  # noqa: E402
 
-from flatcli.attacks import PGD, PRESETS, eval_mode  # noqa: E402
-from flatcli.data import DataSource, load_data  # noqa: E402
-from flatcli.head import HeadSplit  # noqa: E402
-from flatcli.model import LoadedModel, load_model  # noqa: E402
-import flatcli.sweep as sweepmod  # noqa: E402
-from flatcli.sweep import DEFAULT_SCALES, SweepSettings, evaluate_scale, evaluate_scales, run_sweep  # noqa: E402
+import flatcli.runs.sweep as sweepmod  # noqa: E402
+from flatcli.core.classifier import eval_mode  # noqa: E402
+from flatcli.core.head_scaling import evaluate_scale, evaluate_scales  # noqa: E402
+from flatcli.core.pgd import PGD, PRESETS  # noqa: E402
+from flatcli.inputs.data import DataSource, load_data  # noqa: E402
+from flatcli.models.head import HeadSplit  # noqa: E402
+from flatcli.models.loading import LoadedModel, load_model  # noqa: E402
+from flatcli.runs.sweep import DEFAULT_SCALES, SweepSettings, sweep_scale  # noqa: E402
+from flatcli.runtime.loop import RunContext  # noqa: E402
 
 
-def naive(loaded: LoadedModel, ds: DataSource, settings: SweepSettings, device) -> np.ndarray:
+def naive(loaded: LoadedModel, ds: DataSource, settings: SweepSettings, device, batch_size: int) -> np.ndarray:
     """Trajectories once (iterates kept), then the scaled model re-run on every iterate, per scale.
 
     Returns the loss increases (S, N), to check against the cached-feature sweep.
@@ -51,9 +54,9 @@ def naive(loaded: LoadedModel, ds: DataSource, settings: SweepSettings, device) 
     head = loaded.head
     out = [[] for _ in settings.scales]
     with eval_mode(loaded.model), HeadSplit(loaded.model, head, loaded.layer) as split:
-        for start in range(0, len(ds), settings.batch_size):
-            x = ds.x[start : start + settings.batch_size].to(device)
-            y = ds.y[start : start + settings.batch_size].to(device)
+        for start in range(0, len(ds), batch_size):
+            x = ds.x[start : start + batch_size].to(device)
+            y = ds.y[start : start + batch_size].to(device)
             seen: list[torch.Tensor] = []
 
             def recording(z):
@@ -74,15 +77,16 @@ def naive(loaded: LoadedModel, ds: DataSource, settings: SweepSettings, device) 
 
 
 def bench(name: str, loaded: LoadedModel, ds: DataSource, trajectory: PGD, device, batch_size: int, repeats: int, clock: str) -> None:
-    one = SweepSettings(scales=(1.0,), trajectory=trajectory, attack=None, batch_size=batch_size)
-    seven = SweepSettings(scales=DEFAULT_SCALES, trajectory=trajectory, attack=None, batch_size=batch_size)
+    one = SweepSettings(scales=(1.0,), trajectory=trajectory, attack=None)
+    seven = SweepSettings(scales=DEFAULT_SCALES, trajectory=trajectory, attack=None)
+    ctx = RunContext(loaded=loaded, data=ds, device=device, batch_size=batch_size)
     results: dict[str, object] = {}
 
     def sweep1():
-        results["1"] = run_sweep(loaded, ds, one, device=device)
+        results["1"] = sweep_scale(ctx, one).artifacts["outcome"]
 
     def sweep7():
-        results["7"] = run_sweep(loaded, ds, seven, device=device)
+        results["7"] = sweep_scale(ctx, seven).artifacts["outcome"]
 
     def sweep7_attributed() -> tuple[float, float]:
         """One 7-scale sweep with the time spent evaluating scales from cached features measured apart."""
@@ -102,7 +106,7 @@ def bench(name: str, loaded: LoadedModel, ds: DataSource, trajectory: PGD, devic
         return spent[0], total
 
     def naive7():
-        results["naive"] = naive(loaded, ds, seven, device)
+        results["naive"] = naive(loaded, ds, seven, device, batch_size)
 
     variants = {"sweep, 1 scale": sweep1, "sweep, 7 scales": sweep7, "naive loop, 7 scales": naive7}
     for fn in variants.values():  # warm-up (allocator, oneDNN primitives)

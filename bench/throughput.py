@@ -2,7 +2,7 @@
 """Images per second of `sharpness` and of one PGD step on a CIFAR-shaped ResNet-18.
 
 Random weights and random inputs (nothing to download), per device and precision, measured in one
-run: ``flatcli.measure.measure_sharpness`` (closed form over the data) and ``flatcli.attacks.pgd``
+run: ``flatcli.api.sharpness`` (closed form over the data) and ``flatcli.core.pgd.pgd``
 (linf, recording on and off; images/s counts one image-step per image and step), plus
 torchattacks' ``PGD`` on the same model and inputs when torchattacks is installed.
 
@@ -20,10 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import resnet_case, timed  # noqa: E402
 
-from flatcli.attacks import PGD  # noqa: E402
-from flatcli.head import HeadSplit  # noqa: E402
-from flatcli.measure import SharpnessSettings, measure_sharpness  # noqa: E402
-from flatcli.precision import autocast  # noqa: E402
+from flatcli import api  # noqa: E402
+from flatcli.core.pgd import PGD  # noqa: E402
+from flatcli.models.head import HeadSplit  # noqa: E402
+from flatcli.runtime.precision import autocast  # noqa: E402
 
 STEPS = 5
 
@@ -36,7 +36,6 @@ def warm_timed(fn, device) -> float:
 
 def run(device, precision: str, n: int, batch: int) -> dict:
     loaded, ds = resnet_case(device, n, channels_last=device.type == "cuda")
-    settings = SharpnessSettings(batch_size=batch, precision=precision)
     xs = [(x.to(device), y.to(device)) for x, y in zip(ds.x.split(batch), ds.y.split(batch))]
     attack = PGD(norm="linf", eps=8 / 255, alpha=2 / 255, steps=STEPS)
 
@@ -48,7 +47,8 @@ def run(device, precision: str, n: int, batch: int) -> dict:
         return go
 
     out = {
-        "sharpness": n / warm_timed(lambda: measure_sharpness(loaded, ds, settings, device=device), device),
+        "sharpness": n / warm_timed(lambda: api.sharpness(loaded, ds, batch_size=batch, device=device,
+                                                          precision=precision, samples=False), device),
         "pgd step": n * STEPS / warm_timed(pgd(False), device),
         "pgd step, recording": n * STEPS / warm_timed(pgd(True), device),
     }

@@ -16,9 +16,9 @@ import torch.nn.functional as F
 import yaml
 from safetensors.torch import save_file
 
-from flatcli.data import load_data
-from flatcli.models import build_network
-from flatcli.models.wrapper import Classifier
+from flatcli.core.classifier import Classifier
+from flatcli.inputs.data import load_data
+from flatcli.models.registry import build_network
 
 WIDTH = 16
 EPOCHS = 40

@@ -10,6 +10,16 @@ from flatcli.cli import app
 EXAMPLE = "example:digits-cnn"
 
 
+def run_context(loaded, data, *, batch_size: int = 256, seed: int = 0, resume=None):
+    """A one-process :class:`~flatcli.runtime.loop.RunContext` on the CPU, for calling ``flatcli.runs``."""
+    import torch
+
+    from flatcli.runtime.loop import RunContext
+
+    return RunContext(loaded=loaded, data=data, device=torch.device("cpu"), batch_size=batch_size, seed=seed,
+                      resume=resume)
+
+
 @dataclass
 class Result:
     exit_code: int

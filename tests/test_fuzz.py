@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save
 
-from flatcli import checkpoint as ckpt
-from flatcli import data as datamod
-from flatcli import spec as specmod
+from flatcli.inputs import checkpoint as ckpt
+from flatcli.inputs import data as datamod
+from flatcli.inputs import spec as specmod
 from flatcli.errors import FlatrobError
 
 CASE_SECONDS = 10
@@ -285,7 +285,7 @@ PICKLE = _pickle()
 @fuzz_settings("pickle_mutated")
 @given(blob=st.one_of(mutated(PICKLE), st.binary(max_size=128)))
 def test_convert_a_mutated_pickle(work, blob):
-    from flatcli.convert import convert_pickle
+    from flatcli.inputs.convert import convert_pickle
 
     src = _write(work, "p.pt", blob)
     clean_or_flatrob_error("pickle_mutated", convert_pickle, src, work / "p.safetensors", force=True)
@@ -323,7 +323,7 @@ def model_specs(draw):
 @fuzz_settings("model_spec")
 @given(doc=model_specs())
 def test_model_with_fuzzed_embedded_spec(work, doc):
-    from flatcli.model import load_model
+    from flatcli.models.loading import load_model
 
     state = ckpt.read("example:digits-cnn").state_dict
     path = _write(work, "model.safetensors", save(state, metadata={"flatrob.spec": yaml.safe_dump(doc)}))

@@ -20,7 +20,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flatcli.checkpoint import read
+from flatcli.inputs.checkpoint import read
 from tests.conftest import EXAMPLE, assert_one_error, invoke
 
 SPEC = None

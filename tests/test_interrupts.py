@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from flatcli import interrupts
+from flatcli.runtime import interrupts
 from tests.conftest import EXAMPLE, invoke
 
 FLATROB = str(Path(sys.executable).with_name("flatrob"))
@@ -27,7 +27,7 @@ def _one_line(stderr: str) -> str:
 
 def _signal_during_batch(monkeypatch, signum: int, on_call: int = 2, times: int = 1, gap: float = 0.0) -> list[str]:
     """Send ``signum`` to this process ``times`` times while batch ``on_call`` of the attack is computed."""
-    import flatcli.trajectory as trajectory
+    import flatcli.runs.attack as trajectory
 
     real = trajectory._attack_batch
     log: list[str] = []
@@ -219,7 +219,7 @@ DETECT = ["detect", EXAMPLE, "--limit", "60", "--batch-size", "10", "--steps", "
 
 
 def test_detect_resume_after_sigterm_gives_the_same_json(tmp_path, monkeypatch):
-    import flatcli.detection as detection
+    import flatcli.runs.detect as detection
 
     full = invoke(*DETECT)
     assert full.exit_code == 0, full.stderr
@@ -264,7 +264,7 @@ SWEEP = ["sweep-scale", EXAMPLE, "--limit", "40", "--batch-size", "10", "--steps
 
 
 def test_sweep_resume_after_sigint_gives_the_same_json(tmp_path, monkeypatch):
-    import flatcli.sweep as sweep
+    import flatcli.runs.sweep as sweep
 
     full = invoke(*SWEEP)
     assert full.exit_code == 0, full.stderr
@@ -293,7 +293,7 @@ def test_ctrl_c_while_reading_data_is_an_interrupt_not_a_data_error(tmp_path, mo
     """Outside a batch loop the signal stops at once, and no `except Exception` turns it into exit 2."""
     import safetensors.torch
 
-    from flatcli.data import save_tensors
+    from flatcli.inputs.data.tensors import save_tensors
 
     data = tmp_path / "d.safetensors"
     save_tensors(data, torch.rand(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64), torch.arange(4))

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
-import flatcli.model
-from flatcli.data import load_data
+import flatcli.api
+import flatcli.models.loading
+from flatcli.inputs.data import load_data
 from tests.conftest import EXAMPLE, invoke
 
 POISONED = (1, 4)  # positions in each batch of 10 whose features turn NaN from the third forward pass on
@@ -17,7 +18,7 @@ POISONED = (1, 4)  # positions in each batch of 10 whose features turn NaN from 
 
 @pytest.fixture
 def poisoned_model(monkeypatch):
-    real = flatcli.model.load_model
+    real = flatcli.models.loading.load_model
     calls = {"n": 0}
 
     def load_model(*args, **kwargs):
@@ -37,7 +38,7 @@ def poisoned_model(monkeypatch):
         net.get_submodule("bn3").register_forward_hook(hook)
         return loaded
 
-    monkeypatch.setattr(flatcli.model, "load_model", load_model)
+    monkeypatch.setattr(flatcli.api, "load_model", load_model)  # the loader every command goes through
     return calls
 
 
@@ -69,7 +70,7 @@ def test_nan_mid_attack_is_flagged_counted_and_kept_out_of_the_means(poisoned_mo
 
 
 def test_every_sample_nonfinite_gives_null_means_not_a_crash(monkeypatch):
-    import flatcli.trajectory as trajectory
+    import flatcli.runs.attack as trajectory
 
     real = trajectory.finite_samples
     monkeypatch.setattr(trajectory, "finite_samples", lambda *a: torch.zeros_like(real(*a)))
@@ -120,7 +121,7 @@ def test_sweep_scale_flags_nan_on_the_fixed_trajectories(poisoned_model):
 def test_sweep_scale_flags_nan_of_one_scales_attack_at_that_scale_only(monkeypatch):
     import dataclasses
 
-    from flatcli.attacks import PGD
+    from flatcli.core.pgd import PGD
 
     real = PGD.run
 
@@ -150,7 +151,7 @@ def test_sweep_scale_without_nan_reports_zero_and_no_note():
 
 
 def test_sweep_scale_every_sample_nonfinite_gives_null_means_not_a_crash(monkeypatch):
-    import flatcli.sweep as sweep
+    import flatcli.runs.sweep as sweep
 
     real = sweep.finite_samples
     monkeypatch.setattr(sweep, "finite_samples", lambda *a, **k: torch.zeros_like(real(*a, **k)))

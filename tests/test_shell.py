@@ -23,7 +23,7 @@ from typer import _click as click
 from typer.testing import CliRunner
 
 from flatcli.cli import app, complete
-from flatcli.output import ResultWriter
+from flatcli.outputs.writer import ResultWriter
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

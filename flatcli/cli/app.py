@@ -16,7 +16,7 @@ from typer import _click as click
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit
 
-from flatcli import interrupts
+from flatcli.runtime import interrupts
 from flatcli.errors import FlatrobError, Interrupted
 
 

@@ -1,15 +1,16 @@
-"""Plumbing every command shares: model and data loading from options, config, progress, output."""
+"""Plumbing every command shares: option checks before work, progress, notes, the result writer."""
 
 from __future__ import annotations
 
 import contextlib
-import platform
 import sys
-from typing import Callable, Iterator
+from typing import Iterator
 
-from flatcli import __version__
 from flatcli.errors import UsageError
-from flatcli.output import ResultWriter, check_writable
+from flatcli.outputs.files import check_outputs, check_writable
+from flatcli.outputs.writer import ResultWriter
+
+__all__ = ["check_common", "check_outputs", "progress_bar", "note", "notes", "writer", "is_main"]
 
 
 def check_common(*, limit: int | None = None, batch_size: int | None = None, output: str | None = None) -> None:
@@ -22,79 +23,17 @@ def check_common(*, limit: int | None = None, batch_size: int | None = None, out
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
 
 
-def check_outputs(**paths: str | None) -> None:
-    """Every output file named by an option is writable, and no two options name the same file.
-
-    Keyword names are option names (``save_adv`` is ``--save-adv``); ``None`` and ``-`` (stdout) pass.
-    """
+def is_main() -> bool:
+    """Whether this process writes (rank 0 under torchrun; always in one process)."""
     import os
 
-    seen: dict[str, str] = {}
-    for option, path in paths.items():
-        if path in (None, "-"):
-            continue
-        flag = "--" + option.replace("_", "-")
-        if path == "":
-            raise UsageError(f"{flag} needs a file name")
-        if option != "plot":  # --plot checks its suffix and directory itself
-            check_writable(path)
-        key = os.path.abspath(os.path.expanduser(path))
-        if key in seen:
-            raise UsageError(f"{seen[key]} and {flag} name the same file {path}; give each its own file")
-        seen[key] = flag
-
-
-def load(
-    checkpoint: str, *, spec: str | None, arch: str | None, layer: str | None, device: str, channels_last: bool = False
-):
-    """Resolve device and model from the shared options."""
-    from flatcli.model import load_model, resolve_device
-
-    from flatcli.distributed import local_device
-
-    dev = local_device(resolve_device(device))
-    loaded = load_model(checkpoint, spec_file=spec, overrides={"arch": arch, "layer": layer}, device=dev)
-    if channels_last:
-        import torch
-
-        loaded.model.to(memory_format=torch.channels_last)
-    return loaded, dev
-
-
-def load_data_for(loaded, data: str | None, split: str, limit: int | None):
-    """The data source named by ``--data`` (else the spec's, else digits), checked against the model."""
-    from flatcli import data as datamod
-
-    source = data or loaded.spec.data or "digits"
-    ds = datamod.load_data(source, split, limit)
-    datamod.check_compatible(ds, loaded.spec.input_shape, loaded.num_classes)
-    return ds
-
-
-def versions() -> dict:
-    import numpy
-    import torch
-
-    return {"flatrob": __version__, "torch": torch.__version__, "numpy": numpy.__version__, "python": platform.python_version()}
-
-
-def base_config(loaded, ds, *, device, seed: int, batch_size: int, split: str, limit: int | None) -> dict:
-    return {
-        **loaded.describe(),
-        "data": ds.name,
-        "split": split,
-        "limit": limit,
-        "batch_size": batch_size,
-        "device": str(device),
-        "seed": seed,
-        "versions": versions(),
-    }
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 @contextlib.contextmanager
-def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[int], None] | None]:
-    """A rich progress bar on stderr when stderr is a terminal (and not --quiet); else nothing."""
-    if quiet or not sys.stderr.isatty():
+def progress_bar(label: str, quiet: bool) -> Iterator:
+    """``progress(done, total)`` drawing a rich bar on stderr when it is a terminal (and not --quiet)."""
+    if quiet or not sys.stderr.isatty() or not is_main():
         yield None
         return
     from rich.console import Console
@@ -104,8 +43,8 @@ def progress_bar(total: int, label: str, quiet: bool) -> Iterator[Callable[[int]
         TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
         console=Console(stderr=True), transient=True,
     ) as bar:
-        task = bar.add_task(label, total=total)
-        yield lambda n: bar.advance(task, n)
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
 
 
 def note(message: str, quiet: bool) -> None:
@@ -114,15 +53,14 @@ def note(message: str, quiet: bool) -> None:
         print(message, file=sys.stderr)
 
 
-def distributed(device):
-    """This process's place under torchrun (single process otherwise)."""
-    from flatcli.distributed import from_environment
+def notes(result, quiet: bool) -> None:
+    """The result's notes, one line each, on stderr."""
+    for line in result.notes:
+        note(line, quiet)
 
-    return from_environment(device)
 
-
-def writer(fmt, output: str | None, *, command: str, per_sample: bool, render_table, enabled: bool = True) -> ResultWriter:
-    """The result writer; ``enabled=False`` (torchrun ranks other than 0) writes nothing anywhere."""
+def writer(fmt, output: str | None, *, command: str, per_sample: bool, render_table) -> ResultWriter:
+    """The result writer; under torchrun ranks other than 0 write nothing anywhere."""
     return ResultWriter(
-        fmt.value, output, command=command, per_sample=per_sample, render_table=render_table, enabled=enabled
+        fmt.value, output, command=command, per_sample=per_sample, render_table=render_table, enabled=is_main()
     )

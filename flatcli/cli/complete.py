@@ -102,7 +102,7 @@ def layer(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     ref = checkpoint_on_line(ctx)
     if not ref:
         return []
-    from flatcli.checkpoint import read_header, resolve  # header only: no torch
+    from flatcli.inputs.checkpoint import read_header, resolve  # header only: no torch
 
     try:
         header = read_header(resolve(ref))

@@ -6,13 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from flatcli.cli import common, render
+from flatcli.cli import common, tables
 from flatcli.cli.app import app
 from flatcli.cli.options import Format, FormatOpt, Quiet, SpecFile
 
 
 def render_table(stream, summary: dict, samples) -> None:
-    render.console(stream).print(render.key_values("Converted", summary))
+    tables.console(stream).print(tables.key_values("Converted", summary))
 
 
 @app.command()
@@ -31,16 +31,8 @@ def convert(
 
     --spec embeds a layer spec in the metadata, so later commands need nothing else.
     """
-    from flatcli.convert import convert_pickle
+    from flatcli import api
 
-    spec_text = None
-    if spec is not None:
-        from pathlib import Path
-
-        from flatcli.spec import read_spec_file
-
-        read_spec_file(spec)  # validated before anything is written
-        spec_text = Path(spec).expanduser().read_text(encoding="utf-8")
-    summary = convert_pickle(source, dest, key=key, spec_text=spec_text, force=force)
+    result = api.convert(source, dest, key=key, spec=spec, force=force)
     with common.writer(format, None, command="convert", per_sample=False, render_table=render_table) as out:
-        out.finish({"source": source, "dest": dest, "key": key, "spec": spec, "versions": common.versions()}, summary)
+        out.finish(result.config, result.summary)

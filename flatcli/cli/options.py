@@ -10,6 +10,11 @@ import typer
 from flatcli.cli import complete
 
 
+def value(choice: Enum | None):
+    """The string of a choice option (``None`` when the option was not given)."""
+    return None if choice is None else choice.value
+
+
 class Format(str, Enum):
     table = "table"
     json = "json"

@@ -6,24 +6,13 @@ from typing import Annotated, Optional
 
 import typer
 
-from flatcli.cli import common, render
+from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, BatchSize, Checkpoint, Data, Device, FormatOpt, Format, Layer, Limit, Output, PerSample, Quiet,
-    Scale, ScaleBias, Seed, SpecFile, Split, WeightNorm, WeightNormOpt, PrecisionOpt, Precision, ChannelsLast,
+    Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Format, FormatOpt, Layer, Limit, Output, PerSample,
+    Precision, PrecisionOpt, Quiet, Scale, ScaleBias, Seed, SpecFile, Split, WeightNorm, WeightNormOpt,
 )
-from flatcli.errors import UsageError
-
-
-def render_table(stream, summary: dict, samples: list[dict] | None) -> None:
-    con = render.console(stream)
-    scalars, stats = render.split_summary(summary)
-    con.print(render.key_values("Relative sharpness of the head (closed form)", scalars))
-    con.print(render.stats_table("Per-sample measures", stats))
-    if summary.get("hutchinson"):
-        con.print(render.rows_table("Hutchinson traces", summary["hutchinson"]))
-    if samples:
-        con.print(render.rows_table("Samples", samples))
+from flatcli.cli.tables.sharpness import render
 
 
 @app.command()
@@ -52,42 +41,14 @@ def sharpness(
 ) -> None:
     """Relative sharpness of the head layer, per sample and per data set (closed form)."""
     common.check_common(limit=limit, batch_size=batch_size, output=output)
-    if hutchinson < 0 or hutchinson == 1:
-        raise UsageError(f"--hutchinson needs 0 (off) or at least 2 probes, got {hutchinson}")
-    if not scale > 0:
-        raise UsageError(f"--scale must be positive, got {scale}")
-    import torch
+    from flatcli import api
 
-    from flatcli.head import Scaling
-    from flatcli.measure import SharpnessSettings, measure_sharpness
-
-    torch.manual_seed(seed)
-    loaded, dev = common.load(checkpoint, spec=spec, arch=arch, layer=layer, device=device, channels_last=channels_last)
-    ds = common.load_data_for(loaded, data, split, limit)
-    chosen_layers = tuple(n.strip() for n in layers.split(",") if n.strip()) if layers else loaded.spec.layers
-    settings = SharpnessSettings(
-        batch_size=batch_size,
-        scaling=Scaling(scale, scale_bias),
-        weight_norm=weight_norm.value,
-        hutchinson=hutchinson,
-        layers=chosen_layers,
-        seed=seed,
-        precision=precision.value,
-    )
-    config = {
-        **common.base_config(loaded, ds, device=dev, seed=seed, batch_size=batch_size, split=split, limit=limit),
-        "weight_norm": weight_norm.value,
-        "scale": scale,
-        "scale_bias": scale_bias,
-        "hutchinson_probes": hutchinson,
-        "layers": list(chosen_layers),
-        "precision": precision.value,
-        "channels_last": channels_last,
-    }
-    dist = common.distributed(dev)
-    with common.writer(
-        format, output, command="sharpness", per_sample=per_sample, render_table=render_table, enabled=dist.is_main
-    ) as out:
-        with common.progress_bar(len(ds), "sharpness", quiet or not dist.is_main) as progress:
-            summary = measure_sharpness(loaded, ds, settings, device=dev, on_rows=out.rows, progress=progress, dist=dist)
-        out.finish(config, summary)
+    with common.writer(format, output, command="sharpness", per_sample=per_sample, render_table=render) as out:
+        with common.progress_bar("sharpness", quiet) as progress:
+            result = api.sharpness(
+                checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
+                device=device, seed=seed, weight_norm=weight_norm.value, scale=scale, scale_bias=scale_bias,
+                hutchinson=hutchinson, layers=layers, precision=precision.value, channels_last=channels_last,
+                samples=False, on_rows=out.rows, progress=progress,
+            )
+        out.finish(result.config, result.summary)

@@ -1,0 +1,37 @@
+"""The tables of ``flatrob attack``: the summary, the mean curves per step, per-sample statistics."""
+
+from __future__ import annotations
+
+from flatcli.cli import tables
+
+
+def render(stream, summary: dict, samples: list[dict] | None) -> None:
+    con = tables.console(stream)
+    scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    con.print(tables.key_values("PGD attack", scalars))
+    steps = [
+        {
+            "step": t,
+            "loss": summary["mean_loss_by_step"][t],
+            "loss std": summary["std_loss_by_step"][t],
+            "sharpness": summary["mean_sharpness_by_step"][t],
+            "sharpness std": summary["std_sharpness_by_step"][t],
+            "accuracy": summary["accuracy_by_step"][t],
+            "confidence": summary["mean_confidence_by_step"][t],
+            "dist_l2": summary["mean_dist_l2_by_step"][t],
+        }
+        for t in range(len(summary["mean_loss_by_step"]))
+    ]
+    con.print(tables.rows_table("Mean over samples, per step", steps))
+    to = summary["takeoff"]
+    stats = {
+        "loss_increase": summary["loss_increase"],
+        "clean_sharpness": summary["clean_sharpness"],
+        "adv_sharpness": summary["adv_sharpness"],
+        "basin_width": to["width"],
+        "takeoff_step": to["step"],
+    }
+    con.print(tables.stats_table(f"Per-sample statistics (take-off tau {to['tau']:g}: {to['measured']} measured, "
+                                 f"{to['censored']} censored)", stats))
+    if samples:
+        con.print(tables.rows_table("Samples", samples))

@@ -1,0 +1,126 @@
+"""Reading checkpoints: safetensors state dicts only; pickles are never unpickled.
+
+``example:NAME`` names a checkpoint shipped inside the package (``flatcli/examples/NAME.safetensors``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from flatcli.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported only when tensors are read: shell completion reads headers only
+    import torch
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    name: str  # as the user gave it (``example:digits-cnn`` or a path)
+    state_dict: dict[str, "torch.Tensor"]
+    metadata: dict[str, str]
+    sha256: str
+
+
+def examples() -> list[str]:
+    return sorted(p.stem for p in EXAMPLES_DIR.glob("*.safetensors"))
+
+
+def resolve(ref: str) -> Path:
+    """The file behind ``ref``: ``example:NAME`` or a path (``~`` expanded)."""
+    if ref.startswith("example:"):
+        name = ref.split(":", 1)[1]
+        path = EXAMPLES_DIR / f"{name}.safetensors"
+        if not path.is_file():
+            raise CheckpointError(f"no bundled example {name!r}; available: {', '.join(examples()) or 'none'}")
+        return path
+    return Path(ref).expanduser()
+
+
+def read_header(path: Path) -> dict:
+    """Parse and sanity-check the safetensors header without reading the tensors.
+
+    Layout: 8-byte little-endian header length n, then n bytes of JSON, then the tensor data.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path} is not a safetensors file (only {len(head)} bytes)")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(
+                    f"{path} is not a safetensors file (its header claims {n} bytes, the file has {size})"
+                )
+            raw = f.read(n)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {path} does not exist") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"checkpoint {path} is a directory; pass a .safetensors file") from None
+    except PermissionError:
+        raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path} is not a safetensors file (its header is not a JSON object)")
+    return header
+
+
+def check_tensors(path, state: dict) -> None:
+    """Refuse dtypes flatrob does not read (float8, complex, ...) and NaN/Inf weights, naming the tensor."""
+    import torch
+
+    readable = (torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool, torch.uint8, torch.int8,
+                torch.int16, torch.int32, torch.int64)
+    for key, t in state.items():
+        if t.dtype not in readable:
+            raise CheckpointError(
+                f"{path}: tensor {key!r} has dtype {str(t.dtype).removeprefix('torch.')}, which flatrob does not read; "
+                "save the weights as float32 (float16/bfloat16 also load)"
+            )
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: tensor {key!r} contains NaN or Inf; the checkpoint is broken")
+
+
+def read(ref: str) -> Checkpoint:
+    """Load the state dict and metadata of a safetensors checkpoint (on CPU)."""
+    path = resolve(ref)
+    if path.suffix.lower() in PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{path} looks like a pickle ({path.suffix}); flatrob reads only safetensors. Convert it with "
+            "`flatrob convert` (weights_only=True) or safetensors.torch.save_file"
+        )
+    header = read_header(path)
+    metadata = header.get("__metadata__") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{path}: the safetensors metadata must map strings to strings")
+    from safetensors import SafetensorError
+    from safetensors.torch import load as load_bytes
+
+    try:
+        data = path.read_bytes()
+        state = load_bytes(data)
+    except (SafetensorError, ValueError, RuntimeError, TypeError, OverflowError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file: {str(e).splitlines()[0]}") from None
+    if not state:
+        raise CheckpointError(f"{path} holds no tensors")
+    check_tensors(path, state)
+    return Checkpoint(
+        path=path,
+        name=ref,
+        state_dict=state,
+        metadata=dict(metadata),
+        sha256=hashlib.sha256(data).hexdigest(),
+    )

@@ -1,0 +1,191 @@
+"""The data source every command reads: a fixed-order data set of images in [0, 1], labels and indices.
+
+A :class:`DataSource` holds labels and source indices in memory and images either in memory (``x``,
+float32 NCHW) or behind a reader that loads one image (or a batch) at a time. :func:`batches` yields
+fresh batches in data order (one rank's share under torchrun); :func:`check_compatible` refuses data
+that cannot feed the model. The sources behind ``--data`` are in the sibling modules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from flatcli.errors import DataError, UsageError
+
+
+@dataclass(eq=False)
+class DataSource(Dataset):
+    """A fixed-order data set: ``data[i] -> (x CHW float32 in [0, 1], label, source index)``.
+
+    ``x`` is set for in-memory sources (float32, (N, C, H, W)); streamed sources leave it ``None``
+    and read images through a private reader. ``y`` (int64 labels) and ``index`` (int64 source
+    indices) are always in memory.
+    """
+
+    name: str
+    input_shape: tuple[int, int, int]
+    num_classes: int | None
+    x: Tensor | None = None
+    y: Tensor | None = None
+    index: Tensor | None = None
+    split: str | None = None
+    classes: list[str] | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    _reader: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.input_shape = tuple(int(s) for s in self.input_shape)  # type: ignore[assignment]
+        if self.y is None:
+            raise ValueError("DataSource needs y (int64 labels)")
+        if self.x is None and self._reader is None:
+            raise ValueError("DataSource needs x or a reader")
+        if self.index is None:
+            self.index = torch.arange(len(self.y), dtype=torch.int64)
+
+    @property
+    def in_memory(self) -> bool:
+        """True when ``x`` holds every image (batches are plain tensor slices)."""
+        return self.x is not None
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def __getitem__(self, i: int) -> tuple[Tensor, int, int]:
+        if self.x is not None:
+            image = self.x[i].clone()
+        else:
+            image = self._reader(int(self.index[i]))
+        return image, int(self.y[i]), int(self.index[i])
+
+    def subset(self, start: int, stop: int | None = None) -> "DataSource":
+        """Rows ``start:stop`` (in order) as a new source, e.g. for ``--limit`` or one rank's shard."""
+        rows = slice(start, stop)
+        return DataSource(
+            name=self.name,
+            input_shape=self.input_shape,
+            num_classes=self.num_classes,
+            x=None if self.x is None else self.x[rows],
+            y=self.y[rows],
+            index=self.index[rows],
+            split=self.split,
+            classes=self.classes,
+            metadata=dict(self.metadata),
+            _reader=self._reader,
+        )
+
+
+def check_compatible(data: DataSource, input_shape: tuple | None, num_classes: int | None) -> None:
+    """Raise :class:`DataError` when ``data`` cannot feed a model with this input shape / class count.
+
+    A ``folder:`` source whose channel count differs from a 1- or 3-channel model is switched to
+    the model's colour mode (L or RGB) instead of failing.
+    """
+    if input_shape is not None:
+        want = tuple(int(s) for s in input_shape)
+        have = tuple(data.input_shape)
+        convert = getattr(data._reader, "convert_channels", None)  # image files: L or RGB on reading
+        if convert is not None and len(want) == 3 and have[1:] == want[1:] and have[0] != want[0] and convert(want[0]):
+            data.input_shape = want  # type: ignore[assignment]
+            have = want
+        if have != want:
+            raise DataError(
+                f"data {data.name} has images of shape {fmt_shape(have)} (C, H, W) but the model expects "
+                f"{fmt_shape(want)}; pick matching data or fix input_shape in the spec"
+            )
+    if num_classes is not None and len(data) > 0:
+        top = int(data.y.max())
+        if top >= num_classes:
+            count = int((data.y >= num_classes).sum())
+            raise DataError(
+                f"data {data.name} has labels up to {top} ({count} sample{'s' if count != 1 else ''} with "
+                f"label >= {num_classes}) but the model has {num_classes} classes; use data with the model's classes"
+            )
+        if data.num_classes is not None and data.num_classes > num_classes:
+            raise DataError(
+                f"data {data.name} has {data.num_classes} classes but the model has {num_classes}; "
+                f"use data with the model's classes"
+            )
+
+
+def batches(
+    data: DataSource,
+    batch_size: int,
+    *,
+    device: str | torch.device = "cpu",
+    workers: int = 0,
+    shard: tuple[int, int] = (0, 1),
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    """Yield ``(x (B, C, H, W) float32 on device, y int64, index int64)`` in the data set's order.
+
+    Batches are fresh tensors (never views of the source), so callers may modify them in place.
+    ``y`` and ``index`` are on ``device`` too. ``shard=(rank, world)`` yields only batches number
+    ``rank, rank + world, ...``: batch composition is the same as in one process, and gathering
+    round by round in rank order restores the original order.
+    """
+    rank, world = shard
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be 1 or more, got {batch_size}")
+    if workers < 0:
+        raise UsageError(f"workers must be 0 or more, got {workers}")
+    device = torch.device(device)
+    n = len(data)
+    starts = list(range(0, n, batch_size))[rank::world]
+    if data.x is not None or hasattr(data._reader, "batch"):
+        for start in starts:
+            stop = min(start + batch_size, n)
+            if data.x is not None:
+                x = data.x[start:stop].to(device, dtype=torch.float32, copy=True)
+            else:
+                x = data._reader.batch(data.index[start:stop], device)
+            y = data.y[start:stop].to(device, copy=True)
+            index = data.index[start:stop].to(device, copy=True)
+            yield x, y, index
+        return
+    loader = DataLoader(
+        data,
+        batch_sampler=[list(range(start, min(start + batch_size, n))) for start in starts],
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+    )
+    iterator = iter(loader)
+    while True:
+        try:
+            x, y, index = next(iterator)
+        except StopIteration:
+            return
+        except DataError as exc:
+            if workers == 0:
+                raise
+            # DataLoader re-raises a worker's error with the worker traceback in its message.
+            raise DataError(worker_message(str(exc))) from exc
+        non_blocking = device.type == "cuda"
+        yield (
+            x.to(device, non_blocking=non_blocking),
+            y.to(device, torch.int64, non_blocking=non_blocking),
+            index.to(device, torch.int64, non_blocking=non_blocking),
+        )
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def worker_message(text: str) -> str:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    last = lines[-1] if lines else text
+    prefix = "flatcli.errors.DataError:"
+    return last[len(prefix) :].strip() if last.startswith(prefix) else last
+
+
+def fmt_shape(shape: tuple) -> str:
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")

@@ -1,0 +1,157 @@
+"""``tensors:FILE``: safetensors with ``x`` (float NCHW in [0, 1]), ``y`` (int64) and optionally ``index``.
+
+The format ``attack --save-adv`` writes (:func:`save_tensors`). ``-`` reads the file's bytes from stdin.
+Half, bfloat16 and double images are converted to float32; the split is ignored (every row is used).
+:func:`from_tensors` checks tensors handed over in memory (the Python API) the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from flatcli.errors import DataError
+from flatcli.inputs.data.source import DataSource, dtype_name, fmt_shape, one_line
+from flatcli.outputs.files import atomic_path
+
+
+def load_tensors(file_arg: str) -> DataSource:
+    from safetensors.torch import load as safetensors_from_bytes, load_file
+
+    name = f"tensors:{file_arg}"
+    try:
+        if file_arg == "-":
+            stream = getattr(sys.stdin, "buffer", sys.stdin)
+            blob = stream.read()
+            if isinstance(blob, str):
+                blob = blob.encode("latin-1")
+            if not blob:
+                raise DataError("tensors:- read nothing from stdin; pipe a safetensors file into it")
+            tensors = safetensors_from_bytes(blob)
+            metadata = _header_metadata(blob)
+        else:
+            path = Path(os.path.expanduser(file_arg))
+            if not path.is_file():
+                raise DataError(f"tensors file {file_arg} does not exist or is not a file")
+            tensors = load_file(str(path))
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+                size = int.from_bytes(head, "little") if len(head) == 8 else 0
+                metadata = _header_metadata(head + handle.read(min(size, 100_000_000)))
+    except DataError:
+        raise
+    except Exception as exc:  # safetensors raises SafetensorError, but also other types on bad input
+        where = "stdin" if file_arg == "-" else file_arg
+        raise DataError(f"cannot read {where} as a safetensors file: {one_line(exc)}") from exc
+
+    keys = ", ".join(sorted(tensors)) or "nothing"
+    for key in ("x", "y"):
+        if key not in tensors:
+            raise DataError(f"{name} has no tensor {key!r} (it holds {keys}); expected x (float NCHW in [0, 1]) and y")
+    return from_tensors(tensors["x"], tensors["y"], tensors.get("index"), name=name, metadata=metadata)
+
+
+def from_tensors(x, y, index=None, *, name: str = "tensors", metadata: dict[str, str] | None = None) -> DataSource:
+    """An in-memory source from images ``x`` (float NCHW in [0, 1]), labels ``y`` and optional source
+    indices, checked as a ``tensors:`` file is; numpy arrays are taken too. ``name`` names it in errors."""
+    x, y = torch.as_tensor(x), torch.as_tensor(y)
+    if not x.is_floating_point():
+        raise DataError(
+            f"{name}: x has dtype {dtype_name(x)}, expected floating images in [0, 1] "
+            f"(e.g. divide uint8 pixels by 255 and save as float32)"
+        )
+    if x.ndim != 4:
+        raise DataError(f"{name}: x has shape {fmt_shape(tuple(x.shape))}, expected 4 dimensions (N, C, H, W)")
+    x = x.detach().to("cpu", torch.float32).contiguous()
+    n = x.shape[0]
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise DataError(f"{name}: x holds {bad} NaN or infinite value{'s' if bad != 1 else ''}; images must be finite in [0, 1]")
+    outside = (x < 0) | (x > 1)
+    if bool(outside.any()):
+        bad = int(outside.sum())
+        raise DataError(
+            f"{name}: x holds {bad} value{'s' if bad != 1 else ''} outside [0, 1] "
+            f"(min {float(x.min()):.4g}, max {float(x.max()):.4g}); store un-normalised pixels in [0, 1] "
+            f"(flatrob applies the spec's mean/std itself)"
+        )
+    if y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        raise DataError(f"{name}: y has dtype {dtype_name(y)}, expected integer class labels (int64)")
+    if tuple(y.shape) != (n,):
+        raise DataError(f"{name}: y has shape {fmt_shape(tuple(y.shape))}, expected ({n},): one label per row of x")
+    y = y.detach().to("cpu", torch.int64).contiguous()
+    if n and int(y.min()) < 0:
+        raise DataError(f"{name}: y holds negative labels (min {int(y.min())}); labels are class numbers 0..K-1")
+    if index is not None:
+        index = torch.as_tensor(index)
+        if index.is_floating_point() or index.is_complex() or index.dtype == torch.bool:
+            raise DataError(f"{name}: index has dtype {dtype_name(index)}, expected int64 source indices")
+        if tuple(index.shape) != (n,):
+            raise DataError(f"{name}: index has shape {fmt_shape(tuple(index.shape))}, expected ({n},)")
+        index = index.detach().to("cpu", torch.int64).contiguous()
+    return DataSource(
+        name=name,
+        input_shape=tuple(x.shape[1:]),
+        num_classes=None,
+        x=x,
+        y=y,
+        index=index,
+        split=None,
+        metadata=dict(metadata or {}),
+    )
+
+
+def _header_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header (``{}`` when absent or unreadable)."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8 : 8 + size])
+        meta = header.get("__metadata__") or {}
+        return {str(k): str(v) for k, v in meta.items()}
+    except (ValueError, AttributeError, TypeError):
+        return {}
+
+
+def save_tensors(
+    path: str | os.PathLike,
+    x: Tensor,
+    y: Tensor,
+    index: Tensor,
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Write ``x`` (float32), ``y`` and ``index`` (int64) as a ``tensors:`` file, atomically."""
+    import safetensors.torch
+
+    if x.ndim != 4:
+        raise DataError(f"save_tensors: x must be (N, C, H, W), got shape {fmt_shape(tuple(x.shape))}")
+    n = x.shape[0]
+    if tuple(y.shape) != (n,) or tuple(index.shape) != (n,):
+        raise DataError(
+            f"save_tensors: y and index must have shape ({n},), got {fmt_shape(tuple(y.shape))} and "
+            f"{fmt_shape(tuple(index.shape))}"
+        )
+    if metadata is not None:
+        bad = [k for k, v in metadata.items() if not isinstance(k, str) or not isinstance(v, str)]
+        if bad:
+            raise DataError(f"save_tensors: metadata keys and values must be strings (bad: {bad})")
+    tensors = {
+        "x": _own(x.detach().to("cpu", torch.float32)),
+        "y": _own(y.detach().to("cpu", torch.int64)),
+        "index": _own(index.detach().to("cpu", torch.int64)),
+    }
+    with atomic_path(path) as tmp:
+        safetensors.torch.save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None)
+
+
+def _own(t: Tensor) -> Tensor:
+    """A contiguous tensor that owns its whole storage (safetensors refuses views of shared storage)."""
+    t = t.contiguous()
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size() or t.storage_offset() != 0:
+        t = t.clone()
+    return t

@@ -1,0 +1,219 @@
+"""From a checkpoint (or an in-memory ``nn.Module``), a spec and overrides to a ready model and its head.
+
+Resolution order for every setting of a checkpoint: command-line option, then ``--spec FILE``, then
+the spec embedded in the checkpoint metadata (``flatrob.spec``), then what the state dict itself tells
+(architecture by matching keys and shapes, classes from the head's weight, channels from the first
+convolution). An in-memory network (:func:`from_module`, the Python API) brings its own weights; its
+head is the layer named, or its last ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flatcli.core.classifier import Classifier
+from flatcli.errors import LayerError, SpecError
+from flatcli.inputs import checkpoint as ckpt
+from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
+from flatcli.models.builtins import BUILTINS
+from flatcli.models.matching import detect_arch, load_state, strip_prefix
+from flatcli.models.registry import build_network, default_head, infer_in_channels, infer_num_classes
+
+
+@dataclass
+class LoadedModel:
+    """A classifier ready to measure: the wrapped network, its head, and where it came from.
+
+    ``checkpoint`` is the file it was read from, or ``None`` for an in-memory network (then
+    ``weights_sha256`` identifies its weights instead of the file's hash).
+    """
+
+    model: Classifier  # on the chosen device
+    head: nn.Linear
+    layer: str  # head name, relative to the network
+    spec: Spec  # the effective spec (every resolved value filled in)
+    arch_source: str  # "option", "spec", "detected" or "module"
+    checkpoint: ckpt.Checkpoint | None = None
+    weights_sha256: str | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    @property
+    def features(self) -> int:
+        return self.head.in_features
+
+    @property
+    def name(self) -> str:
+        """The checkpoint as the user named it, or ``in-memory <class>`` for a network."""
+        return self.checkpoint.name if self.checkpoint is not None else f"in-memory {self.spec.arch}"
+
+    @property
+    def fingerprint(self) -> dict:
+        """What identifies the weights: ``{"checkpoint_sha256": ...}`` of the file, else ``{"weights_sha256": ...}``."""
+        if self.checkpoint is not None:
+            return {"checkpoint_sha256": self.checkpoint.sha256}
+        return {"weights_sha256": self.weights_sha256}
+
+    def describe(self) -> dict:
+        """Provenance for the ``config`` section of every output."""
+        return {
+            "checkpoint": self.checkpoint.name if self.checkpoint is not None else None,
+            **self.fingerprint,
+            "arch": self.spec.arch,
+            "arch_source": self.arch_source,
+            "layer": self.layer,
+            "classes": self.num_classes,
+            "features": self.features,
+        }
+
+
+def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict) -> tuple[Spec, str]:
+    """Embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch`` came from."""
+    embedded = checkpoint.metadata.get(METADATA_KEY)
+    spec = parse_spec(embedded, f"the spec embedded in {checkpoint.name}") if embedded else Spec()
+    source = "spec" if spec.arch else ""
+    if spec_file:
+        from_file = read_spec_file(spec_file)
+        spec = spec.merged(**{k: v for k, v in vars(from_file).items() if v not in (None, (), {})})
+        source = "spec" if spec.arch else source
+    if overrides.get("arch"):
+        source = "option"
+    return spec.merged(**overrides), source
+
+
+def load_model(
+    ref: str,
+    *,
+    spec_file: str | None = None,
+    overrides: dict | None = None,
+    device: torch.device | str = "cpu",
+) -> LoadedModel:
+    """Read the checkpoint, resolve the spec, build the network, load weights, find the head."""
+    checkpoint = ckpt.read(ref)
+    spec, arch_source = effective_spec(checkpoint, spec_file, overrides or {})
+    state = strip_prefix(checkpoint.state_dict, spec.strip_prefix or "module.")
+    kwargs = dict(spec.arch_kwargs)
+    if spec.arch:
+        arch = spec.arch
+        info = BUILTINS.get(arch)
+        if info is not None and not kwargs:
+            kwargs = info.infer_kwargs(state) or {}  # sizes (width, hidden, ...) read off the weights
+    else:
+        arch, detected_kwargs = detect_arch(state)
+        kwargs = {**detected_kwargs, **kwargs}
+        arch_source = "detected"
+    in_channels = spec.input_shape[0] if spec.input_shape else infer_in_channels(state)
+    head_name = spec.layer or _builtin_head(arch)
+    num_classes = spec.num_classes
+    if num_classes is None:
+        if head_name is None:
+            raise SpecError(f"cannot tell the number of classes of {ref}; add num_classes: or layer: to the spec")
+        num_classes = infer_num_classes(state, head_name)
+    net = build_network(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    load_state(net, state)
+    if head_name is None:
+        head_name = default_head(arch, net)
+    head = find_linear(net, head_name)
+    mean, std = per_channel(spec.mean, spec.std, in_channels)
+    model = Classifier(net, mean, std).to(device).eval()
+    spec = spec.merged(
+        arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
+    )
+    return LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source, checkpoint=checkpoint)
+
+
+def per_channel(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Normalisation with one value per input channel (default mean 0, std 1; one value is repeated)."""
+    mean = tuple(mean) if mean else (0.0,) * channels
+    std = tuple(std) if std else (1.0,) * channels
+    if len(mean) == 1:
+        mean = mean * channels
+    if len(std) == 1:
+        std = std * channels
+    if len(mean) != channels or len(std) != channels:
+        raise SpecError(f"mean/std need {channels} values (one per input channel), got {len(mean)}/{len(std)}")
+    return mean, std
+
+
+def from_module(net: nn.Module, *, layer: str | None = None, mean=None, std=None, in_channels: int | None = None,
+                device: torch.device | str = "cpu") -> LoadedModel:
+    """An in-memory network as a :class:`LoadedModel` (the Python API's ``model=nn.Module``).
+
+    ``layer`` names the head (an ``nn.Linear``); without it the head is the network's last ``nn.Linear``
+    (the first batch then checks that it really is the last linear map). ``mean``/``std`` normalise the
+    [0, 1] inputs inside the model (default none), one value per channel or one for all; ``in_channels``
+    (default: the channels of the first convolution, else as many as ``mean``/``std`` give, else 1) sizes them.
+    An already wrapped :class:`~flatcli.core.classifier.Classifier` is used as it is. The weights are
+    identified by ``weights_sha256``, a hash of every tensor of the state dict (names, dtypes, shapes, bytes).
+    """
+    if not isinstance(net, nn.Module):
+        raise SpecError(f"model must be an nn.Module, a checkpoint path or example:NAME, got {type(net).__name__}")
+    if isinstance(net, Classifier):
+        model, net = net, net.net
+    else:
+        state = net.state_dict()
+        if in_channels is None and any(v.dim() == 4 for v in state.values()):
+            in_channels = infer_in_channels(state)
+        channels = in_channels or max(len(mean or ()), len(std or ()), 1)
+        mean, std = per_channel(mean, std, channels)
+        model = Classifier(net, mean, std)
+    if layer is None:
+        linears = linear_layers(net)
+        if not linears:
+            raise LayerError(f"{type(net).__name__} has no nn.Linear layer to use as the head; pass layer=")
+        layer = linears[-1][0]
+    head = find_linear(net, layer)
+    model = model.to(device)
+    arch = f"{type(net).__module__}:{type(net).__qualname__}"
+    spec = Spec(arch=arch, layer=layer, num_classes=head.out_features,
+                mean=tuple(float(v) for v in model.normalize.mean.flatten()),
+                std=tuple(float(v) for v in model.normalize.std.flatten()))
+    return LoadedModel(model=model, head=head, layer=layer, spec=spec, arch_source="module",
+                       weights_sha256=weights_sha256(net))
+
+
+def weights_sha256(net: nn.Module) -> str:
+    """sha256 over the state dict, key by key in sorted order: name, dtype, shape and raw bytes."""
+    digest = hashlib.sha256()
+    for key, value in sorted(net.state_dict().items()):
+        t = value.detach().cpu().contiguous()
+        digest.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _builtin_head(arch: str) -> str | None:
+    info = BUILTINS.get(arch)
+    return info.head if info else None
+
+
+def find_module(net: nn.Module, name: str) -> nn.Module:
+    """The submodule ``name`` of ``net``; LayerError with the closest names when absent."""
+    names = [n for n, _ in net.named_modules() if n]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+        hint = f"; closest: {', '.join(close)}" if close else f"; layers include: {', '.join(names[-5:])}"
+        raise LayerError(f"the network has no layer {name!r}{hint}")
+    return net.get_submodule(name)
+
+
+def find_linear(net: nn.Module, name: str) -> nn.Linear:
+    module = find_module(net, name)
+    if not isinstance(module, nn.Linear):
+        linears = [n for n, m in net.named_modules() if isinstance(m, nn.Linear)]
+        raise LayerError(
+            f"layer {name!r} is a {type(module).__name__}, not nn.Linear; linear layers: {', '.join(linears) or 'none'}"
+        )
+    return module
+
+
+def linear_layers(net: nn.Module) -> list[tuple[str, nn.Linear]]:
+    """Every ``nn.Linear`` of the network: the candidates for the head."""
+    return [(n, m) for n, m in net.named_modules() if isinstance(m, nn.Linear)]

@@ -1,0 +1,161 @@
+"""Building a network from an architecture name, and reading sizes (classes, channels) off a state dict.
+
+An architecture name is one of:
+
+* a built-in (:data:`BUILTINS`): ``resnet18``, ``wrn28-4``, ``vgg11-bn``, ``densenet121``, ``small-cnn``, ``mlp``;
+* ``torchvision:NAME``: a ``torchvision.models`` builder, called with ``num_classes=`` and the kwargs;
+* ``module.path:ClassName``: an ``nn.Module`` subclass, verified as such before it is called.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from typing import Callable
+
+from torch import nn
+
+from flatcli.errors import CheckpointError, LayerError, SpecError
+from flatcli.models.builtins import BUILTINS, StateDict
+
+_RESERVED = ("num_classes", "in_channels")
+
+
+def build_network(arch: str, *, num_classes: int, in_channels: int, kwargs: dict | None = None) -> nn.Module:
+    """A freshly initialised network for ``arch`` (see the module docstring for the three forms).
+
+    ``in_channels`` reaches built-ins, and a ``module.path:ClassName`` only if its ``__init__`` names an
+    ``in_channels`` parameter; torchvision builders always take 3 channels. ``num_classes`` reaches a
+    class only if its ``__init__`` accepts it (by name or ``**kwargs``).
+    """
+    kwargs = dict(kwargs or {})
+    reserved = [key for key in _RESERVED if key in kwargs]
+    if reserved:
+        raise SpecError(
+            f"kwargs must not set {', '.join(reserved)}: they are passed separately (num_classes:, input shape)"
+        )
+    if arch in BUILTINS:
+        builder = BUILTINS[arch].builder
+        call = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
+        _check_call(arch, builder, call)
+        try:
+            return builder(**call)
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+            raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
+    if arch.startswith("torchvision:"):
+        return _build_torchvision(arch.partition(":")[2], num_classes, kwargs)
+    if ":" in arch:
+        return _build_class(arch, num_classes, in_channels, kwargs)
+    close = difflib.get_close_matches(arch, BUILTINS, n=3)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    raise SpecError(
+        f"unknown architecture {arch!r}; {hint}built-ins: {', '.join(BUILTINS)}; "
+        "or use torchvision:NAME or module.path:ClassName"
+    )
+
+
+def _check_call(arch: str, factory: Callable[..., nn.Module], call: dict) -> None:
+    """Raise :class:`SpecError` unless ``factory(**call)`` matches its signature (nothing is called)."""
+    try:
+        inspect.signature(factory).bind(**call)
+    except TypeError as exc:
+        raise SpecError(f"cannot build {arch}: {exc}; fix kwargs: in the spec") from None
+
+
+def _build_torchvision(name: str, num_classes: int, kwargs: dict) -> nn.Module:
+    """``torchvision.models.<name>(num_classes=num_classes, **kwargs)``."""
+    import torchvision.models
+
+    known = torchvision.models.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f"did you mean {', '.join('torchvision:' + c for c in close)}? " if close else ""
+        raise SpecError(f"torchvision has no model {name!r}; {hint}see torchvision.models.list_models()")
+    builder = torchvision.models.get_model_builder(name)
+    fetching = sorted(key for key in kwargs if key.startswith(("weights", "pretrained")) and kwargs[key] not in (None, False))
+    if fetching:
+        raise SpecError(
+            f"torchvision:{name} with {', '.join(fetching)} would download pretrained weights; flatrob never "
+            f"downloads: remove {', '.join(fetching)} from arch_kwargs (the checkpoint supplies the weights)"
+        )
+    try:
+        return builder(num_classes=num_classes, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"cannot build torchvision:{name}: {exc}; fix kwargs: in the spec") from None
+
+
+def _build_class(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    """Import ``module.path``, look up ``ClassName``, refuse anything but an ``nn.Module`` subclass, build."""
+    module_name, _, attr = arch.partition(":")
+    if not module_name or not attr:
+        raise SpecError(f"architecture {arch!r} must look like module.path:ClassName")
+    try:
+        obj = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SpecError(
+            f"cannot import {module_name!r} for {arch}: {exc}; install it or add its directory to PYTHONPATH"
+        ) from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise SpecError(f"{module_name!r} has no attribute {attr!r}; check the class name in {arch}")
+        obj = getattr(obj, part)
+    if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
+        raise SpecError(f"{arch} is a {type(obj).__name__}, not an nn.Module subclass; name the network class itself")
+    params = inspect.signature(obj).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    call = dict(kwargs)
+    if "num_classes" in params or takes_any:
+        call["num_classes"] = num_classes
+    if "in_channels" in params:
+        call["in_channels"] = in_channels
+    _check_call(arch, obj, call)
+    try:
+        return obj(**call)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
+
+
+def default_head(arch: str, net: nn.Module) -> str:
+    """The built-in's head name; otherwise the name of the last ``nn.Linear`` in ``net.named_modules()``."""
+    if arch in BUILTINS:
+        return BUILTINS[arch].head
+    linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
+    if not linears:
+        raise LayerError(f"{arch} has no nn.Linear layer to use as the head; name the head layer with --layer or head:")
+    return linears[-1]
+
+
+def infer_num_classes(state_dict: StateDict, head: str) -> int:
+    """Rows of ``state_dict[f"{head}.weight"]``; :class:`CheckpointError` if absent or not 2-D."""
+    weight = state_dict.get(f"{head}.weight")
+    if weight is None or weight.dim() != 2:
+        linears = [key[: -len(".weight")] for key, value in state_dict.items()
+                   if key.endswith(".weight") and value.dim() == 2]
+        found = "not a 2-D weight" if weight is not None else "absent"
+        hint = f" (2-D weights: {', '.join(linears[-3:])})" if linears else ""
+        raise CheckpointError(
+            f"cannot read the number of classes: '{head}.weight' is {found} in the checkpoint{hint}; "
+            "name the right head layer or set num_classes"
+        )
+    return int(weight.shape[0])
+
+
+def infer_in_channels(state_dict: StateDict) -> int:
+    """Input channels (``shape[1]``) of the stem conv: the 4-D ``*weight`` tensor with the shallowest key.
+
+    Key order cannot be trusted (safetensors files store keys sorted, so ``block1.0.conv1.weight``
+    precedes ``conv1.weight``), so the stem is the 4-D weight with the fewest dotted parts, ties
+    broken by natural order (``features.0`` before ``features.4``). Without any 4-D weight the
+    network takes flattened input (the ``mlp``), whose builder ignores channels: 1.
+    """
+    convs = [key for key, value in state_dict.items() if key.endswith("weight") and value.dim() == 4]
+    if not convs:
+        return 1
+    stem = min(convs, key=lambda key: (key.count("."), _natural(key)))
+    return int(state_dict[stem].shape[1])
+
+
+def _natural(key: str) -> tuple:
+    """Sort key treating numeric parts as numbers: ``features.4`` < ``features.10``."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in key.split("."))

@@ -1,0 +1,1 @@
+"""What flatrob writes: output files checked and written atomically, result documents and rows, figures."""

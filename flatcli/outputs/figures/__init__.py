@@ -1,0 +1,57 @@
+"""Figures, one module per command (matplotlib is an optional extra: ``pip install 'flatrob[plot]'``).
+
+matplotlib is imported only when a figure is drawn (headless ``Agg`` backend); every figure file is
+written atomically, and the path is checked before any work (:func:`check_plot_path`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flatcli.errors import MissingExtraError, UsageError
+from flatcli.outputs.files import atomic_path
+
+FORMATS = ("png", "pdf", "svg")
+
+
+def require_matplotlib() -> None:
+    """Fail with one clear line, before any work, when matplotlib is missing."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise MissingExtraError(
+            "--plot needs matplotlib, which is not installed; pip install 'flatrob[plot]' (or drop --plot)"
+        ) from None
+
+
+def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> str:
+    """The image format implied by the suffix; UsageError for an unknown suffix or a missing directory."""
+    p = Path(path)
+    fmt = p.suffix.lower().lstrip(".")
+    if fmt not in FORMATS:
+        raise UsageError(f"{option} {path}: use a .png, .pdf or .svg file name")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
+    return fmt
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the headless Agg backend (:class:`MissingExtraError` without matplotlib)."""
+    require_matplotlib()
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: str | os.PathLike, fmt: str, dpi: int = 120) -> None:
+    """Write ``fig`` to ``path`` atomically in format ``fmt`` and close it."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt, dpi=dpi)
+    plt.close(fig)

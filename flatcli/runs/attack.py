@@ -1,0 +1,452 @@
+"""``flatrob attack``: PGD over a data set, recording loss and sharpness along every trajectory.
+
+Per batch, :func:`flatcli.core.pgd.pgd` runs with ``record=True``: the features of every iterate come
+from the forward pass that gives the gradient, plus one final forward for ``x_T``. One call of
+:func:`flatcli.core.curvature.head_measures` on all ``(T+1) * B`` feature vectors turns them into the
+closed-form measures (the same numbers ``flatrob sharpness`` gives on ``x_t``). Rows go out per batch
+(trajectory rows: one per sample and step; sample rows: one per sample), so memory is bounded by the
+batch; the summary keeps per-step sums and a few scalars per sample. The statistics (take-off, basin
+width, uncanny valley) are :mod:`flatcli.core.trajectories`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from flatcli.core.curvature import WEIGHT_NORMS, head_measures
+from flatcli.core.head_scaling import Scaling
+from flatcli.core.pgd import PGD, PRESETS, batch_generator, least_likely
+from flatcli.core.statistics import describe, quantiles
+from flatcli.core.trajectories import (
+    Takeoff, finite_samples, sharpness_peaks, takeoff, valley_mask, valley_of_mean,
+)
+from flatcli.errors import UsageError
+from flatcli.inputs.adversarial_file import save_adversarials
+from flatcli.models.head import HeadSplit
+from flatcli.outputs.writer import ResultWriter
+from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runtime.loop import RunContext, each_batch, resumed_note
+from flatcli.runtime.precision import PRECISIONS, autocast
+
+STEP_KEYS = (
+    "index", "step", "loss", "relative_sharpness", "trace_h", "confidence", "p_true", "pred", "correct",
+    "dist_l2", "dist_linf",
+)
+SAMPLE_KEYS = (
+    "index", "label", "target", "restart", "clean_pred", "adv_pred", "clean_loss", "adv_loss", "loss_increase",
+    "clean_sharpness", "adv_sharpness", "peak_sharpness", "peak_step", "valley", "takeoff_step", "basin_width",
+    "censored", "final_dist_l2", "final_dist_linf", "nonfinite",
+)
+
+CONVENTIONS = {
+    "objective": "per-sample cross-entropy summed over the batch (targeted: minus the cross-entropy to the target)",
+    "update": "step (linf: alpha*sign(g); l2: alpha*g/max(||g||_2,1e-12)), project onto the eps-ball, clamp to [0,1]",
+    "random_start": "linf: uniform in the box; l2: uniform in the ball's volume",
+    "adversarial": "final iterate; with restarts, per sample the restart with the highest final objective",
+    "recording": "measures of x_t from the forward pass that gives the gradient at step t, plus one final forward",
+    "loss_increase": "loss at x_T minus loss at the clean input",
+    "takeoff": "first t with (l_t - l_0)/(max l - l_0) >= tau; width ||x_{t*-1} - x_clean||_2; censored if max l - l_0 <= 1e-6",
+    "valley": "sample's sharpness peaks at 0 < t < T and ends below half of its peak",
+    "ever_fooled_accuracy": "share of samples classified correctly at the clean input and at every iterate",
+    "nonfinite": "a sample whose logits or gradients turn NaN/Inf at any step is flagged (nonfinite), counted in "
+    "summary.nonfinite and left out of every mean and rate; --save-adv keeps its clean input",
+}
+
+#: Trajectory file formats by suffix.
+TRAJECTORY_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+
+
+def parse_targeted(value) -> int | str | None:
+    """``--targeted``: a class number, ``least-likely`` (also ``ll``), or ``None`` for untargeted."""
+    if value is None or isinstance(value, int) and not isinstance(value, bool):
+        if isinstance(value, int) and value < 0:
+            raise UsageError(f"--targeted {value}: class numbers start at 0")
+        return value
+    text = str(value).strip().lower()
+    if text in ("least-likely", "ll", "least_likely"):
+        return "least-likely"
+    try:
+        cls = int(text)
+    except ValueError:
+        raise UsageError(f"--targeted takes a class number or least-likely, got {value!r}") from None
+    if cls < 0:
+        raise UsageError(f"--targeted {cls}: class numbers start at 0")
+    return cls
+
+
+@dataclass
+class AttackSettings:
+    """What ``flatrob attack`` runs; ranges are checked on construction (:meth:`from_options` applies a preset)."""
+
+    attack: PGD = field(default_factory=PGD)
+    preset: str = "uncanny"  # the preset the unset attack options came from (recorded in the config)
+    scaling: Scaling = Scaling()
+    weight_norm: str = "squared"
+    takeoff: float = 0.1  # tau
+    targeted: int | str | None = None  # a class, "least-likely", or None
+    precision: str = "fp32"  # forward/backward under autocast; closed forms stay float64
+    channels_last: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.takeoff <= 1:
+            raise UsageError(f"--takeoff must be in (0, 1], got {self.takeoff}")
+        if not self.scaling.scale > 0:
+            raise UsageError(f"--scale must be positive, got {self.scaling.scale}")
+        if self.weight_norm not in WEIGHT_NORMS:
+            raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+        if self.precision not in PRECISIONS:
+            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        self.targeted = parse_targeted(self.targeted)
+
+    @classmethod
+    def from_options(cls, preset: str | None = None, *, norm=None, eps=None, alpha=None, steps=None,
+                     random_start: bool = False, restarts: int = 1, **settings) -> "AttackSettings":
+        """The preset's attack (default ``uncanny``) with every given option applied."""
+        preset = preset or "uncanny"
+        pgd = PGD.from_options(preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
+                               restarts=restarts)
+        return cls(attack=pgd, preset=preset, **settings)
+
+    def identity(self) -> dict:
+        """What the per-batch numbers depend on (the resume identity)."""
+        return {
+            **self.attack.config(), "targeted": self.targeted, "takeoff": self.takeoff, "weight_norm": self.weight_norm,
+            "scale": self.scaling.scale, "scale_bias": self.scaling.scale_bias, "precision": self.precision,
+            "channels_last": self.channels_last,
+        }
+
+    def config(self) -> dict:
+        return {
+            "preset": self.preset,
+            "preset_values": PRESETS[self.preset],
+            **self.attack.config(),
+            "targeted": self.targeted,
+            "takeoff_tau": self.takeoff,
+            "weight_norm": self.weight_norm,
+            "scale": self.scaling.scale,
+            "scale_bias": self.scaling.scale_bias,
+        }
+
+
+def trajectory_format(path: str | None) -> str | None:
+    """The format of a ``--trajectory`` file, from its suffix (``None`` without one)."""
+    if path is None:
+        return None
+    if path == "-":
+        raise UsageError("--trajectory needs a file name (stdout carries the result)")
+    fmt = TRAJECTORY_FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UsageError(f"--trajectory {path}: use a .csv or .jsonl file name")
+    return fmt
+
+
+class _Accumulator:
+    """Per-step sums (O(T)) and per-sample scalars (O(N)) for the summary."""
+
+    def __init__(self, steps: int):
+        shape = steps + 1
+        self.sums = {k: np.zeros(shape) for k in ("loss", "loss_sq", "sharp", "sharp_sq", "correct", "confidence", "dist_l2")}
+        self.per_sample: dict[str, list[np.ndarray]] = {
+            k: [] for k in ("clean_correct", "adv_correct", "ever_correct", "loss_increase", "valley", "width",
+                            "censored", "lower_bound", "takeoff_step", "clean_sharpness", "adv_sharpness", "hit")
+        }
+        self.n = 0  # samples in the statistics (finite ones)
+        self.total = 0  # samples attacked
+        self.nonfinite = 0  # samples whose logits or gradients went NaN/Inf: flagged, left out of the statistics
+
+    def add(self, **cols: Tensor) -> None:
+        for k, v in cols.items():
+            self.per_sample[k].append(v.detach().cpu().numpy())
+
+    def column(self, k: str) -> np.ndarray:
+        parts = self.per_sample[k]
+        return np.concatenate(parts) if parts else np.zeros(0)
+
+
+def resolve_targets(targeted, y: Tensor, clean_logits: Tensor | None) -> Tensor | None:
+    """Target classes per sample: ``None`` (untargeted), one class for all, or the least likely one."""
+    if targeted is None:
+        return None
+    if targeted == "least-likely":
+        return least_likely(clean_logits)
+    return torch.full_like(y, int(targeted))
+
+
+def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None = None, save_adv: str | None = None,
+           plot: str | None = None, on_rows: OnRows | None = None, keep_samples: bool = False) -> Result:
+    """Attack every batch, stream the per-sample rows to ``on_rows`` and the per-step rows to the
+    ``trajectory`` file; write ``save_adv`` and ``plot`` at the end; return the result on rank 0.
+
+    Random starts draw from a generator seeded by ``(seed, batch number)``, so a batch is attacked the
+    same way whichever process runs it. With ``--resume`` finished batches come from the store (every
+    batch keeps its adversarials there, so a resumed run may add ``--save-adv``); the adversarials are
+    held in memory only for ``save_adv``.
+    """
+    loaded = ctx.loaded
+    k = loaded.num_classes
+    if isinstance(settings.targeted, int) and not 0 <= settings.targeted < k:
+        raise UsageError(f"--targeted {settings.targeted}: the model has classes 0..{k - 1}")
+    traj_format = trajectory_format(trajectory)
+    store = ctx.store("attack", settings.identity(), {"Takeoff": Takeoff})
+    ctx.expect(len(ctx.data))
+    keep_adv = save_adv is not None
+    acc = _Accumulator(settings.attack.steps)
+    advs: list[tuple[Tensor, Tensor, Tensor]] = []
+    target_hits = 0
+    rows = Rows(on_rows, keep_samples)
+    main = ctx.dist.is_main
+    traj = ResultWriter(traj_format, trajectory, command="attack", enabled=main) if trajectory else None
+    config = {**ctx.describe(), **settings.config(), "trajectory": trajectory, "save_adv": save_adv, "plot": plot,
+              "precision": settings.precision, "channels_last": settings.channels_last, "conventions": CONVENTIONS}
+    with traj if traj is not None else contextlib.nullcontext():
+        with HeadSplit(loaded.model, loaded.head, loaded.layer, settings.scaling) as split:
+
+            def compute(b) -> dict:
+                generator = batch_generator(ctx.seed, b.number)
+                return _attack_batch(split, loaded, settings, b.x, b.y, b.index, generator=generator, verify=b.first,
+                                     keep_adv=keep_adv or store is not None)
+
+            for r in each_batch(ctx, compute, store=store, resumable=True):
+                target_hits += _consume(r, acc, traj.rows if traj is not None else None,
+                                        rows if rows.wanted else None)
+                if keep_adv:
+                    advs.append((r["x_adv"], r["y"], r["index"]))
+        if not main:
+            return Result("attack", config, {})
+        summary = _summary(acc, settings, target_hits)
+        adv = tuple(torch.cat(parts) for parts in zip(*advs)) if keep_adv else None
+        if save_adv is not None:
+            x_adv, y_adv, index = adv
+            save_adversarials(save_adv, x_adv, y_adv, index, **loaded.fingerprint, data=ctx.data.name, seed=ctx.seed,
+                              targeted=settings.targeted, scale=settings.scaling.scale,
+                              scale_bias=settings.scaling.scale_bias, **settings.attack.config())
+        if plot is not None:
+            from flatcli.outputs.figures.attack import attack_figure
+
+            pgd = settings.attack
+            title = f"{loaded.name}: PGD-{pgd.norm} eps {pgd.eps:g}, alpha {pgd.alpha:g}, {pgd.steps} steps"
+            attack_figure(summary, plot, title=title)
+        if traj is not None:
+            traj.finish(config, summary)
+    notes = []
+    if summary.get("nonfinite"):
+        notes.append(f"note: {summary['nonfinite']} of {summary['n']} samples hit NaN/Inf in the logits or gradients; "
+                     "they are flagged (nonfinite) and left out of the means")
+    notes += resumed_note(store, ctx.resume)
+    return Result("attack", config, summary, rows.kept, artifacts={"adversarials": adv} if adv is not None else {},
+                  notes=notes)
+
+
+def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor, y: Tensor,
+                  index: Tensor, *, generator: torch.Generator, verify: bool, keep_adv: bool) -> dict:
+    """Attack one batch with recording; everything the summary and the rows need, on the CPU."""
+    attack = settings.attack
+    T, B = attack.steps, len(y)
+    weight, bias = settings.scaling.weight(loaded.head), settings.scaling.bias(loaded.head)
+    if verify:
+        split.verify(x[:2])  # structural check: BN is in eval mode, samples are independent
+    clean_phi = None
+    clean_logits = None
+    with autocast(x.device, settings.precision):
+        if attack.random_start or settings.targeted == "least-likely":
+            with torch.no_grad():
+                clean_logits, clean_phi = split(x)
+        target = resolve_targets(settings.targeted, y, clean_logits)
+        res = attack.run(split, x, y, target=target, record=True, generator=generator)
+    # One closed-form call for all (T+1) * B iterates: the numbers `flatrob sharpness` gives on x_t.
+    m = head_measures(res.phi.flatten(0, 1), weight, bias, y.repeat(T + 1), weight_norm=settings.weight_norm)
+    m = {key: v.view(T + 1, B) for key, v in m.items()}
+    if clean_phi is None:
+        clean = {key: v[0] for key, v in m.items()}
+    else:
+        clean = head_measures(clean_phi, weight, bias, y, weight_norm=settings.weight_norm)
+    correct = m["pred"] == y[None, :].to(m["pred"].device)
+    finite = finite_samples(m, clean, res.dist_l2, res.dist_linf)
+    x_adv = None
+    if keep_adv:  # a flagged sample keeps its clean input, so the saved file stays loadable
+        x_adv = torch.where(finite.to(x.device).view(-1, *([1] * (x.dim() - 1))), res.x_adv, x)
+    to = takeoff(m["loss"], res.dist_l2.double().to(m["loss"].device), settings.takeoff)
+    peak_step, peak = sharpness_peaks(m["relative_sharpness"])
+    out = {
+        "m": {key: m[key] for key in ("loss", "relative_sharpness", "trace_h", "confidence", "p_true", "pred")},
+        "clean": {key: clean[key] for key in ("pred", "loss", "relative_sharpness")},
+        "correct": correct,
+        "takeoff": to,
+        "peak_step": peak_step,
+        "peak": peak,
+        "valley": valley_mask(m["relative_sharpness"]),
+        "dist_l2": res.dist_l2,
+        "dist_linf": res.dist_linf,
+        "restart": res.restart,
+        "target": target,
+        "y": y,
+        "index": index,
+        "x_adv": x_adv,
+        "finite": finite,
+    }
+    return _to_cpu(out)
+
+
+def _to_cpu(value):
+    if isinstance(value, Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, Takeoff):
+        return Takeoff(**{f: _to_cpu(getattr(value, f)) for f in value.__dataclass_fields__})
+    return value
+
+
+def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
+    """Add one batch's results to the summary sums and emit its rows; returns its target hits."""
+    m, clean, correct, to, y = r["m"], r["clean"], r["correct"], r["takeoff"], r["y"]
+    sharp, loss = m["relative_sharpness"], m["loss"]
+    clean_correct = clean["pred"] == y
+    ok = r["finite"]  # flagged (non-finite) samples are left out of every sum and column
+    s = acc.sums
+    s["loss"] += loss[:, ok].sum(1).numpy()
+    s["loss_sq"] += (loss * loss)[:, ok].sum(1).numpy()
+    s["sharp"] += sharp[:, ok].sum(1).numpy()
+    s["sharp_sq"] += (sharp * sharp)[:, ok].sum(1).numpy()
+    s["correct"] += correct[:, ok].sum(1).numpy()
+    s["confidence"] += m["confidence"][:, ok].sum(1).numpy()
+    s["dist_l2"] += r["dist_l2"].double()[:, ok].sum(1).numpy()
+    acc.add(
+        clean_correct=clean_correct[ok],
+        adv_correct=correct[-1][ok],
+        ever_correct=(correct.all(0) & clean_correct)[ok],
+        loss_increase=(loss[-1] - clean["loss"])[ok],
+        valley=r["valley"][ok],
+        width=to.width[ok],
+        censored=to.censored[ok],
+        lower_bound=to.lower_bound[ok],
+        takeoff_step=to.step[ok],
+        clean_sharpness=clean["relative_sharpness"][ok],
+        adv_sharpness=sharp[-1][ok],
+    )
+    acc.n += int(ok.sum())
+    acc.total += len(y)
+    acc.nonfinite += int((~ok).sum())
+    if on_steps is not None:
+        on_steps(_step_rows(m, correct, r["dist_l2"], r["dist_linf"], r["index"]))
+    if on_samples is not None:
+        on_samples(
+            _sample_rows(
+                index=r["index"], y=y, target=r["target"], restart=r["restart"], clean=clean, m=m, peak=r["peak"],
+                peak_step=r["peak_step"], valley=r["valley"], to=to, dist_linf=r["dist_linf"][-1], nonfinite=~ok,
+            )
+        )
+    target = r["target"]
+    return 0 if target is None else int(((m["pred"][-1] == target) & ok).sum())
+
+
+def _step_rows(m: dict, correct: Tensor, dist_l2: Tensor, dist_linf: Tensor, index: Tensor) -> list[dict]:
+    """One row per sample and step, ordered by sample then step."""
+    T1, B = correct.shape
+    cols = {
+        "index": index.cpu().repeat_interleave(T1).tolist(),
+        "step": list(range(T1)) * B,
+        "loss": m["loss"],
+        "relative_sharpness": m["relative_sharpness"],
+        "trace_h": m["trace_h"],
+        "confidence": m["confidence"],
+        "p_true": m["p_true"],
+        "pred": m["pred"],
+        "correct": correct,
+        "dist_l2": dist_l2,
+        "dist_linf": dist_linf,
+    }
+    for key in STEP_KEYS[2:]:
+        cols[key] = cols[key].T.reshape(-1).cpu().tolist()
+    return [dict(zip(STEP_KEYS, vals)) for vals in zip(*(cols[key] for key in STEP_KEYS))]
+
+
+def _sample_rows(*, index, y, target, restart, clean, m, peak, peak_step, valley, to, dist_linf, nonfinite) -> list[dict]:
+    B = len(y)
+    nan = [None] * B
+    cols = {
+        "index": index,
+        "label": y,
+        "target": target if target is not None else nan,
+        "restart": restart,
+        "clean_pred": clean["pred"],
+        "adv_pred": m["pred"][-1],
+        "clean_loss": clean["loss"],
+        "adv_loss": m["loss"][-1],
+        "loss_increase": m["loss"][-1] - clean["loss"],
+        "clean_sharpness": clean["relative_sharpness"],
+        "adv_sharpness": m["relative_sharpness"][-1],
+        "peak_sharpness": peak,
+        "peak_step": peak_step,
+        "valley": valley,
+        "takeoff_step": torch.where(to.censored, torch.zeros_like(to.step), to.step),
+        "basin_width": to.width,
+        "censored": to.censored,
+        "final_dist_l2": to.lower_bound,
+        "final_dist_linf": dist_linf,
+        "nonfinite": nonfinite,
+    }
+    lists = {key: (v.cpu().tolist() if isinstance(v, Tensor) else v) for key, v in cols.items()}
+    censored = lists["censored"]
+    lists["takeoff_step"] = [None if c else s for s, c in zip(lists["takeoff_step"], censored)]
+    lists["basin_width"] = [None if c else w for w, c in zip(lists["basin_width"], censored)]
+    return [dict(zip(SAMPLE_KEYS, vals)) for vals in zip(*(lists[key] for key in SAMPLE_KEYS))]
+
+
+def _mean(values: np.ndarray) -> float:
+    return float(values.mean()) if values.size else float("nan")
+
+
+def _summary(acc: _Accumulator, settings: AttackSettings, target_hits: int) -> dict:
+    n = acc.n
+    s = acc.sums
+    with np.errstate(invalid="ignore", divide="ignore"):  # every sample non-finite: NaN (null) means
+        mean_loss = s["loss"] / n
+        mean_sharp = s["sharp"] / n
+        std_loss = np.sqrt(np.maximum(s["loss_sq"] / n - mean_loss**2, 0.0))
+        std_sharp = np.sqrt(np.maximum(s["sharp_sq"] / n - mean_sharp**2, 0.0))
+    censored = acc.column("censored").astype(bool)
+    width = acc.column("width")
+    steps = acc.column("takeoff_step")
+    lower = acc.column("lower_bound")
+    clean_correct = acc.column("clean_correct").astype(bool)
+    adv_correct = acc.column("adv_correct").astype(bool)
+    summary = {
+        "n": acc.total,
+        "nonfinite": acc.nonfinite,
+        "steps": settings.attack.steps,
+        "clean_accuracy": _mean(clean_correct),
+        "robust_accuracy": _mean(adv_correct),
+        "ever_fooled_accuracy": _mean(acc.column("ever_correct").astype(bool)),
+        "success_rate": float((clean_correct & ~adv_correct).sum() / max(clean_correct.sum(), 1)),
+        "mean_loss_by_step": mean_loss.tolist(),
+        "std_loss_by_step": std_loss.tolist(),
+        "mean_sharpness_by_step": mean_sharp.tolist(),
+        "std_sharpness_by_step": std_sharp.tolist(),
+        "accuracy_by_step": (s["correct"] / max(n, 1) if n else s["correct"] * np.nan).tolist(),
+        "mean_confidence_by_step": (s["confidence"] / max(n, 1) if n else s["confidence"] * np.nan).tolist(),
+        "mean_dist_l2_by_step": (s["dist_l2"] / max(n, 1) if n else s["dist_l2"] * np.nan).tolist(),
+        **valley_of_mean(mean_sharp),
+        "valley_fraction": _mean(acc.column("valley").astype(bool)),
+        "loss_final_is_max": bool(mean_loss[-1] >= mean_loss.max()),
+        "loss_increase": quantiles(acc.column("loss_increase")),
+        "clean_sharpness": describe(acc.column("clean_sharpness")),
+        "adv_sharpness": describe(acc.column("adv_sharpness")),
+        "takeoff": {
+            "tau": settings.takeoff,
+            "measured": int((~censored).sum()),
+            "censored": int(censored.sum()),
+            "width": quantiles(width[~censored]),
+            "step": describe(steps[~censored]),
+            "censored_final_dist_l2": describe(lower[censored]),
+        },
+    }
+    if settings.targeted is not None:
+        summary["target_success_rate"] = target_hits / n if n else float("nan")
+    return summary

@@ -1,0 +1,258 @@
+"""``flatrob bound`` without a checkpoint: the radius of Prop. 8/9 from numbers, or from sharpness JSON.
+
+Numbers-only mode must answer fast in shell loops: this module imports numpy and
+:mod:`flatcli.core.radius`, never torch (``tests/cli/test_bound.py`` checks it). Every list option
+gives one row per combination (cartesian product). From ``flatrob sharpness --format json`` output,
+kappa, r, k, m and the gradient bound are read from the document, in the squared convention the bound
+uses (a ``--weight-norm plain`` document is converted exactly, times ``||W||_F``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import platform
+import sys
+
+from flatcli import __version__
+from flatcli.core.radius import RANGES
+from flatcli.errors import UsageError
+from flatcli.runs.result import Result
+
+#: Keys of each row of numbers-only / --from-json output (``summary.radii[*]``, jsonl, csv).
+NUMBER_ROW_KEYS = (
+    "kappa", "lipschitz", "r", "classes", "features", "grad", "epsilon",
+    "delta", "saturation", "feature_step", "first_order", "second_order", "third_order",
+)
+#: The options of the grid, in the order the cartesian product runs through them.
+NUMBER_OPTIONS = ("kappa", "lipschitz", "r", "classes", "features", "grad", "epsilon")
+#: What a checkpoint or a sharpness document measures (so they cannot also be given as numbers).
+MEASURED = ("kappa", "r", "classes", "features")
+#: The most rows one call may ask for.
+MAX_ROWS = 1_000_000
+
+
+def parse_list(name: str, text: str | None) -> list[float] | None:
+    """``"0.01,0.1,1"`` -> ``[0.01, 0.1, 1.0]`` for option ``--name``, each in :data:`RANGES`; ``None`` stays."""
+    if text is None:
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or any(p == "" for p in parts):
+        raise UsageError(f"--{name} needs a number or a comma-separated list of numbers, got {text!r}")
+    what, holds, _ = RANGES[name]
+    values = []
+    for p in parts:
+        try:
+            v = float(p)
+        except ValueError:
+            raise UsageError(f"--{name}: {p!r} is not a number") from None
+        if not math.isfinite(v) or not holds(v):
+            raise UsageError(f"--{name} must be {what}, got {p}")
+        values.append(int(v) if name in ("classes", "features") else v)
+    return values
+
+
+def versions() -> dict:
+    """The versions of a numbers-only result (no torch is imported here)."""
+    import numpy
+
+    return {"flatrob": __version__, "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def number_rows(values: dict[str, list[float]]) -> list[dict]:
+    """One row per combination of the list options (cartesian product, in :data:`NUMBER_OPTIONS` order)."""
+    import numpy as np
+
+    from flatcli.core.radius import certified_radius
+
+    grid = list(itertools.product(*(values[k] for k in NUMBER_OPTIONS)))
+    if len(grid) > MAX_ROWS:
+        raise UsageError(f"the lists give {len(grid)} combinations; at most {MAX_ROWS}")
+    cols = {k: np.array([g[i] for g in grid], dtype=np.float64) for i, k in enumerate(NUMBER_OPTIONS)}
+    rad = certified_radius(
+        kappa=cols["kappa"], lipschitz=cols["lipschitz"], r=cols["r"], classes=cols["classes"],
+        features=cols["features"], epsilon=cols["epsilon"], grad=cols["grad"],
+    )
+    out = {k: [g[i] for g in grid] for i, k in enumerate(NUMBER_OPTIONS)}
+    for k in ("delta", "saturation", "feature_step", "first_order", "second_order", "third_order"):
+        out[k] = np.atleast_1d(getattr(rad, k)).tolist()
+    return [{k: out[k][j] for k in NUMBER_ROW_KEYS} for j in range(len(grid))]
+
+
+def lipschitz_numbers(text: str | None, mode: str) -> list[float]:
+    """``--lipschitz`` as numbers (``upper``/``local`` need a checkpoint to compute L from)."""
+    if text is None:
+        raise UsageError(f"{mode} needs --lipschitz VALUE (the Lipschitz constant of phi); "
+                         "upper/local need a checkpoint")
+    if text.strip() in ("upper", "local"):
+        raise UsageError(f"--lipschitz {text.strip()} needs a checkpoint to compute L from; "
+                         "give a checkpoint or a number")
+    return parse_list("lipschitz", text)
+
+
+def check_options(*, epsilon, grad, at_minimum: bool) -> None:
+    """What every mode of the bound refuses: no epsilon, or a gradient term with ``--at-minimum``."""
+    if grad is not None and at_minimum:
+        raise UsageError("--grad and --at-minimum contradict each other (--at-minimum sets g = 0); drop one")
+    if epsilon is None:
+        raise UsageError("--epsilon is required: the allowed loss increase, e.g. --epsilon 0.1 (or a list 0.01,0.1,1)")
+
+
+def radius(given: dict[str, str | None], *, from_json: str | None = None, at_minimum: bool = False,
+           model_options: dict[str, bool] | None = None) -> Result:
+    """The bound without a model: from the numbers ``given`` (option name -> text, ``None`` when unset) or
+    from the sharpness document at ``from_json``. ``model_options`` (option -> whether it was given) are
+    options that need a model to measure; any of them is refused."""
+    check_options(epsilon=given.get("epsilon"), grad=given.get("grad"), at_minimum=at_minimum)
+    used = [k for k, v in (model_options or {}).items() if v]
+    if used:
+        raise UsageError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} a checkpoint to measure; "
+                         "give one, e.g. flatrob bound example:digits-cnn --epsilon 0.1")
+    if from_json is not None:
+        return from_sharpness_json(from_json, given, at_minimum=at_minimum)
+    return from_numbers(given, at_minimum=at_minimum)
+
+
+def from_numbers(given: dict[str, str | None], *, at_minimum: bool = False) -> Result:
+    """The radius for every combination of the numbers ``given`` (option name -> text, ``None`` when unset)."""
+    missing = [f"--{k}" for k in ("kappa", "lipschitz", "r", "classes", "features") if given.get(k) is None]
+    if missing:
+        raise UsageError(
+            f"numbers-only mode needs {', '.join(missing)} (missing); "
+            "or give a checkpoint to measure them, or --from-json FILE"
+        )
+    values = {k: parse_list(k, given[k]) for k in NUMBER_OPTIONS if k != "lipschitz" and given.get(k) is not None}
+    values["lipschitz"] = lipschitz_numbers(given["lipschitz"], "numbers-only mode")
+    values["grad"] = [0.0] if at_minimum or given.get("grad") is None else values["grad"]
+    rows = number_rows(values)
+    config = {
+        "mode": "numbers",
+        "weight_norm": "squared",
+        "at_minimum": at_minimum,
+        "lipschitz_kind": "given",
+        "grid": "cartesian product of the list options",
+        "versions": versions(),
+    }
+    return Result("bound", config, {"radii": rows}, rows)
+
+
+def read_sharpness_json(source: str) -> tuple[dict, str]:
+    """The ``flatrob sharpness --format json`` document at ``source`` (``-``: stdin) and its name."""
+    name = "stdin" if source == "-" else source
+    try:
+        text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()
+    except OSError as exc:
+        raise UsageError(f"--from-json: cannot read {source}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"--from-json: {name} is not UTF-8 text; use `flatrob sharpness ... --format json`") from None
+    if not text.strip():
+        raise UsageError(f"--from-json: {name} is empty; pipe in `flatrob sharpness ... --format json`")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"--from-json: {name} is not JSON ({exc.msg} at line {exc.lineno}); "
+            "use `flatrob sharpness ... --format json` (not jsonl/csv/table)"
+        ) from None
+    except RecursionError:
+        raise UsageError(f"--from-json: {name} is not sharpness JSON (nested too deeply to read)") from None
+    if not isinstance(doc, dict) or doc.get("command") != "sharpness":
+        got = doc.get("command") if isinstance(doc, dict) else type(doc).__name__
+        raise UsageError(f"--from-json: {name} is not `flatrob sharpness --format json` output (command: {got!r})")
+    return doc, name
+
+
+def values_from_sharpness(doc: dict, name: str) -> tuple[dict, dict]:
+    """kappa, r, k, m, ||W||_F, mean gradient norm from a sharpness document, and provenance.
+
+    The bound uses the squared convention ``kappa = ||W||_F^2 Tr(H)``. A document made with
+    ``--weight-norm plain`` holds ``||W||_F Tr(H)``; it is converted exactly by multiplying by
+    ``||W||_F`` (``summary.weight_norm``), and the config says so.
+    """
+    summary, config = doc.get("summary") or {}, doc.get("config") or {}
+
+    def get(*path):
+        node = summary
+        for p in path:
+            if not isinstance(node, dict) or p not in node or node[p] is None:
+                raise UsageError(
+                    f"--from-json: {name} lacks summary.{'.'.join(path)}; "
+                    "is it `flatrob sharpness --format json` output of this version?"
+                )
+            node = node[p]
+        return node
+
+    kappa = float(get("relative_sharpness", "mean"))
+    wn = float(get("weight_norm"))
+    convention = config.get("weight_norm", "squared")
+    if convention not in ("squared", "plain"):
+        raise UsageError(f"--from-json: {name} has unknown config.weight_norm {convention!r}")
+    provenance = {
+        "source": name,
+        "source_checkpoint": config.get("checkpoint"),
+        "source_checkpoint_sha256": config.get("checkpoint_sha256"),
+        "source_data": config.get("data"),
+        "source_split": config.get("split"),
+        "source_limit": config.get("limit"),
+        "source_scale": config.get("scale"),
+        "source_weight_norm": convention,
+        "kappa_from": "summary.relative_sharpness.mean",
+    }
+    if convention == "plain":
+        kappa *= wn
+        provenance["kappa_from"] += " * summary.weight_norm (converted from --weight-norm plain to squared)"
+    values = {
+        "kappa": kappa,
+        "r": float(get("feature_norm_min")),
+        "classes": int(get("classes")),
+        "features": int(get("features")),
+        "weight_norm": wn,
+        "grad_norm_mean": float(get("grad_norm", "mean")),
+    }
+    for key in ("kappa", "r"):
+        what, holds, _ = RANGES[key]
+        if not (math.isfinite(values[key]) and holds(values[key])):
+            raise UsageError(f"--from-json: {name} gives {key} = {values[key]}, but the bound needs it {what}")
+    return values, provenance
+
+
+def from_sharpness_json(source: str, given: dict[str, str | None], *, at_minimum: bool = False) -> Result:
+    """The radius from a sharpness document at ``source`` (``-``: stdin), for the given L, epsilon (and g)."""
+    conflicting = [f"--{k}" for k in MEASURED if given.get(k) is not None]
+    if conflicting:
+        raise UsageError(f"--from-json takes kappa, r, classes and features from the JSON; drop {', '.join(conflicting)}")
+    epsilons = parse_list("epsilon", given["epsilon"])
+    lips = lipschitz_numbers(given.get("lipschitz"), "--from-json")
+    grads = parse_list("grad", given.get("grad"))
+    doc, name = read_sharpness_json(source)
+    v, provenance = values_from_sharpness(doc, name)
+    if at_minimum:
+        grads, grad_from = [0.0], "0 (--at-minimum)"
+    elif grads is not None:
+        grad_from = "--grad"
+    else:
+        # The norm of the mean gradient is not in the sharpness JSON; the mean of the per-sample norms
+        # bounds it from above (triangle inequality), so the radius stays on the safe side.
+        grads = [v["weight_norm"] * v["grad_norm_mean"]]
+        grad_from = "summary.weight_norm * summary.grad_norm.mean (bounds ||W||_F ||mean gradient||_F from above)"
+    notes = []
+    if provenance["source_weight_norm"] == "plain":
+        notes.append("note: the JSON was made with --weight-norm plain; kappa converted to the squared convention "
+                     "(times ||W||_F) that the bound uses")
+    values = {
+        "kappa": [v["kappa"]], "r": [v["r"]], "classes": [v["classes"]], "features": [v["features"]],
+        "lipschitz": lips, "grad": grads, "epsilon": epsilons,
+    }
+    rows = number_rows(values)
+    config = {
+        "mode": "from-json",
+        **provenance,
+        "grad_from": grad_from,
+        "weight_norm": "squared",
+        "at_minimum": at_minimum,
+        "lipschitz_kind": "given",
+        "grid": "cartesian product of the list options",
+        "versions": versions(),
+    }
+    return Result("bound", config, {"radii": rows}, rows, notes=notes)

@@ -1,0 +1,1 @@
+"""How a run executes: the one batch loop, devices, torchrun distribution, interrupts, resume, precision."""

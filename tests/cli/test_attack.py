@@ -1,0 +1,219 @@
+"""`flatrob attack` end to end, in-process through the real error mapping (small --limit throughout)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import EXAMPLE, assert_one_error
+
+SUMMARY_KEYS = {
+    "n", "steps", "clean_accuracy", "robust_accuracy", "ever_fooled_accuracy", "success_rate",
+    "mean_loss_by_step", "std_loss_by_step", "mean_sharpness_by_step", "std_sharpness_by_step", "accuracy_by_step",
+    "mean_confidence_by_step", "mean_dist_l2_by_step", "sharpness_peak_step", "sharpness_final_over_peak",
+    "valley_fraction", "loss_final_is_max", "loss_increase", "clean_sharpness", "adv_sharpness", "takeoff",
+    "nonfinite",
+}
+TAKEOFF_KEYS = {"tau", "measured", "censored", "width", "step", "censored_final_dist_l2"}
+STEP_COLUMNS = [
+    "index", "step", "loss", "relative_sharpness", "trace_h", "confidence", "p_true", "pred", "correct", "dist_l2",
+    "dist_linf",
+]
+SAMPLE_COLUMNS = [
+    "index", "label", "target", "restart", "clean_pred", "adv_pred", "clean_loss", "adv_loss", "loss_increase",
+    "clean_sharpness", "adv_sharpness", "peak_sharpness", "peak_step", "valley", "takeoff_step", "basin_width",
+    "censored", "final_dist_l2", "final_dist_linf", "nonfinite",
+]
+ATTACK_CONFIG = {
+    "preset", "preset_values", "norm", "eps", "alpha", "steps", "random_start", "restarts", "targeted",
+    "takeoff_tau", "weight_norm", "scale", "scale_bias", "trajectory", "save_adv", "plot", "conventions",
+}
+
+
+def test_json_contract(cli):
+    res = cli("attack", EXAMPLE, "--format", "json", "--limit", "30", "--steps", "4", "--per-sample")
+    assert res.exit_code == 0, res.stderr
+    assert res.stderr == ""
+    doc = json.loads(res.stdout)
+    assert set(doc) == {"schema_version", "command", "config", "summary", "samples"}
+    assert doc["command"] == "attack" and doc["schema_version"] == 1
+    assert set(doc["summary"]) == SUMMARY_KEYS
+    assert set(doc["summary"]["takeoff"]) == TAKEOFF_KEYS
+    assert ATTACK_CONFIG <= set(doc["config"]) and {"seed", "device", "versions", "checkpoint_sha256"} <= set(doc["config"])
+    c = doc["config"]
+    # the default preset is the paper's §6.2 setting; --steps overrides it
+    assert (c["preset"], c["norm"], c["eps"], c["alpha"], c["steps"]) == ("uncanny", "linf", 8 / 255, 2 / 255, 4)
+    s = doc["summary"]
+    assert s["n"] == 30 and s["steps"] == 4
+    for key in ("mean_loss_by_step", "mean_sharpness_by_step", "accuracy_by_step"):
+        assert len(s[key]) == 5
+    assert s["robust_accuracy"] <= s["clean_accuracy"]
+    assert s["ever_fooled_accuracy"] <= s["robust_accuracy"]
+    assert s["accuracy_by_step"][0] == s["clean_accuracy"] and s["accuracy_by_step"][-1] == s["robust_accuracy"]
+    assert len(doc["samples"]) == 30 and list(doc["samples"][0]) == SAMPLE_COLUMNS
+    mean_inc = sum(r["loss_increase"] for r in doc["samples"]) / 30
+    assert s["loss_increase"]["mean"] == pytest.approx(mean_inc)
+    measured = [r for r in doc["samples"] if not r["censored"]]
+    assert all(r["basin_width"] is not None and 1 <= r["takeoff_step"] <= 4 for r in measured)
+    assert all(r["basin_width"] is None and r["takeoff_step"] is None for r in doc["samples"] if r["censored"])
+
+
+def test_table_is_the_default(cli):
+    res = cli("attack", EXAMPLE, "--limit", "12", "--steps", "3", "--eps", "0.1", "--alpha", "0.01")
+    assert res.exit_code == 0, res.stderr
+    for text in ("clean_accuracy", "robust_accuracy", "valley_fraction", "sharpness_peak_step", "basin_width"):
+        assert text in res.stdout
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl"])
+def test_trajectory_file_rows(cli, tmp_path, suffix):
+    path = tmp_path / f"traj.{suffix}"
+    res = cli("attack", EXAMPLE, "--limit", "23", "--batch-size", "10", "--steps", "5", "--norm", "l2",
+              "--eps", "0.5", "--alpha", "0.1", "--trajectory", path, "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    text = path.read_text()
+    rows = list(csv.DictReader(io.StringIO(text))) if suffix == "csv" else [json.loads(l) for l in text.splitlines()]
+    assert len(rows) == 23 * 6
+    assert list(rows[0]) == STEP_COLUMNS
+    assert [int(r["step"]) for r in rows[:6]] == list(range(6))
+    assert all(float(r["dist_l2"]) <= 0.5 + 1e-6 for r in rows)
+    summary = json.loads(res.stdout)["summary"]
+    last = [float(r["loss"]) for r in rows if int(r["step"]) == 5]
+    assert summary["mean_loss_by_step"][-1] == pytest.approx(sum(last) / 23)
+    assert sorted({p.name for p in tmp_path.iterdir()}) == [path.name]
+
+
+def test_rows_on_stdout_are_per_sample(cli):
+    res = cli("attack", EXAMPLE, "--limit", "9", "--steps", "2", "--format", "csv")
+    assert res.exit_code == 0, res.stderr
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 9 and list(rows[0]) == SAMPLE_COLUMNS
+
+
+def test_save_adv_deterministic_and_readable(cli, tmp_path):
+    args = ("attack", EXAMPLE, "--limit", "20", "--steps", "3", "--random-start", "--restarts", "2", "--format", "json")
+    a, b, c = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.safetensors"
+    res = cli(*args, "--save-adv", a, "--seed", "5")
+    assert res.exit_code == 0, res.stderr
+    assert cli(*args, "--save-adv", b, "--seed", "5").exit_code == 0
+    assert cli(*args, "--save-adv", c, "--seed", "6").exit_code == 0
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(a) == digest(b) != digest(c)
+    tensors = load_file(str(a))
+    assert set(tensors) == {"x", "y", "index"} and tensors["x"].shape == (20, 1, 8, 8)
+    # read back by `flatrob sharpness --data tensors:FILE`: its accuracy is the robust accuracy
+    robust = json.loads(res.stdout)["summary"]["robust_accuracy"]
+    back = cli("sharpness", EXAMPLE, "--data", f"tensors:{a}", "--format", "json")
+    assert back.exit_code == 0, back.stderr
+    assert json.loads(back.stdout)["summary"]["accuracy"] == pytest.approx(robust)
+
+
+def test_recorded_sharpness_equals_sharpness_command_on_saved_iterate(cli, tmp_path):
+    """`flatrob sharpness` run separately on x_T (written by --save-adv) gives the recorded step T."""
+    traj, adv = tmp_path / "t.jsonl", tmp_path / "adv.safetensors"
+    res = cli("attack", EXAMPLE, "--limit", "25", "--steps", "6", "--eps", "0.2", "--alpha", "0.03", "--scale", "3",
+              "--trajectory", traj, "--save-adv", adv, "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    last = {r["index"]: r for r in map(json.loads, traj.read_text().splitlines()) if r["step"] == 6}
+    back = cli("sharpness", EXAMPLE, "--data", f"tensors:{adv}", "--scale", "3", "--format", "jsonl")
+    assert back.exit_code == 0, back.stderr
+    rows = [json.loads(l) for l in back.stdout.splitlines()]
+    assert len(rows) == 25
+    for r in rows:
+        assert last[r["index"]]["relative_sharpness"] == pytest.approx(r["relative_sharpness"], rel=1e-6)
+        assert last[r["index"]]["loss"] == pytest.approx(r["loss"], rel=1e-6)
+
+
+def test_targeted_and_least_likely(cli):
+    res = cli("attack", EXAMPLE, "--limit", "20", "--eps", "0.3", "--alpha", "0.03", "--steps", "15",
+              "--targeted", "4", "--format", "json", "--per-sample")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["config"]["targeted"] == 4 and doc["summary"]["target_success_rate"] > 0.8
+    assert all(r["target"] == 4 for r in doc["samples"])
+    res = cli("attack", EXAMPLE, "--limit", "10", "--steps", "2", "--targeted", "least-likely", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(res.stdout)["config"]["targeted"] == "least-likely"
+
+
+def test_preset_basin_and_override(cli):
+    doc = json.loads(cli("attack", EXAMPLE, "--preset", "basin", "--steps", "2", "--limit", "5", "-f", "json").stdout)
+    c = doc["config"]
+    assert (c["norm"], c["eps"], c["alpha"], c["steps"]) == ("l2", 0.025, 0.001, 2)
+
+
+def test_plot_writes_an_image(cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "fig3.png"
+    res = cli("attack", EXAMPLE, "--limit", "10", "--steps", "3", "--plot", path, "--quiet", "-f", "json")
+    assert res.exit_code == 0, res.stderr
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_plot_without_matplotlib_is_one_error(cli, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    res = cli("attack", EXAMPLE, "--limit", "5", "--plot", tmp_path / "f.png")
+    assert_one_error(res, "matplotlib", "flatrob[plot]")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["--eps", "-0.1"], "--eps"),
+        (["--alpha", "-1"], "--alpha"),
+        (["--steps", "-3"], "--steps"),
+        (["--norm", "l1"], "l1"),
+        (["--restarts", "0"], "--restarts"),
+        (["--restarts", "3"], "--random-start"),
+        (["--targeted", "10"], "classes 0..9"),
+        (["--targeted", "-1"], "--targeted"),
+        (["--targeted", "cat"], "--targeted"),
+        (["--takeoff", "0"], "--takeoff"),
+        (["--takeoff", "1.5"], "--takeoff"),
+        (["--preset", "fast"], "fast"),
+        (["--scale", "0"], "--scale"),
+        (["--trajectory", "{tmp}/missing/t.csv"], "does not exist"),
+        (["--trajectory", "{tmp}/t.txt"], ".csv or .jsonl"),
+        (["--save-adv", "{tmp}/missing/a.safetensors"], "does not exist"),
+        (["--plot", "{tmp}/f.gif"], ".png"),
+        (["--trajectory", "{tmp}/same.csv", "--output", "{tmp}/same.csv"], "same file"),
+    ],
+)
+def test_bad_input_is_one_error_and_no_file(cli, tmp_path, args, fragment):
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    res = cli("attack", EXAMPLE, "--limit", "5", *args)
+    assert_one_error(res, fragment)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_interrupted_run_leaves_no_file(cli, tmp_path, monkeypatch):
+    import flatcli.runs.attack as trajectory
+
+    real = trajectory.head_measures
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second batch: rows of the first are already written
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trajectory, "head_measures", flaky)
+    res = cli("attack", EXAMPLE, "--limit", "20", "--batch-size", "10", "--steps", "2",
+              "--trajectory", tmp_path / "t.csv", "--save-adv", tmp_path / "a.safetensors",
+              "--output", tmp_path / "out.jsonl", "--format", "jsonl")
+    assert res.exit_code == 130
+    assert list(tmp_path.iterdir()) == []  # no partial files, no temporary files left behind
+
+
+def test_demo_has_an_attack_section(cli):
+    res = cli("demo")
+    assert res.exit_code == 0, res.stderr
+    assert "flatrob attack" in res.stdout and "valley_fraction" in res.stdout
