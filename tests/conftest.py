@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import pytest
@@ -8,6 +9,9 @@ from typer.testing import CliRunner
 from flatcli.cli import app
 
 EXAMPLE = "example:digits-cnn"
+
+#: torchrun as torch ships it (``torch.distributed.run``): always there when torch is, so no test skips it.
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def run_context(loaded, data, *, batch_size: int = 256, seed: int = 0, resume=None):

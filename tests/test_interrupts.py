@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from flatcli.runtime import interrupts
-from tests.conftest import EXAMPLE, invoke
+from tests.conftest import TORCHRUN, EXAMPLE, invoke
 
 FLATROB = str(Path(sys.executable).with_name("flatrob"))
 
@@ -312,11 +312,8 @@ def test_ctrl_c_while_reading_data_is_an_interrupt_not_a_data_error(tmp_path, mo
 
 def test_torchrun_ranks_stop_together_and_resume_matches_one_process(tmp_path):
     """Under torchrun every rank stops in the same round; the resumed run equals one uninterrupted process."""
-    torchrun = Path(sys.executable).with_name("torchrun")
-    if not torchrun.exists():
-        pytest.skip("torchrun not installed")
     args = [*RUN, "--format", "jsonl", "--per-sample", "--device", "cpu", "--resume", "R", "--output", "out.jsonl"]
-    cmd = [str(torchrun), "--standalone", "--nproc-per-node", "2", "-m", "flatcli", *args]
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "flatcli", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     deadline = time.monotonic() + 120

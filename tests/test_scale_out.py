@@ -4,22 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE
-
-TORCHRUN = Path(sys.executable).with_name("torchrun")
+from tests.conftest import EXAMPLE, TORCHRUN
 
 
 def torchrun_json(tmp_path: Path, *args: str) -> dict:
     out = tmp_path / "dist.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    cmd = [str(TORCHRUN), "--standalone", "--nproc-per-node", "2", "-m", "flatcli", *args, "--output", str(out)]
+    cmd = [*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "flatcli", *args, "--output", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(out.read_text())
@@ -40,7 +36,6 @@ def close(a, b, rel=1e-6):
         assert a == b
 
 
-@pytest.mark.skipif(not TORCHRUN.exists() or shutil.which("true") is None, reason="torchrun not installed")
 def test_torchrun_sharpness_equals_one_process(cli, tmp_path):
     args = ["sharpness", EXAMPLE, "--format", "json", "--per-sample", "--limit", "101", "--batch-size", "16",
             "--hutchinson", "4", "--device", "cpu"]
@@ -51,7 +46,6 @@ def test_torchrun_sharpness_equals_one_process(cli, tmp_path):
     close(single["summary"], dist["summary"])
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
 def test_torchrun_attack_equals_one_process(cli, tmp_path):
     args = ["attack", EXAMPLE, "--format", "json", "--per-sample", "--limit", "37", "--batch-size", "8",
             "--norm", "linf", "--eps", "0.1", "--alpha", "0.02", "--steps", "4", "--random-start", "--device", "cpu"]

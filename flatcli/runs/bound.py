@@ -51,7 +51,7 @@ ROW_KEYS = (
     "delta", "feature_step", "first_order", "second_order", "third_order",
 )
 CHECK_KEYS = ("loss_increase", "exceeds")
-#: Keys of each data-set radius (one per epsilon) in ``summary["radii"]``.
+#: Keys of each data-set radius (one per epsilon) in ``summary["radii"]`` (then ``per_sample_delta``).
 RADIUS_KEYS = (
     "epsilon", "kappa", "lipschitz", "r", "classes", "features", "grad",
     "delta", "saturation", "feature_step", "first_order", "second_order", "third_order",
@@ -283,14 +283,11 @@ def radii(measured: Measured, loaded, L: float, settings: BoundSettings) -> tupl
         ps = certified_radius(
             kappa=measured.kappa, lipschitz=L, r=measured.feature_norm, classes=k, features=m, epsilon=eps, grad=g_i
         )
-        row = {
+        values = {
             "epsilon": eps, "kappa": kappa_ds, "lipschitz": L, "r": r_ds, "classes": k, "features": m, "grad": g_ds,
-            "delta": float(ds.delta), "saturation": float(ds.saturation), "feature_step": float(ds.feature_step),
-            "first_order": float(ds.first_order), "second_order": float(ds.second_order),
-            "third_order": float(ds.third_order),
-            "per_sample_delta": describe(ps.delta),
+            **{key: float(getattr(ds, key)) for key in RADIUS_KEYS[7:]},
         }
-        rows.append(row)
+        rows.append({**{key: values[key] for key in RADIUS_KEYS}, "per_sample_delta": describe(ps.delta)})
         per_sample.append((eps, g_i, ps))
     return rows, per_sample
 
@@ -313,7 +310,8 @@ def sample_rows(measured: Measured, per_sample: list, check: dict | None = None)
             inc = check["increase"][e_i]
             cols["loss_increase"] = inc.tolist()
             cols["exceeds"] = (inc > eps).tolist()
-        rows.extend(dict(zip(cols, vals)) for vals in zip(*cols.values()))
+        keys = ROW_KEYS + (CHECK_KEYS if check is not None else ())
+        rows.extend(dict(zip(keys, vals)) for vals in zip(*(cols[key] for key in keys)))
     return rows
 
 

@@ -419,15 +419,7 @@ def _rows(index, adversarial: bool, fold, value, oof, flagged) -> list[dict]:
     out = []
     for i, f, v, o, g in zip(index.tolist(), fold.tolist(), value.tolist(), oof.tolist(), flagged.tolist()):
         used = f >= 0
-        out.append({
-            "index": i,
-            "adversarial": adversarial,
-            "used": used,
-            "fold": f if used else None,
-            "score": v,
-            "oof_decision": o if used else None,
-            "flagged": g,
-        })
+        out.append(dict(zip(FIT_ROW_KEYS, (i, adversarial, used, f if used else None, v, o if used else None, g))))
     return out
 
 
@@ -573,8 +565,7 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
         n += len(s)
         flagged_total += int(flagged.sum())
         values.append(value)
-        rows([{"index": i, "score": v, "flagged": f}
-              for i, v, f in zip(s.index.tolist(), value.tolist(), flagged.tolist())])
+        rows([dict(zip(APPLY_ROW_KEYS, vals)) for vals in zip(s.index.tolist(), value.tolist(), flagged.tolist())])
     if not ctx.dist.is_main:
         return Result("detect", config, {})
     summary = {

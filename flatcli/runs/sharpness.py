@@ -66,7 +66,7 @@ def batch_rows(measures: dict[str, torch.Tensor], y: torch.Tensor, index: torch.
     """One dict per sample with :data:`ROW_KEYS`, from :func:`head_measures` output."""
     cols = {"index": index.cpu().tolist(), "label": y.cpu().tolist(), "pred": measures["pred"].cpu().tolist()}
     cols.update({k: measures[k].cpu().tolist() for k in MEASURES})
-    return [dict(zip(cols, vals)) for vals in zip(*cols.values())]
+    return [dict(zip(ROW_KEYS, vals)) for vals in zip(*(cols[k] for k in ROW_KEYS))]
 
 
 def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows | None = None, keep_samples: bool = False) -> Result:

@@ -142,10 +142,21 @@ def test_targeted_and_least_likely(cli):
     assert json.loads(res.stdout)["config"]["targeted"] == "least-likely"
 
 
-def test_preset_basin_and_override(cli):
-    doc = json.loads(cli("attack", EXAMPLE, "--preset", "basin", "--steps", "2", "--limit", "5", "-f", "json").stdout)
+def test_preset_basin_and_override(cli, tmp_path):
+    traj = tmp_path / "traj.jsonl"
+    res = cli("attack", EXAMPLE, "--preset", "basin", "--steps", "2", "--limit", "5", "-f", "json", "--trajectory", traj)
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
     c = doc["config"]
-    assert (c["norm"], c["eps"], c["alpha"], c["steps"]) == ("l2", 0.025, 0.001, 2)
+    assert (c["preset"], c["norm"], c["eps"], c["alpha"], c["steps"]) == ("basin", "l2", 0.025, 0.001, 2)
+    # the attack ran with those settings: 2 steps (3 iterates), l2 steps of 0.001 inside the 0.025 ball
+    assert doc["summary"]["steps"] == 2 and len(doc["summary"]["mean_loss_by_step"]) == 3
+    rows = [json.loads(line) for line in traj.read_text().splitlines()]
+    assert len(rows) == 5 * 3
+    for r in rows:  # at most one alpha per step (clamping to [0, 1] can shorten a step), never outside the ball
+        assert r["dist_l2"] <= 0.001 * r["step"] + 1e-7 and r["dist_l2"] <= 0.025
+    assert doc["summary"]["mean_dist_l2_by_step"][0] == 0.0
+    assert 0.0015 < doc["summary"]["mean_dist_l2_by_step"][2] <= 0.002 + 1e-7
 
 
 def test_plot_writes_an_image(cli, tmp_path):

@@ -29,6 +29,17 @@ RADIUS_KEYS = [
     "epsilon", "kappa", "lipschitz", "r", "classes", "features", "grad",
     "delta", "saturation", "feature_step", "first_order", "second_order", "third_order", "per_sample_delta",
 ]
+
+
+def test_the_library_builds_rows_from_these_keys():
+    """The row contracts are constants of the library (rows are built from them); pinned here."""
+    from flatcli.runs import bound, bound_numbers
+
+    assert list(bound_numbers.NUMBER_ROW_KEYS) == ROW_KEYS
+    assert list(bound.ROW_KEYS) == SAMPLE_KEYS and bound.CHECK_KEYS == ("loss_increase", "exceeds")
+    assert list(bound.RADIUS_KEYS) + ["per_sample_delta"] == RADIUS_KEYS
+
+
 #: The local Lipschitz estimate (jvp power iteration) dominates checkpoint runs: fewer iterations in tests.
 FAST = ["--local-iters", "10"]
 SUMMARY_KEYS = [

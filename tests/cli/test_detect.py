@@ -41,6 +41,12 @@ STRONG = ("--eps", "0.3", "--alpha", "0.03")
 SMALL = ("--limit", "60", "--steps", "6", *STRONG)
 
 
+def test_the_library_builds_rows_from_these_keys():
+    from flatcli.runs.detect import APPLY_ROW_KEYS, FIT_ROW_KEYS
+
+    assert list(FIT_ROW_KEYS) == FIT_COLUMNS and list(APPLY_ROW_KEYS) == APPLY_COLUMNS
+
+
 def _json(res):
     assert res.exit_code == 0, res.stderr
     return json.loads(res.stdout)

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from flatcli.inputs.checkpoint import read
 from flatcli.outputs.files import _umask
+from flatcli.cli.tables import fmt
 from flatcli.core.curvature import MEASURES
 from tests.conftest import EXAMPLE
 
@@ -23,6 +24,12 @@ CONFIG_KEYS = {
     "limit", "batch_size", "device", "seed", "versions", "weight_norm", "scale", "scale_bias",
     "hutchinson_probes", "layers", "precision", "channels_last",
 }
+
+
+def test_the_library_builds_rows_from_these_keys():
+    from flatcli.runs.sharpness import ROW_KEYS as LIBRARY_ROW_KEYS
+
+    assert list(LIBRARY_ROW_KEYS) == ROW_KEYS
 
 
 def test_json_contract(cli):
@@ -62,10 +69,26 @@ def test_row_formats_one_row_per_sample(cli, fmt):
     assert len({int(r["index"]) for r in rows}) == 37
 
 
+def _cells(table: str, first: str) -> list[str]:
+    """The cells of the table row whose first cell is ``first`` (rich's box-drawing borders)."""
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells and cells[0] == first:
+            return cells[1:]
+    raise AssertionError(f"no row {first!r} in:\n{table}")
+
+
 def test_table_is_for_people(cli):
     res = cli("sharpness", EXAMPLE, "--limit", "20")
     assert res.exit_code == 0 and res.stderr == ""
-    assert "relative_sharpness" in res.stdout and "accuracy" in res.stdout
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(res.stdout)  # a table, not a document
+    doc = json.loads(cli("sharpness", EXAMPLE, "--limit", "20", "--format", "json").stdout)
+    s = doc["summary"]
+    for key in ("n", "accuracy", "classes", "features", "weight_norm", "feature_norm_min"):
+        assert _cells(res.stdout, key) == [fmt(s[key])], key
+    for measure in MEASURES:  # every measure with its statistics, in the documented column order
+        assert _cells(res.stdout, measure) == [fmt(s[measure][c]) for c in ("mean", "std", "median", "min", "max")]
 
 
 def test_output_file_written_atomically(cli, tmp_path):
@@ -97,12 +120,50 @@ def test_weight_norm_and_scale_options(cli):
     assert scaled["accuracy"] == base["accuracy"]  # scaling W and b cannot change a prediction
 
 
-def test_hutchinson_agrees_with_closed_form(cli):
-    doc = json.loads(cli("sharpness", EXAMPLE, "--format", "json", "--hutchinson", "40", "--layers", "conv3").stdout)
+def _exact_layer_trace(layer: str, limit: int) -> float:
+    """Tr of the Hessian of the mean cross-entropy w.r.t. ``layer``'s weight, exactly, on the first
+    ``limit`` digits test images.
+
+    Between conv3 and the logits the example is piecewise linear in the weight (eval-mode BatchNorm,
+    ReLU, average pooling, the head), so the Hessian equals the Gauss-Newton matrix and per sample
+    ``Tr H = sum_c p_c ||grad_W CE(x, c)||^2``: ten per-sample gradients by ``torch.func``, no estimate.
+    """
+    import torch
+    import torch.nn.functional as F
+    from torch.func import functional_call, grad, vmap
+
+    from flatcli.inputs.data import load_data
+    from flatcli.models.loading import load_model
+
+    model = load_model(EXAMPLE).model.eval()
+    ds = load_data("digits", "test", limit)
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+    name = f"net.{layer}.weight"
+
+    def loss(w, x, c):
+        logits = functional_call(model, ({**params, name: w}, buffers), (x[None],))
+        return F.cross_entropy(logits.double(), c[None])
+
+    with torch.no_grad():
+        p = torch.softmax(model(ds.x).double(), -1)
+    per_class = vmap(grad(loss), in_dims=(None, 0, 0))
+    total = torch.zeros(len(ds), dtype=torch.float64)
+    for c in range(p.shape[1]):
+        g = per_class(params[name], ds.x, torch.full((len(ds),), c))
+        total += p[:, c] * g.double().flatten(1).pow(2).sum(1)
+    return float(total.mean())
+
+
+def test_hutchinson_agrees_with_closed_form_and_exact_layer_trace(cli):
+    doc = json.loads(cli("sharpness", EXAMPLE, "--format", "json", "--hutchinson", "40", "--layers", "conv3",
+                         "--limit", "100").stdout)
     head, conv = doc["summary"]["hutchinson"]
     assert head["layer"] == "fc" and conv["layer"] == "conv3"
     assert abs(head["trace"] - doc["summary"]["trace_h"]["mean"]) < 4 * head["trace_stderr"]
-    assert conv["trace"] > 0 and conv["relative_sharpness"] > 0
+    exact = _exact_layer_trace("conv3", 100)
+    assert abs(conv["trace"] - exact) < 4 * conv["trace_stderr"], (conv, exact)
+    assert conv["trace_stderr"] < 0.2 * exact  # 40 probes: an estimate, but not a vague one
 
 
 def _plain_checkpoint(tmp_path, with_spec: bool):
