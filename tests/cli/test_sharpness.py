@@ -225,3 +225,12 @@ def test_example_is_small_accurate_and_self_describing():
     assert ck.path.stat().st_size < 1_000_000
     assert float(ck.metadata["test_accuracy"]) > 0.95
     assert yaml.safe_load(ck.metadata["flatrob.spec"])["layer"] == "fc"
+
+
+def test_layers_columns_in_csv_rows_and_the_table(cli):
+    res = cli("sharpness", EXAMPLE, "--limit", "10", "--layers", "conv3", "--format", "csv")
+    assert res.exit_code == 0 and res.stderr == ""
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 10 and float(rows[0]["trace_h@conv3"]) > 0 and "relative_sharpness@conv3" in rows[0]
+    table = cli("sharpness", EXAMPLE, "--limit", "10", "--layers", "conv3").stdout
+    assert "Earlier layers" in table and "trace_h@conv3" in table
