@@ -35,7 +35,7 @@ def sharpness(
     weight_norm: WeightNormOpt = WeightNorm.squared,
     scale: Scale = 1.0,
     scale_bias: ScaleBias = True,
-    hutchinson: Annotated[int, typer.Option("--hutchinson", help="Probes for a Hutchinson estimate of the head's trace (0: off).")] = 0,
+    hutchinson: Annotated[int, typer.Option("--hutchinson", help="Probes for a Hutchinson estimate of the head's trace (0: off); also the probes of --layers measured by Hutchinson (0: 100).")] = 0,
     layers: Layers = None,
     layer_method: LayerMethodOpt = LayerMethod.auto,
     fisher_samples: FisherSamples = 2,

@@ -303,7 +303,7 @@ def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor,
     else:
         clean = head_measures(clean_phi, weight, bias, y, weight_norm=settings.weight_norm)
     correct = m["pred"] == y[None, :].to(m["pred"].device)
-    finite = finite_samples(m, clean, res.dist_l2, res.dist_linf, *(v for k, v in layers.items() if k != "hutchinson"))
+    finite = finite_samples(m, clean, res.dist_l2, res.dist_linf, *layers.get("trace", ()))
     x_adv = None
     if keep_adv:  # a flagged sample keeps its clean input, so the saved file stays loadable
         x_adv = torch.where(finite.to(x.device).view(-1, *([1] * (x.dim() - 1))), res.x_adv, x)
@@ -332,8 +332,10 @@ def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor,
 
 def _layer_steps(split: HeadSplit, plans, x_by_step: Tensor, y: Tensor, settings: AttackSettings,
                  seeds: tuple[int, int]) -> dict[str, Tensor]:
-    """Layer traces at every iterate: per-sample columns (T+1, B), and under ``"hutchinson"`` the summed
-    quadratic forms (T+1, layers, probes) of the layers measured by Hutchinson (loss w.r.t. the true label)."""
+    """Layer traces at every iterate: ``"trace"`` (and, for fisher-mc, ``"stderr"``) of the per-sample layers,
+    (layers, T+1, B), and ``"hutchinson"`` the summed quadratic forms (T+1, layers, probes) of the layers
+    measured by Hutchinson (loss w.r.t. the true label). Keyed by position, not layer name (names hold dots,
+    which the resume store uses as separators)."""
     per = [p for p in plans if p.per_sample]
     hutchinson = [p for p in plans if not p.per_sample]
 
@@ -353,7 +355,11 @@ def _layer_steps(split: HeadSplit, plans, x_by_step: Tensor, y: Tensor, settings
             traces = HutchinsonTraces([[p.weight] for p in hutchinson], settings.probes, seed=seeds[0])
             traces.add(batch_loss_sum(logits(xt), y), len(y))
             quads.append(traces.quad)
-    out = {key: torch.stack(v) for key, v in columns.items()}
+    out = {}
+    if per:
+        out["trace"] = torch.stack([torch.stack(columns[p.column("trace")]) for p in per])
+        if per[0].method == "fisher-mc":
+            out["stderr"] = torch.stack([torch.stack(columns[p.column("stderr")]) for p in per])
     if quads:
         out["hutchinson"] = torch.stack(quads)
     return out
@@ -399,13 +405,17 @@ def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
     acc.n += int(ok.sum())
     acc.total += len(y)
     acc.nonfinite += int((~ok).sum())
-    layer_cols = layer_run.sharpness_columns(acc.plans, r["layers"], acc.weight_norm)
+    layers = r.get("layers") or {}  # absent from a resumed batch without layers
+    per = [p for p in acc.plans if p.per_sample]
+    traces = {p.column("trace"): layers["trace"][j] for j, p in enumerate(per)}
+    traces.update({p.column("stderr"): layers["stderr"][j] for j, p in enumerate(per) if "stderr" in layers})
+    layer_cols = layer_run.sharpness_columns(acc.plans, traces, acc.weight_norm)
     for key, v in layer_cols.items():
         v = v.double()[:, ok]
         s[key] += v.sum(1).numpy()
         s[key + "^2"] += (v * v).sum(1).numpy()
-    if "hutchinson" in r["layers"]:
-        quad = r["layers"]["hutchinson"].numpy()
+    if "hutchinson" in layers:
+        quad = layers["hutchinson"].numpy()
         acc.quad = quad if acc.quad is None else acc.quad + quad
     if on_steps is not None:
         on_steps(_step_rows(m, correct, r["dist_l2"], r["dist_linf"], r["index"], layer_cols))

@@ -127,3 +127,24 @@ def test_attack_with_hutchinson_layers_gives_per_step_estimates():
     assert entry["method"] == "hutchinson" and entry["probes"] == 4 and entry["std_trace_by_step"] is None
     assert len(entry["mean_trace_by_step"]) == 3 and all(s > 0 for s in entry["trace_stderr_by_step"])
     assert res.config["layers"] == ["hidden"] and res.config["layer_method"] == "auto"
+
+
+def test_attack_layers_resume_from_the_store_with_dotted_layer_names(tmp_path):
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10))
+    ds = load_data("digits", "test", limit=12)
+    kwargs = dict(layers="1", layer_method="fisher-mc", eps=0.1, alpha=0.05, steps=2, batch_size=4, device="cpu",
+                  resume=str(tmp_path / "R"))
+    first = fr.attack(net, (ds.x, ds.y), **kwargs)
+    again = fr.attack(net, (ds.x, ds.y), **kwargs)
+    assert any("resumed: 3 finished batch" in n for n in again.notes)
+    assert _same(again.summary, first.summary) and first.summary["layers"][0]["trace_stderr_by_step"][0] > 0
+    outer = nn.Sequential(nn.Identity(), net)  # layer "1.1": a name with a dot, as in layer4.1.conv2
+    kwargs.update(layers="1.1", resume=str(tmp_path / "S"))
+    a = fr.attack(outer, (ds.x, ds.y), **kwargs)
+    b = fr.attack(outer, (ds.x, ds.y), **kwargs)
+    assert _same(a.summary, b.summary) and a.summary["layers"][0]["layer"] == "1.1"
+
+
+def _same(a: dict, b: dict) -> bool:
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # NaN equals NaN in JSON text
