@@ -228,7 +228,6 @@ class LayerTraces:
 
     trace: Tensor
     stderr: Tensor | None
-    logits: Tensor
 
 
 def class_gradient(p: Tensor, labels: Tensor) -> Tensor:
@@ -274,7 +273,7 @@ def layer_traces(
             for c in range(k):
                 labels = torch.full((B,), c, dtype=torch.long, device=logits.device)
                 trace += p[:, c] * squared(labels, c == passes - 1)
-            return LayerTraces(trace, None, logits.detach())
+            return LayerTraces(trace, None)
         probs = p.cpu()
         values = []
         for s in range(draws):
@@ -282,4 +281,4 @@ def layer_traces(
             values.append(squared(labels, s == passes - 1))
         stacked = torch.stack(values)  # (S, L, B)
         stderr = stacked.std(0, unbiased=True) / math.sqrt(draws)
-        return LayerTraces(stacked.mean(0), stderr, logits.detach())
+        return LayerTraces(stacked.mean(0), stderr)
