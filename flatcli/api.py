@@ -134,18 +134,19 @@ def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=No
 
 def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
               batch_size=256, device="auto", seed=0, weight_norm="squared", scale=1.0, scale_bias=True,
-              hutchinson=0, layers=None, precision="fp32", channels_last=False, samples: bool = True,
-              on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
+              hutchinson=0, layers=None, layer_method="auto", fisher_samples=2, precision="fp32",
+              channels_last=False, samples: bool = True, on_rows: OnRows | None = None,
+              progress: Progress | None = None) -> Result:
     """``flatrob sharpness``: the closed-form relative sharpness of the head, per sample and per data set.
 
-    ``layers`` (names, or a comma-separated string; default the spec's) adds Hutchinson traces of
-    earlier layers, ``hutchinson`` probes the head too.
+    ``layers`` (names, or a comma-separated string; default the spec's) adds the traces of earlier
+    layers, measured by ``layer_method`` (``auto``: exact per sample where the network is piecewise linear
+    in the layer, else Hutchinson; see :mod:`flatcli.runs.layers`); ``hutchinson`` probes the head too.
     """
-    if isinstance(layers, str):
-        layers = tuple(n.strip() for n in layers.split(",") if n.strip())
+    layers = _layer_names(layers)
     settings = sharpness_run.SharpnessSettings(
         scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, hutchinson=hutchinson, layers=layers or (),
-        precision=precision, channels_last=channels_last,
+        layer_method=layer_method, fisher_samples=fisher_samples, precision=precision, channels_last=channels_last,
     )
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, progress=progress)
@@ -154,20 +155,31 @@ def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, 
     return sharpness_run.sharpness(ctx, settings, on_rows=on_rows, keep_samples=samples)
 
 
+def _layer_names(layers) -> tuple[str, ...] | None:
+    """``layers`` as a tuple of names (a comma-separated string is split); ``None`` stays (the spec's)."""
+    if isinstance(layers, str):
+        return tuple(n.strip() for n in layers.split(",") if n.strip())
+    return None if layers is None else tuple(layers)
+
+
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, preset=None, norm=None, eps=None, alpha=None, steps=None,
            random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None, save_adv=None, plot=None,
            weight_norm="squared", scale=1.0, scale_bias=True, precision="fp32", channels_last=False, resume=None,
-           samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
+           layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, samples: bool = True,
+           on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob attack``: PGD recording loss and sharpness along every trajectory (uncanny valley, take-off).
 
     The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
-    names a file to write them to.
+    names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
+    at every step too (``layer_method``, ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
     """
+    layers = _layer_names(layers)
     settings = attack_run.AttackSettings.from_options(
         preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start, restarts=restarts,
         scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, takeoff=takeoff, targeted=targeted,
-        precision=precision, channels_last=channels_last,
+        precision=precision, channels_last=channels_last, layers=layers or (), layer_method=layer_method,
+        fisher_samples=fisher_samples, hutchinson=hutchinson,
     )
     attack_run.trajectory_format(trajectory)
     _check_plot(plot)
@@ -175,6 +187,8 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
                    progress=progress)
+    if layers is None and ctx.loaded.spec.layers:
+        settings.layers = tuple(ctx.loaded.spec.layers)
     return attack_run.attack(ctx, settings, trajectory=trajectory, save_adv=save_adv, plot=plot, on_rows=on_rows,
                              keep_samples=samples)
 

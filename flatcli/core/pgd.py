@@ -99,6 +99,7 @@ class PGD:
         alpha: float | Tensor | None = None,
         target: Tensor | None = None,
         record: bool = False,
+        keep_iterates: bool = False,
         generator: torch.Generator | None = None,
     ) -> "PGDResult":
         """:func:`pgd` with this configuration (``eps``/``alpha`` may be overridden, e.g. per sample)."""
@@ -114,6 +115,7 @@ class PGD:
             restarts=self.restarts,
             target=target,
             record=record,
+            keep_iterates=keep_iterates,
             generator=generator,
         )
 
@@ -127,7 +129,8 @@ class PGDResult:
     ``record`` or restarts). With ``record``: ``phi`` (T+1, B, m) and ``logits_by_step`` (T+1, B, k)
     are the features and logits of ``x_0 .. x_T`` from the forward passes of the attack itself, and
     ``dist_l2`` / ``dist_linf`` (T+1, B) the distances of each iterate to the clean input.
-    ``x_start`` is ``x_0`` (the clean input, or the random start).
+    ``x_start`` is ``x_0`` (the clean input, or the random start). With ``record`` and ``keep_iterates``,
+    ``x_by_step`` (T+1, B, ...) holds the iterates ``x_0 .. x_T`` themselves.
     """
 
     x_adv: Tensor
@@ -139,6 +142,7 @@ class PGDResult:
     dist_l2: Tensor | None = None
     dist_linf: Tensor | None = None
     x_start: Tensor | None = None
+    x_by_step: Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,12 +251,14 @@ def pgd(
     restarts: int = 1,
     target: Tensor | None = None,
     record: bool = False,
+    keep_iterates: bool = False,
     generator: torch.Generator | None = None,
 ) -> PGDResult:
     """PGD on ``forward`` (``x -> (logits, phi)``) from the clean batch ``x`` with labels ``y``.
 
     ``target`` (B,) makes it targeted. ``record`` keeps ``phi``/logits/distances of every iterate
-    (from the same forward passes) plus one final forward; see :class:`PGDResult`. ``generator``
+    (from the same forward passes) plus one final forward, and ``keep_iterates`` the iterates too; see
+    :class:`PGDResult`. ``generator``
     (a CPU generator) drives the random starts. The caller puts the model in eval mode
     (:func:`flatcli.core.classifier.eval_mode`); parameters are never modified and their gradients are not touched.
     """
@@ -266,16 +272,19 @@ def pgd(
     final_forward = record or restarts > 1
     best: PGDResult | None = None
     for r in range(restarts):
-        result = _single(forward, x0, y, norm, eps_b, alpha_b, steps, random_start, target, record, final_forward, generator)
+        result = _single(forward, x0, y, norm, eps_b, alpha_b, steps, random_start, target, record, final_forward, generator,
+                         keep_iterates and record)
         result.restart = torch.full((x0.shape[0],), r, dtype=torch.long, device=x0.device)
         best = result if best is None else _keep_better(best, result)
     assert best is not None
     return best
 
 
-def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, final_forward, generator) -> PGDResult:
+def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, final_forward, generator,
+            keep_iterates=False) -> PGDResult:
     x = random_start(x0, eps, norm, generator) if start else x0.clone()
     x_start = x.detach()
+    iterates: list[Tensor] = []
     phis: list[Tensor] = []
     logits_seen: list[Tensor] = []
     d2: list[Tensor] = []
@@ -288,6 +297,8 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
         with torch.no_grad():
             x = x.detach()
             if record:
+                if keep_iterates:
+                    iterates.append(x)
                 phis.append(phi.detach())
                 logits_seen.append(logits.detach())
                 delta = (x - x0).flatten(1)
@@ -310,6 +321,8 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
             result.logits_by_step = torch.stack(logits_seen)
             result.dist_l2 = torch.stack(d2)
             result.dist_linf = torch.stack(dinf)
+            if keep_iterates:
+                result.x_by_step = torch.stack(iterates + [x.detach()])
     return result
 
 
@@ -334,4 +347,5 @@ def _keep_better(best: PGDResult, new: PGDResult) -> PGDResult:
         dist_l2=pick(best.dist_l2, new.dist_l2, 1),
         dist_linf=pick(best.dist_linf, new.dist_linf, 1),
         x_start=pick(best.x_start, new.x_start, 0),
+        x_by_step=pick(best.x_by_step, new.x_by_step, 1),
     )
