@@ -163,12 +163,16 @@ def _layer_names(layers) -> tuple[str, ...] | None:
 
 
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-           batch_size=256, device="auto", seed=0, preset=None, norm=None, eps=None, alpha=None, steps=None,
-           random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None, save_adv=None, plot=None,
+           batch_size=256, device="auto", seed=0, preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None,
+           steps=None, queries=None, random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None,
+           save_adv=None, plot=None,
            weight_norm="squared", scale=1.0, scale_bias=True, precision="fp32", channels_last=False, resume=None,
            layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, samples: bool = True,
            on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob attack``: PGD recording loss and sharpness along every trajectory (uncanny valley, take-off).
+
+    ``attack`` is ``"pgd"`` (default), ``"apgd"`` or ``"square"`` (``queries`` its budget), ``loss`` the loss it
+    ascends (``"ce"``, ``"cw"``, ``"dlr"``; default ce, cw for square).
 
     The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
     names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
@@ -176,7 +180,8 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     """
     layers = _layer_names(layers)
     settings = attack_run.AttackSettings.from_options(
-        preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start, restarts=restarts,
+        preset, attack=attack, loss=loss, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
+        random_start=random_start, restarts=restarts,
         scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, takeoff=takeoff, targeted=targeted,
         precision=precision, channels_last=channels_last, layers=layers or (), layer_method=layer_method,
         fisher_samples=fisher_samples, hutchinson=hutchinson,
@@ -197,18 +202,21 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
                 std=None, split="test", limit=None, batch_size=256, device="auto", seed=0, preset=None, norm=None,
                 eps=None, alpha=None, steps=None, random_start=False, restarts=1, takeoff=0.1,
                 attack_each_scale=True, attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None,
-                scale_bias=True, weight_norm="squared", plot=None, precision="fp32", channels_last=False,
+                attack_loss=None, square=False, queries=None, masking_threshold=0.05, scale_bias=True, weight_norm="squared", plot=None, precision="fp32", channels_last=False,
                 resume=None, samples: bool = True, on_rows: OnRows | None = None,
                 progress: Progress | None = None) -> Result:
     """``flatrob sweep-scale``: scale the head by each s; loss increase, basin widths, robust accuracy, transfer.
 
     ``scales`` is a list or a comma-separated string; ``plot`` a directory for the Fig. 2 / Fig. 13 PNGs.
+    ``attack_loss`` drives the per-scale attack (``"ce"``, ``"cw"``, ``"dlr"``); ``square`` adds torchattacks'
+    Square per scale (``queries`` per restart); ``masking_threshold`` is the verdict's margin.
     """
     settings = sweep_run.SweepSettings.from_options(
         scales, preset=preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
         restarts=restarts, attack_each_scale=attack_each_scale, attack_norm=attack_norm, attack_eps=attack_eps,
-        attack_alpha=attack_alpha, attack_steps=attack_steps, scale_bias=scale_bias, weight_norm=weight_norm,
-        takeoff=takeoff, precision=precision, channels_last=channels_last,
+        attack_alpha=attack_alpha, attack_steps=attack_steps, attack_loss=attack_loss, square=square, queries=queries,
+        masking_threshold=masking_threshold, scale_bias=scale_bias, weight_norm=weight_norm, takeoff=takeoff,
+        precision=precision, channels_last=channels_last,
     )
     if plot is not None:
         from flatcli.outputs.figures import require_matplotlib

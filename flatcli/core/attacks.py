@@ -56,3 +56,13 @@ def make_attack(kind: str | None = "pgd", preset: str | None = "uncanny", *, nor
     values.pop("steps", None)
     return Square(**values, steps=DEFAULT_QUERIES if queries is None else queries, restarts=restarts,
                   loss=loss or "cw")
+
+
+def describe_attack(attack: Attack) -> str:
+    """One line for figure titles: ``PGD-linf eps 0.1, alpha 0.025, 10 steps, loss ce``."""
+    norm, eps, loss = attack.norm, attack.eps, attack.loss
+    if attack.kind == "pgd":
+        return f"PGD-{norm} eps {eps:g}, alpha {attack.alpha:g}, {attack.steps} steps, loss {loss}"
+    if attack.kind == "apgd":
+        return f"APGD-{norm} eps {eps:g}, {attack.steps} iterations, loss {loss}"
+    return f"Square-{norm} eps {eps:g}, {attack.steps} queries, loss {loss}"
