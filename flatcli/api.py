@@ -230,7 +230,7 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
 
 
 def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None, features=None,
-          grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, spec=None,
+          grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, loss=None, spec=None,
           arch=None, layer=None, mean=None, std=None, split=None, limit=None, batch_size=None, device="auto",
           seed=0, samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob bound``: the certified radius of Prop. 8/9, from numbers (``model=None``; every number may
@@ -242,7 +242,7 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
     if model is None:
         model_options = {
             "--check": check, "--check-steps": check_steps is not None, "--local-iters": local_iters is not None,
-            "--spec": spec, "--arch": arch, "--layer": layer, "--data": data is not None, "--split": split,
+            "--loss": loss is not None, "--spec": spec, "--arch": arch, "--layer": layer, "--data": data is not None, "--split": split,
             "--limit": limit is not None, "--batch-size": batch_size is not None,
         }
         return bound_numbers.radius(given, from_json=from_json, at_minimum=at_minimum,
@@ -256,7 +256,7 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
         raise UsageError(f"{', '.join(conflicting)} cannot be combined with a checkpoint, which measures {them}; "
                          f"drop {them} or leave out the checkpoint for numbers-only mode")
     settings = bound_run.BoundSettings.from_options(epsilon, lipschitz=lipschitz, at_minimum=at_minimum, check=check,
-                                                    check_steps=check_steps, local_iters=local_iters)
+                                                    check_steps=check_steps, local_iters=local_iters, loss=loss)
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split or "test",
                    limit=limit, batch_size=256 if batch_size is None else batch_size, device=device, seed=seed,
                    progress=progress)
