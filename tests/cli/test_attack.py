@@ -18,7 +18,7 @@ SUMMARY_KEYS = {
     "mean_loss_by_step", "std_loss_by_step", "mean_sharpness_by_step", "std_sharpness_by_step", "accuracy_by_step",
     "mean_confidence_by_step", "mean_dist_l2_by_step", "sharpness_peak_step", "sharpness_final_over_peak",
     "valley_fraction", "loss_final_is_max", "loss_increase", "clean_sharpness", "adv_sharpness", "takeoff",
-    "nonfinite",
+    "nonfinite", "zero_grad_fraction",
 }
 TAKEOFF_KEYS = {"tau", "measured", "censored", "width", "step", "censored_final_dist_l2"}
 STEP_COLUMNS = [
@@ -31,7 +31,7 @@ SAMPLE_COLUMNS = [
     "censored", "final_dist_l2", "final_dist_linf", "nonfinite",
 ]
 ATTACK_CONFIG = {
-    "preset", "preset_values", "norm", "eps", "alpha", "steps", "random_start", "restarts", "targeted",
+    "preset", "preset_values", "attack", "loss", "norm", "eps", "alpha", "steps", "random_start", "restarts", "targeted",
     "takeoff_tau", "weight_norm", "scale", "scale_bias", "trajectory", "save_adv", "plot", "conventions",
 }
 
@@ -49,6 +49,7 @@ def test_json_contract(cli):
     c = doc["config"]
     # the default preset is the paper's §6.2 setting; --steps overrides it
     assert (c["preset"], c["norm"], c["eps"], c["alpha"], c["steps"]) == ("uncanny", "linf", 8 / 255, 2 / 255, 4)
+    assert (c["attack"], c["loss"]) == ("pgd", "ce")
     s = doc["summary"]
     assert s["n"] == 30 and s["steps"] == 4
     for key in ("mean_loss_by_step", "mean_sharpness_by_step", "accuracy_by_step"):
