@@ -127,6 +127,11 @@ def test_no_attack_each_scale_gives_nulls_and_table_renders():
         (["--restarts", "3"], ["--random-start"]),
         (["--attack-steps", "-1"], ["--steps"]),
         (["--limit", "-1"], ["--limit"]),
+        (["--queries", "10"], ["--queries", "--square"]),
+        (["--no-attack-each-scale", "--square"], ["--square", "--no-attack-each-scale"]),
+        (["--no-attack-each-scale", "--attack-loss", "cw"], ["--attack-loss", "--no-attack-each-scale"]),
+        (["--masking-threshold", "1.5"], ["--masking-threshold"]),
+        (["--attack-loss", "hinge"], ["hinge"]),
     ],
 )
 def test_bad_input_is_one_error_line(args, fragments):
@@ -189,3 +194,18 @@ def test_torchrun_sweep_equals_one_process(cli, tmp_path):
     assert [(r["index"], r["scale"]) for r in dist["samples"]] == [(r["index"], r["scale"]) for r in single["samples"]]
     close(single["samples"], dist["samples"])
     close(single["summary"], dist["summary"])
+
+
+def test_square_and_the_verdict_in_the_table():
+    pytest.importorskip("torchattacks")
+    args = ("sweep-scale", EXAMPLE, "--limit", "30", "--scales", "1,100", "--steps", "1", "--attack-eps", "0.1",
+            "--attack-alpha", "0.025", "--square", "--queries", "60", "--quiet")
+    doc = _json(invoke(*args, "--format", "json", "--per-sample"))
+    one, hundred = doc["summary"]["scales"]
+    assert doc["config"]["square"]["queries"] == 60 and doc["config"]["square"]["loss"] == "cw"
+    # Square compares margins only: the same adversarials, the same accuracy, at every scale
+    assert one["robust_accuracy_square"] == hundred["robust_accuracy_square"] < one["clean_accuracy"]
+    assert hundred["masking"] and "Square" in hundred["masking_reason"] and not one["masking"]
+    assert all(r["robust_pred_square"] is not None and isinstance(r["zero_grad"], bool) for r in doc["samples"])
+    table = invoke(*args).stdout
+    assert "robust or masked" in table and "s = 100: masking:" in table and "robust square" in table.replace("\n", " ")
