@@ -265,8 +265,8 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
 
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, method=None, score=None, folds=None, only_successful=False,
-           preset=None, norm=None, eps=None, alpha=None, steps=None, random_start=False, restarts=1,
-           adversarial=None, save=None, save_adv=None, plot=None, detector=None, force=False, weight_norm=None,
+           preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
+           random_start=False, restarts=1, adversarial=None, save=None, save_adv=None, plot=None, detector=None, force=False, weight_norm=None,
            resume=None, samples: bool = True, on_rows: OnRows | None = None,
            progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
@@ -275,7 +275,8 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     ``adversarial`` (a ``tensors:`` file) supplies the adversarials instead of attacking. The fitted
     detector is ``result.artifacts["detector"]``.
     """
-    attack_given = [k for k, v in {"--preset": preset, "--norm": norm, "--eps": eps, "--alpha": alpha,
+    attack_given = [k for k, v in {"--preset": preset, "--attack": attack, "--loss": loss, "--queries": queries,
+                                   "--norm": norm, "--eps": eps, "--alpha": alpha,
                                    "--steps": steps, "--random-start": random_start or None,
                                    "--restarts": restarts if restarts != 1 else None}.items() if v is not None]
     if detector is not None:
@@ -303,9 +304,9 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     _check_plot(plot)
     check_outputs(save=save, save_adv=save_adv, plot=plot)
     settings = detect_run.DetectSettings.from_options(
-        crafted=adversarial is None, preset=preset, norm=norm, eps=eps, alpha=alpha, steps=steps,
-        random_start=random_start, restarts=restarts, method=method, score=score, folds=folds,
-        only_successful=only_successful, weight_norm=weight_norm,
+        crafted=adversarial is None, preset=preset, attack_kind=attack, loss=loss, norm=norm, eps=eps, alpha=alpha,
+        steps=steps, queries=queries, random_start=random_start, restarts=restarts, method=method, score=score,
+        folds=folds, only_successful=only_successful, weight_norm=weight_norm,
     )
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, resume=resume, progress=progress)

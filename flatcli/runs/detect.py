@@ -32,7 +32,9 @@ import torch
 
 from flatcli.core import detectors as core
 from flatcli.core.curvature import WEIGHT_NORMS, head_measures
-from flatcli.core.pgd import PGD, PRESETS, batch_generator
+from flatcli.core.attack_losses import check_loss
+from flatcli.core.attacks import Attack, describe_attack, make_attack
+from flatcli.core.pgd import PRESETS, batch_generator
 from flatcli.core.statistics import describe
 from flatcli.errors import DetectorError, UsageError
 from flatcli.inputs.adversarial_file import attack_metadata, save_adversarials
@@ -132,7 +134,7 @@ def each_score(ctx: RunContext, *, weight_norm: str = "squared"):
         yield from each_batch(ctx, compute)
 
 
-def attack_and_score(ctx: RunContext, attack: PGD, *, weight_norm: str = "squared", keep_adv: bool = False,
+def attack_and_score(ctx: RunContext, attack: Attack, *, weight_norm: str = "squared", keep_adv: bool = False,
                      store=None) -> tuple[ScoreSet, ScoreSet, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """Craft one adversarial per input of ``ctx.data`` and score the clean and the adversarial inputs.
 
@@ -208,7 +210,7 @@ class DetectSettings:
     folds: int = 5
     only_successful: bool = False
     weight_norm: str = "squared"
-    attack: PGD | None = None
+    attack: Attack | None = None
     preset: str | None = None  # the preset the attack's unset options came from
 
     def __post_init__(self) -> None:
@@ -231,15 +233,16 @@ class DetectSettings:
             raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
 
     @classmethod
-    def from_options(cls, *, crafted: bool = True, preset: str | None = None, norm=None, eps=None, alpha=None,
-                     steps=None, random_start: bool = False, restarts: int = 1, method: str | None = None,
+    def from_options(cls, *, crafted: bool = True, preset: str | None = None, attack_kind=None, loss=None, norm=None,
+                     eps=None, alpha=None, steps=None, queries=None, random_start: bool = False, restarts: int = 1,
+                     method: str | None = None,
                      folds: int | None = None, weight_norm: str | None = None, **settings) -> "DetectSettings":
         """The command's options; ``crafted`` is false when the adversarials come from a file (no attack)."""
         attack = None
         if crafted:
             preset = preset or DEFAULT_PRESET
-            attack = PGD.from_options(preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-                                      restarts=restarts)
+            attack = make_attack(attack_kind, preset, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
+                                 random_start=random_start, restarts=restarts, loss=loss)
         return cls(method=method or "stump", folds=5 if folds is None else folds,
                    weight_norm=weight_norm or "squared", attack=attack, preset=preset if crafted else None, **settings)
 
@@ -474,6 +477,8 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
     """
     if (adversarial is None) == (settings.attack is None):
         raise UsageError("detect needs either an attack or a file of adversarials, not both")
+    if settings.attack is not None:
+        check_loss(settings.attack.loss, ctx.loaded.num_classes)
     adv_meta = attack_metadata(adversarial) if adversarial is not None else None
     notes = []
     made_on = (adv_meta or {}).get("checkpoint_sha256")
@@ -523,8 +528,7 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
     if plot is not None:
         from flatcli.outputs.figures.detect import detect_figure
 
-        pgd = settings.attack
-        what = (f"PGD-{pgd.norm} eps {pgd.eps:g}, alpha {pgd.alpha:g}, {pgd.steps} steps" if pgd is not None
+        what = (describe_attack(settings.attack) if settings.attack is not None
                 else f"adversarials from {adversarial_path}")
         detect_figure(outcome, plot, title=f"{loaded.name} ({ctx.data.name}): {what}")
     if save is not None:
