@@ -55,7 +55,7 @@ ProbeSteps = Annotated[
 ]
 ProbeSize = Annotated[
     Optional[float],
-    typer.Option("--probe-size", help="Size of a probe step (linf, inputs in [0, 1]; default 0.02).",
+    typer.Option("--probe-size", help="Size of a probe step (linf, inputs in [0, 1]; default 0.03).",
                  show_default=False),
 ]
 AdaptiveOpt = Annotated[

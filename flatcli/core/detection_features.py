@@ -52,7 +52,7 @@ class Probe:
     """The probes of the curvature profile: ``steps`` (1 to 3) linf steps of size ``size`` (> 0)."""
 
     steps: int = 3
-    size: float = 0.02
+    size: float = 0.03
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_PROBE_STEPS:

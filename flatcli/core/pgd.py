@@ -303,17 +303,17 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
                 dinf.append(delta.abs().amax(dim=1))
             x = project(ascent_step(x, grad, alpha, norm), x0, eps, norm)
     result = PGDResult(x_adv=x.detach(), restart=torch.zeros(0), x_start=x_start)
-    if final_forward and loss is not None:  # the objective may need gradients (probes of the input)
-        x = x.requires_grad_(True)
-        logits, phi = forward(x)
-        result.objective = loss(x, logits, phi).detach()
-        x, logits, phi = x.detach(), logits.detach(), phi.detach()
-        result.logits = logits
-    elif final_forward:
-        with torch.no_grad():
-            logits, phi = forward(x)
+    if final_forward:
+        if loss is None:
+            with torch.no_grad():
+                logits, phi = forward(x)
+                result.logits = logits.detach()
+                result.objective = objective(result.logits, y, target)
+        else:  # an own objective may need gradients (e.g. probes of the input)
+            x_final = x.detach().requires_grad_(True)
+            logits, phi = forward(x_final)
+            result.objective = loss(x_final, logits, phi).detach()
             result.logits = logits.detach()
-            result.objective = objective(result.logits, y, target)
         if record:
             phis.append(phi.detach())
             logits_seen.append(result.logits)
