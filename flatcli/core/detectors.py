@@ -262,12 +262,9 @@ class Detector:
         Z = (_log_components(X) - np.asarray(self.mean, dtype=np.float64)) / np.asarray(
             self.scale, dtype=np.float64
         )
-        coef = np.asarray(self.coef, dtype=np.float64)
-        if self.method == "components":  # kept as it was: three columns give the same bits in any batch
-            return Z @ coef + float(self.intercept)
-        # a row-wise sum: a matrix product may change in the last bits with the number of rows, and a
-        # saved detector must reproduce the fitted decisions whatever the batching
-        return (Z * coef).sum(axis=1) + float(self.intercept)
+        # a row-wise sum, not Z @ coef: a matrix product may change in the last bits with the number of
+        # rows, and a saved detector must reproduce the fitted decisions whatever the batching
+        return (Z * np.asarray(self.coef, dtype=np.float64)).sum(axis=1) + float(self.intercept)
 
     def predict(self, X: Any) -> np.ndarray:
         """Boolean flags, ``True`` = adversarial (``decision(X) > 0``)."""
