@@ -394,22 +394,16 @@ def _method_summary(method: str, cv: core.CVResult, X: np.ndarray, y: np.ndarray
         "score_clean": describe(value[y == 0]),
         "score_adversarial": describe(value[y == 1]),
     }
-    if method == "components":
-        summary["components"] = {
-            "features": list(core.COMPONENT_NAMES),
-            "coef": dict(zip(core.COMPONENT_NAMES, det.coef)),
+    if method in core.LOGISTIC_METHODS:
+        names = det.columns()
+        summary["components" if method == "components" else "logistic"] = {
+            "features": list(names),
+            "coef": dict(zip(names, det.coef)),
             "intercept": det.intercept,
-            "log_mean": dict(zip(core.COMPONENT_NAMES, det.mean)),
-            "log_scale": dict(zip(core.COMPONENT_NAMES, det.scale)),
+            "log_mean": dict(zip(names, det.mean)),
+            "log_scale": dict(zip(names, det.scale)),
         }
-    elif method in ("profile", "ensemble"):
-        summary["logistic"] = {
-            "features": list(det.features),
-            "coef": dict(zip(det.features, det.coef)),
-            "intercept": det.intercept,
-            "log_mean": dict(zip(det.features, det.mean)),
-            "log_scale": dict(zip(det.features, det.scale)),
-        }
+    if method in ("profile", "ensemble"):
         summary["probe"] = dict(det.probe)
     if method in ("mahalanobis", "ensemble"):
         summary["mahalanobis"] = {"classes": mahalanobis.num_classes, "features": mahalanobis.dim,

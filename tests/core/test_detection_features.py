@@ -30,7 +30,7 @@ from flatcli.models.builtins.small import MLP
 from flatcli.models.head import HeadSplit
 from flatcli.models.loading import load_model
 
-EXAMPLE = "example:digits-cnn"
+from tests.conftest import EXAMPLE
 
 
 @pytest.fixture(scope="module")
