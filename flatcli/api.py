@@ -266,14 +266,18 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, method=None, score=None, folds=None, only_successful=False,
            preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
-           random_start=False, restarts=1, adversarial=None, save=None, save_adv=None, plot=None, detector=None, force=False, weight_norm=None,
+           random_start=False, restarts=1, adversarial=None, fit_data=None, probe_steps=None, probe_size=None,
+           adaptive=False, adaptive_weight=None, save=None, save_adv=None, plot=None, detector=None, force=False,
+           weight_norm=None,
            resume=None, samples: bool = True, on_rows: OnRows | None = None,
            progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
     ``detector`` (a file or a fitted :class:`~flatcli.core.detectors.Detector`) apply a saved one.
 
-    ``adversarial`` (a ``tensors:`` file) supplies the adversarials instead of attacking. The fitted
-    detector is ``result.artifacts["detector"]``.
+    ``adversarial`` (a ``tensors:`` file) supplies the adversarials instead of attacking. ``fit_data``
+    (the forms of ``data``; a string is read with split ``train``) holds the clean labelled inputs the
+    Mahalanobis model is fitted on (``method`` ``mahalanobis``, ``ensemble``, ``all``; default: the
+    training split of a ``data`` string). The fitted detector is ``result.artifacts["detector"]``.
     """
     attack_given = [k for k, v in {"--preset": preset, "--attack": attack, "--loss": loss, "--queries": queries,
                                    "--norm": norm, "--eps": eps, "--alpha": alpha,
@@ -282,6 +286,8 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     if detector is not None:
         clash = [k for k, v in {"--method": method, "--score": score, "--folds": folds,
                                 "--only-successful": only_successful or None, "--adversarial": adversarial,
+                                "--fit-data": fit_data, "--probe-steps": probe_steps, "--probe-size": probe_size,
+                                "--adaptive": adaptive or None, "--adaptive-weight": adaptive_weight,
                                 "--save": save, "--save-adv": save_adv, "--plot": plot}.items() if v is not None]
         clash += attack_given + (["--resume"] if resume else [])
         if clash:
@@ -301,21 +307,45 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
             raise UsageError("--adversarial needs a file name")
         if resume is not None:
             raise UsageError("--resume keeps the crafted adversarials of a run; with --adversarial nothing is crafted: drop it")
+        if adaptive:
+            raise UsageError("--adaptive crafts adversarials against the fitted detector; with --adversarial nothing "
+                             "is crafted: drop one of them")
     _check_plot(plot)
     check_outputs(save=save, save_adv=save_adv, plot=plot)
     settings = detect_run.DetectSettings.from_options(
         crafted=adversarial is None, preset=preset, attack_kind=attack, loss=loss, norm=norm, eps=eps, alpha=alpha,
         steps=steps, queries=queries, random_start=random_start, restarts=restarts, method=method, score=score,
-        folds=folds, only_successful=only_successful, weight_norm=weight_norm,
+        folds=folds, only_successful=only_successful, weight_norm=weight_norm, probe_steps=probe_steps,
+        probe_size=probe_size, adaptive=adaptive, adaptive_weight=adaptive_weight,
     )
+    if fit_data is not None and not settings.uses_mahalanobis:
+        raise UsageError(f"--fit-data holds the data of the Mahalanobis model, which --method {settings.method} does "
+                         "not use; drop it or use --method mahalanobis, ensemble or all")
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, resume=resume, progress=progress)
     adv_ds = None
     if adversarial is not None:
         adv_ds = load_data(f"tensors:{adversarial}", split, limit)
         check_compatible(adv_ds, ctx.loaded.spec.input_shape, ctx.loaded.num_classes)
-    return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, save=save,
+    fit_ds = _fit_data(fit_data, data, ctx) if settings.uses_mahalanobis else None
+    return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, fit_data=fit_ds, save=save,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
+
+
+def _fit_data(fit_data, data, ctx: RunContext) -> DataSource:
+    """The Mahalanobis model's clean labelled data: ``fit_data``, or the training split of the ``data`` string;
+    never the data being scored."""
+    if fit_data is None:
+        source = data if data is not None else (ctx.loaded.spec.data or "digits")
+        if not isinstance(source, str):
+            raise UsageError("the Mahalanobis model needs clean labelled training data: pass fit_data= (the forms of "
+                             "data=) when data is not a --data string")
+        fit_data = source
+    ds = _data(fit_data, ctx.loaded, "train", None)
+    if ds.name == ctx.data.name:
+        raise UsageError(f"--fit-data would be {ds.name}, the very data the detector is tested on; pass --fit-data "
+                         "with other clean labelled inputs (e.g. a training split)")
+    return ds
 
 
 def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows, progress, **common) -> Result:

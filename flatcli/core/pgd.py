@@ -5,7 +5,8 @@ Conventions (DESIGN.md §2, chosen to match torchattacks' ``PGD`` / ``PGDL2`` so
 * inputs in [0, 1]; the model (normalisation inside) is in eval mode (see :func:`flatcli.core.classifier.eval_mode`);
 * the ascent direction is the gradient of the per-sample loss *summed* over the batch: the
   cross-entropy by default (targeted: minus the cross-entropy to the target class), or a margin loss
-  of :mod:`flatcli.core.attack_losses` (``loss="cw"`` or ``"dlr"``);
+  of :mod:`flatcli.core.attack_losses` (``loss="cw"`` or ``"dlr"``); an adaptive attack passes its own
+  per-sample ``loss(x, logits, phi)``;
 * linf step ``x + alpha * sign(g)``; l2 step ``x + alpha * g / max(||g||_2, 1e-12)`` per sample;
 * then project onto the eps-ball around the clean input ``x0`` (linf: ``x0 + clamp(x - x0, -eps, eps)``;
   l2: ``x0 + (x - x0) * min(1, eps / ||x - x0||_2)``), then clamp to [0, 1];
@@ -48,6 +49,8 @@ PRESETS: dict[str, dict] = {
 }
 
 Forward = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+#: A per-sample objective ``loss(x, logits, phi) -> (B,)`` replacing the cross-entropy (``x`` requires grad).
+Loss = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,10 @@ class PGD:
         record: bool = False,
         keep_iterates: bool = False,
         generator: torch.Generator | None = None,
+        loss: Loss | None = None,
     ) -> "PGDResult":
-        """:func:`pgd` with this configuration (``eps``/``alpha`` may be overridden, e.g. per sample)."""
+        """:func:`pgd` with this configuration (``eps``/``alpha`` may be overridden, e.g. per sample; an own
+        ``loss(x, logits, phi)`` replaces the configured :attr:`loss`)."""
         return pgd(
             forward,
             x,
@@ -129,7 +134,7 @@ class PGD:
             record=record,
             keep_iterates=keep_iterates,
             generator=generator,
-            loss=self.loss,
+            loss=self.loss if loss is None else loss,
         )
 
 
@@ -273,13 +278,14 @@ def pgd(
     record: bool = False,
     keep_iterates: bool = False,
     generator: torch.Generator | None = None,
-    loss: str = "ce",
+    loss: str | Loss = "ce",
 ) -> PGDResult:
     """PGD on ``forward`` (``x -> (logits, phi)``) from the clean batch ``x`` with labels ``y``.
 
-    ``target`` (B,) makes it targeted. ``record`` keeps ``phi``/logits/distances of every iterate
-    (from the same forward passes) plus one final forward, and ``keep_iterates`` the iterates too; see
-    :class:`PGDResult`. ``generator``
+    ``target`` (B,) makes it targeted; ``loss`` names the objective (``ce``, ``cw``, ``dlr``; see
+    :func:`objective`) or is an own per-sample ``loss(x, logits, phi)`` (then ``target`` is unused).
+    ``record`` keeps ``phi``/logits/distances of every iterate (from the same forward passes) plus one
+    final forward, and ``keep_iterates`` the iterates too; see :class:`PGDResult`. ``generator``
     (a CPU generator) drives the random starts. The caller puts the model in eval mode
     (:func:`flatcli.core.classifier.eval_mode`); parameters are never modified and their gradients are not touched.
     """
@@ -293,8 +299,8 @@ def pgd(
     final_forward = record or restarts > 1
     best: PGDResult | None = None
     for r in range(restarts):
-        result = _single(forward, x0, y, norm, eps_b, alpha_b, steps, random_start, target, record, final_forward, generator,
-                         keep_iterates and record, loss)
+        result = _single(forward, x0, y, norm, eps_b, alpha_b, steps, random_start, target, record, final_forward,
+                         generator, loss, keep_iterates and record)
         result.restart = torch.full((x0.shape[0],), r, dtype=torch.long, device=x0.device)
         zero_grad = result.zero_grad if best is None else best.zero_grad
         best = result if best is None else _keep_better(best, result)
@@ -304,7 +310,7 @@ def pgd(
 
 
 def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, final_forward, generator,
-            keep_iterates=False, loss="ce") -> PGDResult:
+            loss="ce", keep_iterates=False) -> PGDResult:
     x = random_start(x0, eps, norm, generator) if start else x0.clone()
     x_start = x.detach()
     iterates: list[Tensor] = []
@@ -316,7 +322,7 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
     for _ in range(steps):
         x.requires_grad_(True)
         logits, phi = forward(x)
-        obj = objective(logits, y, target, loss).sum()
+        obj = (loss(x, logits, phi) if callable(loss) else objective(logits, y, target, loss)).sum()
         (grad,) = torch.autograd.grad(obj, x)
         if zero_grad is None:
             zero_grad = gradient_vanished(grad)
@@ -333,10 +339,16 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
             x = project(ascent_step(x, grad, alpha, norm), x0, eps, norm)
     result = PGDResult(x_adv=x.detach(), restart=torch.zeros(0), x_start=x_start, zero_grad=zero_grad)
     if final_forward:
-        with torch.no_grad():
-            logits, phi = forward(x)
+        if not callable(loss):
+            with torch.no_grad():
+                logits, phi = forward(x)
+                result.logits = logits.detach()
+                result.objective = objective(result.logits, y, target, loss)
+        else:  # an own objective may need gradients (e.g. probes of the input)
+            x_final = x.detach().requires_grad_(True)
+            logits, phi = forward(x_final)
+            result.objective = loss(x_final, logits, phi).detach()
             result.logits = logits.detach()
-            result.objective = objective(result.logits, y, target, loss)
         if record:
             phis.append(phi.detach())
             logits_seen.append(result.logits)
