@@ -20,7 +20,9 @@ variant alike:
 A second table per model times the attacks of ``--loss`` and ``--attack apgd`` against torchattacks
 per step, interleaved the same way: PGD on the cross-entropy, the margin loss ``cw`` and ``dlr`` against
 ``torchattacks.PGD``; APGD on ``ce`` and ``dlr`` against ``torchattacks.APGD`` with the same loss and
-iterations (ours without random start, theirs with its own), with the robust accuracy each reaches.
+iterations (ours without random start, theirs with its own), with the robust accuracy each reaches. The
+labels there are the model's clean predictions, so every input is attacked by both (torchattacks' APGD
+skips misclassified inputs, which on random weights would be most of them).
 
 Prints median and minimum seconds per variant, the median over rounds of the per-round ratios to
 ``plain`` and to ``plain + eval``, and the largest difference between adversarials. On the CPU the clock is the process's CPU
@@ -116,7 +118,11 @@ def bench_losses(name: str, loaded: LoadedModel, ds: DataSource, device, batch_s
     except ImportError:
         print(f"\n{name}: torchattacks not installed (pip install 'flatrob[bench]'): loss/APGD comparison skipped")
         return
-    batches = [(x.to(device), y.to(device)) for x, y in zip(ds.x.split(batch_size), ds.y.split(batch_size))]
+    batches = []
+    for x in ds.x.split(batch_size):
+        x = x.to(device)
+        with torch.no_grad():
+            batches.append((x, loaded.model(x).argmax(1)))
     ours = {f"PGD {loss}": PGD(eps=eps, alpha=alpha, steps=steps, loss=loss) for loss in ("ce", "cw", "dlr")}
     ours.update({f"APGD {loss}": APGD(eps=eps, steps=steps, loss=loss) for loss in ("ce", "dlr")})
     theirs = {"PGD ce": torchattacks.PGD(loaded.model, eps=eps, alpha=alpha, steps=steps, random_start=False)}
