@@ -191,7 +191,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "embedded spec with python tag": (["sweep-scale", "{meta_yaml_tag}"], ["yaml"]),
     "embedded alias bomb": (["detect", "{meta_alias_bomb}"], ["alias"]),
     "embedded spec over 64 KiB": (["bound", "{meta_huge_spec}", "--epsilon", "0.1"], ["64 kib"]),
-    "embedded class not a module": (["inspect", "{meta_not_module}"], ["nn.module"]),
+    "embedded class refused without trust": (["inspect", "{meta_not_module}"], ["names code", "--trust-embedded-code"]),
     # pickles
     "pth pickle to attack": (["attack", "{pickle_pth}", *ATTACK], ["pickle"]),
     "pth pickle to bound": (["bound", "{pickle_pth}", "--epsilon", "0.1"], ["pickle"]),

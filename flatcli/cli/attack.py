@@ -11,7 +11,7 @@ from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt,
     Output, PerSample, Precision, PrecisionOpt, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Scale,
-    ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, WeightNorm, WeightNormOpt, value,
+    ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
 )
 from flatcli.cli.tables.attack import render
 from flatcli.errors import UsageError
@@ -22,6 +22,7 @@ def attack(
     checkpoint: Checkpoint,
     spec: SpecFile = None,
     arch: Arch = None,
+    trust_embedded_code: TrustEmbeddedCode = False,
     layer: Layer = None,
     data: Data = None,
     split: Split = "test",
@@ -76,6 +77,7 @@ def attack(
                 trajectory=trajectory, save_adv=save_adv, plot=plot, weight_norm=weight_norm.value, scale=scale,
                 scale_bias=scale_bias, precision=precision.value, channels_last=channels_last, resume=resume,
                 samples=False, on_rows=out.rows if rows else None, progress=progress,
+                trust_embedded_code=trust_embedded_code,
             )
         common.notes(result, quiet)
         out.finish(result.config, result.summary)

@@ -10,7 +10,8 @@ from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
     Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Format, FormatOpt, Layer, Limit, Output, PerSample,
-    Precision, PrecisionOpt, Quiet, Scale, ScaleBias, Seed, SpecFile, Split, WeightNorm, WeightNormOpt,
+    Precision, PrecisionOpt, Quiet, Scale, ScaleBias, Seed, SpecFile, Split, TrustEmbeddedCode, WeightNorm,
+    WeightNormOpt,
 )
 from flatcli.cli.tables.sharpness import render
 
@@ -20,6 +21,7 @@ def sharpness(
     checkpoint: Checkpoint,
     spec: SpecFile = None,
     arch: Arch = None,
+    trust_embedded_code: TrustEmbeddedCode = False,
     layer: Layer = None,
     data: Data = None,
     split: Split = "test",
@@ -50,5 +52,6 @@ def sharpness(
                 device=device, seed=seed, weight_norm=weight_norm.value, scale=scale, scale_bias=scale_bias,
                 hutchinson=hutchinson, layers=layers, precision=precision.value, channels_last=channels_last,
                 samples=False, on_rows=out.rows, progress=progress,
+                trust_embedded_code=trust_embedded_code,
             )
         out.finish(result.config, result.summary)

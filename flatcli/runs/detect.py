@@ -560,8 +560,16 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
     n = flagged_total = 0
     for s in each_score(ctx, weight_norm=weight_norm):
         X = s.features(det.method, det.score)
-        value = thresholded(det, X)
-        flagged = det.predict(X)
+        with np.errstate(all="ignore"):  # a tampered detector overflows: refused below, not warned about
+            value, decision = thresholded(det, X), det.decision(X)
+        bad = ~(np.isfinite(value) & np.isfinite(decision))
+        if bad.any():
+            raise DetectorError(
+                f"the detector {detector_path or '(in memory)'} gives non-finite scores on {int(bad.sum())} input(s) "
+                f"(first: index {int(s.index[bad][0])}); its coefficients are out of range: re-fit it with "
+                "`flatrob detect ... --save FILE`"
+            )
+        flagged = decision > 0
         n += len(s)
         flagged_total += int(flagged.sum())
         values.append(value)

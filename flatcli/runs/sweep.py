@@ -288,8 +288,9 @@ def sweep_scale(ctx: RunContext, settings: SweepSettings, *, plot: str | None = 
     figures = []
     if plot_dir is not None:
         from flatcli.outputs.figures.sweep import sweep_figures
+        from flatcli.outputs.plan import output_directory
 
-        plot_dir.mkdir(exist_ok=True)
+        output_directory(plot_dir)
         figures = sweep_figures(outcome, plot_dir, title=loaded.name, trajectory=settings.trajectory,
                                 attack=settings.attack)
     notes = []

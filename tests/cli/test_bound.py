@@ -242,7 +242,7 @@ def test_from_json_refuses_other_input(stdin, fragments):
         ([EXAMPLE, "--epsilon", "0.1", "--lipschitz", "big"], ["--lipschitz", "big"]),
         (["--from-json", "-", "--kappa", "1", "--lipschitz", "12", "--epsilon", "0.1"], ["--from-json", "--kappa"]),
         (["--from-json", "-", "--epsilon", "0.1"], ["--lipschitz"]),
-        (["--from-json", "/nonexistent/s.json", "-L", "3", "--epsilon", "0.1"], ["cannot read"]),
+        (["--from-json", "/nonexistent/s.json", "-L", "3", "--epsilon", "0.1"], ["does not exist"]),
         (["no-such-file.safetensors", "--epsilon", "0.1"], []),
         ([EXAMPLE, "--epsilon", "0.1", "-o", "/nonexistent-dir/b.json"], ["/nonexistent-dir"]),
     ],
