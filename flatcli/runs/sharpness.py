@@ -15,7 +15,7 @@ import torch
 
 from flatcli.core.curvature import MEASURES, WEIGHT_NORMS, head_measures, weight_factor
 from flatcli.core.head_scaling import Scaling
-from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum
+from flatcli.core.hutchinson import MAX_PROBES, HutchinsonTraces, batch_loss_sum
 from flatcli.core.statistics import describe_columns
 from flatcli.errors import LayerError, UsageError
 from flatcli.models.head import HeadSplit
@@ -44,8 +44,8 @@ class SharpnessSettings:
             raise UsageError(f"--scale must be positive, got {self.scaling.scale}")
         if self.weight_norm not in WEIGHT_NORMS:
             raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
-        if self.hutchinson < 0 or self.hutchinson == 1:
-            raise UsageError(f"--hutchinson needs 0 (off) or at least 2 probes, got {self.hutchinson}")
+        if self.hutchinson < 0 or self.hutchinson == 1 or self.hutchinson > MAX_PROBES:
+            raise UsageError(f"--hutchinson needs 0 (off) or 2 to {MAX_PROBES} probes, got {self.hutchinson}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.layers = tuple(self.layers)
@@ -114,7 +114,7 @@ def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows |
     }
     if hutchinson is not None:
         for row in hutchinson:
-            if row["layer"] == loaded.layer and settings.hutchinson:
+            if row["layer"] == loaded.layer:
                 row["closed_form_trace"] = summary["trace_h"]["mean"]
                 row["z"] = (row["trace"] - row["closed_form_trace"]) / row["trace_stderr"] if row["trace_stderr"] > 0 else 0.0
         summary["hutchinson"] = hutchinson
@@ -122,8 +122,9 @@ def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows |
 
 
 def _hutchinson_layers(loaded, settings: SharpnessSettings) -> list[str]:
-    """The head (with ``--hutchinson``) and the earlier ``--layers``, in that order."""
-    return ([loaded.layer] if settings.hutchinson else []) + [n for n in settings.layers if n != loaded.layer]
+    """The head (with ``--hutchinson``, or named in ``--layers``) and the earlier ``--layers``, in that order."""
+    head = settings.hutchinson or loaded.layer in settings.layers
+    return ([loaded.layer] if head else []) + [n for n in settings.layers if n != loaded.layer]
 
 
 def hutchinson_traces(ctx: RunContext, settings: SharpnessSettings, names: list[str]) -> list[dict]:
