@@ -237,7 +237,7 @@ def test_from_json_refuses_other_input(stdin, fragments):
         ([EXAMPLE, "--from-json", "-", "--epsilon", "0.1"], ["checkpoint", "--from-json"]),
         ([EXAMPLE, "--epsilon", "0.1", "--lipschitz", "1,2"], ["--lipschitz", "one value"]),
         ([EXAMPLE, "--epsilon", "0.1", "--check-steps", "5"], ["--check-steps", "--check"]),
-        ([EXAMPLE, "--epsilon", "0.1", "--local-iters", "0"], ["--local-iters", "at least 1"]),
+        ([EXAMPLE, "--epsilon", "0.1", "--local-iters", "0"], ["--local-iters", "from 1 to"]),
         ([*NUMBERS, "--epsilon", "0.1", "--local-iters", "5"], ["--local-iters", "checkpoint"]),
         ([EXAMPLE, "--epsilon", "0.1", "--lipschitz", "big"], ["--lipschitz", "big"]),
         (["--from-json", "-", "--kappa", "1", "--lipschitz", "12", "--epsilon", "0.1"], ["--from-json", "--kappa"]),
