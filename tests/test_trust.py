@@ -75,6 +75,8 @@ def test_console_script_refuses_an_embedded_spec_naming_code_before_importing_it
     assert "names code" in line and "--trust-embedded-code" in line and "--arch this:X" in line
     res = _run([FLATROB, "inspect", "plant.safetensors", "--format", "json"], planted)
     assert res.returncode == 2 and res.stdout == "" and "--trust-embedded-code" in _error_line(res)
+    res = _run([FLATROB, "inspect", "plant.safetensors", "--arch", "plantmod:X"], planted)  # the cwd is not searched
+    assert res.returncode == 2 and "cannot import 'plantmod'" in _error_line(res)
     assert not list(planted.glob("IMPORTED-*"))
 
 
