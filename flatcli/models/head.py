@@ -68,6 +68,8 @@ class HeadSplit:
     def _first_forward(self, x: torch.Tensor):
         try:
             return self.model(x)
+        except torch.OutOfMemoryError:
+            raise  # the device is too small, not the data wrong: an unexpected failure as before
         except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
             self._captured.clear()
             words = " ".join(str(exc).split()) or type(exc).__name__
