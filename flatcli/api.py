@@ -109,8 +109,9 @@ def _floats(values) -> tuple[float, ...] | None:
     return tuple(float(v) for v in values)
 
 
-def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None) -> DataSource:
-    """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms)."""
+def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, *, role: str = "data") -> DataSource:
+    """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms); a
+    ``tensors:`` file is an input of the run under ``role`` (``data``, ``fit_data``)."""
     from torch.utils.data import DataLoader, Dataset
 
     if limit is not None and limit < 0:
@@ -122,7 +123,7 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None) 
     if isinstance(data, str):
         kind, _, path = data.strip().partition(":")
         if kind == "tensors":
-            plan_inputs(data=path)
+            plan_inputs(**{role: path})
         ds = load_data(data, split or "test", limit, num_classes=loaded.num_classes)
     else:
         if isinstance(data, DataSource):
@@ -169,18 +170,19 @@ def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=No
 @_one_plan
 def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
               batch_size=256, device="auto", seed=0, weight_norm="squared", scale=1.0, scale_bias=True,
-              hutchinson=0, layers=None, precision="fp32", channels_last=False, trust_embedded_code=False,
-              samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
+              hutchinson=0, layers=None, layer_method="auto", fisher_samples=2, precision="fp32",
+              channels_last=False, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
+              progress: Progress | None = None) -> Result:
     """``flatrob sharpness``: the closed-form relative sharpness of the head, per sample and per data set.
 
-    ``layers`` (names, or a comma-separated string; default the spec's) adds Hutchinson traces of
-    earlier layers, ``hutchinson`` probes the head too.
+    ``layers`` (names, or a comma-separated string; default the spec's) adds the traces of earlier
+    layers, measured by ``layer_method`` (``auto``: exact per sample where the network is piecewise linear
+    in the layer, else Hutchinson; see :mod:`flatcli.runs.layers`); ``hutchinson`` probes the head too.
     """
-    if isinstance(layers, str):
-        layers = tuple(n.strip() for n in layers.split(",") if n.strip())
+    layers = _layer_names(layers)
     settings = sharpness_run.SharpnessSettings(
         scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, hutchinson=hutchinson, layers=layers or (),
-        precision=precision, channels_last=channels_last,
+        layer_method=layer_method, fisher_samples=fisher_samples, precision=precision, channels_last=channels_last,
     )
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, progress=progress,
@@ -190,22 +192,32 @@ def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, 
     return sharpness_run.sharpness(ctx, settings, on_rows=on_rows, keep_samples=samples)
 
 
+def _layer_names(layers) -> tuple[str, ...] | None:
+    """``layers`` as a tuple of names (a comma-separated string is split); ``None`` stays (the spec's)."""
+    if isinstance(layers, str):
+        return tuple(n.strip() for n in layers.split(",") if n.strip())
+    return None if layers is None else tuple(layers)
+
+
 @_one_plan
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, preset=None, norm=None, eps=None, alpha=None, steps=None,
            random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None, save_adv=None, plot=None,
            weight_norm="squared", scale=1.0, scale_bias=True, precision="fp32", channels_last=False, resume=None,
-           trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
-           progress: Progress | None = None) -> Result:
+           layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, trust_embedded_code=False,
+           samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob attack``: PGD recording loss and sharpness along every trajectory (uncanny valley, take-off).
 
     The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
-    names a file to write them to.
+    names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
+    at every step too (``layer_method``, ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
     """
+    layers = _layer_names(layers)
     settings = attack_run.AttackSettings.from_options(
         preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start, restarts=restarts,
         scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, takeoff=takeoff, targeted=targeted,
-        precision=precision, channels_last=channels_last,
+        precision=precision, channels_last=channels_last, layers=layers or (), layer_method=layer_method,
+        fisher_samples=fisher_samples, hutchinson=hutchinson,
     )
     attack_run.trajectory_format(trajectory)
     _check_plot(plot)
@@ -213,6 +225,8 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
                    progress=progress, trust_embedded_code=trust_embedded_code)
+    if layers is None and ctx.loaded.spec.layers:
+        settings.layers = tuple(ctx.loaded.spec.layers)
     return attack_run.attack(ctx, settings, trajectory=trajectory, save_adv=save_adv, plot=plot, on_rows=on_rows,
                              keep_samples=samples)
 
@@ -289,14 +303,17 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, method=None, score=None, folds=None, only_successful=False,
            preset=None, norm=None, eps=None, alpha=None, steps=None, random_start=False, restarts=1,
-           adversarial=None, save=None, save_adv=None, plot=None, detector=None, force=False, weight_norm=None,
+           adversarial=None, fit_data=None, probe_steps=None, probe_size=None, adaptive=False, adaptive_weight=None,
+           save=None, save_adv=None, plot=None, detector=None, force=False, weight_norm=None,
            resume=None, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
            progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
     ``detector`` (a file or a fitted :class:`~flatcli.core.detectors.Detector`) apply a saved one.
 
-    ``adversarial`` (a ``tensors:`` file) supplies the adversarials instead of attacking. The fitted
-    detector is ``result.artifacts["detector"]``.
+    ``adversarial`` (a ``tensors:`` file) supplies the adversarials instead of attacking. ``fit_data``
+    (the forms of ``data``; a string is read with split ``train``) holds the clean labelled inputs the
+    Mahalanobis model is fitted on (``method`` ``mahalanobis``, ``ensemble``, ``all``; default: the
+    training split of a ``data`` string). The fitted detector is ``result.artifacts["detector"]``.
     """
     attack_given = [k for k, v in {"--preset": preset, "--norm": norm, "--eps": eps, "--alpha": alpha,
                                    "--steps": steps, "--random-start": random_start or None,
@@ -304,6 +321,8 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     if detector is not None:
         clash = [k for k, v in {"--method": method, "--score": score, "--folds": folds,
                                 "--only-successful": only_successful or None, "--adversarial": adversarial,
+                                "--fit-data": fit_data, "--probe-steps": probe_steps, "--probe-size": probe_size,
+                                "--adaptive": adaptive or None, "--adaptive-weight": adaptive_weight,
                                 "--save": save, "--save-adv": save_adv, "--plot": plot}.items() if v is not None]
         clash += attack_given + (["--resume"] if resume else [])
         if clash:
@@ -323,13 +342,20 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
             raise UsageError("--adversarial needs a file name")
         if resume is not None:
             raise UsageError("--resume keeps the crafted adversarials of a run; with --adversarial nothing is crafted: drop it")
+        if adaptive:
+            raise UsageError("--adaptive crafts adversarials against the fitted detector; with --adversarial nothing "
+                             "is crafted: drop one of them")
     _check_plot(plot)
     check_outputs(save=save, save_adv=save_adv, plot=plot)
     settings = detect_run.DetectSettings.from_options(
         crafted=adversarial is None, preset=preset, norm=norm, eps=eps, alpha=alpha, steps=steps,
         random_start=random_start, restarts=restarts, method=method, score=score, folds=folds,
-        only_successful=only_successful, weight_norm=weight_norm,
+        only_successful=only_successful, weight_norm=weight_norm, probe_steps=probe_steps, probe_size=probe_size,
+        adaptive=adaptive, adaptive_weight=adaptive_weight,
     )
+    if fit_data is not None and not settings.uses_mahalanobis:
+        raise UsageError(f"--fit-data holds the data of the Mahalanobis model, which --method {settings.method} does "
+                         "not use; drop it or use --method mahalanobis, ensemble or all")
     plan_inputs(adversarial=adversarial)
     ctx = _context(model, data, spec=spec, trust_embedded_code=trust_embedded_code, arch=arch, layer=layer, mean=mean,
                    std=std, split=split, limit=limit, batch_size=batch_size, device=device, seed=seed, resume=resume,
@@ -338,8 +364,25 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     if adversarial is not None:
         adv_ds = load_data(f"tensors:{adversarial}", split, limit)
         check_compatible(adv_ds, ctx.loaded.spec.input_shape, ctx.loaded.num_classes)
-    return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, save=save,
+    fit_ds = _fit_data(fit_data, data, ctx) if settings.uses_mahalanobis else None
+    return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, fit_data=fit_ds, save=save,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
+
+
+def _fit_data(fit_data, data, ctx: RunContext) -> DataSource:
+    """The Mahalanobis model's clean labelled data: ``fit_data``, or the training split of the ``data`` string;
+    never the data being scored."""
+    if fit_data is None:
+        source = data if data is not None else (ctx.loaded.spec.data or "digits")
+        if not isinstance(source, str):
+            raise UsageError("the Mahalanobis model needs clean labelled training data: pass fit_data= (the forms of "
+                             "data=) when data is not a --data string")
+        fit_data = source
+    ds = _data(fit_data, ctx.loaded, "train", None, role="fit_data")
+    if ds.name == ctx.data.name:
+        raise UsageError(f"--fit-data would be {ds.name}, the very data the detector is tested on; pass --fit-data "
+                         "with other clean labelled inputs (e.g. a training split)")
+    return ds
 
 
 def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows, progress, **common) -> Result:

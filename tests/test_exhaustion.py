@@ -90,7 +90,7 @@ def cases(d) -> dict[str, tuple[list[str], str]]:
         "folder with a .. link": (["sharpness", EXAMPLE, "--data", f"folder:{d / 'loop'}"], "link cycle"),
         "embedded data folder:/proc": (["sharpness", str(d / "proc.safetensors")], "lies on proc"),
         "--spec /dev/zero": (["inspect", EXAMPLE, "--spec", "/dev/zero"], "larger than the 64 KiB"),
-        "--detector /dev/zero": (["detect", EXAMPLE, "--detector", "/dev/zero"], "larger than the 1 MiB"),
+        "--detector /dev/zero": (["detect", EXAMPLE, "--detector", "/dev/zero"], "larger than the 128 MiB"),
         "bound --from-json /dev/zero": (["bound", "--from-json", "/dev/zero", "-L", "3", "--epsilon", "0.1"],
                                         "larger than the 64 MiB"),
         "--eps 1e308": ([*attack, "--eps", "1e308"], "--eps must be"),

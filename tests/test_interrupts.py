@@ -264,20 +264,20 @@ DETECT = ["detect", EXAMPLE, "--limit", "60", "--batch-size", "10", "--steps", "
 
 
 def test_detect_resume_after_sigterm_gives_the_same_json(tmp_path, monkeypatch):
-    import flatcli.runs.detect as detection
+    from flatcli.runs.detect_scores import Scorer
 
     full = invoke(*DETECT)
     assert full.exit_code == 0, full.stderr
-    real = detection.batch_scores
+    real = Scorer.__call__
     calls = {"n": 0}
 
-    def batch_scores(*args, **kwargs):
+    def score(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:  # the clean scores of the second batch
             os.kill(os.getpid(), signal.SIGTERM)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(detection, "batch_scores", batch_scores)
+    monkeypatch.setattr(Scorer, "__call__", score)
     res = invoke(*DETECT, "--resume", tmp_path / "R", "--output", tmp_path / "out.json")
     assert res.exit_code == 143
     assert "--resume" in _one_line(res.stderr) and not (tmp_path / "out.json").exists()
@@ -293,6 +293,9 @@ def test_detect_resume_after_sigterm_gives_the_same_json(tmp_path, monkeypatch):
     assert other.stdout == invoke(*DETECT, "--method", "components").stdout
     refused = invoke(*DETECT, "--eps", "0.2", "--resume", tmp_path / "R")
     assert "eps was" in _one_line(refused.stderr)
+    # the features are: the stored batches hold no curvature profile
+    refused = invoke(*DETECT, "--method", "profile", "--resume", tmp_path / "R")
+    assert "probe was unset" in _one_line(refused.stderr)
     refused = invoke("attack", EXAMPLE, "--limit", "60", "--resume", tmp_path / "R")
     assert "flatrob detect" in _one_line(refused.stderr)
 

@@ -56,6 +56,16 @@ def test_torchrun_attack_equals_one_process(cli, tmp_path):
     close(single["summary"], dist["summary"])
 
 
+def test_torchrun_detect_every_method_and_the_adaptive_check_equal_one_process(cli, tmp_path):
+    args = ["detect", EXAMPLE, "--format", "json", "--per-sample", "--limit", "37", "--batch-size", "8",
+            "--eps", "0.3", "--alpha", "0.1", "--steps", "3", "--folds", "2", "--method", "all", "--adaptive",
+            "--probe-steps", "1", "--device", "cpu"]
+    dist = torchrun_json(tmp_path, *args)
+    single = json.loads(cli(*args).stdout)
+    close(single["samples"], dist["samples"])
+    close(single["summary"], dist["summary"])
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_reduced_precision_close_to_fp32(cli, precision):
     def summary(p):

@@ -9,9 +9,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt,
-    Output, PerSample, Precision, PrecisionOpt, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Scale,
-    ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
+    Alpha, Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, FisherSamples, Format, FormatOpt, Layer,
+    LayerMethod, LayerMethodOpt, Layers, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Quiet,
+    RandomStart, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff,
+    TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
 )
 from flatcli.cli.tables.attack import render
 from flatcli.errors import UsageError
@@ -58,6 +59,10 @@ def attack(
     precision: PrecisionOpt = Precision.fp32,
     channels_last: ChannelsLast = False,
     resume: ResumeOpt = None,
+    layers: Layers = None,
+    layer_method: LayerMethodOpt = LayerMethod.auto,
+    fisher_samples: FisherSamples = 2,
+    hutchinson: Annotated[int, typer.Option("--hutchinson", help="Probes for the layers measured by Hutchinson (0: 100).")] = 0,
 ) -> None:
     """PGD-linf / PGD-l2 recording loss, sharpness and confidence at every step (uncanny valley, take-off)."""
     common.check_common(limit=limit, batch_size=batch_size)
@@ -76,6 +81,7 @@ def attack(
                 random_start=random_start, restarts=restarts, targeted=targeted, takeoff=takeoff,
                 trajectory=trajectory, save_adv=save_adv, plot=plot, weight_norm=weight_norm.value, scale=scale,
                 scale_bias=scale_bias, precision=precision.value, channels_last=channels_last, resume=resume,
+                layers=layers, layer_method=layer_method.value, fisher_samples=fisher_samples, hutchinson=hutchinson,
                 samples=False, on_rows=out.rows if rows else None, progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )

@@ -1,5 +1,5 @@
-"""``flatrob detect``: flag adversarial inputs by their sharpness (paper D.4); fit + cross-validate,
-save, or apply a saved detector (``--detector``)."""
+"""``flatrob detect``: flag adversarial inputs by their sharpness (paper D.4) or the baselines beside it; fit +
+cross-validate (and attack adaptively), save, or apply a saved detector (``--detector``)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,10 @@ from flatcli.cli.tables.detect import render_apply, render_fit
 class Method(str, Enum):
     stump = "stump"
     components = "components"
+    mahalanobis = "mahalanobis"
+    profile = "profile"
+    ensemble = "ensemble"
+    all = "all"
 
 
 class Score(str, Enum):
@@ -32,8 +36,37 @@ class Score(str, Enum):
 
 MethodOpt = Annotated[
     Optional[Method],
-    typer.Option("--method", help="stump (threshold on one score; default) or components (logistic regression on "
-                 "the logs of sum_j p_j(1-p_j), ||phi||^2, ||W phi||^2).", show_default=False),
+    typer.Option("--method", help="stump (threshold on one score; default), components (logistic regression on "
+                 "the logs of sum_j p_j(1-p_j), ||phi||^2, ||W phi||^2), mahalanobis (threshold on the minimum "
+                 "Mahalanobis distance of phi to the class means of --fit-data), profile (logistic regression on "
+                 "the curvature profile: sharpness, loss, confidence, ||phi|| at the input and after each probe step "
+                 "of gradient ascent on the predicted class's loss), ensemble (logistic regression on all of them), "
+                 "or all (every method on the same folds; the best is kept).", show_default=False),
+]
+FitData = Annotated[
+    Optional[str],
+    typer.Option("--fit-data", help="Clean labelled data (a --data source, its train split) for the class means and "
+                 "covariance of mahalanobis, ensemble and all (default: the train split of --data).",
+                 metavar="SOURCE"),
+]
+ProbeSteps = Annotated[
+    Optional[int],
+    typer.Option("--probe-steps", help="Probe steps of the curvature profile, 1 to 3 (default 3).", show_default=False),
+]
+ProbeSize = Annotated[
+    Optional[float],
+    typer.Option("--probe-size", help="Size of a probe step (linf, inputs in [0, 1]; default 0.03).",
+                 show_default=False),
+]
+AdaptiveOpt = Annotated[
+    bool,
+    typer.Option("--adaptive", help="Also attack model and detector together (PGD with the attack's settings on the "
+                 "cross-entropy minus the detector's normalised decision) and report the detector against it."),
+]
+AdaptiveWeight = Annotated[
+    Optional[float],
+    typer.Option("--adaptive-weight", help="Weight of the detector's decision in the adaptive attack (default 3).",
+                 show_default=False),
 ]
 ScoreOpt = Annotated[
     Optional[Score],
@@ -96,6 +129,11 @@ def detect(
     random_start: RandomStart = False,
     restarts: Restarts = 1,
     adversarial: Adversarial = None,
+    fit_data: FitData = None,
+    probe_steps: ProbeSteps = None,
+    probe_size: ProbeSize = None,
+    adaptive: AdaptiveOpt = False,
+    adaptive_weight: AdaptiveWeight = None,
     save: Save = None,
     save_adv: SaveAdv = None,
     plot: Plot = None,
@@ -104,7 +142,7 @@ def detect(
     weight_norm: WeightNormMaybe = None,
     resume: ResumeOpt = None,
 ) -> None:
-    """Detect adversarial inputs by their sharpness: fit and cross-validate a threshold (D.4), or apply a saved one."""
+    """Detect adversarial inputs by their sharpness and its baselines: fit and cross-validate (D.4), or apply a saved detector."""
     common.check_common(limit=limit, batch_size=batch_size, output=output)
     common.check_outputs(output=output, save=save, save_adv=save_adv, plot=plot)
     from flatcli import api
@@ -116,7 +154,9 @@ def detect(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
                 device=device, seed=seed, method=value(method), score=value(score), folds=folds,
                 only_successful=only_successful, preset=value(preset), norm=value(norm), eps=eps, alpha=alpha,
-                steps=steps, random_start=random_start, restarts=restarts, adversarial=adversarial, save=save,
+                steps=steps, random_start=random_start, restarts=restarts, adversarial=adversarial, fit_data=fit_data,
+                probe_steps=probe_steps, probe_size=probe_size, adaptive=adaptive, adaptive_weight=adaptive_weight,
+                save=save,
                 save_adv=save_adv, plot=plot, detector=detector, force=force, weight_norm=value(weight_norm),
                 resume=resume, samples=False, on_rows=out.rows, progress=progress,
                 trust_embedded_code=trust_embedded_code,

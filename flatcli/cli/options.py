@@ -144,3 +144,29 @@ PrecisionOpt = Annotated[
     typer.Option("--precision", help="Forward pass precision (torch.autocast); closed-form measures stay float64."),
 ]
 ChannelsLast = Annotated[bool, typer.Option("--channels-last", help="Run convolutions in channels-last memory format (faster on GPUs).")]
+
+
+# Earlier layers (paper Fig. 14), shared by sharpness and attack; see flatcli.runs.layers.
+
+
+class LayerMethod(str, Enum):
+    auto = "auto"
+    exact = "exact"
+    fisher_mc = "fisher-mc"
+    hutchinson = "hutchinson"
+
+
+Layers = Annotated[
+    Optional[str],
+    typer.Option("--layers", help="Comma-separated earlier layers whose trace and relative sharpness to measure (Fig. 14)."),
+]
+LayerMethodOpt = Annotated[
+    LayerMethod,
+    typer.Option(
+        "--layer-method",
+        help="How --layers are measured: exact (per sample, k backward passes), fisher-mc (per sample, labels drawn "
+        "from p), hutchinson (data-set value, probes); auto: exact where the network is piecewise linear in the "
+        "layer, else hutchinson.",
+    ),
+]
+FisherSamples = Annotated[int, typer.Option("--fisher-samples", help="Labels drawn per sample for --layer-method fisher-mc (at least 2).")]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Format, FormatOpt, Layer, Limit, Output, PerSample,
-    Precision, PrecisionOpt, Quiet, Scale, ScaleBias, Seed, SpecFile, Split, TrustEmbeddedCode, WeightNorm,
-    WeightNormOpt,
+    Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, FisherSamples, Format, FormatOpt, Layer, LayerMethod,
+    LayerMethodOpt, Layers, Limit, Output, PerSample, Precision, PrecisionOpt, Quiet, Scale, ScaleBias, Seed, SpecFile,
+    Split, TrustEmbeddedCode, WeightNorm, WeightNormOpt,
 )
 from flatcli.cli.tables.sharpness import render
 
@@ -36,8 +36,10 @@ def sharpness(
     weight_norm: WeightNormOpt = WeightNorm.squared,
     scale: Scale = 1.0,
     scale_bias: ScaleBias = True,
-    hutchinson: Annotated[int, typer.Option("--hutchinson", help="Probes for a Hutchinson estimate of the head's trace (0: off).")] = 0,
-    layers: Annotated[Optional[str], typer.Option("--layers", help="Comma-separated earlier layers for Hutchinson traces (Fig. 14).")] = None,
+    hutchinson: Annotated[int, typer.Option("--hutchinson", help="Probes for a Hutchinson estimate of the head's trace (0: off); also the probes of --layers measured by Hutchinson (0: 100).")] = 0,
+    layers: Layers = None,
+    layer_method: LayerMethodOpt = LayerMethod.auto,
+    fisher_samples: FisherSamples = 2,
     precision: PrecisionOpt = Precision.fp32,
     channels_last: ChannelsLast = False,
 ) -> None:
@@ -50,8 +52,9 @@ def sharpness(
             result = api.sharpness(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
                 device=device, seed=seed, weight_norm=weight_norm.value, scale=scale, scale_bias=scale_bias,
-                hutchinson=hutchinson, layers=layers, precision=precision.value, channels_last=channels_last,
-                samples=False, on_rows=out.rows, progress=progress,
-                trust_embedded_code=trust_embedded_code,
+                hutchinson=hutchinson, layers=layers, layer_method=layer_method.value, fisher_samples=fisher_samples,
+                precision=precision.value, channels_last=channels_last, samples=False, on_rows=out.rows,
+                progress=progress, trust_embedded_code=trust_embedded_code,
             )
+        common.notes(result, quiet)
         out.finish(result.config, result.summary)

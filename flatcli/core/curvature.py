@@ -69,14 +69,16 @@ def head_measures(
     y: torch.Tensor | None = None,
     *,
     weight_norm: str = "squared",
+    differentiable: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Per-sample closed forms (float64, shape (B,)) for features ``phi`` (B, m) and head ``W, b``.
 
     ``weight``/``bias`` are those of the model being measured (already scaled, if it is). Besides
     :data:`MEASURES` the result holds ``pred``, ``prob_term`` (c) and ``logit_norm_sq`` (``||W phi||^2``),
-    the label-free parts of sharpness. Label-dependent entries need ``y``.
+    the label-free parts of sharpness. Label-dependent entries need ``y``. ``differentiable`` keeps the
+    graph from ``phi`` (for attacks on a detector); the head's parameters are always detached.
     """
-    phi = phi.detach().double()
+    phi = (phi if differentiable else phi.detach()).double()
     w = weight.detach().double()
     wphi = phi @ w.T
     logits = wphi + bias.detach().double() if bias is not None else wphi

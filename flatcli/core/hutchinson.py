@@ -64,15 +64,18 @@ class HutchinsonTraces:
         if reduce is not None:
             totals = reduce(torch.cat([quad.flatten(), torch.tensor([float(total)], dtype=torch.float64)]))
             quad, total = totals[:-1].view_as(quad), int(totals[-1].item())
-        quad = quad / max(total, 1)
-        return [
-            TraceEstimate(
-                mean=quad[g].mean().item(),
-                stderr=(quad[g].std(unbiased=True) / math.sqrt(self.probes)).item(),
-                probes=self.probes,
-            )
-            for g in range(len(self.params))
-        ]
+        return trace_estimates(quad, total)
+
+
+def trace_estimates(quad: torch.Tensor, total: int) -> list[TraceEstimate]:
+    """The estimate of every group from the summed quadratic forms ``quad`` (groups x probes) of ``total`` samples."""
+    quad = quad / max(total, 1)
+    probes = quad.shape[1]
+    return [
+        TraceEstimate(mean=quad[g].mean().item(), stderr=(quad[g].std(unbiased=True) / math.sqrt(probes)).item(),
+                      probes=probes)
+        for g in range(quad.shape[0])
+    ]
 
 
 def _probe_seed(seed: int, group: int, probe: int) -> int:

@@ -4,7 +4,8 @@ Conventions (DESIGN.md §2, chosen to match torchattacks' ``PGD`` / ``PGDL2`` so
 
 * inputs in [0, 1]; the model (normalisation inside) is in eval mode (see :func:`flatcli.core.classifier.eval_mode`);
 * the ascent direction is the gradient of the per-sample cross-entropy *summed* over the batch
-  (targeted: of minus the cross-entropy to the target class);
+  (targeted: of minus the cross-entropy to the target class; an adaptive attack passes its own
+  per-sample ``loss(x, logits, phi)``);
 * linf step ``x + alpha * sign(g)``; l2 step ``x + alpha * g / max(||g||_2, 1e-12)`` per sample;
 * then project onto the eps-ball around the clean input ``x0`` (linf: ``x0 + clamp(x - x0, -eps, eps)``;
   l2: ``x0 + (x - x0) * min(1, eps / ||x - x0||_2)``), then clamp to [0, 1];
@@ -52,6 +53,8 @@ PRESETS: dict[str, dict] = {
 }
 
 Forward = Callable[[Tensor], "tuple[Tensor, Tensor]"]
+#: A per-sample objective ``loss(x, logits, phi) -> (B,)`` replacing the cross-entropy (``x`` requires grad).
+Loss = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 @dataclass(frozen=True)
@@ -107,7 +110,9 @@ class PGD:
         alpha: float | Tensor | None = None,
         target: Tensor | None = None,
         record: bool = False,
+        keep_iterates: bool = False,
         generator: torch.Generator | None = None,
+        loss: Loss | None = None,
     ) -> "PGDResult":
         """:func:`pgd` with this configuration (``eps``/``alpha`` may be overridden, e.g. per sample)."""
         return pgd(
@@ -122,7 +127,9 @@ class PGD:
             restarts=self.restarts,
             target=target,
             record=record,
+            keep_iterates=keep_iterates,
             generator=generator,
+            loss=loss,
         )
 
 
@@ -135,7 +142,8 @@ class PGDResult:
     ``record`` or restarts). With ``record``: ``phi`` (T+1, B, m) and ``logits_by_step`` (T+1, B, k)
     are the features and logits of ``x_0 .. x_T`` from the forward passes of the attack itself, and
     ``dist_l2`` / ``dist_linf`` (T+1, B) the distances of each iterate to the clean input.
-    ``x_start`` is ``x_0`` (the clean input, or the random start).
+    ``x_start`` is ``x_0`` (the clean input, or the random start). With ``record`` and ``keep_iterates``,
+    ``x_by_step`` (T+1, B, ...) holds the iterates ``x_0 .. x_T`` themselves.
     """
 
     x_adv: Tensor
@@ -147,6 +155,7 @@ class PGDResult:
     dist_l2: Tensor | None = None
     dist_linf: Tensor | None = None
     x_start: Tensor | None = None
+    x_by_step: Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,12 +264,15 @@ def pgd(
     restarts: int = 1,
     target: Tensor | None = None,
     record: bool = False,
+    keep_iterates: bool = False,
     generator: torch.Generator | None = None,
+    loss: Loss | None = None,
 ) -> PGDResult:
     """PGD on ``forward`` (``x -> (logits, phi)``) from the clean batch ``x`` with labels ``y``.
 
-    ``target`` (B,) makes it targeted. ``record`` keeps ``phi``/logits/distances of every iterate
-    (from the same forward passes) plus one final forward; see :class:`PGDResult`. ``generator``
+    ``target`` (B,) makes it targeted; ``loss`` replaces the objective (then ``target`` is unused).
+    ``record`` keeps ``phi``/logits/distances of every iterate (from the same forward passes) plus one
+    final forward, and ``keep_iterates`` the iterates too; see :class:`PGDResult`. ``generator``
     (a CPU generator) drives the random starts. The caller puts the model in eval mode
     (:func:`flatcli.core.classifier.eval_mode`); parameters are never modified and their gradients are not touched.
     """
@@ -274,16 +286,19 @@ def pgd(
     final_forward = record or restarts > 1
     best: PGDResult | None = None
     for r in range(restarts):
-        result = _single(forward, x0, y, norm, eps_b, alpha_b, steps, random_start, target, record, final_forward, generator)
+        result = _single(forward, x0, y, norm, eps_b, alpha_b, steps, random_start, target, record, final_forward,
+                         generator, loss, keep_iterates and record)
         result.restart = torch.full((x0.shape[0],), r, dtype=torch.long, device=x0.device)
         best = result if best is None else _keep_better(best, result)
     assert best is not None
     return best
 
 
-def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, final_forward, generator) -> PGDResult:
+def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, final_forward, generator,
+            loss=None, keep_iterates=False) -> PGDResult:
     x = random_start(x0, eps, norm, generator) if start else x0.clone()
     x_start = x.detach()
+    iterates: list[Tensor] = []
     phis: list[Tensor] = []
     logits_seen: list[Tensor] = []
     d2: list[Tensor] = []
@@ -291,11 +306,13 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
     for _ in range(steps):
         x.requires_grad_(True)
         logits, phi = forward(x)
-        obj = objective(logits, y, target).sum()
+        obj = (objective(logits, y, target) if loss is None else loss(x, logits, phi)).sum()
         (grad,) = torch.autograd.grad(obj, x)
         with torch.no_grad():
             x = x.detach()
             if record:
+                if keep_iterates:
+                    iterates.append(x)
                 phis.append(phi.detach())
                 logits_seen.append(logits.detach())
                 delta = (x - x0).flatten(1)
@@ -304,10 +321,16 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
             x = project(ascent_step(x, grad, alpha, norm), x0, eps, norm)
     result = PGDResult(x_adv=x.detach(), restart=torch.zeros(0), x_start=x_start)
     if final_forward:
-        with torch.no_grad():
-            logits, phi = forward(x)
+        if loss is None:
+            with torch.no_grad():
+                logits, phi = forward(x)
+                result.logits = logits.detach()
+                result.objective = objective(result.logits, y, target)
+        else:  # an own objective may need gradients (e.g. probes of the input)
+            x_final = x.detach().requires_grad_(True)
+            logits, phi = forward(x_final)
+            result.objective = loss(x_final, logits, phi).detach()
             result.logits = logits.detach()
-            result.objective = objective(result.logits, y, target)
         if record:
             phis.append(phi.detach())
             logits_seen.append(result.logits)
@@ -318,6 +341,8 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
             result.logits_by_step = torch.stack(logits_seen)
             result.dist_l2 = torch.stack(d2)
             result.dist_linf = torch.stack(dinf)
+            if keep_iterates:
+                result.x_by_step = torch.stack(iterates + [x.detach()])
     return result
 
 
@@ -342,4 +367,5 @@ def _keep_better(best: PGDResult, new: PGDResult) -> PGDResult:
         dist_l2=pick(best.dist_l2, new.dist_l2, 1),
         dist_linf=pick(best.dist_linf, new.dist_linf, 1),
         x_start=pick(best.x_start, new.x_start, 0),
+        x_by_step=pick(best.x_by_step, new.x_by_step, 1),
     )

@@ -18,8 +18,9 @@ from flatcli.errors import DetectorError, UsageError
 from flatcli.inputs.text import read_text
 from flatcli.outputs.plan import output_path
 
-#: The largest detector file read (a saved detector is a few KB).
-MAX_DETECTOR_BYTES = 1024 * 1024
+#: The largest detector file read (a threshold detector is a few KB; a Mahalanobis precision matrix over
+#: 512 features is about 5 MB of JSON, over 2048 about 80 MB).
+MAX_DETECTOR_BYTES = 128 * 1024 * 1024
 #: Integers with more digits are refused (a float64 holds about 17).
 MAX_INT_DIGITS = 20
 #: ``meta`` entries that applying a detector reads, which must be strings (or absent / null).

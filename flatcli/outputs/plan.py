@@ -31,8 +31,8 @@ from flatcli.outputs.files import check_writable, resolved, temporary_beside, wr
 
 #: How inputs are named in messages (keyword of :func:`plan_inputs` -> words).
 INPUT_NAMES = {"checkpoint": "the checkpoint", "source": "the file to convert", "data": "the --data file",
-               "spec": "the --spec file", "detector": "the --detector file", "adversarial": "the --adversarial file",
-               "from_json": "the --from-json file"}
+               "fit_data": "the --fit-data file", "spec": "the --spec file", "detector": "the --detector file",
+               "adversarial": "the --adversarial file", "from_json": "the --from-json file"}
 
 #: Outputs that are not options (keyword of :func:`check_outputs` -> how the command line names them).
 OUTPUT_NAMES = {"dest": "DEST"}

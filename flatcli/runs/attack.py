@@ -6,7 +6,9 @@ from the forward pass that gives the gradient, plus one final forward for ``x_T`
 closed-form measures (the same numbers ``flatrob sharpness`` gives on ``x_t``). Rows go out per batch
 (trajectory rows: one per sample and step; sample rows: one per sample), so memory is bounded by the
 batch; the summary keeps per-step sums and a few scalars per sample. The statistics (take-off, basin
-width, uncanny valley) are :mod:`flatcli.core.trajectories`.
+width, uncanny valley) are :mod:`flatcli.core.trajectories`. With ``--layers`` the traces of earlier layers
+(:mod:`flatcli.runs.layers`) are measured at every iterate ``x_t`` too (one more forward and ``k``
+backward passes per step for exact traces; Hutchinson probes give per-step data-set values only).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from flatcli.core.curvature import WEIGHT_NORMS, head_measures
+from flatcli.core.curvature import WEIGHT_NORMS, head_measures, weight_factor
 from flatcli.core.head_scaling import Scaling
+from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum, trace_estimates
 from flatcli.core.pgd import PGD, PRESETS, batch_generator, least_likely
 from flatcli.core.statistics import describe, quantiles
 from flatcli.core.trajectories import (
@@ -30,6 +33,7 @@ from flatcli.errors import UsageError
 from flatcli.inputs.adversarial_file import save_adversarials
 from flatcli.models.head import HeadSplit
 from flatcli.outputs.writer import ResultWriter
+from flatcli.runs import layers as layer_run
 from flatcli.runs.result import OnRows, Result, Rows
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
@@ -92,6 +96,10 @@ class AttackSettings:
     targeted: int | str | None = None  # a class, "least-likely", or None
     precision: str = "fp32"  # forward/backward under autocast; closed forms stay float64
     channels_last: bool = False
+    layers: tuple[str, ...] = ()  # earlier layers measured at every step (Fig. 14)
+    layer_method: str = "auto"  # flatcli.runs.layers
+    fisher_samples: int = 2
+    hutchinson: int = 0  # probes for layers measured by Hutchinson (0: layer_run.DEFAULT_PROBES)
 
     def __post_init__(self) -> None:
         if not 0 < self.takeoff <= 1:
@@ -103,6 +111,19 @@ class AttackSettings:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.targeted = parse_targeted(self.targeted)
+        layer_run.check_method(self.layer_method, self.fisher_samples)
+        if self.hutchinson < 0 or self.hutchinson == 1:
+            raise UsageError(f"--hutchinson needs 0 (the default {layer_run.DEFAULT_PROBES}) or at least 2 probes, "
+                             f"got {self.hutchinson}")
+        self.layers = tuple(self.layers)
+
+    @property
+    def probes(self) -> int:
+        return self.hutchinson or layer_run.DEFAULT_PROBES
+
+    def layer_config(self) -> dict:
+        return {"layers": list(self.layers), "layer_method": self.layer_method, "fisher_samples": self.fisher_samples,
+                "hutchinson_probes": self.probes}
 
     @classmethod
     def from_options(cls, preset: str | None = None, *, norm=None, eps=None, alpha=None, steps=None,
@@ -118,7 +139,7 @@ class AttackSettings:
         return {
             **self.attack.config(), "targeted": self.targeted, "takeoff": self.takeoff, "weight_norm": self.weight_norm,
             "scale": self.scaling.scale, "scale_bias": self.scaling.scale_bias, "precision": self.precision,
-            "channels_last": self.channels_last,
+            "channels_last": self.channels_last, **self.layer_config(),
         }
 
     def config(self) -> dict:
@@ -131,6 +152,7 @@ class AttackSettings:
             "weight_norm": self.weight_norm,
             "scale": self.scaling.scale,
             "scale_bias": self.scaling.scale_bias,
+            **self.layer_config(),
         }
 
 
@@ -149,9 +171,18 @@ def trajectory_format(path: str | None) -> str | None:
 class _Accumulator:
     """Per-step sums (O(T)) and per-sample scalars (O(N)) for the summary."""
 
-    def __init__(self, steps: int):
+    def __init__(self, steps: int, plans=(), weight_norm: str = "squared"):
         shape = steps + 1
+        self.weight_norm = weight_norm
         self.sums = {k: np.zeros(shape) for k in ("loss", "loss_sq", "sharp", "sharp_sq", "correct", "confidence", "dist_l2")}
+        self.plans = list(plans)
+        for p in self.plans:  # per-sample layers: sums (and squares) of each column, per step
+            for c in p.columns():
+                self.sums[c] = np.zeros(shape)
+                self.sums[c + "^2"] = np.zeros(shape)
+        hutchinson = [p for p in self.plans if not p.per_sample]
+        self.quad = None  # Hutchinson layers: (steps + 1, layers, probes) sums of quadratic forms
+        self.hutchinson = hutchinson
         self.per_sample: dict[str, list[np.ndarray]] = {
             k: [] for k in ("clean_correct", "adv_correct", "ever_correct", "loss_increase", "valley", "width",
                             "censored", "lower_bound", "takeoff_step", "clean_sharpness", "adv_sharpness", "hit")
@@ -193,10 +224,11 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
     if isinstance(settings.targeted, int) and not 0 <= settings.targeted < k:
         raise UsageError(f"--targeted {settings.targeted}: the model has classes 0..{k - 1}")
     traj_format = trajectory_format(trajectory)
+    plans = layer_run.plan_layers(loaded, settings.layers, settings.layer_method)
     store = ctx.store("attack", settings.identity(), {"Takeoff": Takeoff})
     ctx.expect(len(ctx.data))
     keep_adv = save_adv is not None
-    acc = _Accumulator(settings.attack.steps)
+    acc = _Accumulator(settings.attack.steps, plans, settings.weight_norm)
     advs: list[tuple[Tensor, Tensor, Tensor]] = []
     target_hits = 0
     rows = Rows(on_rows, keep_samples)
@@ -210,7 +242,8 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
             def compute(b) -> dict:
                 generator = batch_generator(ctx.seed, b.number)
                 return _attack_batch(split, loaded, settings, b.x, b.y, b.index, generator=generator, verify=b.first,
-                                     keep_adv=keep_adv or store is not None)
+                                     keep_adv=keep_adv or store is not None, plans=plans,
+                                     seeds=(ctx.seed, b.number))
 
             for r in each_batch(ctx, compute, store=store, resumable=True):
                 target_hits += _consume(r, acc, traj.rows if traj is not None else None,
@@ -231,20 +264,22 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
 
             pgd = settings.attack
             title = f"{loaded.name}: PGD-{pgd.norm} eps {pgd.eps:g}, alpha {pgd.alpha:g}, {pgd.steps} steps"
-            attack_figure(summary, plot, title=title)
+            attack_figure(summary, plot, title=title, layers=summary.get("layers", ()))
         if traj is not None:
             traj.finish(config, summary)
     notes = []
     if summary.get("nonfinite"):
         notes.append(f"note: {summary['nonfinite']} of {summary['n']} samples hit NaN/Inf in the logits or gradients; "
                      "they are flagged (nonfinite) and left out of the means")
+    notes += layer_run.notes(plans, settings.layer_method, settings.probes)
     notes += resumed_note(store, ctx.resume)
     return Result("attack", config, summary, rows.kept, artifacts={"adversarials": adv} if adv is not None else {},
                   notes=notes)
 
 
 def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor, y: Tensor,
-                  index: Tensor, *, generator: torch.Generator, verify: bool, keep_adv: bool) -> dict:
+                  index: Tensor, *, generator: torch.Generator, verify: bool, keep_adv: bool, plans=(),
+                  seeds: tuple[int, int] = (0, 0)) -> dict:
     """Attack one batch with recording; everything the summary and the rows need, on the CPU."""
     attack = settings.attack
     T, B = attack.steps, len(y)
@@ -258,7 +293,8 @@ def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor,
             with torch.no_grad():
                 clean_logits, clean_phi = split(x)
         target = resolve_targets(settings.targeted, y, clean_logits)
-        res = attack.run(split, x, y, target=target, record=True, generator=generator)
+        res = attack.run(split, x, y, target=target, record=True, keep_iterates=bool(plans), generator=generator)
+    layers = _layer_steps(split, plans, res.x_by_step, y, settings, seeds) if plans else {}
     # One closed-form call for all (T+1) * B iterates: the numbers `flatrob sharpness` gives on x_t.
     m = head_measures(res.phi.flatten(0, 1), weight, bias, y.repeat(T + 1), weight_norm=settings.weight_norm)
     m = {key: v.view(T + 1, B) for key, v in m.items()}
@@ -267,7 +303,7 @@ def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor,
     else:
         clean = head_measures(clean_phi, weight, bias, y, weight_norm=settings.weight_norm)
     correct = m["pred"] == y[None, :].to(m["pred"].device)
-    finite = finite_samples(m, clean, res.dist_l2, res.dist_linf)
+    finite = finite_samples(m, clean, res.dist_l2, res.dist_linf, *layers.get("trace", ()))
     x_adv = None
     if keep_adv:  # a flagged sample keeps its clean input, so the saved file stays loadable
         x_adv = torch.where(finite.to(x.device).view(-1, *([1] * (x.dim() - 1))), res.x_adv, x)
@@ -289,8 +325,44 @@ def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor,
         "index": index,
         "x_adv": x_adv,
         "finite": finite,
+        "layers": layers,
     }
     return _to_cpu(out)
+
+
+def _layer_steps(split: HeadSplit, plans, x_by_step: Tensor, y: Tensor, settings: AttackSettings,
+                 seeds: tuple[int, int]) -> dict[str, Tensor]:
+    """Layer traces at every iterate: ``"trace"`` (and, for fisher-mc, ``"stderr"``) of the per-sample layers,
+    (layers, T+1, B), and ``"hutchinson"`` the summed quadratic forms (T+1, layers, probes) of the layers
+    measured by Hutchinson (loss w.r.t. the true label). Keyed by position, not layer name (names hold dots,
+    which the resume store uses as separators)."""
+    per = [p for p in plans if p.per_sample]
+    hutchinson = [p for p in plans if not p.per_sample]
+
+    def logits(v: Tensor) -> Tensor:
+        with autocast(v.device, settings.precision):
+            return split(v)[0]
+
+    columns: dict[str, list[Tensor]] = {}
+    quads = []
+    for t, xt in enumerate(x_by_step):
+        if per:
+            traces = layer_run.batch_traces(logits, xt, per, fisher_samples=settings.fisher_samples,
+                                            generator=layer_run.draw_generator(*seeds, t))
+            for key, v in traces.items():
+                columns.setdefault(key, []).append(v)
+        if hutchinson:
+            traces = HutchinsonTraces([[p.weight] for p in hutchinson], settings.probes, seed=seeds[0])
+            traces.add(batch_loss_sum(logits(xt), y), len(y))
+            quads.append(traces.quad)
+    out = {}
+    if per:
+        out["trace"] = torch.stack([torch.stack(columns[p.column("trace")]) for p in per])
+        if per[0].method == "fisher-mc":
+            out["stderr"] = torch.stack([torch.stack(columns[p.column("stderr")]) for p in per])
+    if quads:
+        out["hutchinson"] = torch.stack(quads)
+    return out
 
 
 def _to_cpu(value):
@@ -333,8 +405,20 @@ def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
     acc.n += int(ok.sum())
     acc.total += len(y)
     acc.nonfinite += int((~ok).sum())
+    layers = r.get("layers") or {}  # absent from a resumed batch without layers
+    per = [p for p in acc.plans if p.per_sample]
+    traces = {p.column("trace"): layers["trace"][j] for j, p in enumerate(per)}
+    traces.update({p.column("stderr"): layers["stderr"][j] for j, p in enumerate(per) if "stderr" in layers})
+    layer_cols = layer_run.sharpness_columns(acc.plans, traces, acc.weight_norm)
+    for key, v in layer_cols.items():
+        v = v.double()[:, ok]
+        s[key] += v.sum(1).numpy()
+        s[key + "^2"] += (v * v).sum(1).numpy()
+    if "hutchinson" in layers:
+        quad = layers["hutchinson"].numpy()
+        acc.quad = quad if acc.quad is None else acc.quad + quad
     if on_steps is not None:
-        on_steps(_step_rows(m, correct, r["dist_l2"], r["dist_linf"], r["index"]))
+        on_steps(_step_rows(m, correct, r["dist_l2"], r["dist_linf"], r["index"], layer_cols))
     if on_samples is not None:
         on_samples(
             _sample_rows(
@@ -346,8 +430,9 @@ def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
     return 0 if target is None else int(((m["pred"][-1] == target) & ok).sum())
 
 
-def _step_rows(m: dict, correct: Tensor, dist_l2: Tensor, dist_linf: Tensor, index: Tensor) -> list[dict]:
-    """One row per sample and step, ordered by sample then step."""
+def _step_rows(m: dict, correct: Tensor, dist_l2: Tensor, dist_linf: Tensor, index: Tensor,
+               layer_cols: dict[str, Tensor] | None = None) -> list[dict]:
+    """One row per sample and step, ordered by sample then step (then the layer columns, ``trace_h@LAYER`` ...)."""
     T1, B = correct.shape
     cols = {
         "index": index.cpu().repeat_interleave(T1).tolist(),
@@ -362,9 +447,11 @@ def _step_rows(m: dict, correct: Tensor, dist_l2: Tensor, dist_linf: Tensor, ind
         "dist_l2": dist_l2,
         "dist_linf": dist_linf,
     }
-    for key in STEP_KEYS[2:]:
+    cols.update(layer_cols or {})
+    keys = STEP_KEYS + tuple(layer_cols or ())
+    for key in keys[2:]:
         cols[key] = cols[key].T.reshape(-1).cpu().tolist()
-    return [dict(zip(STEP_KEYS, vals)) for vals in zip(*(cols[key] for key in STEP_KEYS))]
+    return [dict(zip(keys, vals)) for vals in zip(*(cols[key] for key in keys))]
 
 
 def _sample_rows(*, index, y, target, restart, clean, m, peak, peak_step, valley, to, dist_linf, nonfinite) -> list[dict]:
@@ -449,4 +536,40 @@ def _summary(acc: _Accumulator, settings: AttackSettings, target_hits: int) -> d
     }
     if settings.targeted is not None:
         summary["target_success_rate"] = target_hits / n if n else float("nan")
+    if acc.plans:
+        summary["layers"] = _layer_summary(acc, settings)
     return summary
+
+
+def _layer_summary(acc: _Accumulator, settings: AttackSettings) -> list[dict]:
+    """Per layer: mean, std (over samples) and standard error (Monte Carlo, Hutchinson) of its trace and
+    relative sharpness at every step, and the peak and final/peak ratio of its mean sharpness curve."""
+    n, s = acc.n, acc.sums
+    hutchinson = {p.name: j for j, p in enumerate(acc.hutchinson)}
+    out = []
+    for p in acc.plans:
+        entry = {**p.describe(), "draws": settings.fisher_samples if p.method == "fisher-mc" else None,
+                 "probes": settings.probes if p.method == "hutchinson" else None}
+        wf = float(weight_factor(p.weight, settings.weight_norm))
+        if p.per_sample:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                mean = {k: s[p.column(k)] / n for k in ("trace", "sharpness")}
+                std = {k: np.sqrt(np.maximum(s[p.column(k) + "^2"] / n - mean[k] ** 2, 0.0)) for k in mean}
+                se = np.sqrt(s[p.column("stderr") + "^2"]) / n if p.method == "fisher-mc" else None
+        else:
+            est = [trace_estimates(torch.from_numpy(q), acc.total)[hutchinson[p.name]] for q in acc.quad]
+            mean = {"trace": np.array([e.mean for e in est])}
+            mean["sharpness"] = wf * mean["trace"]
+            std = {"trace": None, "sharpness": None}
+            se = np.array([e.stderr for e in est])
+        entry.update({
+            "mean_trace_by_step": mean["trace"].tolist(),
+            "std_trace_by_step": None if std["trace"] is None else std["trace"].tolist(),
+            "trace_stderr_by_step": None if se is None else se.tolist(),
+            "mean_sharpness_by_step": mean["sharpness"].tolist(),
+            "std_sharpness_by_step": None if std["sharpness"] is None else std["sharpness"].tolist(),
+            "sharpness_stderr_by_step": None if se is None else (wf * se).tolist(),
+            **valley_of_mean(mean["sharpness"]),
+        })
+        out.append(entry)
+    return out

@@ -1,26 +1,23 @@
-"""``flatrob detect``: label-free scores of clean and adversarial inputs, a detector
-fitted and cross-validated on them (paper appendix D.4), and a saved detector applied to new inputs.
+"""``flatrob detect``: detectors of adversarial inputs fitted and cross-validated on label-free features of clean and
+adversarial inputs (paper appendix D.4, with the standard baselines beside it), and a saved detector applied.
 
-The fitting itself lives in :mod:`flatcli.core.detectors` (pure numpy + scikit-learn); this module feeds it
-from a model and a data set:
+The estimators live in :mod:`flatcli.core.detectors` (pure numpy + scikit-learn), the features in
+:mod:`flatcli.core.detection_features`, the scoring passes in :mod:`flatcli.runs.detect_scores` and the
+adaptive attack in :mod:`flatcli.runs.detect_adaptive`; this module puts them together:
 
-* :func:`score_inputs` runs the model once per batch and keeps, per input, the label-free measures of
-  :func:`flatcli.core.curvature.head_measures`: the :data:`SCORES` (``relative_sharpness``, ``trace_h``,
-  ``confidence``, ``relative_flatness_full``) and the three factors of sharpness used by the
-  ``components`` detector (:data:`flatcli.core.detectors.COMPONENT_NAMES`: ``sum_j p_j(1-p_j)``,
-  ``||phi||^2``, ``||W phi||^2``). No label is read: the detector works at deployment time.
-* :func:`attack_and_score` crafts one adversarial per clean input with :class:`flatcli.core.pgd.PGD`
-  (the generator seeded and the batches visited exactly as ``flatrob attack`` does, so the
-  adversarials are those ``flatrob attack --save-adv`` writes with the same options) and scores both.
-* :func:`fit_detection` balances the two classes, cross-validates, fits the final detector, and
-  returns the summary, the per-input rows and the detector; :func:`fit` is the whole ``detect`` run
-  (scores, fit, provenance in the detector's ``meta``, ``--save``, ``--save-adv``, ``--plot``).
+* :class:`DetectSettings`: the method (``stump``, ``components``, ``mahalanobis``, ``profile``,
+  ``ensemble``, or ``all`` of them on the same folds), its options, the attack and the adaptive check;
+* :func:`fit_detection` balances the two classes, cross-validates every method asked for, fits the
+  final detector (for ``all``: the best one, by mean CV accuracy), and returns the summary, the
+  per-input rows and the detector; :func:`fit` is the whole ``detect`` run (the Mahalanobis fit on
+  ``--fit-data``, the scores, the fit, the adaptive check, provenance in the detector's ``meta``,
+  ``--save``, ``--save-adv``, ``--plot``);
 * :func:`apply` streams ``index, score, flagged`` rows for new inputs after :func:`check_detector`
   has checked the detector belongs to this model.
 
 The *score* of an input, as rows and plots show it, is the value the detector thresholds: for a
-stump the chosen measure (flagged when above / below the threshold), for ``components`` the
-logistic-regression logit (flagged when above 0).
+stump (and ``mahalanobis``) the chosen measure (flagged when above / below the threshold), for the
+logistic methods (``components``, ``profile``, ``ensemble``) the logit (flagged when above 0).
 """
 
 from __future__ import annotations
@@ -28,159 +25,30 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from flatcli.core import detectors as core
-from flatcli.core.curvature import WEIGHT_NORMS, head_measures
-from flatcli.core.pgd import PGD, PRESETS, batch_generator
+from flatcli.core.curvature import WEIGHT_NORMS
+from flatcli.core.detection_features import SCORES, Probe
+from flatcli.core.pgd import PGD, PRESETS
 from flatcli.core.statistics import describe
 from flatcli.errors import DetectorError, UsageError
 from flatcli.inputs.adversarial_file import attack_metadata, save_adversarials
 from flatcli.inputs.data import DataSource
 from flatcli.inputs.detector_file import save_detector
-from flatcli.models.head import HeadSplit
+from flatcli.runs.detect_scores import Features, ScoreSet, attack_and_score, each_score, fit_mahalanobis, score_inputs
 from flatcli.runs.result import OnRows, Result, Rows
-from flatcli.runtime.loop import RunContext, each_batch, resumed_note, versions
+from flatcli.runtime.loop import RunContext, resumed_note, versions
 
-#: Label-free measures a stump can threshold (``--score``); the first is the default.
-SCORES = ("relative_sharpness", "trace_h", "confidence", "relative_flatness_full")
+__all__ = ["SCORES", "DetectSettings", "DetectOutcome", "ScoreSet", "fit_detection", "fit", "apply", "check_detector",
+           "score_inputs"]
+
+#: ``--method all``: every method of :data:`flatcli.core.detectors.METHODS` on the same folds, the best one kept.
+ALL = "all"
 #: Per-input rows of a fit: ``adversarial`` is the true class, ``used`` whether the input was in the
 #: balanced set, ``fold`` its held-out fold, ``oof_decision`` the decision value of the detector that
 #: did not see it, ``flagged`` the final detector's verdict.
 FIT_ROW_KEYS = ("index", "adversarial", "used", "fold", "score", "oof_decision", "flagged")
 APPLY_ROW_KEYS = ("index", "score", "flagged")
-
-_MEASURED = SCORES + core.COMPONENT_NAMES
-
-
-# --------------------------------------------------------------------------------------------
-# Scores
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ScoreSet:
-    """Per-input label-free measures of one set of inputs (all numpy, same length).
-
-    ``index``: source indices; ``pred``: the model's prediction; ``values[name]`` for every name
-    in :data:`SCORES` and :data:`flatcli.core.detectors.COMPONENT_NAMES` (float64).
-    """
-
-    index: np.ndarray
-    pred: np.ndarray
-    values: dict[str, np.ndarray]
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def features(self, method: str, score: str) -> np.ndarray:
-        """What the detector takes: ``(n,)`` the score for a stump, ``(n, 3)`` the components."""
-        if method == "components":
-            return np.stack([self.values[c] for c in core.COMPONENT_NAMES], axis=1)
-        return self.values[score]
-
-    def take(self, keep: np.ndarray) -> "ScoreSet":
-        return ScoreSet(self.index[keep], self.pred[keep], {k: v[keep] for k, v in self.values.items()})
-
-    @classmethod
-    def concat(cls, parts: list["ScoreSet"]) -> "ScoreSet":
-        if not parts:
-            return cls(np.zeros(0, np.int64), np.zeros(0, np.int64), {k: np.zeros(0) for k in _MEASURED})
-        return cls(
-            np.concatenate([p.index for p in parts]),
-            np.concatenate([p.pred for p in parts]),
-            {k: np.concatenate([p.values[k] for p in parts]) for k in _MEASURED},
-        )
-
-
-def batch_scores(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, index: torch.Tensor,
-                 weight_norm: str) -> ScoreSet:
-    """The label-free measures of one batch of features ``phi`` (B, m) under head ``W, b``."""
-    m = head_measures(phi, weight, bias, None, weight_norm=weight_norm)
-    phi64 = phi.detach().double()
-    values = {k: m[k] for k in SCORES}
-    values["p_var_sum"] = m["prob_term"]
-    values["phi_norm_sq"] = (phi64 * phi64).sum(-1)
-    values["w_phi_norm_sq"] = m["logit_norm_sq"]
-    return ScoreSet(
-        index=index.detach().cpu().numpy().astype(np.int64),
-        pred=m["pred"].cpu().numpy().astype(np.int64),
-        values={k: v.cpu().numpy().astype(np.float64) for k, v in values.items()},
-    )
-
-
-def score_inputs(ctx: RunContext, *, weight_norm: str = "squared") -> ScoreSet | None:
-    """Score every input of ``ctx.data`` (one forward pass per batch; labels are never read).
-
-    Under torchrun rank 0 receives every batch in order (other ranks get ``None``).
-    """
-    parts = list(each_score(ctx, weight_norm=weight_norm))
-    return ScoreSet.concat(parts) if ctx.dist.is_main else None
-
-
-def each_score(ctx: RunContext, *, weight_norm: str = "squared"):
-    """The :class:`ScoreSet` of every batch of ``ctx.data`` as soon as it is ready (memory bounded by the batch)."""
-    loaded = ctx.loaded
-    head = loaded.head
-    with HeadSplit(loaded.model, head, loaded.layer) as split:
-
-        def compute(b) -> ScoreSet:
-            with torch.no_grad():
-                phi = split.features(b.x, verify=b.first)
-            return batch_scores(phi, head.weight, head.bias, b.index, weight_norm)
-
-        yield from each_batch(ctx, compute)
-
-
-def attack_and_score(ctx: RunContext, attack: PGD, *, weight_norm: str = "squared", keep_adv: bool = False,
-                     store=None) -> tuple[ScoreSet, ScoreSet, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
-    """Craft one adversarial per input of ``ctx.data`` and score the clean and the adversarial inputs.
-
-    The attack uses the labels (it maximises the cross-entropy); the scores do not. Random starts
-    come from :func:`flatcli.core.pgd.batch_generator` per batch, as in ``flatrob attack``, so
-    ``flatrob attack --save-adv`` with the same options and seed writes the very same adversarials.
-    Returns ``(clean, adversarial, adv)`` where ``adv`` is ``(x, y, index)`` on the CPU when
-    ``keep_adv`` (for ``--save-adv``), else ``None``. ``store`` (``--resume``) supplies batches an
-    earlier run finished and receives every new one.
-    """
-    loaded = ctx.loaded
-    head = loaded.head
-    clean_parts: list[ScoreSet] = []
-    adv_parts: list[ScoreSet] = []
-    kept: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-    with HeadSplit(loaded.model, head, loaded.layer) as split:
-
-        def compute(b) -> tuple:
-            if b.first:
-                split.verify(b.x[:2])  # BN in eval mode, samples independent, head is the last linear map
-            # Recording keeps the features of x_0 .. x_T from the attack's own forward passes: the
-            # clean features are those of x_0 (unless the attack starts at a random point).
-            res = attack.run(split, b.x, b.y, generator=batch_generator(ctx.seed, b.number), record=True)
-            phi_adv = res.phi[-1]
-            if attack.random_start:
-                with torch.no_grad():
-                    phi_clean = split.features(b.x)
-            else:
-                phi_clean = res.phi[0]
-            return (
-                batch_scores(phi_clean, head.weight, head.bias, b.index, weight_norm),
-                batch_scores(phi_adv, head.weight, head.bias, b.index, weight_norm),
-                (res.x_adv.detach().cpu(), b.y.cpu(), b.index.cpu()) if keep_adv or store is not None else None,
-            )
-
-        for clean_scores, adv_scores, adv_batch in each_batch(ctx, compute, store=store, resumable=True):
-            clean_parts.append(clean_scores)
-            adv_parts.append(adv_scores)
-            if keep_adv:
-                kept.append(adv_batch)
-    adv = tuple(torch.cat(p) for p in zip(*kept)) if keep_adv and kept else None
-    return ScoreSet.concat(clean_parts), ScoreSet.concat(adv_parts), adv  # type: ignore[return-value]
-
-
-# --------------------------------------------------------------------------------------------
-# Fitting
-# --------------------------------------------------------------------------------------------
-
 
 CONVENTIONS = {
     "labels": "0 = clean input, 1 = adversarial input; scores are label-free (the attack alone uses labels)",
@@ -189,59 +57,125 @@ CONVENTIONS = {
     "stump": "exact threshold search maximising balanced accuracy; flags score > threshold (above) or < (below)",
     "components": "logistic regression (class_weight=balanced) on standardised logs of sum_j p_j(1-p_j), "
     "||phi||^2, ||W phi||^2; flags logit > 0",
-    "score_column": "the value the detector thresholds: the score (stump) or the logit (components)",
+    "mahalanobis": "stump on min_c (phi - mu_c)^T Sigma^+ (phi - mu_c); class means and the maximum-likelihood "
+    "covariance of the class-centred features of the clean, labelled --fit-data (Lee et al. 2018)",
+    "profile": "logistic regression like components on the logs of relative sharpness, loss w.r.t. the predicted "
+    "class, confidence and ||phi|| at x_0 = x and x_t = clamp(x_{t-1} + size sign(grad CE(x_{t-1}, pred)), 0, 1)",
+    "ensemble": "logistic regression like components on the logs of the components, the profile and the "
+    "Mahalanobis score",
+    "all": "every method on the same balanced inputs and folds; the best mean CV accuracy (then AUC) is kept",
+    "score_column": "the value the detector thresholds: the score (stump, mahalanobis) or the logit (the others)",
     "auc": "ROC-AUC of the pooled out-of-fold decisions; tpr_at_5fpr the best TPR at an FPR <= 0.05 on that curve",
     "prediction_changed": "share of adversarials whose prediction differs from their clean input's",
+    "evaded": "share of adversarials that change the prediction and are not flagged (out of fold)",
+    "adaptive": "PGD (the attack's settings) from every clean input used on CE(f(x), y), minus weight * d(x) / "
+    "std(out-of-fold d) once the prediction is wrong, d the decision of the input's fold detector; the first "
+    "iterate that is misclassified with d < 0, else the final one, scored by that detector",
 }
 
 #: The attack that crafts the adversarials unless options say otherwise (§6.2: PGD-linf, 10 steps, 8/255, 2/255).
 DEFAULT_PRESET = "uncanny"
+#: ``--adaptive-weight``: the weight of the detector's (normalised) decision in the adaptive objective.
+DEFAULT_ADAPTIVE_WEIGHT = 3.0
+#: The largest --adaptive-weight (the penalty is a logistic score: beyond this the attack ignores the loss).
+MAX_ADAPTIVE_WEIGHT = 1e6
+_FIXED_SCORE = {"components": "components", "mahalanobis": core.MAHALANOBIS, "profile": "profile",
+                "ensemble": "ensemble"}
 
 
 @dataclass
 class DetectSettings:
-    """How a detector is fitted: the method, its score, the folds, which adversarials count; and the
-    attack that crafts them (``None`` when they are read from a file). Ranges are checked here."""
+    """How a detector is fitted: the method, its score, the folds, which adversarials count, the profile's
+    probes, the adaptive check; and the attack that crafts the adversarials (``None`` when they are read
+    from a file). Ranges and conflicts are checked here."""
 
     method: str = "stump"
-    score: str | None = None  # stump: one of SCORES (default relative_sharpness); components: None
+    score: str | None = None  # stump: one of SCORES (default relative_sharpness); others: fixed
     folds: int = 5
     only_successful: bool = False
     weight_norm: str = "squared"
     attack: PGD | None = None
     preset: str | None = None  # the preset the attack's unset options came from
+    probe: Probe | None = None  # profile, ensemble, all (default Probe())
+    adaptive: bool = False
+    adaptive_weight: float = DEFAULT_ADAPTIVE_WEIGHT
 
     def __post_init__(self) -> None:
-        if self.method not in core.METHODS:
-            raise UsageError(f"unknown --method {self.method!r}; choose one of {', '.join(core.METHODS)}")
-        if self.method == "components":
-            if self.score not in (None, "components"):
-                raise UsageError(
-                    f"--score {self.score} conflicts with --method components, which uses the three factors of "
-                    "sharpness (sum_j p_j(1-p_j), ||phi||^2, ||W phi||^2); drop --score or use --method stump"
-                )
-            self.score = "components"
-        else:
+        if self.method not in core.METHODS + (ALL,):
+            raise UsageError(f"unknown --method {self.method!r}; choose one of {', '.join(core.METHODS + (ALL,))}")
+        if self.method == "stump":
             self.score = self.score or SCORES[0]
             if self.score not in SCORES:
                 raise UsageError(f"unknown --score {self.score!r}; choose one of {', '.join(SCORES)}")
+        elif self.score not in (None, _FIXED_SCORE.get(self.method)):
+            what = {"components": "the three factors of sharpness (sum_j p_j(1-p_j), ||phi||^2, ||W phi||^2)",
+                    "mahalanobis": "the Mahalanobis score", "profile": "the curvature profile",
+                    "ensemble": "every label-free feature", ALL: "every method's own"}[self.method]
+            raise UsageError(
+                f"--score {self.score} conflicts with --method {self.method}, which uses {what}; "
+                "drop --score or use --method stump"
+            )
+        else:
+            self.score = _FIXED_SCORE.get(self.method)
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
             raise UsageError(f"--folds must be an integer >= 2, got {self.folds!r}")
         if self.weight_norm not in WEIGHT_NORMS:
             raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+        if self.uses_probe:
+            self.probe = self.probe or Probe()
+        elif self.probe is not None:
+            raise UsageError(
+                f"--probe-steps/--probe-size set the probes of the curvature profile, which --method {self.method} "
+                "does not use; drop them or use --method profile, ensemble or all"
+            )
+        if self.adaptive and self.attack is None:
+            raise UsageError("--adaptive crafts adversarials against the fitted detector; it needs the attack options, "
+                             "not --adversarial")
+        w = self.adaptive_weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or not 0 < w <= MAX_ADAPTIVE_WEIGHT:
+            raise UsageError(f"--adaptive-weight must be a finite number > 0 and at most {MAX_ADAPTIVE_WEIGHT:g}, got {w!r}")
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods cross-validated: the one asked for, or all of them."""
+        return core.METHODS if self.method == ALL else (self.method,)
+
+    @property
+    def uses_probe(self) -> bool:
+        return any(m in ("profile", "ensemble") for m in self.methods)
+
+    @property
+    def uses_mahalanobis(self) -> bool:
+        """Whether the class statistics of ``--fit-data`` are needed."""
+        return any(m in ("mahalanobis", "ensemble") for m in self.methods)
+
+    def features(self, mahalanobis: core.MahalanobisModel | None = None) -> Features:
+        """What the scoring passes compute for these methods."""
+        return Features(self.weight_norm, self.probe if self.uses_probe else None, mahalanobis)
 
     @classmethod
     def from_options(cls, *, crafted: bool = True, preset: str | None = None, norm=None, eps=None, alpha=None,
                      steps=None, random_start: bool = False, restarts: int = 1, method: str | None = None,
-                     folds: int | None = None, weight_norm: str | None = None, **settings) -> "DetectSettings":
+                     folds: int | None = None, weight_norm: str | None = None, probe_steps: int | None = None,
+                     probe_size: float | None = None, adaptive: bool = False, adaptive_weight: float | None = None,
+                     **settings) -> "DetectSettings":
         """The command's options; ``crafted`` is false when the adversarials come from a file (no attack)."""
         attack = None
         if crafted:
             preset = preset or DEFAULT_PRESET
             attack = PGD.from_options(preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
                                       restarts=restarts)
+        if adaptive_weight is not None and not adaptive:
+            raise UsageError("--adaptive-weight weighs the detector in the adaptive attack; add --adaptive or drop it")
+        probe = None
+        if probe_steps is not None or probe_size is not None:
+            default = Probe()
+            probe = Probe(default.steps if probe_steps is None else probe_steps,
+                          default.size if probe_size is None else probe_size)
         return cls(method=method or "stump", folds=5 if folds is None else folds,
-                   weight_norm=weight_norm or "squared", attack=attack, preset=preset if crafted else None, **settings)
+                   weight_norm=weight_norm or "squared", attack=attack, preset=preset if crafted else None,
+                   probe=probe, adaptive=adaptive,
+                   adaptive_weight=DEFAULT_ADAPTIVE_WEIGHT if adaptive_weight is None else adaptive_weight, **settings)
 
     def config(self) -> dict:
         crafted = self.attack is not None
@@ -252,6 +186,9 @@ class DetectSettings:
             "folds": self.folds,
             "only_successful": self.only_successful,
             "weight_norm": self.weight_norm,
+            "probe": self.probe.config() if self.probe is not None else None,
+            "adaptive": self.adaptive,
+            "adaptive_weight": self.adaptive_weight if self.adaptive else None,
             "preset": self.preset if crafted else None,
             "preset_values": PRESETS[self.preset] if crafted else None,
             "attack": self.attack.config() if crafted else None,
@@ -259,13 +196,28 @@ class DetectSettings:
 
 
 @dataclass
+class MethodFit:
+    """One method cross-validated on the balanced inputs: its columns, features ``X``, CV result and summary;
+    ``evaded``: the share of the used adversarials that changed the prediction and were not flagged out of fold."""
+
+    method: str
+    columns: tuple[str, ...]
+    X: np.ndarray
+    cv: core.CVResult
+    summary: dict
+    evaded: float
+
+
+@dataclass
 class DetectOutcome:
     """Result of :func:`fit_detection`.
 
-    ``summary``: the JSON summary (the keys of the issue and more, see :func:`fit_detection`);
-    ``rows``: one dict per scored input with :data:`FIT_ROW_KEYS`, clean inputs first;
-    ``detector``: fitted on the whole balanced set; ``cv``: the cross-validation result;
-    ``clean_score`` / ``adv_score``: the thresholded value of the used inputs (for plots).
+    ``summary``: the JSON summary (see :func:`fit_detection`); ``rows``: one dict per scored input with
+    :data:`FIT_ROW_KEYS`, clean inputs first; ``detector``: the chosen method fitted on the whole
+    balanced set; ``cv``: its cross-validation; ``clean_score`` / ``adv_score``: the thresholded value of
+    the used inputs (for plots); ``fits``: every method's :class:`MethodFit`; ``clean_used``: positions
+    in the clean :class:`ScoreSet` of the clean inputs in the balanced set, in order (their folds are
+    ``cv.fold_index[labels == 0]``).
     """
 
     summary: dict
@@ -275,6 +227,8 @@ class DetectOutcome:
     clean_score: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     adv_score: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
+    fits: dict[str, MethodFit] = field(repr=False, default_factory=dict)
+    clean_used: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
 
 
 def successful(clean: ScoreSet, adv: ScoreSet) -> np.ndarray:
@@ -295,27 +249,41 @@ def successful(clean: ScoreSet, adv: ScoreSet) -> np.ndarray:
 
 
 def thresholded(det: core.Detector, X: np.ndarray) -> np.ndarray:
-    """The value the detector compares with its threshold: the score (stump) or the logit (components)."""
-    if det.method == "stump":
+    """The value the detector compares with its threshold: the score (stump, mahalanobis) or the logit."""
+    if det.method in core.THRESHOLD_METHODS:
         return np.asarray(X, dtype=np.float64)
     return det.decision(X)
 
 
-def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed: int = 0) -> DetectOutcome:
-    """Balance, cross-validate and fit a detector of adversarial (1) vs clean (0) inputs.
+def columns_for(method: str, settings: DetectSettings) -> tuple[str, ...]:
+    """The feature columns ``method`` reads under ``settings`` (the score of a threshold method)."""
+    if method == "stump":
+        return (settings.score if settings.method == "stump" else SCORES[0],)
+    if method == "mahalanobis":
+        return (core.MAHALANOBIS,)
+    return core.feature_names(method, settings.probe.steps if settings.probe is not None else None)
+
+
+def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed: int = 0,
+                  mahalanobis: core.MahalanobisModel | None = None) -> DetectOutcome:
+    """Balance, cross-validate and fit detectors of adversarial (1) vs clean (0) inputs.
 
     With ``only_successful`` only the adversarials that changed the prediction are kept. The larger
     class is then subsampled to the smaller one (:func:`flatcli.core.detectors.balance`, seeded) and
-    :func:`flatcli.core.detectors.cross_validate` runs on what is left. Summary keys: ``method, score, folds,
-    fold_accuracies, accuracy_mean, accuracy_std, auc, tpr_at_5fpr, threshold, direction, n_clean,
-    n_adversarial`` (the counts that were cross-validated), ``n_clean_scored, n_adversarial_scored,
-    n_successful, prediction_changed`` (how many / what share of the adversarials changed the prediction of
-    their clean input, matched by source index; ``None`` when some clean input is not among ``clean``),
-    ``train_accuracy``, ``score_clean``/``score_adversarial`` (statistics of the thresholded value),
-    and, for ``components``, ``components`` (coefficients) and ``baseline`` (the default stump on the
-    same folds).
+    :func:`flatcli.core.detectors.cross_validate` runs every method of ``settings.methods`` on what is
+    left, on the same folds. ``mahalanobis`` is the model the ``mahalanobis`` column was scored with.
+
+    Summary keys: ``method, score, folds, fold_accuracies, accuracy_mean, accuracy_std, auc,
+    tpr_at_5fpr, threshold, direction, n_clean, n_adversarial`` (the counts that were cross-validated),
+    ``n_clean_scored, n_adversarial_scored, n_successful, prediction_changed`` (how many / what share of
+    the adversarials changed the prediction of their clean input, matched by source index; ``None`` when
+    some clean input is not among ``clean``), ``train_accuracy``, ``score_clean``/``score_adversarial``
+    (statistics of the thresholded value); for every method but the stump ``baseline`` (the default stump
+    on the same folds: ``method, score, accuracy_mean, accuracy_std, auc, fold_accuracies, tpr_at_5fpr``)
+    and its parameters (``components``; ``logistic`` and ``probe``; ``mahalanobis``). For ``all`` they
+    are those of the best method, plus ``best`` (its name) and ``methods`` (per method ``fold_accuracies,
+    accuracy_mean, accuracy_std, auc, tpr_at_5fpr, evaded``).
     """
-    method, score = settings.method, settings.score
     if len(clean) == 0 or len(adv) == 0:
         raise UsageError("no clean or no adversarial inputs to fit a detector on")
     if settings.only_successful:
@@ -332,21 +300,58 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
                 "or drop --only-successful"
             )
         adv_used = adv.take(changed)
-    X_all = np.concatenate([clean.features(method, score), adv_used.features(method, score)])
     y_all = np.concatenate([np.zeros(len(clean), np.int64), np.ones(len(adv_used), np.int64)])
-    rows_all = np.arange(len(y_all))
-    row_ids, y = core.balance(rows_all, y_all, seed)
-    X = X_all[row_ids]
-    cv = core.cross_validate(X, y, folds=settings.folds, method=method, seed=seed, score=score)
-    det = cv.detector
-    pred_used = det.predict(X)
-    value_used = thresholded(det, X)
+    row_ids, y = core.balance(np.arange(len(y_all)), y_all, seed)
+    counts = {
+        "n_clean": int((y == 0).sum()),
+        "n_adversarial": int((y == 1).sum()),
+        "n_clean_scored": len(clean),
+        "n_adversarial_scored": len(adv),
+        "n_successful": n_successful if matched else None,
+        "prediction_changed": n_successful / len(adv) if matched else None,
+    }
+    changed_used = np.concatenate([np.zeros(len(clean), bool), changed[changed] if settings.only_successful
+                                   else changed])[row_ids]
 
+    fits: dict[str, MethodFit] = {}
+    for method in settings.methods:
+        columns = columns_for(method, settings)
+        X = np.concatenate([clean.features(method, columns), adv_used.features(method, columns)])[row_ids]
+        cv = core.cross_validate(
+            X, y, folds=settings.folds, method=method, seed=seed, score=columns[0] if method == "stump" else None,
+            mahalanobis=mahalanobis if method in ("mahalanobis", "ensemble") else None,
+            probe=settings.probe.config() if method in ("profile", "ensemble") else None,
+        )
+        evaded = float(np.mean(changed_used[y == 1] & (cv.oof_decision[y == 1] <= 0)))
+        fits[method] = MethodFit(method, columns, X, cv, _method_summary(method, cv, X, y, settings, counts,
+                                                                          mahalanobis), evaded)
+    best = max(settings.methods, key=lambda m: (fits[m].cv.accuracy_mean, fits[m].cv.auc,
+                                                -settings.methods.index(m)))
+    chosen = fits[best]
+    summary = chosen.summary
+    if best != "stump":
+        base = fits["stump"].cv if "stump" in fits else core.cross_validate(
+            np.concatenate([clean.values[SCORES[0]], adv_used.values[SCORES[0]]])[row_ids], y,
+            folds=settings.folds, method="stump", seed=seed, score=SCORES[0])
+        summary["baseline"] = {
+            "method": "stump",
+            "score": SCORES[0],
+            "accuracy_mean": base.accuracy_mean,
+            "accuracy_std": base.accuracy_std,
+            "auc": base.auc,
+            "fold_accuracies": base.fold_accuracies,
+            "tpr_at_5fpr": base.tpr_at_5fpr,
+        }
+    if settings.method == ALL:
+        summary["best"] = best
+        summary["methods"] = {m: {**{k: f.summary[k] for k in ("fold_accuracies", "accuracy_mean", "accuracy_std",
+                                                                "auc", "tpr_at_5fpr")}, "evaded": f.evaded}
+                              for m, f in fits.items()}
+
+    det, cv, X = chosen.cv.detector, chosen.cv, chosen.X
+    value_used = thresholded(det, X)
     # Per-input rows: every clean input, every adversarial (used or not), clean first.
-    value_clean = thresholded(det, clean.features(method, score))
-    value_adv = thresholded(det, adv.features(method, score))
-    flag_clean = det.predict(clean.features(method, score))
-    flag_adv = det.predict(adv.features(method, score))
+    Xc, Xa = clean.features(best, chosen.columns), adv.features(best, chosen.columns)
     fold = np.full(len(y_all), -1, np.int64)
     oof = np.full(len(y_all), np.nan)
     fold[row_ids] = cv.fold_index
@@ -357,53 +362,56 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
     oof_adv = np.full(len(adv), np.nan)
     fold_adv[adv_pos] = fold[len(clean):]
     oof_adv[adv_pos] = oof[len(clean):]
-    rows = _rows(clean.index, False, fold[: len(clean)], value_clean, oof[: len(clean)], flag_clean)
-    rows += _rows(adv.index, True, fold_adv, value_adv, oof_adv, flag_adv)
+    rows = _rows(clean.index, False, fold[: len(clean)], thresholded(det, Xc), oof[: len(clean)], det.predict(Xc))
+    rows += _rows(adv.index, True, fold_adv, thresholded(det, Xa), oof_adv, det.predict(Xa))
 
+    det.meta["score_clean"] = summary["score_clean"]
+    det.meta["score_adversarial"] = summary["score_adversarial"]
+    return DetectOutcome(
+        summary=summary, rows=rows, detector=det, cv=cv,
+        clean_score=value_used[y == 0], adv_score=value_used[y == 1], labels=y, fits=fits,
+        clean_used=row_ids[y == 0],
+    )
+
+
+def _method_summary(method: str, cv: core.CVResult, X: np.ndarray, y: np.ndarray, settings: DetectSettings,
+                    counts: dict, mahalanobis: core.MahalanobisModel | None) -> dict:
+    """The fit summary of one method (the keys of :func:`fit_detection`, the baseline and ``best`` aside)."""
+    det = cv.detector
+    value = thresholded(det, X)
+    threshold_method = method in core.THRESHOLD_METHODS
     summary = {
         "method": method,
-        "score": score,
+        "score": det.score,
         "folds": settings.folds,
         "fold_accuracies": cv.fold_accuracies,
         "accuracy_mean": cv.accuracy_mean,
         "accuracy_std": cv.accuracy_std,
         "auc": cv.auc,
         "tpr_at_5fpr": cv.tpr_at_5fpr,
-        "threshold": det.threshold if method == "stump" else 0.0,
-        "direction": det.direction if method == "stump" else "above",
-        "n_clean": int((y == 0).sum()),
-        "n_adversarial": int((y == 1).sum()),
-        "n_clean_scored": len(clean),
-        "n_adversarial_scored": len(adv),
-        "n_successful": n_successful if matched else None,
-        "prediction_changed": n_successful / len(adv) if matched else None,
-        "train_accuracy": float(np.mean(pred_used == (y == 1))),
-        "score_clean": describe(value_used[y == 0]),
-        "score_adversarial": describe(value_used[y == 1]),
+        "threshold": det.threshold if threshold_method else 0.0,
+        "direction": det.direction if threshold_method else "above",
+        **counts,
+        "train_accuracy": float(np.mean(det.predict(X) == (y == 1))),
+        "score_clean": describe(value[y == 0]),
+        "score_adversarial": describe(value[y == 1]),
     }
-    if method == "components":
-        summary["components"] = {
-            "features": list(core.COMPONENT_NAMES),
-            "coef": dict(zip(core.COMPONENT_NAMES, det.coef)),
+    if method in core.LOGISTIC_METHODS:
+        names = det.columns()
+        summary["components" if method == "components" else "logistic"] = {
+            "features": list(names),
+            "coef": dict(zip(names, det.coef)),
             "intercept": det.intercept,
-            "log_mean": dict(zip(core.COMPONENT_NAMES, det.mean)),
-            "log_scale": dict(zip(core.COMPONENT_NAMES, det.scale)),
+            "log_mean": dict(zip(names, det.mean)),
+            "log_scale": dict(zip(names, det.scale)),
         }
-        Xs = np.concatenate([clean.values[SCORES[0]], adv_used.values[SCORES[0]]])[row_ids]
-        base = core.cross_validate(Xs, y, folds=settings.folds, method="stump", seed=seed, score=SCORES[0])
-        summary["baseline"] = {
-            "method": "stump",
-            "score": SCORES[0],
-            "accuracy_mean": base.accuracy_mean,
-            "accuracy_std": base.accuracy_std,
-            "auc": base.auc,
-        }
-    det.meta["score_clean"] = summary["score_clean"]
-    det.meta["score_adversarial"] = summary["score_adversarial"]
-    return DetectOutcome(
-        summary=summary, rows=rows, detector=det, cv=cv,
-        clean_score=value_used[y == 0], adv_score=value_used[y == 1], labels=y,
-    )
+    if method in ("profile", "ensemble"):
+        summary["probe"] = dict(det.probe)
+    if method in ("mahalanobis", "ensemble"):
+        summary["mahalanobis"] = {"classes": mahalanobis.num_classes, "features": mahalanobis.dim,
+                                  "n_fit": int(mahalanobis.counts.sum()),
+                                  "covariance": "maximum likelihood of the class-centred features, pseudo-inverse"}
+    return summary
 
 
 def _matched_clean_pred(clean: ScoreSet, adv: ScoreSet) -> tuple[np.ndarray, bool]:
@@ -433,7 +441,8 @@ def check_detector(det: core.Detector, loaded, *, force: bool = False) -> list[s
 
     The model is identified by its checkpoint's sha256 (or, for an in-memory network, by the hash of
     its weights). Returns the notes to show when ``force`` let a mismatch through. A detector with no
-    recorded hash counts as a mismatch.
+    recorded hash counts as a mismatch. A Mahalanobis model must fit the head (classes, feature
+    dimension) even with ``force``.
     """
     notes: list[str] = []
     (key, have), = loaded.fingerprint.items()
@@ -461,43 +470,72 @@ def check_detector(det: core.Detector, loaded, *, force: bool = False) -> list[s
         notes.append(f"note: --force: the detector was fitted on layer {layer!r}, applied to {loaded.layer!r}")
     if det.method == "stump" and det.score not in SCORES:
         raise DetectorError(f"the detector thresholds an unknown score {det.score!r}; re-create it")
+    maha = det.mahalanobis
+    if maha is not None and (maha.num_classes, maha.dim) != (loaded.num_classes, loaded.head.in_features):
+        raise DetectorError(
+            f"the detector's Mahalanobis model has {maha.num_classes} classes of {maha.dim} features, but layer "
+            f"{loaded.layer!r} maps {loaded.head.in_features} features to {loaded.num_classes} classes; re-create it"
+        )
     return notes
 
 
 def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | None = None,
-        adversarial_path: str | None = None, save: str | None = None, save_adv: str | None = None,
-        plot: str | None = None, on_rows: OnRows | None = None, keep_samples: bool = False) -> Result:
-    """The ``detect`` run: score clean inputs and adversarials (crafted by ``settings.attack``, or the
-    ``adversarial`` data read from ``adversarial_path``), cross-validate and fit; write ``save``
-    (the detector, with provenance in its ``meta``), ``save_adv`` and ``plot``. The detector is in
-    ``artifacts["detector"]``. Under torchrun rank 0 fits and writes.
+        adversarial_path: str | None = None, fit_data: DataSource | None = None, save: str | None = None,
+        save_adv: str | None = None, plot: str | None = None, on_rows: OnRows | None = None,
+        keep_samples: bool = False) -> Result:
+    """The ``detect`` run: fit the Mahalanobis model on ``fit_data`` (clean, labelled; needed by
+    ``mahalanobis``, ``ensemble``, ``all``), score clean inputs and adversarials (crafted by
+    ``settings.attack``, or the ``adversarial`` data read from ``adversarial_path``), cross-validate and
+    fit; with ``settings.adaptive`` attack the fitted detectors adaptively
+    (:func:`flatcli.runs.detect_adaptive.adaptive_check`); write ``save`` (the detector, with provenance
+    in its ``meta``), ``save_adv`` and ``plot``. The detector is in ``artifacts["detector"]``. Under
+    torchrun rank 0 fits and writes (with ``adaptive`` every rank fits, then attacks its share).
     """
+    from flatcli.runs.detect_adaptive import adaptive_check
+
     if (adversarial is None) == (settings.attack is None):
         raise UsageError("detect needs either an attack or a file of adversarials, not both")
+    if settings.uses_mahalanobis != (fit_data is not None):
+        raise UsageError("the Mahalanobis model needs fit data (--fit-data), and only mahalanobis, ensemble and all "
+                         "use it")
     adv_meta = attack_metadata(adversarial) if adversarial is not None else None
     notes = []
     made_on = (adv_meta or {}).get("checkpoint_sha256")
     if made_on and made_on != ctx.loaded.fingerprint.get("checkpoint_sha256"):
         notes.append(f"note: the adversarials in {adversarial_path} were crafted on another checkpoint "
                      f"(sha256 {made_on[:12]}...): a transfer attack")
-    config = {**ctx.describe(), **settings.config(), "adversarial": adversarial_path, "adversarial_metadata": adv_meta,
-              "save": save, "save_adv": save_adv, "plot": plot, "conventions": CONVENTIONS}
+    config = {**ctx.describe(), **settings.config(), "fit_data": fit_data.name if fit_data is not None else None,
+              "adversarial": adversarial_path, "adversarial_metadata": adv_meta, "save": save, "save_adv": save_adv,
+              "plot": plot, "conventions": CONVENTIONS}
+    scored = len(ctx.data) * (1 + settings.adaptive) + (len(adversarial) if adversarial is not None else 0)
+    ctx.expect(scored + (2 * len(fit_data) if fit_data is not None else 0))
+    mahalanobis = fit_mahalanobis(ctx.with_data(fit_data)) if fit_data is not None else None
+    features = settings.features(mahalanobis)
+    everywhere = settings.adaptive  # every rank fits the detectors it then attacks
     store = None
     if adversarial is None:
-        ctx.expect(len(ctx.data))
-        store = ctx.store("detect", {"weight_norm": settings.weight_norm, **settings.attack.config()}, {"ScoreSet": ScoreSet},
-                          index_of=lambda r: r[0].index)
-        clean, adv, adv_tensors = attack_and_score(ctx, settings.attack, weight_norm=settings.weight_norm,
-                                                   keep_adv=save_adv is not None, store=store)
+        store = ctx.store("detect", {"weight_norm": settings.weight_norm, **settings.attack.config(),
+                                     **features.identity()},
+                          {"ScoreSet": ScoreSet}, index_of=lambda r: r[0].index)
+        clean, adv, adv_tensors = attack_and_score(ctx, settings.attack, features, keep_adv=save_adv is not None,
+                                                   store=store, everywhere=everywhere)
         notes += resumed_note(store, ctx.resume)
     else:
-        ctx.expect(len(ctx.data) + len(adversarial))
-        clean = score_inputs(ctx, weight_norm=settings.weight_norm)
-        adv = score_inputs(ctx.with_data(adversarial), weight_norm=settings.weight_norm)
+        clean = score_inputs(ctx, features)
+        adv = score_inputs(ctx.with_data(adversarial), features)
         adv_tensors = None
-    if not ctx.dist.is_main:
+    if not (ctx.dist.is_main or everywhere):
         return Result("detect", config, {})
-    outcome = fit_detection(clean, adv, settings, seed=ctx.seed)
+    outcome = fit_detection(clean, adv, settings, seed=ctx.seed, mahalanobis=mahalanobis)
+    if settings.adaptive:
+        checks = adaptive_check(ctx, settings, outcome, clean)
+        if not ctx.dist.is_main:
+            return Result("detect", config, {})
+        if settings.method == ALL:
+            for m, check in checks.items():
+                outcome.summary["methods"][m]["adaptive"] = check
+        outcome.summary["adaptive"] = checks[outcome.detector.method]
+        outcome.detector.meta["adaptive"] = outcome.summary["adaptive"]
     rows = Rows(on_rows, keep_samples)
     rows(outcome.rows)
     det = outcome.detector
@@ -511,9 +549,11 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
         "data": ctx.data.name,
         "split": ctx.split,
         "limit": ctx.limit,
+        "fit_data": config["fit_data"],
         "attack": config["attack"],
         "adversarial": adversarial_path,
         "only_successful": settings.only_successful,
+        "selected_from": list(settings.methods),
     })
     det.meta["versions"] = {**det.meta.get("versions", {}), **versions()}
     if save_adv is not None and adv_tensors is not None:
@@ -538,10 +578,11 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
     """Flag every input of ``ctx.data`` with a saved detector; rows ``index, score, flagged`` go to
     ``on_rows`` per batch. Summary: ``n, n_flagged, flagged_share, method, score, threshold, direction``,
     ``score_stats`` (statistics of the thresholded value) and ``checkpoint_match``. Memory is bounded by
-    the batch. The detector's weight norm is used.
+    the batch (features are computed per batch, only the per-input values are kept). The detector's
+    weight norm, probes and Mahalanobis model are used.
     """
     notes = check_detector(det, ctx.loaded, force=force)
-    weight_norm = det.meta.get("weight_norm", "squared")
+    features = Features.of(det)
     (key, have), = ctx.loaded.fingerprint.items()
     config = {
         **ctx.describe(),
@@ -551,15 +592,18 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
         "force": force,
         "method": det.method,
         "score": det.score,
-        "weight_norm": weight_norm,
-        "conventions": {k: CONVENTIONS[k] for k in ("stump", "components", "score_column")},
+        "weight_norm": features.weight_norm,
+        "probe": det.probe,
+        "conventions": {k: CONVENTIONS[k] for k in ("stump", det.method, "score_column")},
     }
     ctx.expect(len(ctx.data))
     rows = Rows(on_rows, keep_samples)
     values: list[np.ndarray] = []
     n = flagged_total = 0
-    for s in each_score(ctx, weight_norm=weight_norm):
-        X = s.features(det.method, det.score)
+    columns = det.columns()
+    threshold_method = det.method in core.THRESHOLD_METHODS
+    for s in each_score(ctx, features):
+        X = s.features(det.method, columns)
         with np.errstate(all="ignore"):  # a tampered detector overflows: refused below, not warned about
             value, decision = thresholded(det, X), det.decision(X)
         bad = ~(np.isfinite(value) & np.isfinite(decision))
@@ -582,8 +626,8 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
         "flagged_share": flagged_total / n if n else float("nan"),
         "method": det.method,
         "score": det.score,
-        "threshold": det.threshold if det.method == "stump" else 0.0,
-        "direction": det.direction if det.method == "stump" else "above",
+        "threshold": det.threshold if threshold_method else 0.0,
+        "direction": det.direction if threshold_method else "above",
         "score_stats": describe(np.concatenate(values) if values else np.zeros(0)),
         "checkpoint_match": det.meta.get(key) == have,
     }

@@ -1,9 +1,11 @@
-"""``flatrob sharpness``: closed-form head sharpness over a data set, streamed; Hutchinson traces on request.
+"""``flatrob sharpness``: closed-form head sharpness over a data set, streamed; earlier layers on request.
 
 One forward pass per batch gives logits and features; :func:`flatcli.core.curvature.head_measures` turns
 them into per-sample rows, handed to ``on_rows`` as soon as a batch is done (memory is bounded by the
-batch; only per-sample scalars are kept for the summary). Hutchinson traces, when asked for, take a
-second pass with double backprop.
+batch; only per-sample scalars are kept for the summary). Earlier ``--layers`` measured per sample
+(:mod:`flatcli.runs.layers`: exact or ``fisher-mc``) add their backward passes to the same forward pass
+and their columns to the same rows; Hutchinson traces, when asked for, take a second pass with double
+backprop.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from flatcli.core.curvature import MEASURES, WEIGHT_NORMS, head_measures, weight
 from flatcli.core.head_scaling import Scaling
 from flatcli.core.hutchinson import MAX_PROBES, HutchinsonTraces, batch_loss_sum
 from flatcli.core.statistics import describe_columns
-from flatcli.errors import LayerError, UsageError
+from flatcli.errors import UsageError
 from flatcli.models.head import HeadSplit
-from flatcli.models.loading import find_module
+from flatcli.runs import layers as layer_run
 from flatcli.runs.result import OnRows, Result, Rows
 from flatcli.runtime.loop import RunContext, each_batch
 from flatcli.runtime.precision import PRECISIONS, autocast
@@ -35,7 +37,9 @@ class SharpnessSettings:
     scaling: Scaling = Scaling()
     weight_norm: str = "squared"
     hutchinson: int = 0  # probes for the head (0: off)
-    layers: tuple[str, ...] = ()  # earlier layers for Hutchinson
+    layers: tuple[str, ...] = ()  # earlier layers (Fig. 14)
+    layer_method: str = "auto"  # auto | exact | fisher-mc | hutchinson (flatcli.runs.layers)
+    fisher_samples: int = 2  # labels drawn per sample for fisher-mc
     precision: str = "fp32"  # forward pass under autocast; closed forms stay float64
     channels_last: bool = False
 
@@ -48,6 +52,7 @@ class SharpnessSettings:
             raise UsageError(f"--hutchinson needs 0 (off) or 2 to {MAX_PROBES} probes, got {self.hutchinson}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        layer_run.check_method(self.layer_method, self.fisher_samples)
         self.layers = tuple(self.layers)
 
     def config(self) -> dict:
@@ -57,16 +62,22 @@ class SharpnessSettings:
             "scale_bias": self.scaling.scale_bias,
             "hutchinson_probes": self.hutchinson,
             "layers": list(self.layers),
+            "layer_method": self.layer_method,
+            "fisher_samples": self.fisher_samples,
             "precision": self.precision,
             "channels_last": self.channels_last,
         }
 
 
-def batch_rows(measures: dict[str, torch.Tensor], y: torch.Tensor, index: torch.Tensor) -> list[dict]:
-    """One dict per sample with :data:`ROW_KEYS`, from :func:`head_measures` output."""
+def batch_rows(measures: dict[str, torch.Tensor], y: torch.Tensor, index: torch.Tensor,
+               layer_columns: dict[str, torch.Tensor] | None = None) -> list[dict]:
+    """One dict per sample with :data:`ROW_KEYS` (from :func:`head_measures` output), then the layer columns."""
+    layer_columns = layer_columns or {}
+    keys = ROW_KEYS + tuple(layer_columns)
     cols = {"index": index.cpu().tolist(), "label": y.cpu().tolist(), "pred": measures["pred"].cpu().tolist()}
     cols.update({k: measures[k].cpu().tolist() for k in MEASURES})
-    return [dict(zip(ROW_KEYS, vals)) for vals in zip(*(cols[k] for k in ROW_KEYS))]
+    cols.update({k: v.tolist() for k, v in layer_columns.items()})
+    return [dict(zip(keys, vals)) for vals in zip(*(cols[k] for k in keys))]
 
 
 def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows | None = None, keep_samples: bool = False) -> Result:
@@ -78,26 +89,49 @@ def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows |
     loaded = ctx.loaded
     scaling = settings.scaling
     head = loaded.head
-    hutchinson_names = _hutchinson_layers(loaded, settings)
+    plans = layer_run.plan_layers(loaded, settings.layers, settings.layer_method)
+    per_sample = [p for p in plans if p.per_sample]
+    head_probed = bool(settings.hutchinson) or loaded.layer in settings.layers  # --layers naming the head
+    hutchinson_names = ([loaded.layer] if head_probed else []) + [p.name for p in plans if not p.per_sample]
     ctx.expect(len(ctx.data) * (2 if hutchinson_names else 1))
     rows = Rows(on_rows, keep_samples)
     columns: dict[str, list] = {k: [] for k in MEASURES}
+    columns.update({c: [] for p in per_sample for c in p.columns()})
     correct = n = 0
     with HeadSplit(loaded.model, head, loaded.layer, scaling) as split:
 
+        def forward(b, seen: dict):
+            def logits(x):
+                with autocast(ctx.device, settings.precision):
+                    seen["phi"] = split.features(x, verify=b.first)
+                    return split.logits(seen["phi"])
+
+            return logits
+
         def compute(b) -> dict:
-            with torch.no_grad(), autocast(ctx.device, settings.precision):
-                phi = split.features(b.x, verify=b.first)
+            traces: dict = {}
+            if per_sample:
+                seen: dict = {}
+                traces = layer_run.batch_traces(forward(b, seen), b.x, per_sample, fisher_samples=settings.fisher_samples,
+                                                generator=layer_run.draw_generator(ctx.seed, b.number))
+                phi = seen["phi"].detach()
+            else:
+                with torch.no_grad(), autocast(ctx.device, settings.precision):
+                    phi = split.features(b.x, verify=b.first)
             m = head_measures(phi, scaling.weight(head), scaling.bias(head), b.y, weight_norm=settings.weight_norm)
-            return {k: m[k].cpu() for k in ("pred", *MEASURES)} | {"y": b.y.cpu(), "index": b.index.cpu()}
+            return {k: m[k].cpu() for k in ("pred", *MEASURES)} | {"y": b.y.cpu(), "index": b.index.cpu(),
+                                                                   "layers": traces}
 
         for r in each_batch(ctx, compute):
+            layer_cols = layer_run.sharpness_columns(per_sample, r["layers"], settings.weight_norm)
             for k in MEASURES:
                 columns[k].append(r[k].numpy())
+            for k, v in layer_cols.items():
+                columns[k].append(v.numpy())
             correct += int((r["pred"] == r["y"]).sum())
             n += len(r["y"])
             if rows.wanted:
-                rows(batch_rows(r, r["y"], r["index"]))
+                rows(batch_rows(r, r["y"], r["index"], layer_cols))
     hutchinson = hutchinson_traces(ctx, settings, hutchinson_names) if hutchinson_names else None
     config = {**ctx.describe(), **settings.config()}
     if not ctx.dist.is_main:
@@ -118,13 +152,27 @@ def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows |
                 row["closed_form_trace"] = summary["trace_h"]["mean"]
                 row["z"] = (row["trace"] - row["closed_form_trace"]) / row["trace_stderr"] if row["trace_stderr"] > 0 else 0.0
         summary["hutchinson"] = hutchinson
-    return Result("sharpness", config, summary, rows.kept)
+    if plans:
+        summary["layers"] = _layer_entries(plans, values, hutchinson or [], settings)
+    notes = layer_run.notes(plans, settings.layer_method, settings.hutchinson or layer_run.DEFAULT_PROBES)
+    return Result("sharpness", config, summary, rows.kept, notes=notes)
 
 
-def _hutchinson_layers(loaded, settings: SharpnessSettings) -> list[str]:
-    """The head (with ``--hutchinson``, or named in ``--layers``) and the earlier ``--layers``, in that order."""
-    head = settings.hutchinson or loaded.layer in settings.layers
-    return ([loaded.layer] if head else []) + [n for n in settings.layers if n != loaded.layer]
+def _layer_entries(plans, values: dict, hutchinson: list[dict], settings: SharpnessSettings) -> list[dict]:
+    """``summary.layers``: one entry per ``--layers`` name, whatever measured it."""
+    by_name = {row["layer"]: row for row in hutchinson}
+    out = []
+    for p in plans:
+        if p.per_sample:
+            stderr = values.get(p.column("stderr")) if p.method == "fisher-mc" else None
+            trace, se = layer_run.mean_and_stderr(values[p.column("trace")], stderr)
+            draws = settings.fisher_samples if p.method == "fisher-mc" else None
+            out.append(layer_run.data_set_entry(p, trace, se, settings.weight_norm, draws=draws))
+        else:
+            row = by_name[p.name]
+            out.append(layer_run.data_set_entry(p, row["trace"], row["trace_stderr"], settings.weight_norm,
+                                                probes=row["probes"]))
+    return out
 
 
 def hutchinson_traces(ctx: RunContext, settings: SharpnessSettings, names: list[str]) -> list[dict]:
@@ -137,8 +185,8 @@ def hutchinson_traces(ctx: RunContext, settings: SharpnessSettings, names: list[
     loaded = ctx.loaded
     head = loaded.head
     scaling = settings.scaling
-    weights = [head.weight if n == loaded.layer else _layer_weight(loaded, n) for n in names]
-    traces = HutchinsonTraces([[w] for w in weights], settings.hutchinson or 100, seed=ctx.seed)
+    weights = [head.weight if n == loaded.layer else loaded.model.net.get_submodule(n).weight for n in names]
+    traces = HutchinsonTraces([[w] for w in weights], settings.hutchinson or layer_run.DEFAULT_PROBES, seed=ctx.seed)
     with HeadSplit(loaded.model, head, loaded.layer, scaling) as split:
 
         def compute(b) -> int:
@@ -167,10 +215,3 @@ def hutchinson_traces(ctx: RunContext, settings: SharpnessSettings, names: list[
         )
     return out
 
-
-def _layer_weight(loaded, name: str) -> torch.nn.Parameter:
-    module = find_module(loaded.model.net, name)
-    weight = getattr(module, "weight", None)
-    if not isinstance(weight, torch.nn.Parameter):
-        raise LayerError(f"layer {name!r} ({type(module).__name__}) has no weight to take a Hessian of")
-    return weight

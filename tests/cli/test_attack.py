@@ -228,3 +228,19 @@ def test_demo_has_an_attack_section(cli):
     res = cli("demo")
     assert res.exit_code == 0, res.stderr
     assert "flatrob attack" in res.stdout and "valley_fraction" in res.stdout
+
+
+def test_layers_along_the_trajectory_rows_summary_and_plot(cli, tmp_path):
+    pytest.importorskip("matplotlib")
+    traj, fig = tmp_path / "traj.csv", tmp_path / "fig.png"
+    res = cli("attack", EXAMPLE, "--limit", "8", "--steps", "2", "--eps", "0.2", "--alpha", "0.1", "--layers",
+              "conv2,bn3", "--trajectory", traj, "--plot", fig, "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert [e["layer"] for e in doc["summary"]["layers"]] == ["conv2", "bn3"]
+    assert doc["config"]["layers"] == ["conv2", "bn3"] and doc["config"]["layer_method"] == "auto"
+    header = traj.read_text().splitlines()[0].split(",")
+    assert header[-4:] == ["trace_h@conv2", "relative_sharpness@conv2", "trace_h@bn3", "relative_sharpness@bn3"]
+    from matplotlib.image import imread
+
+    assert imread(str(fig)).shape[1] == 5 * 4 * 120  # four panels: loss, head, conv2, bn3

@@ -77,6 +77,13 @@ CASES = {
     "one hutchinson probe": (["sharpness", EXAMPLE, "--hutchinson", "1"], "--hutchinson"),
     "negative scale": (["sharpness", EXAMPLE, "--scale", "-1"], "--scale"),
     "hutchinson layer without weight": (["sharpness", EXAMPLE, "--layers", "relu"], "weight"),
+    "unknown earlier layer": (["sharpness", EXAMPLE, "--layers", "conv9"], "conv"),
+    "unknown layer method": (["sharpness", EXAMPLE, "--layers", "conv3", "--layer-method", "lanczos"], "lanczos"),
+    "one fisher draw": (["sharpness", EXAMPLE, "--layers", "conv3", "--layer-method", "fisher-mc", "--fisher-samples",
+                         "1"], "--fisher-samples"),
+    "attack one fisher draw": (["attack", EXAMPLE, "--layers", "conv3", "--fisher-samples", "1"], "--fisher-samples"),
+    "attack one hutchinson probe": (["attack", EXAMPLE, "--layers", "conv3", "--hutchinson", "1"], "--hutchinson"),
+    "attack layer without weight": (["attack", EXAMPLE, "--layers", "relu"], "weight"),
     "unknown example": (["inspect", "example:nope"], "digits-cnn"),
     "output in missing directory": (["sharpness", EXAMPLE, "--format", "json", "--output", "{out_dir}/no/x.json"], "no"),
 }

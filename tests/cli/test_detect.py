@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from tests.conftest import EXAMPLE, assert_one_error
 
@@ -105,8 +105,34 @@ def test_help_names_the_options(cli):
     res = cli("detect", "--help")
     assert res.exit_code == 0
     for opt in ("--method", "--score", "--folds", "--only-successful", "--adversarial", "--save", "--plot",
-                "--detector", "--force", "--eps", "--preset"):
+                "--detector", "--force", "--eps", "--preset", "--fit-data", "--probe-steps", "--probe-size",
+                "--adaptive", "--adaptive-weight", "mahalanobis", "ensemble"):
         assert opt in res.stdout
+
+
+ALL_KEYS = SUMMARY_KEYS | {"baseline", "best", "methods"}
+METHOD_ENTRY = {"fold_accuracies", "accuracy_mean", "accuracy_std", "auc", "tpr_at_5fpr", "evaded"}
+ADAPTIVE_KEYS = {"fold_accuracies", "accuracy_mean", "accuracy_std", "auc", "tpr_at_5fpr", "n", "detected",
+                 "prediction_changed", "evaded", "evaded_standard", "weight", "scale"}
+
+
+def test_method_all_with_the_adaptive_check_json_and_table(cli):
+    args = ("detect", EXAMPLE, "--limit", "40", "--steps", "3", "--eps", "0.3", "--alpha", "0.1", "--folds", "2",
+            "--method", "all", "--adaptive", "--probe-steps", "2")
+    doc = _json(cli(*args, "--format", "json"))
+    s, c = doc["summary"], doc["config"]
+    best = s["best"]
+    assert ALL_KEYS <= set(s) and set(s["methods"]) == {"stump", "components", "mahalanobis", "profile", "ensemble"}
+    assert all(set(m) == METHOD_ENTRY | {"adaptive"} for m in s["methods"].values())
+    assert set(s["adaptive"]) == ADAPTIVE_KEYS and s["adaptive"] == s["methods"][best]["adaptive"]
+    assert s["method"] == best and s["accuracy_mean"] == max(m["accuracy_mean"] for m in s["methods"].values())
+    assert (c["method"], c["fit_data"], c["adaptive"], c["adaptive_weight"]) == ("all", "digits:train", True, 3.0)
+    assert c["probe"] == {"norm": "linf", "steps": 2, "size": 0.03}
+    table = cli(*args)
+    assert table.exit_code == 0, table.stderr
+    for text in ("Methods on the same folds", f"{best} *", "Adaptive attack on each method", "evaded (standard)"):
+        assert text in table.stdout, text
+    assert ("Baseline: stump" in table.stdout) == (best != "stump")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -123,15 +149,16 @@ def test_same_seed_same_folds_and_numbers(cli):
     assert [r["fold"] for r in a["samples"]] != [r["fold"] for r in c["samples"]]
 
 
-@pytest.mark.parametrize("method", ["stump", "components"])
+@pytest.mark.parametrize("method", ["stump", "components", "mahalanobis", "profile", "ensemble"])
 def test_save_then_apply_reproduces_fitted_predictions(cli, tmp_path, method):
     det, adv = tmp_path / "det.json", tmp_path / "adv.safetensors"
     fit = cli("detect", EXAMPLE, *SMALL, "--method", method, "--save", det, "--save-adv", adv, "--format", "jsonl")
     assert fit.exit_code == 0, fit.stderr
     rows = _jsonl(fit.stdout)
     fitted = {(r["adversarial"], r["index"]): (r["score"], r["flagged"]) for r in rows}
-    for source, is_adv in (("digits", False), (f"tensors:{adv}", True)):
-        res = cli("detect", EXAMPLE, "--detector", det, "--data", source, "--limit", "60", "--format", "jsonl")
+    for source, is_adv, batch in (("digits", False, "7"), (f"tensors:{adv}", True, "13")):
+        res = cli("detect", EXAMPLE, "--detector", det, "--data", source, "--limit", "60", "--batch-size", batch,
+                  "--format", "jsonl")
         assert res.exit_code == 0, res.stderr
         applied = _jsonl(res.stdout)
         assert len(applied) == 60 and list(applied[0]) == APPLY_COLUMNS
@@ -262,6 +289,19 @@ def _example_sha() -> str:
         (["--detector", "{tmp}/mine.json", "--eps", "0.1", "--save", "{tmp}/d.json"], ["--eps", "--save"]),
         (["--detector", "{tmp}/mine.json", "--weight-norm", "plain"], ["--weight-norm", "squared"]),
         (["--detector", "{tmp}/otherlayer.json"], ["classifier"]),
+        (["--method", "components", "--fit-data", "digits"], ["--fit-data", "components"]),
+        (["--method", "stump", "--probe-steps", "2"], ["--probe-steps", "stump"]),
+        (["--method", "profile", "--probe-steps", "4"], ["--probe-steps", "1 to 3"]),
+        (["--method", "profile", "--probe-size", "0"], ["--probe-size", "> 0"]),
+        (["--method", "mahalanobis", "--score", "confidence"], ["--score confidence", "mahalanobis"]),
+        (["--method", "mahalanobis", "--fit-data", "digits", "--split", "train"], ["--fit-data", "tested on"]),
+        (["--method", "ensemble", "--data", "tensors:{tmp}/adv.safetensors"], ["--fit-data", "tested on"]),
+        (["--adaptive-weight", "2"], ["--adaptive-weight", "--adaptive"]),
+        (["--adaptive", "--adaptive-weight", "-1"], ["--adaptive-weight", "> 0"]),
+        (["--adaptive", "--adversarial", "{tmp}/adv.safetensors"], ["--adaptive", "--adversarial"]),
+        (["--detector", "{tmp}/mine.json", "--adaptive"], ["--adaptive", "fitting"]),
+        (["--detector", "{tmp}/mine.json", "--fit-data", "digits"], ["--fit-data", "fitting"]),
+        (["--detector", "{tmp}/maha.json"], ["another model", "--force"]),
     ],
 )
 def test_bad_input_is_one_error_and_no_file(cli, tmp_path, args, fragments):
@@ -270,6 +310,11 @@ def test_bad_input_is_one_error_and_no_file(cli, tmp_path, args, fragments):
     sha = _example_sha()
     _detector_file(tmp_path / "mine.json", sha=sha)
     _detector_file(tmp_path / "otherlayer.json", sha=sha, layer="classifier")
+    doc = json.loads(_detector_file(tmp_path / "maha.json").read_text())  # a Mahalanobis detector of another model
+    doc.update(method="mahalanobis", score="mahalanobis",
+               mahalanobis={"class_means": [[0.0] * 32] * 10, "precision": [[1.0] * 32] * 32, "counts": [1] * 10})
+    (tmp_path / "maha.json").write_text(json.dumps(doc))
+    save_file({"x": torch.zeros(6, 1, 8, 8), "y": torch.zeros(6, dtype=torch.int64)}, str(tmp_path / "adv.safetensors"))
     before = sorted(p.name for p in tmp_path.iterdir())
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     out = tmp_path / "out.json"

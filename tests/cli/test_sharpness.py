@@ -22,7 +22,7 @@ ROW_KEYS = ["index", "label", "pred", *MEASURES]
 CONFIG_KEYS = {
     "checkpoint", "checkpoint_sha256", "arch", "arch_source", "layer", "classes", "features", "data", "split",
     "limit", "batch_size", "device", "seed", "versions", "weight_norm", "scale", "scale_bias",
-    "hutchinson_probes", "layers", "precision", "channels_last",
+    "hutchinson_probes", "layers", "layer_method", "fisher_samples", "precision", "channels_last",
 }
 
 
@@ -157,7 +157,7 @@ def _exact_layer_trace(layer: str, limit: int) -> float:
 
 def test_hutchinson_agrees_with_closed_form_and_exact_layer_trace(cli):
     doc = json.loads(cli("sharpness", EXAMPLE, "--format", "json", "--hutchinson", "40", "--layers", "conv3",
-                         "--limit", "100").stdout)
+                         "--layer-method", "hutchinson", "--limit", "100").stdout)
     head, conv = doc["summary"]["hutchinson"]
     assert head["layer"] == "fc" and conv["layer"] == "conv3"
     assert abs(head["trace"] - doc["summary"]["trace_h"]["mean"]) < 4 * head["trace_stderr"]
@@ -233,3 +233,10 @@ def test_layers_naming_the_head_gives_its_hutchinson_trace_next_to_the_closed_fo
     (row,) = json.loads(res.stdout)["summary"]["hutchinson"]
     assert row["layer"] == "fc" and row["probes"] == 100 and abs(row["z"]) < 4
     assert row["closed_form_trace"] == json.loads(res.stdout)["summary"]["trace_h"]["mean"]
+def test_layers_columns_in_csv_rows_and_the_table(cli):
+    res = cli("sharpness", EXAMPLE, "--limit", "10", "--layers", "conv3", "--format", "csv")
+    assert res.exit_code == 0 and res.stderr == ""
+    rows = list(csv.DictReader(io.StringIO(res.stdout)))
+    assert len(rows) == 10 and float(rows[0]["trace_h@conv3"]) > 0 and "relative_sharpness@conv3" in rows[0]
+    table = cli("sharpness", EXAMPLE, "--limit", "10", "--layers", "conv3").stdout
+    assert "Earlier layers" in table and "trace_h@conv3" in table

@@ -1,4 +1,4 @@
-"""Fitting and evaluation core of `flatrob detect` (flatcli/detect.py): pure numpy + sklearn."""
+"""The detector estimators of `flatrob detect` (flatcli.core.detectors): pure numpy + sklearn."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from hypothesis.extra import numpy as hnp
 from sklearn.metrics import balanced_accuracy_score
 from sklearn.tree import DecisionTreeClassifier
 
+from flatcli.core import detectors as core
 from flatcli.core.detectors import (
     DETECTOR_KIND,
     SCHEMA_VERSION,
@@ -302,3 +303,87 @@ def test_balance_subsamples_the_larger_class_reproducibly():
     X2 = np.c_[X, X]
     X2b, y2b = balance(X2, y, seed=0)
     assert X2b.shape == (60, 2) and np.array_equal(X2b[:, 0], Xa)
+
+
+# ---------------------------------------------------------------------------- mahalanobis, profile, ensemble
+
+
+def _maha_model(rng, k=3, m=4):
+    A = rng.normal(size=(m, m))
+    return core.MahalanobisModel(rng.normal(size=(k, m)), A @ A.T, np.full(k, 10))
+
+
+def _probe(steps=2):
+    return {"norm": "linf", "steps": steps, "size": 0.03}
+
+
+@pytest.mark.parametrize("method", ["mahalanobis", "profile", "ensemble"])
+def test_new_methods_save_load_reproduce_predictions_exactly(tmp_path, method):
+    rng = np.random.default_rng(11)
+    maha = _maha_model(rng) if method in ("mahalanobis", "ensemble") else None
+    probe = _probe() if method in ("profile", "ensemble") else None
+    if method == "mahalanobis":
+        X, y = np.r_[rng.lognormal(0, 1, 200), rng.lognormal(1, 1, 200)], _labels(200, 200)
+    else:
+        d = len(core.feature_names(method, 2))
+        y = _labels(200, 200)
+        X = np.exp(rng.normal(size=(400, d)) + 0.5 * y[:, None] * rng.normal(size=d))
+    det = fit(X, y, method=method, seed=2, mahalanobis=maha, probe=probe)
+    assert det.columns() == ((core.MAHALANOBIS,) if method == "mahalanobis" else core.feature_names(method, 2))
+    path = tmp_path / "det.json"
+    save_detector(path, det)
+    back = load_detector(path)
+    assert np.array_equal(back.decision(X), det.decision(X))
+    assert back.to_json() == json.loads(path.read_text())
+    if maha is not None:
+        assert np.array_equal(back.mahalanobis.means, maha.means) and np.array_equal(back.mahalanobis.precision,
+                                                                                        maha.precision)
+    assert back.probe == probe
+    # row by row equals all at once, to the bit (no batch-size dependence)
+    assert np.array_equal(np.concatenate([det.decision(X[i:i + 7]) for i in range(0, 400, 7)]), det.decision(X))
+
+
+def test_new_methods_need_what_their_features_come_from():
+    X, y = np.arange(20.0), _labels(10, 10)
+    with pytest.raises(UsageError, match="Mahalanobis model"):
+        fit(X, y, method="mahalanobis")
+    with pytest.raises(UsageError, match="probe"):
+        fit(np.ones((20, 12)), y, method="profile")
+    with pytest.raises(UsageError, match="probe"):
+        fit(X, y, method="stump", probe=_probe())
+    with pytest.raises(UsageError, match="12 columns"):
+        fit(np.ones((20, 3)), y, method="profile", probe=_probe())
+
+
+def _doc(method, **changes):
+    rng = np.random.default_rng(0)
+    maha = _maha_model(rng) if method in ("mahalanobis", "ensemble") else None
+    probe = _probe() if method in ("profile", "ensemble") else None
+    n = 1 if method == "mahalanobis" else len(core.feature_names(method, 2))
+    X = np.exp(rng.normal(size=(40, n)))[:, 0] if n == 1 else np.exp(rng.normal(size=(40, n)))
+    doc = fit(X, _labels(20, 20), method=method, mahalanobis=maha, probe=probe).to_json()
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            doc[outer][inner] = value
+        else:
+            doc[key] = value
+    return doc
+
+
+@pytest.mark.parametrize("method, changes, fragment", [
+    ("mahalanobis", {"mahalanobis": None}, "mahalanobis"),
+    ("mahalanobis", {"mahalanobis.precision": [[1.0, 0.0], [0.0, 1.0]]}, "precision"),
+    ("mahalanobis", {"mahalanobis.class_means": [[1.0, float("nan"), 0.0, 0.0]] * 3}, "finite"),
+    ("mahalanobis", {"mahalanobis.counts": [1, 2]}, "counts"),
+    ("mahalanobis", {"score": "relative_sharpness"}, "scores"),
+    ("profile", {"probe.steps": 4}, "steps"),
+    ("profile", {"probe.size": -1.0}, "size"),
+    ("profile", {"probe.norm": "l2"}, "linf"),
+    ("profile", {"features": ["loss@0"]}, "columns"),
+    ("ensemble", {"coef": [1.0, 2.0]}, "coef"),
+    ("ensemble", {"mahalanobis": {"class_means": [[1.0]], "precision": [[1.0]], "counts": [3]}}, "at least 2"),
+])
+def test_load_rejects_malformed_new_detectors(method, changes, fragment):
+    with pytest.raises(DetectorError, match=fragment):
+        Detector.from_json(_doc(method, **changes))

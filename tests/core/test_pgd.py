@@ -160,6 +160,28 @@ def test_restarts_keep_highest_final_loss(loaded, batch):
     assert best.restart.unique().numel() > 1
 
 
+def test_an_own_loss_replaces_the_cross_entropy(loaded, batch):
+    x, y = batch
+    settings = dict(norm="linf", eps=0.15, alpha=0.02, steps=4, random_start=True, restarts=2)
+    calls = []
+
+    def ce(inp, logits, phi):  # the default objective, given as an own loss: the same attack
+        calls.append(inp.requires_grad)
+        return F.cross_entropy(logits, y, reduction="none")
+
+    with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
+        plain = pgd(split, x, y, generator=torch.Generator().manual_seed(3), record=True, **settings)
+        own = pgd(split, x, y, generator=torch.Generator().manual_seed(3), record=True, loss=ce, **settings)
+        down = pgd(split, x, y, norm="linf", eps=0.15, alpha=0.02, steps=4,
+                   loss=lambda inp, logits, phi: -F.cross_entropy(logits, y, reduction="none"))
+    assert torch.equal(plain.x_adv, own.x_adv) and torch.equal(plain.restart, own.restart)
+    torch.testing.assert_close(plain.objective, own.objective)
+    torch.testing.assert_close(plain.phi, own.phi)
+    assert len(calls) == 2 * (4 + 1) and all(calls)  # every step and each restart's final objective, with grad
+    with torch.no_grad():
+        assert F.cross_entropy(loaded.model(down.x_adv), y) < F.cross_entropy(loaded.model(x), y)
+
+
 def test_targeted_moves_towards_target(loaded, batch):
     x, y = batch
     with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:

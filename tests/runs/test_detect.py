@@ -7,8 +7,13 @@ import pytest
 import torch
 
 from flatcli.inputs import data as datamod
-from flatcli.core.detectors import COMPONENT_NAMES, Detector
+from flatcli.core import detectors as core
+from flatcli.core.detection_features import Probe, probe_path
+from flatcli.core.detectors import COMPONENT_NAMES, PROFILE_MEASURES, Detector
+from flatcli.models.head import HeadSplit
 from flatcli.runs.detect import SCORES, DetectSettings, ScoreSet, check_detector, fit_detection, score_inputs
+from flatcli.runs.detect_scores import Features, fit_mahalanobis
+from flatcli.runs.sharpness import SharpnessSettings, sharpness
 from flatcli.errors import DetectorError, UsageError
 from flatcli.models.loading import load_model
 from tests.conftest import EXAMPLE, run_context
@@ -100,3 +105,98 @@ def test_prediction_changed_is_none_when_clean_inputs_are_missing():
     adv = _scoreset(range(0, 10), [1] * 4 + [2] * 6, rng)
     s = fit_detection(clean, adv, DetectSettings(folds=2)).summary
     assert s["n_successful"] == 6 and s["prediction_changed"] == 0.6
+
+
+# ------------------------------------------------------------------------------------------------
+# The curvature profile, the Mahalanobis model, memory
+# ------------------------------------------------------------------------------------------------
+
+
+def test_profile_features_equal_sharpness_on_the_probed_points(loaded):
+    ds = datamod.load_data("digits", "test", 30)
+    probe = Probe(steps=3, size=0.04)
+    scored = score_inputs(run_context(loaded, ds, batch_size=16), Features(probe=probe))
+    with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
+        path = probe_path(split, ds.x, probe)
+    assert np.array_equal(scored.pred, path.pred.numpy())
+    for t, point in enumerate(path.points):
+        # the probed point, labelled with the class predicted at the input, measured by `flatrob sharpness`
+        at = datamod.DataSource(name=f"probe{t}", input_shape=ds.input_shape, num_classes=10, x=point,
+                                y=path.pred, index=ds.index)
+        rows = sharpness(run_context(loaded, at, batch_size=16), SharpnessSettings(), keep_samples=True).samples
+        assert [r["index"] for r in rows] == scored.index.tolist()
+        for name in PROFILE_MEASURES:
+            want = np.array([r[name] for r in rows])
+            assert np.allclose(scored.values[f"{name}@{t}"], want, rtol=1e-6, atol=1e-12), (name, t)
+    assert np.array_equal(scored.values["relative_sharpness@0"], scored.values["relative_sharpness"])
+
+
+def test_streamed_mahalanobis_fit_equals_the_fit_on_every_feature_at_once(loaded):
+    ds = datamod.load_data("digits", "train", 500)
+    model = fit_mahalanobis(run_context(loaded, ds, batch_size=64))
+    with HeadSplit(loaded.model, loaded.head, loaded.layer) as split, torch.no_grad():
+        phi = split.features(ds.x).double().numpy()
+    y = ds.y.numpy()
+    means = np.stack([phi[y == c].mean(0) for c in range(10)])
+    cov = (phi - means[y]).T @ (phi - means[y]) / len(y)
+    assert np.allclose(model.means, means, rtol=1e-10, atol=1e-12)
+    assert np.allclose(model.precision, np.linalg.pinv(cov, hermitian=True), rtol=1e-6, atol=1e-8)
+    assert model.counts.sum() == 500
+
+
+def test_fit_and_scoring_keep_per_input_numbers_only():
+    """Memory is bounded by the batch: features are reduced per batch to a few per-input columns, and the
+    Mahalanobis fit to sums of fixed size. With 512 features, keeping them would cost 4 KB per input."""
+    import tracemalloc
+
+    from flatcli.models.loading import from_module
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 32), torch.nn.ReLU(), torch.nn.Linear(32, 512),
+                              torch.nn.ReLU(), torch.nn.Linear(512, 10))
+    wide = from_module(net, layer="5", device=torch.device("cpu"))
+    digits = datamod.load_data("digits", "train")
+
+    def peaks(n: int) -> tuple[int, int]:
+        rows = torch.arange(n) % len(digits)
+        ds = datamod.DataSource(name=f"n{n}", input_shape=(1, 8, 8), num_classes=10, x=digits.x[rows],
+                                y=digits.y[rows])
+        tracemalloc.start()
+        model = fit_mahalanobis(run_context(wide, ds, batch_size=50))
+        fit_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        scored = score_inputs(run_context(wide, ds, batch_size=50), Features(probe=Probe(steps=1), mahalanobis=model))
+        score_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert all(v.shape == (n,) for v in scored.values.values())
+        return fit_peak, score_peak
+
+    peaks(100)  # warm-up: first-call caches
+    (fit_a, score_a), (fit_b, score_b) = peaks(400), peaks(1200)
+    # bytes per input (the batching's own bookkeeping, and the columns, index and pred of the scores)
+    assert (fit_b - fit_a) / 800 < 1000, (fit_a, fit_b)
+    assert (score_b - score_a) / 800 < 1000, (score_a, score_b)
+
+
+def test_new_settings_refuse_conflicts():
+    with pytest.raises(UsageError, match="--probe-steps/--probe-size"):
+        DetectSettings(method="components", probe=Probe())
+    with pytest.raises(UsageError, match="conflicts with --method mahalanobis"):
+        DetectSettings(method="mahalanobis", score="confidence")
+    with pytest.raises(UsageError, match="--adaptive"):
+        DetectSettings(method="profile", adaptive=True)  # no attack: adversarials read from a file
+    with pytest.raises(UsageError, match="--adaptive-weight"):
+        DetectSettings.from_options(method="stump", adaptive_weight=2.0)
+    with pytest.raises(UsageError, match="--adaptive-weight must be"):
+        DetectSettings.from_options(method="stump", adaptive=True, adaptive_weight=0.0)
+    s = DetectSettings.from_options(method="all", probe_size=0.05)
+    assert s.methods == core.METHODS and s.probe == Probe(3, 0.05) and s.uses_mahalanobis
+    assert DetectSettings(method="profile").probe == Probe() and not DetectSettings(method="profile").uses_mahalanobis
+
+
+def test_check_detector_refuses_a_mahalanobis_model_of_another_shape(loaded):
+    maha = core.MahalanobisModel(np.zeros((10, 16)), np.eye(16), np.ones(10, np.int64))
+    det = Detector("mahalanobis", "mahalanobis", threshold=1.0, direction="above", mahalanobis=maha,
+                   meta={"checkpoint_sha256": loaded.checkpoint.sha256, "layer": "fc"})
+    with pytest.raises(DetectorError, match="16 features"):
+        check_detector(det, loaded, force=True)

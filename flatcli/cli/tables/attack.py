@@ -23,6 +23,10 @@ def render(stream, summary: dict, samples: list[dict] | None) -> None:
         for t in range(len(summary["mean_loss_by_step"]))
     ]
     con.print(tables.rows_table("Mean over samples, per step", steps))
+    for entry in summary.get("layers", ()):
+        curve = [{"step": t, "mean trace": tr, "mean relative sharpness": sh}
+                 for t, (tr, sh) in enumerate(zip(entry["mean_trace_by_step"], entry["mean_sharpness_by_step"]))]
+        con.print(tables.rows_table(f"Layer {entry['layer']} ({entry['method']}, {entry['curvature']}), per step", curve))
     to = summary["takeoff"]
     stats = {
         "loss_increase": summary["loss_increase"],

@@ -465,16 +465,21 @@ class _Walker:
         self._record(node, name, "l2-sum", bound, terms=parts)
 
 
-def _trace(model: Classifier) -> fx.GraphModule:
+def trace_classifier(model: Classifier) -> fx.GraphModule:
+    """The ``torch.fx`` graph of the classifier, its ``Normalize`` kept as one module; tracing errors propagate."""
     tracer = _Tracer()
+    graph = tracer.trace(model)
+    return fx.GraphModule(tracer.root, graph)
+
+
+def _trace(model: Classifier) -> fx.GraphModule:
     try:
-        graph = tracer.trace(model)
+        return trace_classifier(model)
     except Exception as e:  # noqa: BLE001 - any tracing failure means no graph bound
         raise UsageError(
             f"cannot bound the Lipschitz constant: torch.fx cannot trace the model "
             f"({type(e).__name__}: {e}); {HINT}"
         ) from None
-    return fx.GraphModule(tracer.root, graph)
 
 
 def _device(model: nn.Module) -> torch.device:

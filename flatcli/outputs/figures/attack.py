@@ -1,4 +1,4 @@
-"""The figure of ``flatrob attack --plot``: the paper's Fig. 3 (loss and sharpness along PGD)."""
+"""The figure of ``flatrob attack --plot``: the paper's Fig. 3 (loss and sharpness along PGD), and Fig. 14's layers."""
 
 from __future__ import annotations
 
@@ -7,22 +7,31 @@ import os
 from flatcli.outputs.figures import check_plot_path, pyplot, save
 
 
-def attack_figure(summary: dict, path: str | os.PathLike, title: str = "") -> None:
-    """The paper's Fig. 3: mean (and +-1 std band) of loss and of relative sharpness against the PGD step."""
+def attack_figure(summary: dict, path: str | os.PathLike, title: str = "", layers=()) -> None:
+    """The paper's Fig. 3: mean (and +-1 std band) of loss and of relative sharpness against the PGD step;
+    one more panel per entry of ``layers`` (``summary.layers``: the relative sharpness of an earlier layer, Fig. 14;
+    its band is +-1 std over samples, or +-1 standard error for Hutchinson estimates)."""
     fmt = check_plot_path(path)
     plt = pyplot()
     import numpy as np
 
     steps = np.arange(len(summary["mean_loss_by_step"]))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
-    panels = (
-        (axes[0], "mean_loss_by_step", "std_loss_by_step", "loss (cross-entropy)", "tab:red"),
-        (axes[1], "mean_sharpness_by_step", "std_sharpness_by_step", "relative sharpness", "tab:blue"),
-    )
-    for ax, mean_key, std_key, label, colour in panels:
-        mean = np.asarray(summary[mean_key], dtype=float)
-        std = np.asarray(summary[std_key], dtype=float)
-        ax.fill_between(steps, np.maximum(mean - std, 0.0), mean + std, color=colour, alpha=0.18, linewidth=0, label="±1 std")
+    fig, axes = plt.subplots(1, 2 + len(layers), figsize=(5 * (2 + len(layers)), 3.6), constrained_layout=True)
+    panels = [
+        (axes[0], summary, "mean_loss_by_step", "std_loss_by_step", "loss (cross-entropy)", "tab:red"),
+        (axes[1], summary, "mean_sharpness_by_step", "std_sharpness_by_step", "relative sharpness (head)", "tab:blue"),
+    ]
+    for ax, entry in zip(axes[2:], layers):
+        spread = "std_sharpness_by_step" if entry.get("std_sharpness_by_step") is not None else "sharpness_stderr_by_step"
+        what = "Gauss-Newton, " if entry["curvature"] == "gauss-newton" else ""
+        label = f"rel. sharpness @{entry['layer']} ({what}{entry['method']})"
+        panels.append((ax, entry, "mean_sharpness_by_step", spread, label, "tab:green"))
+        ax.axvline(entry["sharpness_peak_step"], color="grey", linestyle=":", linewidth=1)
+    for ax, source, mean_key, std_key, label, colour in panels:
+        mean = np.asarray(source[mean_key], dtype=float)
+        std = np.asarray(source[std_key], dtype=float)
+        band = "±1 std" if std_key.startswith("std") else "±1 s.e."
+        ax.fill_between(steps, np.maximum(mean - std, 0.0), mean + std, color=colour, alpha=0.18, linewidth=0, label=band)
         ax.plot(steps, mean, color=colour, marker="o", markersize=3, label="mean")
         ax.set_xlabel("PGD step")
         ax.set_ylabel(label)

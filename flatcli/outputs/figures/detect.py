@@ -31,7 +31,7 @@ def detect_figure(outcome, path, title: str = "") -> None:
     ax.hist(adv, bins=bins, color="tab:red", alpha=0.55, label=f"adversarial (n={len(adv)})")
     ax.axvline(threshold, color="black", linestyle="--", linewidth=1.2,
                label=f"threshold {threshold:.3g} (flag {s['direction']})")
-    label = s["score"] if s["method"] == "stump" else "logit of the components detector"
+    label = s["score"] if s["method"] in ("stump", "mahalanobis") else f"logit of the {s['method']} detector"
     ax.set_xlabel(label.replace("_", " "))
     ax.set_ylabel("inputs")
     ax.legend(loc="best", fontsize=8)
