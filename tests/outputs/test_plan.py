@@ -103,7 +103,7 @@ def test_a_failure_at_the_last_output_leaves_none_of_them(tmp_path, monkeypatch,
     """The figure is drawn last: -o, --trajectory and --save-adv are complete by then, yet none is committed."""
     import flatcli.outputs.figures.attack as figures
 
-    def fail(summary, path, title=""):
+    def fail(summary, path, title="", **kwargs):
         with output_path(path) as tmp:
             tmp.write_bytes(b"half a figure")
             if failure == "disk full":
