@@ -13,6 +13,9 @@ key ``flatrob.spec``. Every key is optional; command-line options override it::
     strip_prefix: "module."     # removed from every state-dict key that has it
     layers: [layer4.1.conv2]    # earlier layers for Hutchinson traces
     data: cifar10:~/data        # default --data
+    resize: 256                 # images read from files: shorter side resized to this many pixels,
+    crop: 224                   # then centre-cropped to this square (default: input_shape's H, W)
+    interpolation: bilinear     # bilinear, bicubic or nearest (resizing only)
 
 Documents are read with YAML's safe loader, size-limited (files too: at most :data:`MAX_SPEC_BYTES` are
 ever read, whatever ``stat`` says), anchors/aliases are refused before loading (no "billion laughs"), and
@@ -33,6 +36,10 @@ from flatcli.errors import SpecError
 from flatcli.inputs.text import read_text
 
 MAX_SPEC_BYTES = 64 * 1024
+#: ``interpolation:`` values (torchvision's ``InterpolationMode`` names).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+#: The largest ``resize:`` / ``crop:`` side in pixels.
+MAX_SIDE = 65536
 METADATA_KEY = "flatrob.spec"
 
 
@@ -48,6 +55,9 @@ class Spec:
     strip_prefix: str | None = None
     layers: tuple[str, ...] = ()
     data: str | None = None
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str | None = None
 
     def merged(self, **overrides: Any) -> "Spec":
         """A copy with every override that is not ``None`` applied (command-line options win)."""
@@ -154,6 +164,9 @@ def from_mapping(doc: dict, origin: str = "spec") -> Spec:
             strip_prefix=_opt(doc, "strip_prefix", str),
             layers=_tuple(doc.get("layers"), str) or (),
             data=_opt(doc, "data", str),
+            resize=_opt(doc, "resize", int),
+            crop=_opt(doc, "crop", int),
+            interpolation=_opt(doc, "interpolation", str),
         )
     except SpecError as e:
         raise SpecError(f"{origin}: {e}") from None
@@ -170,6 +183,12 @@ def validate(spec: Spec) -> Spec:
     if spec.input_shape is not None:
         if len(spec.input_shape) != 3 or min(spec.input_shape) < 1 or max(spec.input_shape) > 65536:
             raise SpecError(f"input_shape must be [C, H, W] with positive sizes, got {list(spec.input_shape)}")
+    for name in ("resize", "crop"):
+        side = getattr(spec, name)
+        if side is not None and not 1 <= side <= MAX_SIDE:
+            raise SpecError(f"{name} must be a side in pixels from 1 to {MAX_SIDE}, got {side}")
+    if spec.interpolation is not None and spec.interpolation not in INTERPOLATIONS:
+        raise SpecError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {spec.interpolation!r}")
     if spec.std is not None and any(not (s > 0) for s in spec.std):
         raise SpecError(f"std must be positive, got {list(spec.std)}")
     for name in ("mean", "std"):

@@ -67,3 +67,17 @@ def test_read_text_names_the_input_in_every_failure(tmp_path):
         with pytest.raises(DetectorError, match=message):
             read_text(tmp_path / name, limit=10, what="detector file", error=DetectorError, missing_hint="; hint")
     assert read_text(tmp_path / "big.json", limit=11, what="x", error=DetectorError) == "x" * 11
+
+
+def test_preprocessing_keys_are_read_and_round_trip():
+    spec = parse_spec("resize: 256\ncrop: 224\ninterpolation: bicubic")
+    assert (spec.resize, spec.crop, spec.interpolation) == (256, 224, "bicubic")
+    assert parse_spec(str(spec.to_dict()).replace("'", '"')) == spec
+
+
+@pytest.mark.parametrize("text, words", [("resize: 0", "resize must be a side"), ("crop: 70000", "crop must be"),
+                                         ("crop: x", "crop must be an integer"),
+                                         ("interpolation: lanczos", "interpolation must be one of")])
+def test_bad_preprocessing_keys_are_refused(text, words):
+    with pytest.raises(SpecError, match=words):
+        parse_spec(text)
