@@ -19,6 +19,7 @@ available); its train/eval mode is restored after each call.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -28,7 +29,7 @@ from flatcli.core.head_scaling import Scaling
 from flatcli.errors import DataError, UsageError
 from flatcli.inputs.data import DataSource, check_compatible, load_data
 from flatcli.models.loading import LoadedModel, from_module, load_model
-from flatcli.outputs.files import check_outputs
+from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
 from flatcli.runs import attack as attack_run
 from flatcli.runs import bound as bound_run
 from flatcli.runs import bound_numbers
@@ -43,11 +44,29 @@ from flatcli.runtime.loop import Progress, RunContext
 
 __all__ = ["Result", "load", "sharpness", "attack", "sweep_scale", "bound", "detect", "inspect", "convert"]
 
+#: Seeds every command accepts: what torch, numpy's RandomState and scikit-learn all take.
+SEED_RANGE = (0, 2**32 - 1)
+
+
+def _one_plan(command):
+    """Run ``command`` inside one output plan: its files are checked against its inputs before any work and
+    committed together when it returns (none is left if it fails); inside the CLI's plan it joins that one."""
+    @functools.wraps(command)
+    def planned(*args, **kwargs):
+        with output_plan():
+            return command(*args, **kwargs)
+
+    return planned
+
 
 def load(model: Any, *, spec: str | None = None, arch: str | None = None, layer: str | None = None,
-         mean=None, std=None, device: str | torch.device = "auto", channels_last: bool = False) -> LoadedModel:
+         mean=None, std=None, device: str | torch.device = "auto", channels_last: bool = False,
+         trust_embedded_code: bool = False) -> LoadedModel:
     """The model every function measures: a checkpoint (path or ``example:NAME``, with an optional
-    ``spec`` file and overrides) or an ``nn.Module``; already loaded models pass through."""
+    ``spec`` file and overrides) or an ``nn.Module``; already loaded models pass through.
+
+    ``trust_embedded_code`` (``--trust-embedded-code``) lets the checkpoint's embedded spec name a
+    ``module.path:Class`` to import; without it only ``arch=`` or the ``spec`` file may name code."""
     dev = device_for(device)
     if isinstance(model, LoadedModel):
         loaded = model
@@ -57,13 +76,24 @@ def load(model: Any, *, spec: str | None = None, arch: str | None = None, layer:
             raise UsageError("spec and arch describe a checkpoint; an nn.Module is used as it is")
         loaded = from_module(model, layer=layer, mean=mean, std=std, device=dev)
     elif isinstance(model, str) or hasattr(model, "__fspath__"):
+        from flatcli.inputs.checkpoint import resolve
+
+        plan_inputs(checkpoint=resolve(str(model)), spec=spec)
         overrides = {"arch": arch, "layer": layer, "mean": _floats(mean), "std": _floats(std)}
-        loaded = load_model(str(model), spec_file=spec, overrides=overrides, device=dev)
+        loaded = load_model(str(model), spec_file=spec, overrides=overrides, device=dev,
+                            trust_embedded_code=trust_embedded_code)
     else:
         raise UsageError(f"model must be an nn.Module, a checkpoint path or example:NAME, got {type(model).__name__}")
     if channels_last:
         loaded.model.to(memory_format=torch.channels_last)
     return loaded
+
+
+def check_seed(seed) -> None:
+    """``--seed`` is a whole number in :data:`SEED_RANGE` (torch, numpy and scikit-learn all take it)."""
+    low, high = SEED_RANGE
+    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
+        raise UsageError(f"--seed must be a whole number from {low} to {high} (2^32 - 1), got {seed!r}")
 
 
 def device_for(device: str | torch.device) -> torch.device:
@@ -79,8 +109,9 @@ def _floats(values) -> tuple[float, ...] | None:
     return tuple(float(v) for v in values)
 
 
-def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None) -> DataSource:
-    """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms)."""
+def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, *, role: str = "data") -> DataSource:
+    """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms); a
+    ``tensors:`` file is an input of the run under ``role`` (``data``, ``fit_data``)."""
     from torch.utils.data import DataLoader, Dataset
 
     if limit is not None and limit < 0:
@@ -90,7 +121,10 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None) 
             raise UsageError("pass data=: (x, y) tensors, a Dataset, a DataLoader or a --data string")
         data = loaded.spec.data or "digits"
     if isinstance(data, str):
-        ds = load_data(data, split or "test", limit)
+        kind, _, path = data.strip().partition(":")
+        if kind == "tensors":
+            plan_inputs(**{role: path})
+        ds = load_data(data, split or "test", limit, num_classes=loaded.num_classes)
     else:
         if isinstance(data, DataSource):
             ds = data
@@ -118,24 +152,26 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None) 
 
 
 def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-             batch_size=256, device="auto", seed=0, channels_last=False, resume=None,
+             batch_size=256, device="auto", seed=0, channels_last=False, resume=None, trust_embedded_code=False,
              progress: Progress | None = None) -> RunContext:
     """Model, data, device and torchrun placement of one call, checked before any work."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    check_seed(seed)
     torch.manual_seed(seed)
     dev = device_for(device)
     loaded = load(model, spec=spec, arch=arch, layer=layer, mean=mean, std=std, device=dev,
-                  channels_last=channels_last)
+                  channels_last=channels_last, trust_embedded_code=trust_embedded_code)
     ds = _data(data, loaded, split, limit)
     return RunContext(loaded=loaded, data=ds, device=dev, dist=from_environment(dev), batch_size=batch_size,
                       seed=seed, split=split, limit=limit, resume=resume, progress=progress)
 
 
+@_one_plan
 def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
               batch_size=256, device="auto", seed=0, weight_norm="squared", scale=1.0, scale_bias=True,
               hutchinson=0, layers=None, layer_method="auto", fisher_samples=2, precision="fp32",
-              channels_last=False, samples: bool = True, on_rows: OnRows | None = None,
+              channels_last=False, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
               progress: Progress | None = None) -> Result:
     """``flatrob sharpness``: the closed-form relative sharpness of the head, per sample and per data set.
 
@@ -149,7 +185,8 @@ def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, 
         layer_method=layer_method, fisher_samples=fisher_samples, precision=precision, channels_last=channels_last,
     )
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
-                   batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, progress=progress)
+                   batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, progress=progress,
+                   trust_embedded_code=trust_embedded_code)
     if layers is None and ctx.loaded.spec.layers:
         settings.layers = tuple(ctx.loaded.spec.layers)
     return sharpness_run.sharpness(ctx, settings, on_rows=on_rows, keep_samples=samples)
@@ -162,13 +199,14 @@ def _layer_names(layers) -> tuple[str, ...] | None:
     return None if layers is None else tuple(layers)
 
 
+@_one_plan
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None,
            steps=None, queries=None, random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None,
            save_adv=None, plot=None,
            weight_norm="squared", scale=1.0, scale_bias=True, precision="fp32", channels_last=False, resume=None,
-           layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, samples: bool = True,
-           on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
+           layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, trust_embedded_code=False,
+           samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob attack``: PGD recording loss and sharpness along every trajectory (uncanny valley, take-off).
 
     ``attack`` is ``"pgd"`` (default), ``"apgd"`` or ``"square"`` (``queries`` its budget), ``loss`` the loss it
@@ -191,19 +229,21 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     check_outputs(trajectory=trajectory, save_adv=save_adv, plot=plot)
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
-                   progress=progress)
+                   progress=progress, trust_embedded_code=trust_embedded_code)
     if layers is None and ctx.loaded.spec.layers:
         settings.layers = tuple(ctx.loaded.spec.layers)
     return attack_run.attack(ctx, settings, trajectory=trajectory, save_adv=save_adv, plot=plot, on_rows=on_rows,
                              keep_samples=samples)
 
 
+@_one_plan
 def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None, arch=None, layer=None, mean=None,
                 std=None, split="test", limit=None, batch_size=256, device="auto", seed=0, preset=None, norm=None,
                 eps=None, alpha=None, steps=None, random_start=False, restarts=1, takeoff=0.1,
                 attack_each_scale=True, attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None,
-                attack_loss=None, square=False, queries=None, masking_threshold=0.05, scale_bias=True, weight_norm="squared", plot=None, precision="fp32", channels_last=False,
-                resume=None, samples: bool = True, on_rows: OnRows | None = None,
+                attack_loss=None, square=False, queries=None, masking_threshold=0.05, scale_bias=True,
+                weight_norm="squared", plot=None, precision="fp32", channels_last=False, resume=None,
+                trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
                 progress: Progress | None = None) -> Result:
     """``flatrob sweep-scale``: scale the head by each s; loss increase, basin widths, robust accuracy, transfer.
 
@@ -220,19 +260,23 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
     )
     if plot is not None:
         from flatcli.outputs.figures import require_matplotlib
+        from flatcli.outputs.figures.sweep import FIGURES
 
-        sweep_run.plot_directory(plot)
+        directory = sweep_run.plot_directory(plot)
         require_matplotlib()
+        check_outputs(plot=[directory / name for name in FIGURES])
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
-                   progress=progress)
+                   progress=progress, trust_embedded_code=trust_embedded_code)
     return sweep_run.sweep_scale(ctx, settings, plot=plot, on_rows=on_rows, keep_samples=samples)
 
 
+@_one_plan
 def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None, features=None,
           grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, loss=None, spec=None,
           arch=None, layer=None, mean=None, std=None, split=None, limit=None, batch_size=None, device="auto",
-          seed=0, samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
+          seed=0, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
+          progress: Progress | None = None) -> Result:
     """``flatrob bound``: the certified radius of Prop. 8/9, from numbers (``model=None``; every number may
     be a comma-separated list, giving one row per combination), from sharpness JSON (``from_json``), or
     measured from a model (then ``check`` attacks every sample inside its radius)."""
@@ -244,6 +288,7 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
             "--check": check, "--check-steps": check_steps is not None, "--local-iters": local_iters is not None,
             "--loss": loss is not None, "--spec": spec, "--arch": arch, "--layer": layer, "--data": data is not None, "--split": split,
             "--limit": limit is not None, "--batch-size": batch_size is not None,
+            "--trust-embedded-code": trust_embedded_code,
         }
         return bound_numbers.radius(given, from_json=from_json, at_minimum=at_minimum,
                                     model_options={k: bool(v) for k, v in model_options.items()})
@@ -259,17 +304,18 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
                                                     check_steps=check_steps, local_iters=local_iters, loss=loss)
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split or "test",
                    limit=limit, batch_size=256 if batch_size is None else batch_size, device=device, seed=seed,
-                   progress=progress)
+                   progress=progress, trust_embedded_code=trust_embedded_code)
     return bound_run.bound(ctx, settings, on_rows=on_rows, keep_samples=samples)
 
 
+@_one_plan
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, method=None, score=None, folds=None, only_successful=False,
            preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
            random_start=False, restarts=1, adversarial=None, fit_data=None, probe_steps=None, probe_size=None,
            adaptive=False, adaptive_weight=None, save=None, save_adv=None, plot=None, detector=None, force=False,
-           weight_norm=None,
-           resume=None, samples: bool = True, on_rows: OnRows | None = None,
+           weight_norm=None, resume=None, trust_embedded_code=False, samples: bool = True,
+           on_rows: OnRows | None = None,
            progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
     ``detector`` (a file or a fitted :class:`~flatcli.core.detectors.Detector`) apply a saved one.
@@ -295,7 +341,7 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
                              "drop them, or drop --detector to fit")
         return _apply(model, data, detector, force=force, weight_norm=weight_norm, spec=spec, arch=arch, layer=layer,
                       mean=mean, std=std, split=split, limit=limit, batch_size=batch_size, device=device, seed=seed,
-                      samples=samples, on_rows=on_rows, progress=progress)
+                      trust_embedded_code=trust_embedded_code, samples=samples, on_rows=on_rows, progress=progress)
     if force:
         raise UsageError("--force only applies with --detector (applying a saved detector)")
     if adversarial is not None:
@@ -321,8 +367,10 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     if fit_data is not None and not settings.uses_mahalanobis:
         raise UsageError(f"--fit-data holds the data of the Mahalanobis model, which --method {settings.method} does "
                          "not use; drop it or use --method mahalanobis, ensemble or all")
-    ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
-                   batch_size=batch_size, device=device, seed=seed, resume=resume, progress=progress)
+    plan_inputs(adversarial=adversarial)
+    ctx = _context(model, data, spec=spec, trust_embedded_code=trust_embedded_code, arch=arch, layer=layer, mean=mean,
+                   std=std, split=split, limit=limit, batch_size=batch_size, device=device, seed=seed, resume=resume,
+                   progress=progress)
     adv_ds = None
     if adversarial is not None:
         adv_ds = load_data(f"tensors:{adversarial}", split, limit)
@@ -341,7 +389,7 @@ def _fit_data(fit_data, data, ctx: RunContext) -> DataSource:
             raise UsageError("the Mahalanobis model needs clean labelled training data: pass fit_data= (the forms of "
                              "data=) when data is not a --data string")
         fit_data = source
-    ds = _data(fit_data, ctx.loaded, "train", None)
+    ds = _data(fit_data, ctx.loaded, "train", None, role="fit_data")
     if ds.name == ctx.data.name:
         raise UsageError(f"--fit-data would be {ds.name}, the very data the detector is tested on; pass --fit-data "
                          "with other clean labelled inputs (e.g. a training split)")
@@ -352,6 +400,8 @@ def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows
     from flatcli.core.detectors import Detector
     from flatcli.inputs.detector_file import load_detector
 
+    if not isinstance(detector, Detector):
+        plan_inputs(detector=detector)
     det = detector if isinstance(detector, Detector) else load_detector(detector)  # garbage fails before loading
     det_wn = det.meta.get("weight_norm", "squared")
     if weight_norm is not None and weight_norm != det_wn:
@@ -362,9 +412,10 @@ def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows
     return detect_run.apply(ctx, det, detector_path=path, force=force, on_rows=on_rows, keep_samples=samples)
 
 
-def inspect(model, *, spec=None, arch=None, layer=None) -> Result:
+@_one_plan
+def inspect(model, *, spec=None, arch=None, layer=None, trust_embedded_code=False) -> Result:
     """``flatrob inspect``: what a checkpoint holds (architecture, parameters, linear layers, specs)."""
-    loaded = load(model, spec=spec, arch=arch, layer=layer, device="cpu")
+    loaded = load(model, spec=spec, arch=arch, layer=layer, device="cpu", trust_embedded_code=trust_embedded_code)
     if loaded.checkpoint is None:
         raise UsageError("inspect describes a checkpoint file; pass its path or example:NAME")
     return inspect_run.inspect(loaded, options={"checkpoint": str(model), "spec": spec, "arch": arch, "layer": layer})
@@ -379,6 +430,7 @@ def _number_text(value) -> str | None:
     return str(value)
 
 
+@_one_plan
 def convert(source, dest, *, key: str | None = None, spec: str | None = None, force: bool = False) -> Result:
     """``flatrob convert``: a ``.pt``/``.pth`` state dict to safetensors, through ``torch.load(weights_only=True)``."""
     from flatcli.inputs.convert import convert_pickle

@@ -39,6 +39,10 @@ class DetectorError(FlatrobError):
     """A saved detector is unreadable or belongs to another checkpoint."""
 
 
+class OutputError(FlatrobError):
+    """An output cannot be written: it names an input, a directory is in the way, the disk is full."""
+
+
 class MissingExtraError(FlatrobError):
     """An optional dependency (e.g. matplotlib for ``--plot``) is not installed."""
 

@@ -17,6 +17,7 @@ from datetime import timedelta
 
 import pytest
 import torch
+import torchvision.datasets.folder  # noqa: F401 - imported once here, not inside the first timed folder case
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -41,6 +42,9 @@ EXAMPLES = {
     "model_spec": 150,
     "image_mutated": 200,
     "pickle_mutated": 200,
+    "embedded_code": 150,
+    "folder_links": 150,
+    "special_files": 60,
 }
 RAN = {key: 0 for key in EXAMPLES}
 
@@ -328,6 +332,131 @@ def test_model_with_fuzzed_embedded_spec(work, doc):
     state = ckpt.read("example:digits-cnn").state_dict
     path = _write(work, "model.safetensors", save(state, metadata={"flatrob.spec": yaml.safe_dump(doc)}))
     clean_or_flatrob_error("model_spec", load_model, str(path))
+
+
+# ------------------------------------------------------------------------------------------------
+# Embedded specs naming code: refused before anything is imported, whatever else the spec says
+# ------------------------------------------------------------------------------------------------
+
+identifier = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+module_path = st.one_of(st.sampled_from(["this", "os", "subprocess", "builtins", "torch.nn", "flatcli.errors",
+                                         "venv.__main__", "collections"]),
+                        st.lists(identifier, min_size=1, max_size=3).map(".".join))
+code_arch = st.tuples(module_path, st.one_of(identifier, st.sampled_from(["X", "system", "Linear", ""]))).map(":".join)
+
+
+@fuzz_settings("embedded_code")
+@given(arch=code_arch, doc=model_specs())
+def test_embedded_code_is_refused_before_importing(work, arch, doc):
+    import sys
+
+    from flatcli.models.loading import load_model
+
+    state = ckpt.read("example:digits-cnn").state_dict
+    path = _write(work, "code.safetensors", save(state, metadata={"flatrob.spec": yaml.safe_dump({**doc, "arch": arch})}))
+    before = set(sys.modules)
+    RAN["embedded_code"] += 1
+    with time_limit(), pytest.raises(FlatrobError) as err:
+        load_model(str(path))
+    assert "names code" in str(err.value) or "spec embedded" in str(err.value), str(err.value)
+    assert set(sys.modules) == before  # nothing was imported
+
+
+# ------------------------------------------------------------------------------------------------
+# Folder trees with directory links (cycles, ancestors, siblings) and special files
+# ------------------------------------------------------------------------------------------------
+
+@st.composite
+def trees(draw):
+    """Up to 8 directories below the root, image / text / pipe files in them, links between them."""
+    dirs = ["."]
+    for _ in range(draw(st.integers(1, 8))):
+        parent = draw(st.sampled_from(dirs))
+        dirs.append(f"{parent}/{draw(st.sampled_from(['0', '1', '2', 'cat', 'sub', '10', '99999999']))}")
+    files = draw(st.lists(st.tuples(st.sampled_from(dirs), st.sampled_from(["a.png", "b.PNG", "c.txt", "d.png"]),
+                                    st.sampled_from(["png", "text", "fifo"])), max_size=8))
+    links = draw(st.lists(st.tuples(st.sampled_from(dirs), st.sampled_from(["l", "m"]),
+                                    st.sampled_from(dirs + ["..", "/proc", "missing"])), max_size=4))
+    return dirs, files, links
+
+
+@fuzz_settings("folder_links")
+@given(tree=trees())
+def test_folder_trees_with_links(work, tree):
+    import os
+    import shutil
+
+    dirs, files, links = tree
+    root = work / "tree"
+    shutil.rmtree(root, ignore_errors=True)
+    for d in dirs:
+        (root / d).mkdir(parents=True, exist_ok=True)
+    for d, name, kind in files:
+        target = root / d / name
+        if target.exists() or target.is_symlink():
+            continue
+        if kind == "png":
+            target.write_bytes(PNG)
+        elif kind == "text":
+            target.write_text("not an image")
+        else:
+            os.mkfifo(target)  # never opened: only regular files are images
+    for d, name, dest in links:
+        link = root / d / name
+        if not (link.exists() or link.is_symlink()):
+            link.symlink_to(dest if dest in ("..", "/proc", "missing") else os.path.relpath(root / dest, root / d))
+
+    def read_all():
+        ds = datamod.load_data(f"folder:{root}", "test", None, num_classes=10)
+        for _ in datamod.batches(ds, 4):
+            pass
+
+    clean_or_flatrob_error("folder_links", read_all)
+
+
+@fuzz_settings("special_files")
+@given(blob=st.binary(max_size=200), endless=st.booleans(),
+       reader=st.sampled_from(["spec", "detector", "from_json", "data"]))
+def test_text_inputs_that_are_pipes(work, blob, endless, reader):
+    """A named pipe (stat: size 0) fed a few bytes or an endless stream: every reader stops at its limit."""
+    import os
+    import threading
+
+    from flatcli.inputs.detector_file import load_detector
+    from flatcli.runs.bound_numbers import read_sharpness_json
+
+    pipe = work / f"pipe-{reader}"
+    if pipe.exists():
+        pipe.unlink()
+    os.mkfifo(pipe)
+
+    def feed():
+        try:
+            with open(pipe, "wb") as handle:
+                handle.write(blob)
+                while endless:
+                    handle.write(b"\0" * 65536)
+        except OSError:
+            pass
+
+    writer = threading.Thread(target=feed, daemon=True)
+    writer.start()
+    read = {"spec": specmod.read_spec_file, "detector": load_detector, "from_json": read_sharpness_json,
+            "data": lambda p: datamod.load_data(f"tensors:{p}", "test", None)}[reader]
+    clean_or_flatrob_error("special_files", read, str(pipe))
+    if writer.is_alive():  # the reader may have refused without opening the pipe: drain it, let the writer go
+        fd = os.open(pipe, os.O_RDONLY | os.O_NONBLOCK)
+        for _ in range(5):
+            writer.join(0.05)
+            if not writer.is_alive():
+                break
+            try:
+                os.read(fd, 1 << 16)
+            except BlockingIOError:
+                pass
+        os.close(fd)  # an endless writer now fails with EPIPE and stops
+    writer.join(CASE_SECONDS)
+    assert not writer.is_alive()
 
 
 def test_the_unmutated_inputs_load(work):

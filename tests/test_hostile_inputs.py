@@ -155,6 +155,50 @@ def files(tmp_path_factory):
     (d / "folder_text" / "1").mkdir(parents=True)
     (d / "folder_text" / "1" / "x.png").write_text("not an image")
     f["folder_text"] = d / "folder_text"
+    # --- embedded specs that name code, data or sizes (refused before anything is imported or allocated) ---
+    st("meta_code_this", state, {"flatrob.spec": "arch: this:X\nlayer: fc\nnum_classes: 10\n"})
+    st("meta_code_venv", state, {"flatrob.spec": "arch: venv.__main__:X\nlayer: fc\nnum_classes: 10\n"})
+    st("meta_code_os", state, {"flatrob.spec": "arch: os:system\n"})
+    st("meta_detection", state, {"flatrob.spec": "arch: torchvision:fasterrcnn_mobilenet_v3_large_fpn\nlayer: fc\n"
+                                                 "num_classes: 10\n"})
+    st("meta_wide", state, {"flatrob.spec": spec.replace("width: 16", "width: 6000")})
+    st("meta_data_proc", state, {"flatrob.spec": spec.replace("data: digits", "data: folder:/proc")})
+    st("meta_duplicate", state, {"flatrob.spec": "arch: small-cnn\nlayer: fc\narch: mlp\n"})
+    text("spec_duplicate", "layer: fc\nlayer: conv1\n")
+    text("spec_duplicate_kwargs", "arch: small-cnn\narch_kwargs: {width: 16, width: 8}\n")
+    # --- a module:Class the data does not fit (the first forward pass fails) ---
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    vit = {"image_size": 28, "patch_size": 7, "num_layers": 1, "num_heads": 2, "hidden_dim": 8, "mlp_dim": 16}
+    f["vit28"] = d / "vit28.safetensors"
+    save_file({k: v.contiguous() for k, v in VisionTransformer(**vit, num_classes=10).state_dict().items()},
+              str(f["vit28"]))
+    text("spec_vit28", "arch: 'torchvision.models.vision_transformer:VisionTransformer'\n"
+                       f"arch_kwargs: {json.dumps(vit)}\nlayer: heads.head\n")
+    # --- folders with links ---
+    for name in ("folder_up_link", "folder_two_links", "folder_class_1e8"):
+        (d / name / "0").mkdir(parents=True)
+        (d / name / "0" / "x.png").write_bytes(png(8, 8))
+        f[name] = d / name
+    (d / "folder_up_link" / "0" / "up").symlink_to("..")
+    (d / "folder_two_links" / "1").symlink_to("0")
+    (d / "folder_class_1e8" / "100000000").mkdir()
+    # --- sharpness JSON, detector and adversarial files that were tampered with ---
+    sharp = {"command": "sharpness", "config": {}, "summary": {"relative_sharpness": {"mean": 0.5}, "weight_norm": 1.0,
+                                                              "feature_norm_min": 2.0, "classes": 10, "features": 32,
+                                                              "grad_norm": {"mean": 0.1}}}
+    for name, key, value in (("json_features_true", "features", True), ("json_features_fraction", "features", 10.5),
+                             ("json_classes_401_digits", "classes", 10**400)):
+        text(name, json.dumps({**sharp, "summary": {**sharp["summary"], key: value}}), ".json")
+    detector = {"schema_version": 1, "kind": "flatrob-detector", "method": "stump", "score": "relative_sharpness",
+                "threshold": 1.0, "direction": "above", "meta": {"checkpoint_sha256": ck.sha256, "layer": "fc"}}
+    text("detector_401_digits", json.dumps({**detector, "threshold": 10**400}), ".json")
+    text("detector_meta_weight_norm", json.dumps({**detector, "meta": {**detector["meta"], "weight_norm": 5}}), ".json")
+    text("detector_meta_layer_list", json.dumps({**detector, "meta": {**detector["meta"], "layer": ["fc"]}}), ".json")
+    text("detector_coef_1e308", json.dumps({**detector, "method": "components", "score": "components",
+                                            "coef": [1e308] * 3, "intercept": 0.0, "mean": [-700.0] * 3,
+                                            "scale": [1e-300] * 3}), ".json")
+    st("adv_nested_meta", {"x": x, "y": y}, {"flatrob.attack": '{"a":' * 900 + "1" + "}" * 900})
     f["out"] = d / "out"
     return {k: str(v) for k, v in f.items()}
 
@@ -191,7 +235,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "embedded spec with python tag": (["sweep-scale", "{meta_yaml_tag}"], ["yaml"]),
     "embedded alias bomb": (["detect", "{meta_alias_bomb}"], ["alias"]),
     "embedded spec over 64 KiB": (["bound", "{meta_huge_spec}", "--epsilon", "0.1"], ["64 kib"]),
-    "embedded class not a module": (["inspect", "{meta_not_module}"], ["nn.module"]),
+    "embedded class refused without trust": (["inspect", "{meta_not_module}"], ["names code", "--trust-embedded-code"]),
     # pickles
     "pth pickle to attack": (["attack", "{pickle_pth}", *ATTACK], ["pickle"]),
     "pth pickle to bound": (["bound", "{pickle_pth}", "--epsilon", "0.1"], ["pickle"]),
@@ -239,6 +283,49 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "bound json not utf-8": (["bound", "--from-json", "{json_not_utf8}", "-L", "3", "--epsilon", "0.1"], ["json"]),
     "detector nested 50k deep": (["detect", EXAMPLE, "--detector", "{detector_nested}"], ["detector_nested.json"]),
     "detector fields of the wrong type": (["detect", EXAMPLE, "--detector", "{detector_wrong_types}"], ["detector_wrong_types.json"]),
+    # embedded specs naming code (the trust rule), data and sizes
+    "embedded arch this:X": (["inspect", "{meta_code_this}"], ["names code", "--trust-embedded-code"]),
+    "embedded arch venv.__main__:X": (["sweep-scale", "{meta_code_venv}"], ["names code", "--trust-embedded-code"]),
+    "embedded arch os:system": (["attack", "{meta_code_os}", *ATTACK], ["names code"]),
+    "embedded torchvision detection builder": (["inspect", "{meta_detection}"], ["not a classification model"]),
+    "embedded width 6000": (["bound", "{meta_wide}", "--epsilon", "0.1"], ["does not fit the model"]),
+    "embedded data folder:/proc": (["sharpness", "{meta_data_proc}"], ["lies on proc"]),
+    "embedded spec with a key twice": (["detect", "{meta_duplicate}"], ["'arch' appears twice", "lines 1 and 3"]),
+    "spec with a key twice": (["sharpness", EXAMPLE, "--spec", "{spec_duplicate}"], ["'layer' appears twice"]),
+    "spec with a kwarg twice": (["attack", EXAMPLE, "--spec", "{spec_duplicate_kwargs}", *ATTACK], ["'width'"]),
+    "module:Class the data does not fit": (["sharpness", "{vit28}", "--spec", "{spec_vit28}"],
+                                           ["does not fit the model", "(1, 8, 8)", "expected 28 but got 8"]),
+    # folder trees with links
+    "folder with a .. link": (["attack", EXAMPLE, "--data", "folder:{folder_up_link}", *ATTACK], ["link cycle"]),
+    "folder with two links to one class": (["sweep-scale", EXAMPLE, "--data", "folder:{folder_two_links}"],
+                                           ["link cycle"]),
+    "folder class named 100000000": (["detect", EXAMPLE, "--data", "folder:{folder_class_1e8}"],
+                                     ["class directory named 100000000"]),
+    # tampered JSON and metadata
+    "bound json features true": (["bound", "--from-json", "{json_features_true}", "-L", "3", "--epsilon", "0.1"],
+                                 ["summary.features must be a number"]),
+    "bound json features 10.5": (["bound", "--from-json", "{json_features_fraction}", "-L", "3", "--epsilon", "0.1"],
+                                 ["summary.features must be a whole number"]),
+    "bound json 401-digit classes": (["bound", "--from-json", "{json_classes_401_digits}", "-L", "3", "--epsilon",
+                                      "0.1"], ["json"]),
+    "detector 401-digit threshold": (["detect", EXAMPLE, "--detector", "{detector_401_digits}"],
+                                     ["detector_401_digits.json", "401 digits"]),
+    "detector meta weight_norm a number": (["detect", EXAMPLE, "--detector", "{detector_meta_weight_norm}"],
+                                           ["detector_meta_weight_norm.json", "meta.weight_norm"]),
+    "detector meta layer a list": (["detect", EXAMPLE, "--detector", "{detector_meta_layer_list}"],
+                                   ["detector_meta_layer_list.json", "meta.layer"]),
+    "detector scores overflow": (["detect", EXAMPLE, "--detector", "{detector_coef_1e308}"],
+                                 ["detector_coef_1e308.json", "non-finite scores"]),
+    "adversarial metadata nested 900 deep": (["detect", EXAMPLE, "--adversarial", "{adv_nested_meta}"],
+                                             ["adv_nested_meta.safetensors", "flatrob.attack"]),
+    # options that reach allocation or overflow
+    "--eps 1e308": (["attack", EXAMPLE, "--eps", "1e308"], ["--eps"]),
+    "--alpha 1e308": (["detect", EXAMPLE, "--alpha", "1e308"], ["--alpha"]),
+    "--seed 2^70": (["sharpness", EXAMPLE, "--seed", str(2**70)], ["--seed"]),
+    "--steps 10^9": (["sweep-scale", EXAMPLE, "--steps", str(10**9)], ["--steps"]),
+    "--hutchinson 10^12": (["sharpness", EXAMPLE, "--hutchinson", str(10**12)], ["--hutchinson"]),
+    "bound with a denormal L": (["bound", "--kappa", "0.8", "--lipschitz", "1e-320", "--r", "3.1", "--classes", "10",
+                                 "--features", "512", "--epsilon", "0.1"], ["overflows float64", "L = 1e-320"]),
 }
 
 # Options that keep each run small; added only where the command takes them.
@@ -252,7 +339,8 @@ def test_hostile_input_is_one_error_and_no_file(files, tmp_path, case):
     args = [a.format(**files) for a in args]
     command = args[0]
     out = tmp_path / "result.json"
-    extra = SMALL[command] if command != "bound" or "--from-json" not in args else []
+    numbers_only = command == "bound" and args[1].startswith("-")  # --from-json or numbers: no checkpoint
+    extra = [] if numbers_only else SMALL[command]
     res = invoke(*args, *extra, "--format", "json", "--output", str(out))
     assert_one_error(res, *fragments)
     assert list(tmp_path.iterdir()) == []  # no output file, not even a temporary one

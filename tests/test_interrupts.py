@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -207,12 +208,56 @@ def test_resume_refuses_a_directory_that_is_not_its_own(tmp_path):
     assert "unreadable" in _one_line(invoke(*SMALL, "--resume", tmp_path / "bad").stderr)
 
 
-def test_a_damaged_batch_file_is_recomputed(tmp_path):
+def _recorded(directory) -> dict:
+    """File name -> the checksum the store recorded last for it."""
+    lines = (line.split("  ") for line in (directory / "batches.sha256").read_text().splitlines())
+    return {name: digest for digest, name in lines}
+
+
+def test_a_damaged_batch_file_is_recomputed_and_written_again(tmp_path):
     full = invoke(*SMALL)
     assert invoke(*SMALL, "--resume", tmp_path / "R").exit_code == 0
-    (tmp_path / "R" / "batch-000001.safetensors").write_bytes(b"garbage")
+    batch = tmp_path / "R" / "batch-000001.safetensors"
+    batch.write_bytes(b"garbage")
     res = invoke(*SMALL, "--resume", tmp_path / "R")
     assert res.exit_code == 0 and res.stdout == full.stdout
+    assert "batch-000001.safetensors did not match the checksum" in res.stderr
+    assert _recorded(tmp_path / "R")[batch.name] == hashlib.sha256(batch.read_bytes()).hexdigest()  # rewritten
+    again = invoke(*SMALL, "--resume", tmp_path / "R")
+    assert again.stdout == full.stdout and "resumed: 3 finished batch" in again.stderr and "checksum" not in again.stderr
+
+
+@pytest.mark.parametrize("tamper", ["missing key", "wrong shape"])
+def test_a_tampered_batch_is_detected_by_its_checksum_and_recomputed(tmp_path, tamper):
+    """A batch that still loads but says something else (a key dropped, a tensor cut short) is not trusted."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    full = invoke(*SMALL)
+    assert invoke(*SMALL, "--resume", tmp_path / "R").exit_code == 0
+    batch = tmp_path / "R" / "batch-000001.safetensors"
+    with safe_open(str(batch), framework="pt") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    if tamper == "missing key":
+        del tensors["m.loss"]
+    else:
+        tensors["m.loss"] = tensors["m.loss"][:, :3].contiguous()
+    save_file(tensors, str(batch), metadata=meta)
+    res = invoke(*SMALL, "--resume", tmp_path / "R")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout == full.stdout and "batch-000001.safetensors did not match the checksum" in res.stderr
+
+
+def test_a_batch_whose_checksum_was_forged_but_is_unreadable_names_the_file(tmp_path):
+    assert invoke(*SMALL, "--resume", tmp_path / "R").exit_code == 0
+    batch = tmp_path / "R" / "batch-000002.safetensors"
+    batch.write_bytes(b"not a batch")
+    with open(tmp_path / "R" / "batches.sha256", "a") as handle:
+        handle.write(f"{hashlib.sha256(batch.read_bytes()).hexdigest()}  {batch.name}\n")
+    res = invoke(*SMALL, "--resume", tmp_path / "R", "--output", tmp_path / "out.json")
+    assert res.exit_code == 2
+    assert "batch-000002.safetensors has its recorded checksum but is not a batch" in _one_line(res.stderr)
+    assert not (tmp_path / "out.json").exists()
 
 
 DETECT = ["detect", EXAMPLE, "--limit", "60", "--batch-size", "10", "--steps", "3", "--format", "json", "--per-sample"]

@@ -16,16 +16,21 @@ from typer import _click as click
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit
 
+from flatcli.outputs.plan import output_plan
 from flatcli.runtime import interrupts
 from flatcli.errors import FlatrobError, Interrupted
 
 
 class FlatrobGroup(TyperGroup):
-    """Typer group whose ``main`` maps every failure to one stderr line and an exit code."""
+    """Typer group whose ``main`` maps every failure to one stderr line and an exit code.
+
+    The command runs inside one output plan (:mod:`flatcli.outputs.plan`): its output files are
+    committed together when it succeeds, and none is left when it fails or is interrupted.
+    """
 
     def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
         try:
-            with interrupts.handling():  # SIGINT/SIGTERM: stop at the next batch boundary
+            with interrupts.handling(), output_plan():  # SIGINT/SIGTERM: stop at the next batch boundary
                 code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
             code = code if isinstance(code, int) else 0
         except Exit as e:

@@ -9,10 +9,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackOpt, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, FisherSamples, Format, FormatOpt, Layer,
-    LayerMethod, LayerMethodOpt, Layers, Limit, LossOpt, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Queries,
-    Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, WeightNorm,
-    WeightNormOpt, value,
+    Alpha, Arch, AttackOpt, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, FisherSamples, Format, FormatOpt,
+    Layer, LayerMethod, LayerMethodOpt, Layers, Limit, LossOpt, NormOpt, Output, PerSample, Precision, PrecisionOpt,
+    PresetOpt, Queries, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split,
+    Steps, Takeoff, TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
 )
 from flatcli.cli.tables.attack import render
 from flatcli.errors import UsageError
@@ -23,6 +23,7 @@ def attack(
     checkpoint: Checkpoint,
     spec: SpecFile = None,
     arch: Arch = None,
+    trust_embedded_code: TrustEmbeddedCode = False,
     layer: Layer = None,
     data: Data = None,
     split: Split = "test",
@@ -86,6 +87,7 @@ def attack(
                 scale_bias=scale_bias, precision=precision.value, channels_last=channels_last, resume=resume,
                 layers=layers, layer_method=layer_method.value, fisher_samples=fisher_samples, hutchinson=hutchinson,
                 samples=False, on_rows=out.rows if rows else None, progress=progress,
+                trust_embedded_code=trust_embedded_code,
             )
         common.notes(result, quiet)
         out.finish(result.config, result.summary)

@@ -15,7 +15,8 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, Data, Device, Format, FormatOpt, Layer, Limit, LossOpt, Output, PerSample, Quiet, Seed, SpecFile, value,
+    Arch, Data, Device, Format, FormatOpt, Layer, Limit, LossOpt, Output, PerSample, Quiet, Seed, SpecFile,
+    TrustEmbeddedCode, value,
 )
 from flatcli.cli.tables.bound import render_checkpoint, render_numbers
 from flatcli.errors import UsageError
@@ -42,6 +43,7 @@ def bound(
     local_iters: Annotated[Optional[int], typer.Option("--local-iters", help="Power iterations per batch for the local Lipschitz estimate [default: 50].", show_default=False)] = None,
     spec: SpecFile = None,
     arch: Arch = None,
+    trust_embedded_code: TrustEmbeddedCode = False,
     layer: Layer = None,
     data: Data = None,
     split: Annotated[Optional[str], typer.Option("--split", help="Data split: train, test or all (digits) [default: test].", show_default=False)] = None,
@@ -91,6 +93,7 @@ def bound(
                 check_steps=check_steps, local_iters=local_iters, loss=value(loss), spec=spec, arch=arch, layer=layer,
                 split=split, limit=limit, batch_size=batch_size, device=device, seed=seed, samples=False, on_rows=out.rows,
                 progress=progress,
+                trust_embedded_code=trust_embedded_code,
             )
         out.finish(result.config, result.summary)
     if result.summary:

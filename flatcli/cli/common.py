@@ -7,7 +7,7 @@ import sys
 from typing import Iterator
 
 from flatcli.errors import UsageError
-from flatcli.outputs.files import check_outputs, check_writable
+from flatcli.outputs.plan import check_outputs
 from flatcli.outputs.writer import ResultWriter
 
 __all__ = ["check_common", "check_outputs", "progress_bar", "note", "notes", "writer", "is_main"]
@@ -15,8 +15,7 @@ __all__ = ["check_common", "check_outputs", "progress_bar", "note", "notes", "wr
 
 def check_common(*, limit: int | None = None, batch_size: int | None = None, output: str | None = None) -> None:
     """Reject out-of-range shared options (and an output path that cannot be written) before any work."""
-    if output not in (None, "-"):
-        check_writable(output)
+    check_outputs(output=output)
     if limit is not None and limit < 0:
         raise UsageError(f"--limit must be 0 or more, got {limit}")
     if batch_size is not None and batch_size < 1:

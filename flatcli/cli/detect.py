@@ -13,7 +13,7 @@ from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, AttackOpt, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, LossOpt,
     NormOpt, Output, PerSample, PresetOpt, Queries, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile,
-    Split, Steps, WeightNorm, value,
+    Split, Steps, TrustEmbeddedCode, WeightNorm, value,
 )
 from flatcli.cli.tables.detect import render_apply, render_fit
 
@@ -105,6 +105,7 @@ def detect(
     checkpoint: Checkpoint,
     spec: SpecFile = None,
     arch: Arch = None,
+    trust_embedded_code: TrustEmbeddedCode = False,
     layer: Layer = None,
     data: Data = None,
     split: Split = "test",
@@ -161,6 +162,7 @@ def detect(
                 save=save,
                 save_adv=save_adv, plot=plot, detector=detector, force=force, weight_norm=value(weight_norm),
                 resume=resume, samples=False, on_rows=out.rows, progress=progress,
+                trust_embedded_code=trust_embedded_code,
             )
         common.notes(result, quiet)
         out.finish(result.config, result.summary)

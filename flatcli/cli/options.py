@@ -36,6 +36,14 @@ Arch = Annotated[
     Optional[str],
     typer.Option("--arch", help="Architecture: a built-in, torchvision:NAME or module.path:Class (default: spec, then detected)."),
 ]
+TrustEmbeddedCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-embedded-code",
+        help="Let the checkpoint's embedded spec name a module.path:Class to import (it runs that module's code); "
+        "without it only --arch or a --spec file may name code.",
+    ),
+]
 Layer = Annotated[
     Optional[str],
     typer.Option(

@@ -11,7 +11,7 @@ from flatcli.cli.app import app
 from flatcli.cli.options import (
     Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, FisherSamples, Format, FormatOpt, Layer, LayerMethod,
     LayerMethodOpt, Layers, Limit, Output, PerSample, Precision, PrecisionOpt, Quiet, Scale, ScaleBias, Seed, SpecFile,
-    Split, WeightNorm, WeightNormOpt,
+    Split, TrustEmbeddedCode, WeightNorm, WeightNormOpt,
 )
 from flatcli.cli.tables.sharpness import render
 
@@ -21,6 +21,7 @@ def sharpness(
     checkpoint: Checkpoint,
     spec: SpecFile = None,
     arch: Arch = None,
+    trust_embedded_code: TrustEmbeddedCode = False,
     layer: Layer = None,
     data: Data = None,
     split: Split = "test",
@@ -53,7 +54,7 @@ def sharpness(
                 device=device, seed=seed, weight_norm=weight_norm.value, scale=scale, scale_bias=scale_bias,
                 hutchinson=hutchinson, layers=layers, layer_method=layer_method.value, fisher_samples=fisher_samples,
                 precision=precision.value, channels_last=channels_last, samples=False, on_rows=out.rows,
-                progress=progress,
+                progress=progress, trust_embedded_code=trust_embedded_code,
             )
         common.notes(result, quiet)
         out.finish(result.config, result.summary)

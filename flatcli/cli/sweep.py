@@ -11,8 +11,8 @@ from flatcli.cli.app import app
 from flatcli.cli.options import (
     Alpha, Arch, AttackAlpha, AttackEps, AttackLoss, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint, Data,
     Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt,
-    Queries, Quiet, RandomStart, Restarts, ResumeOpt, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, WeightNorm,
-    WeightNormOpt, value,
+    Queries, Quiet, RandomStart, Restarts, ResumeOpt, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff,
+    TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
 )
 from flatcli.cli.tables.sweep import render
 
@@ -27,6 +27,7 @@ def sweep_scale(
     ] = DEFAULT_SCALES,
     spec: SpecFile = None,
     arch: Arch = None,
+    trust_embedded_code: TrustEmbeddedCode = False,
     layer: Layer = None,
     data: Data = None,
     split: Split = "test",
@@ -98,6 +99,7 @@ def sweep_scale(
                 queries=queries, masking_threshold=masking_threshold, scale_bias=scale_bias,
                 weight_norm=weight_norm.value, plot=plot, precision=precision.value, channels_last=channels_last,
                 resume=resume, samples=False, on_rows=out.rows if streamed else None, progress=progress,
+                trust_embedded_code=trust_embedded_code,
             )
         common.notes(result, quiet)
         if not streamed and format in (Format.jsonl, Format.csv) and result.summary:

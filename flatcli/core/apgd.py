@@ -32,7 +32,8 @@ from torch import Tensor
 
 from flatcli.core.attack_losses import check_loss, succeeded
 from flatcli.core.pgd import (
-    NORMS, Forward, PGDResult, ascent_step, gradient_vanished, objective, per_sample, project, random_start,
+    MAX_RADIUS, MAX_RESTARTS, MAX_STEPS, NORMS, Forward, PGDResult, ascent_step, gradient_vanished, objective,
+    per_sample, project, random_start,
 )
 from flatcli.errors import UsageError
 
@@ -62,12 +63,12 @@ class APGD:
         check_loss(self.loss)
         if self.norm not in NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; use --norm linf or --norm l2")
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
-            raise UsageError(f"--eps must be a finite number >= 0, got {self.eps}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"--steps must be an integer >= 1 for APGD, got {self.steps}")
-        if not isinstance(self.restarts, int) or self.restarts < 1:
-            raise UsageError(f"--restarts must be at least 1, got {self.restarts}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 <= self.eps <= MAX_RADIUS):
+            raise UsageError(f"--eps must be a finite number from 0 to {MAX_RADIUS:g}, got {self.eps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
+            raise UsageError(f"--steps must be a whole number from 1 to {MAX_STEPS} for APGD, got {self.steps}")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or not 1 <= self.restarts <= MAX_RESTARTS:
+            raise UsageError(f"--restarts must be from 1 to {MAX_RESTARTS}, got {self.restarts}")
         if self.restarts > 1 and not self.random_start:
             raise UsageError(f"--restarts {self.restarts} without --random-start repeats the same deterministic attack; "
                              "add --random-start or drop --restarts")

@@ -40,6 +40,13 @@ from flatcli.errors import UsageError
 NORMS = ("linf", "l2")
 #: Smallest gradient norm divided by in the l2 step (and distance norm in the l2 projection).
 TINY = 1e-12
+#: The largest ``--eps`` / ``--alpha``: inputs live in [0, 1], and an l2 ball of radius sqrt(C H W) (388 for
+#: 3x224x224) already holds the whole box; beyond this float32 arithmetic only overflows.
+MAX_RADIUS = 1e4
+#: The most ``--steps`` (recording keeps every iterate's features: memory grows with the steps).
+MAX_STEPS = 1000
+#: The most ``--restarts``.
+MAX_RESTARTS = 100
 
 #: The paper's attack settings (DESIGN.md §2): explicit options override a preset.
 PRESETS: dict[str, dict] = {
@@ -77,12 +84,13 @@ class PGD:
         if self.norm not in NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; use --norm linf or --norm l2")
         for name, value in (("eps", self.eps), ("alpha", self.alpha)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise UsageError(f"--{name} must be a finite number >= 0, got {value}")
-        if not isinstance(self.steps, int) or self.steps < 0:
-            raise UsageError(f"--steps must be an integer >= 0, got {self.steps}")
-        if not isinstance(self.restarts, int) or self.restarts < 1:
-            raise UsageError(f"--restarts must be at least 1, got {self.restarts}")
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_RADIUS):
+                raise UsageError(f"--{name} must be a finite number from 0 to {MAX_RADIUS:g}, got {value}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 0 <= self.steps <= MAX_STEPS:
+            raise UsageError(f"--steps must be a whole number from 0 to {MAX_STEPS}, got {self.steps}")
+        restarts = self.restarts
+        if isinstance(restarts, bool) or not isinstance(restarts, int) or not 1 <= restarts <= MAX_RESTARTS:
+            raise UsageError(f"--restarts must be from 1 to {MAX_RESTARTS}, got {self.restarts}")
         if self.restarts > 1 and not self.random_start:
             raise UsageError(
                 f"--restarts {self.restarts} without --random-start repeats the same deterministic attack; "

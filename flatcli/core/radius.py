@@ -202,14 +202,35 @@ def certified_radius(*, kappa, lipschitz, r, classes, features, epsilon, grad=0.
         kappa=kappa, lipschitz=lipschitz, r=r, classes=classes, features=features, epsilon=epsilon, grad=grad
     )
 
-    km24 = classes * features / 24.0
-    x = np.asarray(positive_root(km24, kappa / 2.0 / lipschitz / lipschitz, grad / lipschitz, epsilon))
-    step = x / lipschitz
-    return Radius(
-        delta=_scalar_or_array(r * step / lipschitz),
-        feature_step=_scalar_or_array(step),
-        saturation=_scalar_or_array(r * np.cbrt(epsilon / km24) / lipschitz / lipschitz),
-        first_order=_scalar_or_array(grad * step),
-        second_order=_scalar_or_array(kappa / 2.0 * step * step),
-        third_order=_scalar_or_array(km24 * x * x * x),
-    )
+    with np.errstate(all="ignore"):  # overflow is reported below, in words, not as a numpy warning
+        km24 = classes * features / 24.0
+        a2, a1 = kappa / 2.0 / lipschitz / lipschitz, grad / lipschitz
+        _require_solvable(a2, a1, lipschitz)
+        x = np.asarray(positive_root(km24, a2, a1, epsilon))
+        step = x / lipschitz
+        parts = {
+            "delta": r * step / lipschitz,
+            "feature_step": step,
+            "saturation": r * np.cbrt(epsilon / km24) / lipschitz / lipschitz,
+            "first_order": grad * step,
+            "second_order": kappa / 2.0 * step * step,
+            "third_order": km24 * x * x * x,
+        }
+    for name, value in parts.items():
+        bad = ~np.isfinite(value)
+        if bad.any():
+            raise BoundInputError(f"the certified radius overflows float64 ({name.replace('_', ' ')} is "
+                                  f"{_first(np.asarray(value, dtype=np.float64), bad)}); the inputs are too extreme "
+                                  "to give a meaningful radius (check L, r and epsilon)")
+    return Radius(**{name: _scalar_or_array(value) for name, value in parts.items()})
+
+
+def _require_solvable(a2: np.ndarray, a1: np.ndarray, lipschitz: np.ndarray) -> None:
+    """The scaled cubic's coefficients ``kappa / (2 L^2)`` and ``g / L`` must be finite floats."""
+    for term, coef in (("kappa / (2 L^2)", a2), ("g / L", a1)):
+        bad = ~np.isfinite(coef)
+        if bad.any():
+            index = tuple(int(i) for i in np.argwhere(bad)[0]) if coef.ndim else ()
+            L = float(lipschitz[index]) if lipschitz.ndim else float(lipschitz)
+            raise BoundInputError(f"{term} overflows float64 for L = {L!r}: L is too small for the bound "
+                                  "to be computed in float64; give a Lipschitz constant of a sensible size")

@@ -25,13 +25,15 @@ import torch
 from torch import Tensor, nn
 
 from flatcli.core.attack_losses import attack_loss, check_loss
-from flatcli.core.pgd import NORMS, Forward, PGDResult
+from flatcli.core.pgd import MAX_RADIUS, MAX_RESTARTS, NORMS, Forward, PGDResult
 from flatcli.errors import UsageError
 
 #: Our loss name -> torchattacks' ``Square(loss=...)``.
 LIBRARY_LOSS = {"cw": "margin", "ce": "ce"}
 #: Query budget per restart when ``--queries`` is not given (torchattacks' default).
 DEFAULT_QUERIES = 5000
+#: The largest --queries (one forward pass of the batch each).
+MAX_QUERIES = 100_000
 P_INIT = 0.8
 INSTALL_HINT = "pip install 'flatrob[square]' (torchattacks)"
 
@@ -64,12 +66,12 @@ class Square:
             raise UsageError(f"--attack square takes --loss cw (its margin loss) or ce, not {self.loss}")
         if self.norm not in NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; use --norm linf or --norm l2")
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps >= 0):
-            raise UsageError(f"--eps must be a finite number >= 0, got {self.eps}")
-        if not isinstance(self.steps, int) or self.steps < 1:
-            raise UsageError(f"--queries must be at least 1, got {self.steps}")
-        if not isinstance(self.restarts, int) or self.restarts < 1:
-            raise UsageError(f"--restarts must be at least 1, got {self.restarts}")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 <= self.eps <= MAX_RADIUS):
+            raise UsageError(f"--eps must be a finite number from 0 to {MAX_RADIUS:g}, got {self.eps}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_QUERIES:
+            raise UsageError(f"--queries must be from 1 to {MAX_QUERIES:,}, got {self.steps}")
+        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or not 1 <= self.restarts <= MAX_RESTARTS:
+            raise UsageError(f"--restarts must be from 1 to {MAX_RESTARTS}, got {self.restarts}")
         require_torchattacks()
 
     def config(self) -> dict:

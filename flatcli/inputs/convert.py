@@ -4,7 +4,8 @@ The one place flatrob opens a pickle, and only through ``torch.load(weights_only
 restricted unpickler, which builds tensors and plain containers and refuses every other global, so a
 malicious file cannot run code. The state dict is the file itself when it maps names to tensors, else
 the entry named by ``key`` (default: the first of :data:`STATE_KEYS` that maps names to tensors).
-The result is checked as every checkpoint is (dtypes, NaN/Inf) and written atomically.
+The result is checked as every checkpoint is (dtypes, NaN/Inf) and written atomically; it may not be the
+source (nor the spec) under any name or link.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from pathlib import Path
 
 from flatcli.inputs.checkpoint import check_tensors
 from flatcli.errors import CheckpointError, UsageError
-from flatcli.outputs.files import atomic_path, check_writable
+from flatcli.outputs.plan import check_outputs, output_path, plan_inputs
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "ema")
 
@@ -58,14 +59,13 @@ def convert_pickle(source: str | os.PathLike, dest: str | os.PathLike, *, key: s
     ``spec_file`` (a layer spec, validated before anything is written) is embedded in the metadata.
     """
     import torch
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    from flatcli.inputs.spec import METADATA_KEY, read_spec_file
+    from flatcli.inputs.spec import METADATA_KEY, read_spec_text
 
     spec_text = None
     if spec_file is not None:
-        read_spec_file(spec_file)  # validated before anything is written
-        spec_text = Path(spec_file).expanduser().read_text(encoding="utf-8")
+        spec_text = read_spec_text(spec_file)[1]  # validated before anything is written
 
     src = Path(source).expanduser()
     dst = Path(dest).expanduser()
@@ -73,11 +73,10 @@ def convert_pickle(source: str | os.PathLike, dest: str | os.PathLike, *, key: s
         raise CheckpointError(f"{src} does not exist or is not a file")
     if dst.suffix.lower() != ".safetensors":
         raise UsageError(f"the converted file must end in .safetensors, got {dst.name}")
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise UsageError("the converted file must not replace its source; name another file")
+    plan_inputs(source=src, spec=spec_file)
     if dst.exists() and not force:
         raise UsageError(f"{dst} exists; pass --force to replace it")
-    check_writable(dst)
+    check_outputs(dest=dst)
     try:
         obj = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -99,9 +98,10 @@ def convert_pickle(source: str | os.PathLike, dest: str | os.PathLike, *, key: s
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # clone: no shared storage
     check_tensors(src, tensors)
     metadata = None if spec_text is None else {METADATA_KEY: spec_text}
-    with atomic_path(dst) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    blob = save(tensors, metadata=metadata)
+    with output_path(dst) as tmp, open(tmp, "wb") as handle:
+        handle.write(blob)
+    digest = hashlib.sha256(blob).hexdigest()
     return {
         "source": str(src),
         "output": str(dst),

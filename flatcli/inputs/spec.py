@@ -13,9 +13,13 @@ key ``flatrob.spec``. Every key is optional; command-line options override it::
     strip_prefix: "module."     # removed from every state-dict key that has it
     layers: [layer4.1.conv2]    # earlier layers for Hutchinson traces
     data: cifar10:~/data        # default --data
+    resize: 256                 # images read from files: shorter side resized to this many pixels,
+    crop: 224                   # then centre-cropped to this square (default: input_shape's H, W)
+    interpolation: bilinear     # bilinear, bicubic or nearest (resizing only)
 
-Documents are read with ``yaml.safe_load``, size-limited, and anchors/aliases are refused before
-loading (no "billion laughs").
+Documents are read with YAML's safe loader, size-limited (files too: at most :data:`MAX_SPEC_BYTES` are
+ever read, whatever ``stat`` says), anchors/aliases are refused before loading (no "billion laughs"), and
+a key given twice in one mapping is refused naming both lines (YAML would keep the last silently).
 """
 
 from __future__ import annotations
@@ -29,8 +33,13 @@ from typing import Any
 import yaml
 
 from flatcli.errors import SpecError
+from flatcli.inputs.text import read_text
 
 MAX_SPEC_BYTES = 64 * 1024
+#: ``interpolation:`` values (torchvision's ``InterpolationMode`` names).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+#: The largest ``resize:`` / ``crop:`` side in pixels.
+MAX_SIDE = 65536
 METADATA_KEY = "flatrob.spec"
 
 
@@ -46,6 +55,9 @@ class Spec:
     strip_prefix: str | None = None
     layers: tuple[str, ...] = ()
     data: str | None = None
+    resize: int | None = None
+    crop: int | None = None
+    interpolation: str | None = None
 
     def merged(self, **overrides: Any) -> "Spec":
         """A copy with every override that is not ``None`` applied (command-line options win)."""
@@ -73,15 +85,41 @@ def _refuse_aliases(text: str | bytes) -> None:
             raise SpecError(f"YAML anchors and aliases are not allowed in a spec (line {event.start_mark.line + 1})")
 
 
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key, first: yaml.Mark, second: yaml.Mark):
+        where = (f"lines {first.line + 1} and {second.line + 1}" if first.line != second.line else
+                 f"line {first.line + 1}, columns {first.column + 1} and {second.column + 1}")
+        super().__init__(f"key {key!r} appears twice in one mapping ({where})")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key that appears twice in one mapping (instead of keeping the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    if key in first:
+                        raise _DuplicateKey(key, first[key], key_node.start_mark)
+                    first[key] = key_node.start_mark
+                except TypeError:  # an unhashable key: the base loader reports it
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
 def parse_spec(text: str | bytes, origin: str = "spec") -> Spec:
     """Parse a YAML/JSON spec document; ``origin`` names it in error messages."""
     if len(text) > MAX_SPEC_BYTES:
         raise SpecError(f"{origin} is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few lines")
     try:
         _refuse_aliases(text)
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=_UniqueKeyLoader)
     except SpecError:
         raise
+    except _DuplicateKey as e:
+        raise SpecError(f"{origin}: {e}; keep one") from None
     except yaml.YAMLError as e:
         where = getattr(e, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
@@ -95,22 +133,16 @@ def parse_spec(text: str | bytes, origin: str = "spec") -> Spec:
     return from_mapping(doc, origin)
 
 
-def read_spec_file(path: str | Path) -> Spec:
+def read_spec_text(path: str | Path) -> tuple[Spec, str]:
+    """The spec in the file ``path`` (at most :data:`MAX_SPEC_BYTES` read) and its text."""
     p = Path(path).expanduser()
-    try:
-        if p.stat().st_size > MAX_SPEC_BYTES:
-            raise SpecError(f"spec {p} is larger than {MAX_SPEC_BYTES // 1024} KiB; a spec is a few lines")
-        text = p.read_bytes()
-    except FileNotFoundError:
-        raise SpecError(f"spec file {p} does not exist") from None
-    except IsADirectoryError:
-        raise SpecError(f"spec {p} is a directory; pass a YAML file") from None
-    except OSError as e:
-        raise SpecError(f"cannot read spec {p}: {e.strerror}") from None
-    try:
-        return parse_spec(text.decode("utf-8"), f"spec {p}")
-    except UnicodeDecodeError:
-        raise SpecError(f"spec {p} is not UTF-8 text") from None
+    text = read_text(p, limit=MAX_SPEC_BYTES, what="spec", error=SpecError)
+    return parse_spec(text, f"spec {p}"), text
+
+
+def read_spec_file(path: str | Path) -> Spec:
+    """The spec in the file ``path`` (:class:`SpecError` naming it if unreadable or invalid)."""
+    return read_spec_text(path)[0]
 
 
 def from_mapping(doc: dict, origin: str = "spec") -> Spec:
@@ -132,6 +164,9 @@ def from_mapping(doc: dict, origin: str = "spec") -> Spec:
             strip_prefix=_opt(doc, "strip_prefix", str),
             layers=_tuple(doc.get("layers"), str) or (),
             data=_opt(doc, "data", str),
+            resize=_opt(doc, "resize", int),
+            crop=_opt(doc, "crop", int),
+            interpolation=_opt(doc, "interpolation", str),
         )
     except SpecError as e:
         raise SpecError(f"{origin}: {e}") from None
@@ -148,6 +183,12 @@ def validate(spec: Spec) -> Spec:
     if spec.input_shape is not None:
         if len(spec.input_shape) != 3 or min(spec.input_shape) < 1 or max(spec.input_shape) > 65536:
             raise SpecError(f"input_shape must be [C, H, W] with positive sizes, got {list(spec.input_shape)}")
+    for name in ("resize", "crop"):
+        side = getattr(spec, name)
+        if side is not None and not 1 <= side <= MAX_SIDE:
+            raise SpecError(f"{name} must be a side in pixels from 1 to {MAX_SIDE}, got {side}")
+    if spec.interpolation is not None and spec.interpolation not in INTERPOLATIONS:
+        raise SpecError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, got {spec.interpolation!r}")
     if spec.std is not None and any(not (s > 0) for s in spec.std):
         raise SpecError(f"std must be positive, got {list(spec.std)}")
     for name in ("mean", "std"):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from flatcli.core.head_scaling import Scaling
-from flatcli.errors import LayerError
+from flatcli.errors import DataError, LayerError
 
 #: |head(phi) - logits| allowed when verifying the split, relative to max |logits|.
 VERIFY_RTOL = 1e-4
@@ -24,7 +24,10 @@ class HeadSplit:
 
     Use as a context manager (the hook is removed on exit). ``verify`` checks on a batch that the
     hooked layer is applied exactly once to a (B, m) input and that ``head(phi)`` reproduces the
-    model's logits, i.e. that it really is the last linear map.
+    model's logits, i.e. that it really is the last linear map. The verifying forward pass is the
+    first the model sees: if the network fails on the data there (``mat1 and mat2 shapes cannot be
+    multiplied``, NHWC images, wrong channels), that is a data/model mismatch (:class:`DataError`
+    naming the input shape and the model's error), not a crash.
     """
 
     def __init__(self, model: nn.Module, head: nn.Linear, name: str, scaling: Scaling = Scaling()):
@@ -56,11 +59,26 @@ class HeadSplit:
     def features(self, x: torch.Tensor, verify: bool = False) -> torch.Tensor:
         """``phi(x)``: runs the model once and returns the head's input (``verify``: check the split too)."""
         self._captured.clear()
-        out = self.model(x)
+        out = self._first_forward(x) if verify else self.model(x)
         phi = self._take()
         if verify:
             self._check(x, out, phi)
         return phi
+
+    def _first_forward(self, x: torch.Tensor):
+        try:
+            return self.model(x)
+        except torch.OutOfMemoryError:
+            raise  # the device is too small, not the data wrong: an unexpected failure as before
+        except (RuntimeError, ValueError, TypeError, IndexError, AssertionError) as exc:
+            self._captured.clear()
+            words = " ".join(str(exc).split()) or type(exc).__name__
+            words = words if len(words) <= 160 else words[:157] + "..."
+            raise DataError(
+                f"the data does not fit the model: its forward pass fails on inputs of shape "
+                f"{tuple(x.shape[1:])} (C, H, W) with: {words}; give data of the shape the network takes "
+                "(NCHW, the channels and size it was trained on) or set input_shape in the spec"
+            ) from None
 
     def logits(self, phi: torch.Tensor) -> torch.Tensor:
         """Logits of the (scaled) model from features: ``s W phi + (s) b``."""

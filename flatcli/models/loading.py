@@ -5,6 +5,13 @@ the spec embedded in the checkpoint metadata (``flatrob.spec``), then what the s
 (architecture by matching keys and shapes, classes from the head's weight, channels from the first
 convolution). An in-memory network (:func:`from_module`, the Python API) brings its own weights; its
 head is the layer named, or its last ``nn.Linear``.
+
+Trust: code is named only by the person running the command (``--arch module.path:Class``, or a
+``--spec`` file they pass). An embedded spec whose ``arch`` names a module to import is refused before
+anything is imported, unless ``trust_embedded_code`` (``--trust-embedded-code``) says the checkpoint's
+author is trusted. Resources: the network is first built on the ``meta`` device (nothing allocated) and
+its keys and shapes compared with the state dict, and its buffers beyond the state dict capped
+(:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -21,8 +28,12 @@ from flatcli.errors import LayerError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
 from flatcli.models.builtins import BUILTINS
-from flatcli.models.matching import detect_arch, load_state, strip_prefix
-from flatcli.models.registry import build_network, default_head, infer_in_channels, infer_num_classes
+from flatcli.models.matching import check_fits, detect_arch, load_state, strip_prefix
+from flatcli.models.registry import build_network, default_head, infer_in_channels, infer_num_classes, names_code
+
+#: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
+#: this and the checkpoint's own tensors.
+MAX_EXTRA_BYTES = 64 * 1024 * 1024
 
 
 @dataclass
@@ -74,17 +85,31 @@ class LoadedModel:
         }
 
 
-def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict) -> tuple[Spec, str]:
-    """Embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch`` came from."""
+def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict, *,
+                   trust_embedded_code: bool = False) -> tuple[Spec, str]:
+    """Embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch`` came from.
+
+    An ``arch`` that names code (``module.path:Class``) and comes from the embedded spec is refused, before
+    anything is imported, unless ``trust_embedded_code``.
+    """
     embedded = checkpoint.metadata.get(METADATA_KEY)
     spec = parse_spec(embedded, f"the spec embedded in {checkpoint.name}") if embedded else Spec()
     source = "spec" if spec.arch else ""
+    from_embedded = bool(spec.arch)
     if spec_file:
         from_file = read_spec_file(spec_file)
         spec = spec.merged(**{k: v for k, v in vars(from_file).items() if v not in (None, (), {})})
         source = "spec" if spec.arch else source
+        from_embedded = from_embedded and not from_file.arch
     if overrides.get("arch"):
         source = "option"
+        from_embedded = False
+    if from_embedded and names_code(spec.arch) and not trust_embedded_code:
+        raise SpecError(
+            f"the spec embedded in {checkpoint.name} names code to import (arch: {spec.arch}), and flatrob imports "
+            f"only code you name: pass --arch {spec.arch} if you trust it, or --trust-embedded-code "
+            "(API: trust_embedded_code=True) to let the checkpoint's own spec name it"
+        )
     return spec.merged(**overrides), source
 
 
@@ -94,10 +119,11 @@ def load_model(
     spec_file: str | None = None,
     overrides: dict | None = None,
     device: torch.device | str = "cpu",
+    trust_embedded_code: bool = False,
 ) -> LoadedModel:
     """Read the checkpoint, resolve the spec, build the network, load weights, find the head."""
     checkpoint = ckpt.read(ref)
-    spec, arch_source = effective_spec(checkpoint, spec_file, overrides or {})
+    spec, arch_source = effective_spec(checkpoint, spec_file, overrides or {}, trust_embedded_code=trust_embedded_code)
     state = strip_prefix(checkpoint.state_dict, spec.strip_prefix or "module.")
     kwargs = dict(spec.arch_kwargs)
     if spec.arch:
@@ -116,7 +142,7 @@ def load_model(
         if head_name is None:
             raise SpecError(f"cannot tell the number of classes of {ref}; add num_classes: or layer: to the spec")
         num_classes = infer_num_classes(state, head_name)
-    net = build_network(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    net = build_fitting(arch, state, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
     load_state(net, state)
     if head_name is None:
         head_name = default_head(arch, net)
@@ -127,6 +153,33 @@ def load_model(
         arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
     )
     return LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source, checkpoint=checkpoint)
+
+
+def build_fitting(arch: str, state: dict, *, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+    """The network, built for real only once its meta-device twin has the state dict's keys and shapes and
+    allocates at most :data:`MAX_EXTRA_BYTES` (or the checkpoint's size) beyond them.
+
+    A ``module.path:Class`` that cannot be built on the meta device (it computes with its tensors in
+    ``__init__``) is built directly: it is code the user named.
+    """
+    try:
+        with torch.device("meta"):
+            skeleton = build_network(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+        if not names_code(arch):
+            raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {' '.join(str(exc).split())[:200]}") from None
+        skeleton = None
+    if skeleton is not None:
+        check_fits(skeleton, state)
+        state_bytes = sum(t.numel() * t.element_size() for t in state.values())
+        net_bytes = sum(t.numel() * t.element_size() for t in (*skeleton.parameters(), *skeleton.buffers()))
+        allowed = state_bytes + max(MAX_EXTRA_BYTES, state_bytes)
+        if net_bytes > allowed:
+            raise SpecError(
+                f"{arch} with kwargs {kwargs} would allocate {net_bytes / 2**20:.0f} MiB, more than its checkpoint's "
+                f"{state_bytes / 2**20:.1f} MiB of tensors allows ({allowed / 2**20:.0f} MiB); fix arch_kwargs in the spec"
+            )
+    return build_network(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
 
 
 def per_channel(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -72,14 +72,20 @@ def _diff(state_dict: StateDict, net: nn.Module) -> _Diff:
     )
 
 
-def load_state(net: nn.Module, state_dict: StateDict) -> None:
-    """Load ``state_dict`` into ``net`` strictly; :class:`CheckpointError` naming the first differences."""
+def check_fits(net: nn.Module, state_dict: StateDict) -> None:
+    """:class:`CheckpointError` naming the first differences unless ``state_dict`` has exactly ``net``'s keys
+    and shapes (``net`` may live on the meta device: nothing is allocated)."""
     diff = _diff(state_dict, net)
     if not diff.ok:
         raise CheckpointError(
             f"checkpoint does not fit the model: {diff.describe()}; "
             "check the architecture, num_classes, input channels and key prefix"
         )
+
+
+def load_state(net: nn.Module, state_dict: StateDict) -> None:
+    """Load ``state_dict`` into ``net`` strictly; :class:`CheckpointError` naming the first differences."""
+    check_fits(net, state_dict)
     model = net.state_dict()
     for key, value in state_dict.items():
         if model[key].is_floating_point() and not value.is_floating_point():

@@ -3,33 +3,54 @@
 An architecture name is one of:
 
 * a built-in (:data:`BUILTINS`): ``resnet18``, ``wrn28-4``, ``vgg11-bn``, ``densenet121``, ``small-cnn``, ``mlp``;
-* ``torchvision:NAME``: a ``torchvision.models`` builder, called with ``num_classes=`` and the kwargs;
-* ``module.path:ClassName``: an ``nn.Module`` subclass, verified as such before it is called.
+* ``torchvision:NAME``: a ``torchvision.models`` classification builder, called with ``num_classes=``, the
+  kwargs and every ``weights*`` keyword set to ``None`` (detection, segmentation, video, optical-flow and
+  quantized builders are refused: their defaults fetch backbone weights);
+* ``module.path:ClassName``: an ``nn.Module`` subclass, verified as such before it is called, imported from
+  the installed packages and ``PYTHONPATH``, never from the current directory.
+
+Only the last form imports code a user names (:func:`names_code`); :mod:`flatcli.models.loading` refuses it
+from a checkpoint's embedded spec unless the user trusts that spec. Every build runs
+:func:`flatcli.models.offline.offline`: nothing is downloaded and torch.hub's cache is never read.
 """
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
 import inspect
-from typing import Callable
+import os
+import sys
+from typing import Callable, Iterator
 
 from torch import nn
 
 from flatcli.errors import CheckpointError, LayerError, SpecError
 from flatcli.models.builtins import BUILTINS, StateDict
+from flatcli.models.offline import offline
 
 _RESERVED = ("num_classes", "in_channels")
 
 
+def names_code(arch: str | None) -> bool:
+    """Whether ``arch`` is a ``module.path:ClassName``: building it imports (and so runs) that module."""
+    return bool(arch) and ":" in arch and not arch.startswith("torchvision:")
+
+
 def build_network(arch: str, *, num_classes: int, in_channels: int, kwargs: dict | None = None) -> nn.Module:
-    """A freshly initialised network for ``arch`` (see the module docstring for the three forms).
+    """A freshly initialised network for ``arch`` (see the module docstring for the three forms), built offline.
 
     ``in_channels`` reaches built-ins, and a ``module.path:ClassName`` only if its ``__init__`` names an
     ``in_channels`` parameter; torchvision builders always take 3 channels. ``num_classes`` reaches a
-    class only if its ``__init__`` accepts it (by name or ``**kwargs``).
+    class only if its ``__init__`` accepts it (by name or ``**kwargs``). Under ``torch.device("meta")``
+    nothing is allocated (the loader compares shapes that way before building for real).
     """
-    kwargs = dict(kwargs or {})
+    with offline(arch):
+        return _build(arch, num_classes, in_channels, dict(kwargs or {}))
+
+
+def _build(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
     reserved = [key for key in _RESERVED if key in kwargs]
     if reserved:
         raise SpecError(
@@ -64,25 +85,53 @@ def _check_call(arch: str, factory: Callable[..., nn.Module], call: dict) -> Non
 
 
 def _build_torchvision(name: str, num_classes: int, kwargs: dict) -> nn.Module:
-    """``torchvision.models.<name>(num_classes=num_classes, **kwargs)``."""
+    """``torchvision.models.<name>(num_classes=num_classes, weights=None, **kwargs)``, classification builders only."""
     import torchvision.models
 
-    known = torchvision.models.list_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=3)
-        hint = f"did you mean {', '.join('torchvision:' + c for c in close)}? " if close else ""
-        raise SpecError(f"torchvision has no model {name!r}; {hint}see torchvision.models.list_models()")
-    builder = torchvision.models.get_model_builder(name)
     fetching = sorted(key for key in kwargs if key.startswith(("weights", "pretrained")) and kwargs[key] not in (None, False))
     if fetching:
         raise SpecError(
             f"torchvision:{name} with {', '.join(fetching)} would download pretrained weights; flatrob never "
             f"downloads: remove {', '.join(fetching)} from arch_kwargs (the checkpoint supplies the weights)"
         )
+    classifiers = torchvision.models.list_models(module=torchvision.models)
+    if name not in classifiers:
+        if name in torchvision.models.list_models():
+            raise SpecError(
+                f"torchvision:{name} is not a classification model (flatrob measures image classifiers, and "
+                "detection/segmentation/video builders fetch backbone weights); use a builder of "
+                "torchvision.models.list_models(module=torchvision.models)"
+            )
+        close = difflib.get_close_matches(name, classifiers, n=3)
+        hint = f"did you mean {', '.join('torchvision:' + c for c in close)}? " if close else ""
+        raise SpecError(f"torchvision has no classification model {name!r}; {hint}see "
+                        "torchvision.models.list_models(module=torchvision.models)")
+    builder = torchvision.models.get_model_builder(name)
+    no_weights = {key: None for key in inspect.signature(builder).parameters if key.startswith("weights")}
     try:
-        return builder(num_classes=num_classes, **kwargs)
+        return builder(**{**kwargs, **no_weights, "num_classes": num_classes})
     except (TypeError, ValueError) as exc:
         raise SpecError(f"cannot build torchvision:{name}: {exc}; fix kwargs: in the spec") from None
+
+
+@contextlib.contextmanager
+def _without_current_directory() -> Iterator[None]:
+    """``sys.path`` without the current directory (``''`` or its path) unless ``PYTHONPATH`` names it.
+
+    Python puts the current directory first for ``python -c``, ``-m`` and the REPL; a ``module:Class``
+    must not resolve to whatever file lies there. The entries are put back afterwards.
+    """
+    cwd = os.path.realpath(os.getcwd())
+    named = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
+    removed = [(i, p) for i, p in enumerate(sys.path)
+               if p == "" or (os.path.realpath(p) == cwd and cwd not in named)]
+    for i, _ in reversed(removed):
+        del sys.path[i]
+    try:
+        yield
+    finally:
+        for i, p in removed:
+            sys.path.insert(i, p)
 
 
 def _build_class(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
@@ -91,10 +140,12 @@ def _build_class(arch: str, num_classes: int, in_channels: int, kwargs: dict) ->
     if not module_name or not attr:
         raise SpecError(f"architecture {arch!r} must look like module.path:ClassName")
     try:
-        obj = importlib.import_module(module_name)
+        with _without_current_directory():
+            obj = importlib.import_module(module_name)
     except ImportError as exc:
         raise SpecError(
-            f"cannot import {module_name!r} for {arch}: {exc}; install it or add its directory to PYTHONPATH"
+            f"cannot import {module_name!r} for {arch}: {exc}; install it or add its directory to PYTHONPATH "
+            "(the current directory is never searched)"
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):

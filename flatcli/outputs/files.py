@@ -1,22 +1,61 @@
-"""Output files: checked before any work, written atomically (temporary file beside it, then rename)."""
+"""Output files one at a time: checked before any work, written atomically (temporary file beside it, then
+rename), except special files (devices, pipes, ``/dev/stdout``), which are written in place.
+
+A run's outputs go through :mod:`flatcli.outputs.plan`, which stages them with these helpers and commits
+them together; :func:`atomic_path` alone replaces a file at once (the ``--resume`` store's batches).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from flatcli.errors import UsageError
+from flatcli.errors import OutputError, UsageError
+
+#: Paths below these directories are pseudo files: ``/dev/stdout`` leads to ``/proc/self/fd/1``, whatever
+#: that is; renaming over them would replace the device or the link.
+PSEUDO_ROOTS = ("/dev/", "/proc/")
+#: ``OSError`` numbers that mean "this output cannot be written" rather than a bug: reported as one line.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+
+
+def written_in_place(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a special file (not a regular file, or one reached through ``/dev`` or ``/proc``):
+    such a target is opened and written as it is, never replaced by a rename."""
+    target = os.path.abspath(os.path.expanduser(path))
+    try:
+        mode = os.stat(target).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except OSError:
+        return True  # exists (lstat or the link says so) but cannot be inspected: never rename over it
+    if not stat.S_ISREG(mode):
+        return True
+    return (target + os.sep).startswith(PSEUDO_ROOTS) or os.path.realpath(target).startswith(PSEUDO_ROOTS)
+
+
+def resolved(path: str | os.PathLike) -> Path:
+    """Where a write to ``path`` lands: the file a link points to (links are written through, never replaced)."""
+    return Path(os.path.realpath(os.path.expanduser(path)))
 
 
 def check_writable(path: str | os.PathLike) -> Path:
-    """The output path, if it can be created: its directory exists and it is not itself a directory."""
+    """The output path, if it can be written: a special file that is writable, or a file (new or existing,
+    not a directory) in an existing writable directory."""
     target = Path(path).expanduser()
-    if target.is_dir():
+    if written_in_place(target):
+        if not os.access(target, os.W_OK):
+            raise UsageError(f"cannot write {target}: permission denied")
+        return target
+    real = resolved(target)
+    if real.is_dir():
         raise UsageError(f"output {target} is a directory; name a file")
-    parent = target.parent
+    parent = real.parent
     if not parent.is_dir():
         raise UsageError(f"cannot write {target}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -30,44 +69,47 @@ def _umask() -> int:
     return mask
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
-
-    A failed or interrupted run therefore never leaves a half-written file, and an existing file
-    is replaced in one step (``os.replace`` is atomic on POSIX within a file system).
-    """
-    target = check_writable(path)
+def temporary_beside(target: Path) -> Path:
+    """A new empty file in the directory of ``target`` (to be renamed onto it), with the usual file mode."""
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
-        raise UsageError(f"cannot write {target}: {e.strerror}") from None
+        raise OutputError(f"cannot write {target}: {e.strerror}") from None
     os.close(fd)
-    tmp_path = Path(tmp)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets the usual mode
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def write_errors(target: str | os.PathLike) -> Iterator[None]:
+    """A full disk (or quota, size limit, read-only file system) while writing ``target`` becomes one
+    :class:`OutputError` line naming it, instead of a traceback."""
     try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; a result file gets the usual mode
-        os.replace(tmp_path, target)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise OutputError(f"cannot write {os.fspath(target)}: {e.strerror}") from None
 
 
-def check_outputs(**paths: str | None) -> None:
-    """Every output file named by an option is writable, and no two options name the same file.
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` as soon as the block succeeds.
 
-    Keyword names are option names (``save_adv`` is ``--save-adv``); ``None`` and ``-`` (stdout) pass.
+    A failed or interrupted block never leaves a half-written file, and an existing file is replaced in
+    one step (``os.replace`` is atomic on POSIX within a file system). A special file is written in place.
     """
-    seen: dict[str, str] = {}
-    for option, path in paths.items():
-        if path in (None, "-"):
-            continue
-        flag = "--" + option.replace("_", "-")
-        if path == "":
-            raise UsageError(f"{flag} needs a file name")
-        if option != "plot":  # --plot checks its suffix and directory itself
-            check_writable(path)
-        key = os.path.abspath(os.path.expanduser(path))
-        if key in seen:
-            raise UsageError(f"{seen[key]} and {flag} name the same file {path}; give each its own file")
-        seen[key] = flag
+    target = check_writable(path)
+    if written_in_place(target):
+        with write_errors(target):
+            yield target
+        return
+    real = resolved(target)
+    tmp = temporary_beside(real)
+    try:
+        with write_errors(target):
+            yield tmp
+        os.replace(tmp, real)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, TextIO
 
-from flatcli.outputs.files import atomic_path
+from flatcli.outputs.plan import output_path
 
 SCHEMA_VERSION = 1
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -44,7 +44,8 @@ def document(command: str, config: dict, summary: dict, samples: list[dict] | No
 
 
 class ResultWriter:
-    """Writes one command's result, in one format, to a file (atomically) or to stdout.
+    """Writes one command's result, in one format, to a file (committed with the run's other outputs,
+    :mod:`flatcli.outputs.plan`) or to stdout.
 
     ``jsonl``/``csv`` rows are written and flushed as soon as :meth:`rows` receives them (streamed per
     batch); ``json``/``table`` keep rows only when ``per_sample`` is set. Call :meth:`finish` with the
@@ -81,7 +82,7 @@ class ResultWriter:
             self.stream = open(os.devnull, "w")
             self._stack.callback(self.stream.close)
         elif self.path is not None:
-            tmp = self._stack.enter_context(atomic_path(self.path))
+            tmp = self._stack.enter_context(output_path(self.path))
             self.stream = self._stack.enter_context(open(tmp, "w", encoding="utf-8", newline=""))
         return self
 

@@ -35,7 +35,7 @@ import torch
 
 from flatcli.core.attack_losses import check_loss
 from flatcli.core.curvature import cross_entropy, head_measures, weight_factor
-from flatcli.core.pgd import pgd
+from flatcli.core.pgd import MAX_STEPS, pgd
 from flatcli.core.radius import certified_radius
 from flatcli.core.statistics import describe
 from flatcli.errors import DataError, UsageError
@@ -45,6 +45,8 @@ from flatcli.runs.result import OnRows, Result, Rows
 from flatcli.runtime.loop import RunContext, each_batch
 
 LIPSCHITZ_KINDS = ("upper", "local")
+#: The most power iterations per batch of the local Lipschitz estimate.
+MAX_LOCAL_ITERS = 10_000
 
 #: Per-sample row keys (one row per sample and epsilon); ``loss_increase``/``exceeds`` with a check.
 ROW_KEYS = (
@@ -88,10 +90,10 @@ class BoundSettings:
                 raise UsageError(f"--lipschitz must be a positive number, upper or local, got {self.lipschitz!r}")
         elif not (math.isfinite(self.lipschitz) and self.lipschitz > 0):
             raise UsageError(f"--lipschitz must be positive, got {self.lipschitz}")
-        if self.check_steps < 0:
-            raise UsageError(f"--check-steps must be 0 or more, got {self.check_steps}")
-        if self.local_iters < 1:
-            raise UsageError(f"--local-iters must be at least 1, got {self.local_iters}")
+        if not 0 <= self.check_steps <= MAX_STEPS:
+            raise UsageError(f"--check-steps must be from 0 to {MAX_STEPS}, got {self.check_steps}")
+        if not 1 <= self.local_iters <= MAX_LOCAL_ITERS:
+            raise UsageError(f"--local-iters must be from 1 to {MAX_LOCAL_ITERS}, got {self.local_iters}")
 
     @classmethod
     def from_options(cls, epsilon: str, *, lipschitz: str | float | None = None, at_minimum: bool = False,

@@ -18,6 +18,8 @@ import sys
 from flatcli import __version__
 from flatcli.core.radius import RANGES
 from flatcli.errors import UsageError
+from flatcli.inputs.text import read_text
+from flatcli.outputs.plan import plan_inputs
 from flatcli.runs.result import Result
 
 #: Keys of each row of numbers-only / --from-json output (``summary.radii[*]``, jsonl, csv).
@@ -31,6 +33,8 @@ NUMBER_OPTIONS = ("kappa", "lipschitz", "r", "classes", "features", "grad", "eps
 MEASURED = ("kappa", "r", "classes", "features")
 #: The most rows one call may ask for.
 MAX_ROWS = 1_000_000
+#: The largest sharpness document ``--from-json`` reads (``--per-sample`` output of 100,000 samples fits).
+MAX_JSON_BYTES = 64 * 1024 * 1024
 
 
 def parse_list(name: str, text: str | None) -> list[float] | None:
@@ -40,17 +44,23 @@ def parse_list(name: str, text: str | None) -> list[float] | None:
     parts = [p.strip() for p in text.split(",")]
     if not parts or any(p == "" for p in parts):
         raise UsageError(f"--{name} needs a number or a comma-separated list of numbers, got {text!r}")
-    what, holds, _ = RANGES[name]
     values = []
     for p in parts:
         try:
             v = float(p)
         except ValueError:
             raise UsageError(f"--{name}: {p!r} is not a number") from None
-        if not math.isfinite(v) or not holds(v):
-            raise UsageError(f"--{name} must be {what}, got {p}")
-        values.append(int(v) if name in ("classes", "features") else v)
+        values.append(checked_number(name, v, p, f"--{name}"))
     return values
+
+
+def checked_number(name: str, value: float, shown, where: str) -> float | int:
+    """``value`` if it is finite and in :data:`RANGES` ``[name]`` (whole numbers as ``int``); else one
+    :class:`UsageError` naming ``where`` (the option, or the JSON key it was read from)."""
+    what, holds, _ = RANGES[name]
+    if not math.isfinite(value) or not holds(value):
+        raise UsageError(f"{where} must be {what}, got {shown}")
+    return int(value) if name in ("classes", "features") else value
 
 
 def versions() -> dict:
@@ -138,14 +148,12 @@ def from_numbers(given: dict[str, str | None], *, at_minimum: bool = False) -> R
 
 
 def read_sharpness_json(source: str) -> tuple[dict, str]:
-    """The ``flatrob sharpness --format json`` document at ``source`` (``-``: stdin) and its name."""
+    """The ``flatrob sharpness --format json`` document at ``source`` (``-``: stdin) and its name.
+
+    At most :data:`MAX_JSON_BYTES` are read, whatever the file is (``/dev/zero`` too)."""
     name = "stdin" if source == "-" else source
-    try:
-        text = sys.stdin.read() if source == "-" else open(source, encoding="utf-8").read()
-    except OSError as exc:
-        raise UsageError(f"--from-json: cannot read {source}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise UsageError(f"--from-json: {name} is not UTF-8 text; use `flatrob sharpness ... --format json`") from None
+    plan_inputs(from_json=source)
+    text = read_text(source, limit=MAX_JSON_BYTES, what="--from-json file", error=UsageError)
     if not text.strip():
         raise UsageError(f"--from-json: {name} is empty; pipe in `flatrob sharpness ... --format json`")
     try:
@@ -157,6 +165,8 @@ def read_sharpness_json(source: str) -> tuple[dict, str]:
         ) from None
     except RecursionError:
         raise UsageError(f"--from-json: {name} is not sharpness JSON (nested too deeply to read)") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise UsageError(f"--from-json: {name} is not sharpness JSON ({str(exc)[:80]})") from None
     if not isinstance(doc, dict) or doc.get("command") != "sharpness":
         got = doc.get("command") if isinstance(doc, dict) else type(doc).__name__
         raise UsageError(f"--from-json: {name} is not `flatrob sharpness --format json` output (command: {got!r})")
@@ -171,8 +181,12 @@ def values_from_sharpness(doc: dict, name: str) -> tuple[dict, dict]:
     ``||W||_F`` (``summary.weight_norm``), and the config says so.
     """
     summary, config = doc.get("summary") or {}, doc.get("config") or {}
+    if not isinstance(summary, dict) or not isinstance(config, dict):
+        raise UsageError(f"--from-json: {name}: summary and config must be JSON objects; is it "
+                         "`flatrob sharpness --format json` output?")
 
-    def get(*path):
+    def get(name_in_range: str, *path):
+        """``summary.<path>``: a JSON number (not a boolean), checked as the option ``name_in_range`` is."""
         node = summary
         for p in path:
             if not isinstance(node, dict) or p not in node or node[p] is None:
@@ -181,13 +195,20 @@ def values_from_sharpness(doc: dict, name: str) -> tuple[dict, dict]:
                     "is it `flatrob sharpness --format json` output of this version?"
                 )
             node = node[p]
-        return node
+        where = f"--from-json: {name}: summary.{'.'.join(path)}"
+        if isinstance(node, bool) or not isinstance(node, (int, float)):
+            raise UsageError(f"{where} must be a number, got {json.dumps(node)[:40]}")
+        try:
+            value = float(node)
+        except OverflowError:
+            raise UsageError(f"{where} is too large a number ({str(node)[:20]}...)") from None
+        return checked_number(name_in_range, value, json.dumps(node)[:40], where)
 
-    kappa = float(get("relative_sharpness", "mean"))
-    wn = float(get("weight_norm"))
     convention = config.get("weight_norm", "squared")
     if convention not in ("squared", "plain"):
-        raise UsageError(f"--from-json: {name} has unknown config.weight_norm {convention!r}")
+        raise UsageError(f"--from-json: {name} has unknown config.weight_norm {json.dumps(convention)[:40]}")
+    kappa = get("kappa", "relative_sharpness", "mean")
+    wn = get("kappa", "weight_norm")  # a norm: >= 0, finite
     provenance = {
         "source": name,
         "source_checkpoint": config.get("checkpoint"),
@@ -200,20 +221,16 @@ def values_from_sharpness(doc: dict, name: str) -> tuple[dict, dict]:
         "kappa_from": "summary.relative_sharpness.mean",
     }
     if convention == "plain":
-        kappa *= wn
+        kappa = checked_number("kappa", kappa * wn, kappa * wn, f"--from-json: {name}: kappa (converted to squared)")
         provenance["kappa_from"] += " * summary.weight_norm (converted from --weight-norm plain to squared)"
     values = {
         "kappa": kappa,
-        "r": float(get("feature_norm_min")),
-        "classes": int(get("classes")),
-        "features": int(get("features")),
+        "r": get("r", "feature_norm_min"),
+        "classes": get("classes", "classes"),
+        "features": get("features", "features"),
         "weight_norm": wn,
-        "grad_norm_mean": float(get("grad_norm", "mean")),
+        "grad_norm_mean": get("grad", "grad_norm", "mean"),
     }
-    for key in ("kappa", "r"):
-        what, holds, _ = RANGES[key]
-        if not (math.isfinite(values[key]) and holds(values[key])):
-            raise UsageError(f"--from-json: {name} gives {key} = {values[key]}, but the bound needs it {what}")
     return values, provenance
 
 

@@ -79,6 +79,8 @@ CONVENTIONS = {
 DEFAULT_PRESET = "uncanny"
 #: ``--adaptive-weight``: the weight of the detector's (normalised) decision in the adaptive objective.
 DEFAULT_ADAPTIVE_WEIGHT = 3.0
+#: The largest --adaptive-weight (the penalty is a logistic score: beyond this the attack ignores the loss).
+MAX_ADAPTIVE_WEIGHT = 1e6
 _FIXED_SCORE = {"components": "components", "mahalanobis": core.MAHALANOBIS, "profile": "profile",
                 "ensemble": "ensemble"}
 
@@ -132,8 +134,8 @@ class DetectSettings:
             raise UsageError("--adaptive crafts adversarials against the fitted detector; it needs the attack options, "
                              "not --adversarial")
         w = self.adaptive_weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or w <= 0:
-            raise UsageError(f"--adaptive-weight must be a finite number > 0, got {w!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or not 0 < w <= MAX_ADAPTIVE_WEIGHT:
+            raise UsageError(f"--adaptive-weight must be a finite number > 0 and at most {MAX_ADAPTIVE_WEIGHT:g}, got {w!r}")
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -608,8 +610,16 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
     threshold_method = det.method in core.THRESHOLD_METHODS
     for s in each_score(ctx, features):
         X = s.features(det.method, columns)
-        value = thresholded(det, X)
-        flagged = det.predict(X)
+        with np.errstate(all="ignore"):  # a tampered detector overflows: refused below, not warned about
+            value, decision = thresholded(det, X), det.decision(X)
+        bad = ~(np.isfinite(value) & np.isfinite(decision))
+        if bad.any():
+            raise DetectorError(
+                f"the detector {detector_path or '(in memory)'} gives non-finite scores on {int(bad.sum())} input(s) "
+                f"(first: index {int(s.index[bad][0])}); its coefficients are out of range: re-fit it with "
+                "`flatrob detect ... --save FILE`"
+            )
+        flagged = decision > 0
         n += len(s)
         flagged_total += int(flagged.sum())
         values.append(value)

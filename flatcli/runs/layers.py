@@ -34,6 +34,8 @@ from flatcli.models.loading import find_module
 LAYER_METHODS = ("auto", "exact", "fisher-mc", "hutchinson")
 #: Hutchinson probes for ``--layers`` unless ``--hutchinson`` says otherwise.
 DEFAULT_PROBES = 100
+#: The most --fisher-samples draws per sample (each is a backward pass).
+MAX_FISHER_SAMPLES = 10_000
 
 
 @dataclass(frozen=True)
@@ -80,8 +82,9 @@ def check_method(method: str, fisher_samples: int) -> None:
     """Range checks of ``--layer-method`` and ``--fisher-samples`` (settings call it on construction)."""
     if method not in LAYER_METHODS:
         raise UsageError(f"--layer-method must be one of {', '.join(LAYER_METHODS)}, got {method!r}")
-    if fisher_samples < 2:
-        raise UsageError(f"--fisher-samples needs at least 2 draws per sample (for a standard error), got {fisher_samples}")
+    if not 2 <= fisher_samples <= MAX_FISHER_SAMPLES:
+        raise UsageError(f"--fisher-samples needs 2 to {MAX_FISHER_SAMPLES:,} draws per sample (at least 2 for a "
+                         f"standard error; each costs a backward pass), got {fisher_samples}")
 
 
 def plan_layers(loaded, names: Sequence[str], method: str) -> list[LayerPlan]:

@@ -17,7 +17,7 @@ import torch
 
 from flatcli.core.curvature import MEASURES, WEIGHT_NORMS, head_measures, weight_factor
 from flatcli.core.head_scaling import Scaling
-from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum
+from flatcli.core.hutchinson import MAX_PROBES, HutchinsonTraces, batch_loss_sum
 from flatcli.core.statistics import describe_columns
 from flatcli.errors import UsageError
 from flatcli.models.head import HeadSplit
@@ -48,8 +48,8 @@ class SharpnessSettings:
             raise UsageError(f"--scale must be positive, got {self.scaling.scale}")
         if self.weight_norm not in WEIGHT_NORMS:
             raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
-        if self.hutchinson < 0 or self.hutchinson == 1:
-            raise UsageError(f"--hutchinson needs 0 (off) or at least 2 probes, got {self.hutchinson}")
+        if self.hutchinson < 0 or self.hutchinson == 1 or self.hutchinson > MAX_PROBES:
+            raise UsageError(f"--hutchinson needs 0 (off) or 2 to {MAX_PROBES} probes, got {self.hutchinson}")
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         layer_run.check_method(self.layer_method, self.fisher_samples)
@@ -91,7 +91,8 @@ def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows |
     head = loaded.head
     plans = layer_run.plan_layers(loaded, settings.layers, settings.layer_method)
     per_sample = [p for p in plans if p.per_sample]
-    hutchinson_names = ([loaded.layer] if settings.hutchinson else []) + [p.name for p in plans if not p.per_sample]
+    head_probed = bool(settings.hutchinson) or loaded.layer in settings.layers  # --layers naming the head
+    hutchinson_names = ([loaded.layer] if head_probed else []) + [p.name for p in plans if not p.per_sample]
     ctx.expect(len(ctx.data) * (2 if hutchinson_names else 1))
     rows = Rows(on_rows, keep_samples)
     columns: dict[str, list] = {k: [] for k in MEASURES}
@@ -147,7 +148,7 @@ def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows |
     }
     if hutchinson is not None:
         for row in hutchinson:
-            if row["layer"] == loaded.layer and settings.hutchinson:
+            if row["layer"] == loaded.layer:
                 row["closed_form_trace"] = summary["trace_h"]["mean"]
                 row["z"] = (row["trace"] - row["closed_form_trace"]) / row["trace_stderr"] if row["trace_stderr"] > 0 else 0.0
         summary["hutchinson"] = hutchinson

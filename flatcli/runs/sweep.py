@@ -173,8 +173,11 @@ class SweepSettings:
                                       random_start=random_start, restarts=restarts)
         per_scale = None
         if attack_each_scale:
-            per_scale = PGD.from_options(ATTACK_PRESET, norm=attack_norm, eps=attack_eps, alpha=attack_alpha,
-                                         steps=attack_steps, loss=attack_loss)
+            try:
+                per_scale = PGD.from_options(ATTACK_PRESET, norm=attack_norm, eps=attack_eps, alpha=attack_alpha,
+                                             steps=attack_steps, loss=attack_loss)
+            except UsageError as exc:  # PGD names --eps, --steps, ...: here they are --attack-eps, ...
+                raise UsageError(str(exc).replace("--", "--attack-", 1)) from None
         gradient_free = None
         if square and per_scale is not None:
             gradient_free = Square(norm=per_scale.norm, eps=per_scale.eps,
@@ -329,8 +332,9 @@ def sweep_scale(ctx: RunContext, settings: SweepSettings, *, plot: str | None = 
     figures = []
     if plot_dir is not None:
         from flatcli.outputs.figures.sweep import sweep_figures
+        from flatcli.outputs.plan import output_directory
 
-        plot_dir.mkdir(exist_ok=True)
+        output_directory(plot_dir)
         figures = sweep_figures(outcome, plot_dir, title=loaded.name, trajectory=settings.trajectory,
                                 attack=settings.attack)
     notes = []

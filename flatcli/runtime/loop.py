@@ -143,10 +143,16 @@ def each_batch(ctx: RunContext, compute: Callable[[Batch], R], *, store: ResumeS
 
 
 def resumed_note(store: ResumeStore | None, directory: str | None) -> list[str]:
-    """The line saying how many finished batches a resumed run read (none when it read none)."""
-    if store is None or not store.reused:
+    """The lines saying how many finished batches a resumed run read, and which damaged ones it recomputed."""
+    if store is None:
         return []
-    return [f"resumed: {store.reused} finished batch(es) read from {directory}"]
+    notes = [f"resumed: {store.reused} finished batch(es) read from {directory}"] if store.reused else []
+    if store.recomputed:
+        more = len(store.recomputed) - 3
+        shown = ", ".join(store.recomputed[:3]) + (f" and {more} more" if more > 0 else "")
+        notes.append(f"note: --resume {directory}: {shown} did not match the checksum recorded when written "
+                     "(damaged, changed or from an older flatrob); recomputed and written again")
+    return notes
 
 
 def versions() -> dict:

@@ -227,6 +227,12 @@ def test_example_is_small_accurate_and_self_describing():
     assert yaml.safe_load(ck.metadata["flatrob.spec"])["layer"] == "fc"
 
 
+def test_layers_naming_the_head_gives_its_hutchinson_trace_next_to_the_closed_form(cli):
+    res = cli("sharpness", EXAMPLE, "--limit", "40", "--layers", "fc", "--format", "json")
+    assert res.exit_code == 0, res.stderr
+    (row,) = json.loads(res.stdout)["summary"]["hutchinson"]
+    assert row["layer"] == "fc" and row["probes"] == 100 and abs(row["z"]) < 4
+    assert row["closed_form_trace"] == json.loads(res.stdout)["summary"]["trace_h"]["mean"]
 def test_layers_columns_in_csv_rows_and_the_table(cli):
     res = cli("sharpness", EXAMPLE, "--limit", "10", "--layers", "conv3", "--format", "csv")
     assert res.exit_code == 0 and res.stderr == ""

@@ -125,7 +125,7 @@ def test_no_attack_each_scale_gives_nulls_and_table_renders():
         (["--no-attack-each-scale", "--attack-eps", "0.1"], ["--attack-eps", "--no-attack-each-scale"]),
         (["--takeoff", "0"], ["--takeoff"]),
         (["--restarts", "3"], ["--random-start"]),
-        (["--attack-steps", "-1"], ["--steps"]),
+        (["--attack-steps", "-1"], ["--attack-steps"]),
         (["--limit", "-1"], ["--limit"]),
         (["--queries", "10"], ["--queries", "--square"]),
         (["--no-attack-each-scale", "--square"], ["--square", "--no-attack-each-scale"]),

@@ -267,6 +267,64 @@ def test_folder_refusals(tmp_path):
         load_data(f"folder:{tmp_path / 'empty'}")
 
 
+def test_folder_scan_gives_imagefolders_order(tmp_path):
+    """The safe walk lists exactly what torchvision's ImageFolder lists, in its order (indices stay the same)."""
+    from torchvision.datasets import ImageFolder
+
+    for i, rel in enumerate(["b/z.png", "b/a.PNG", "b/sub/c.jpg", "b/sub/deeper/d.png", "a/y.png", "a/sub2/x.bmp",
+                             "c/e.png"]):
+        _png(tmp_path / rel, _rgb(i))
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    data = load_data(f"folder:{tmp_path}")
+    reference = ImageFolder(str(tmp_path))
+    assert [path for path, _ in reference.samples] == data._reader.files
+    assert data.y.tolist() == [label for _, label in reference.samples] and data.classes == reference.classes
+
+
+def test_folder_follows_links_once_and_refuses_cycles(tmp_path):
+    _png(tmp_path / "elsewhere" / "x.png", _rgb(0))
+    root = tmp_path / "root"
+    _png(root / "0" / "a.png", _rgb(1))
+    (root / "1").symlink_to(tmp_path / "elsewhere")  # a class kept elsewhere, linked in: fine
+    data = load_data(f"folder:{root}")
+    assert data.y.tolist() == [0, 1]
+    (root / "0" / "up").symlink_to("..")  # back to the root: os.walk(followlinks=True) would never end
+    with pytest.raises(DataError, match=r"0/up is .*root again \(a directory link cycle"):
+        load_data(f"folder:{root}")
+    (root / "0" / "up").unlink()
+    (root / "2").symlink_to("0")  # two classes, one directory: every image would count twice
+    with pytest.raises(DataError, match="link cycle, or two links to one directory"):
+        load_data(f"folder:{root}")
+
+
+def test_folder_skips_special_files_and_refuses_pseudo_file_systems(tmp_path):
+    import os
+
+    _png(tmp_path / "0" / "a.png", _rgb(0))
+    os.mkfifo(tmp_path / "0" / "pipe.png")  # reading it would block for ever
+    assert load_data(f"folder:{tmp_path}")._reader.files == [str(tmp_path / "0" / "a.png")]
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc here")
+    with pytest.raises(DataError, match="lies on proc"):
+        load_data("folder:/proc")
+    (tmp_path / "1").symlink_to("/proc/self")  # a link into /proc from an ordinary tree
+    with pytest.raises(DataError, match="lies on proc"):
+        load_data(f"folder:{tmp_path}")
+
+
+def test_folder_class_numbers_are_bounded_by_the_model(tmp_path):
+    from flatcli.inputs.data.folder import MAX_CLASSES
+
+    _png(tmp_path / "0" / "a.png", _rgb(0))
+    (tmp_path / "12").mkdir()
+    assert load_data(f"folder:{tmp_path}").num_classes == 13
+    with pytest.raises(DataError, match="named 12, but the model has 10 classes"):
+        load_data(f"folder:{tmp_path}", num_classes=10)
+    (tmp_path / ("9" * 200)).mkdir()  # a class number of 200 digits: refused without converting it
+    with pytest.raises(DataError, match=f"at most {MAX_CLASSES} classes"):
+        load_data(f"folder:{tmp_path}")
+
+
 def test_folder_mismatched_and_corrupt_images(tmp_path):
     _png(tmp_path / "mixed" / "a" / "1.png", _rgb(0, 4, 5))
     _png(tmp_path / "mixed" / "a" / "2.png", _rgb(1, 6, 6))

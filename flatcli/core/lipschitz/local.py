@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from flatcli.core.classifier import Classifier, eval_mode
 from flatcli.core.lipschitz.constant import Lipschitz, head_module
@@ -22,6 +23,10 @@ def local_estimate(
     ``sqrt(||J^T J v||)`` approaches its norm from below; stops early when every sample changes by
     less than 1e-6 (relative). ``detail["per_sample"]`` lists them, ``value`` is their max. An
     optimistic estimate of the local Lipschitz constant, not a certificate.
+
+    The graph is built with the math backend of ``scaled_dot_product_attention`` (attention written out
+    in differentiable operations): the fused flash/memory-efficient kernels have no double backward, so
+    a vision transformer could not be estimated otherwise. The math backend computes the same attention.
     """
     head_mod = head_module(model, head)
     if x.dim() < 2 or x.shape[0] == 0:
@@ -53,7 +58,7 @@ def local_estimate(
     done, k = False, 0
     with eval_mode(model):
         xr = x.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):  # fused attention has no double backward
             y = phi(xr)  # one forward graph, reused by every product
             if y.requires_grad:
                 u = torch.zeros_like(y, requires_grad=True)

@@ -28,8 +28,9 @@ __all__ = ["ACCEPTED_FORMS", "DataSource", "batches", "check_compatible", "load_
 ACCEPTED_FORMS = "digits, cifar10:ROOT, cifar100:ROOT, folder:DIR, tensors:FILE (tensors:- reads stdin)"
 
 
-def load_data(source: str, split: str = "test", limit: int | None = None) -> DataSource:
-    """Open the data source named by a ``--data`` string (see the module docstring)."""
+def load_data(source: str, split: str = "test", limit: int | None = None, num_classes: int | None = None) -> DataSource:
+    """Open the data source named by a ``--data`` string (see the module docstring); ``num_classes`` (the
+    model's) bounds the class directories a ``folder:`` may have."""
     if limit is not None and limit < 0:
         raise UsageError(f"--limit must be 0 or more, got {limit}")
     if split is None:
@@ -53,7 +54,7 @@ def load_data(source: str, split: str = "test", limit: int | None = None) -> Dat
             raise UsageError("folder needs a directory: --data folder:DIR")
         from flatcli.inputs.data.folder import load_folder
 
-        data = load_folder(arg, split)
+        data = load_folder(arg, split, num_classes)
     elif kind == "tensors":
         if not arg:
             raise UsageError("tensors needs a file: --data tensors:FILE (or tensors:- for stdin)")

@@ -7,6 +7,13 @@ as ``ToTensor`` does. Colour mode: ``L`` (1 channel) when the first image is gre
 every class directory name is a non-negative integer the label *is* that integer (so ``2`` < ``10``).
 Every image must have the size of the first one. The source index is the position in ``ImageFolder``
 order. Decompression bombs are refused, not read.
+
+The tree is walked by :func:`scan` rather than ``ImageFolder`` (whose ``os.walk(followlinks=True)``
+never ends on a link cycle): directory links are followed, but a directory reached a second time (a
+cycle, a ``..`` link, two classes linking to one directory) is an error naming the link; only regular
+files are images (a named pipe would block); pseudo file systems (``/proc``, ``/sys``, ``/dev``, cgroups,
+...) are refused wherever the walk meets them; and a numeric class name must be below the model's number
+of classes (and :data:`MAX_CLASSES`), so a directory named ``100000000`` allocates nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +27,16 @@ from torch import Tensor
 
 from flatcli.errors import DataError
 from flatcli.inputs.data.source import DataSource, fmt_shape, one_line
+
+#: File system types that hold no images (from ``/proc/self/mountinfo``); a folder on one is refused.
+PSEUDO_FILE_SYSTEMS = frozenset({
+    "proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs", "pstore", "bpf",
+    "configfs", "fusectl", "mqueue", "binfmt_misc", "efivarfs", "selinuxfs", "autofs", "rpc_pipefs", "nsfs",
+})
+#: Where those live when ``/proc`` cannot tell (no mountinfo).
+PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+#: The largest numeric class name a folder may have without a model to bound it.
+MAX_CLASSES = 100_000
 
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
@@ -59,9 +76,89 @@ class _FolderImages:
         return True
 
 
-def load_folder(dir_arg: str, split: str) -> DataSource:
-    from torchvision.datasets import ImageFolder
+def pseudo_devices() -> dict[int, str]:
+    """``st_dev`` -> file system type of every pseudo file system mounted (empty when /proc cannot tell)."""
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as handle:
+            lines = handle.read(4 * 1024 * 1024).splitlines()
+    except OSError:
+        return {}
+    devices = {}
+    for line in lines:
+        fields = line.split()
+        if "-" not in fields[6:]:
+            continue
+        fstype = fields[fields.index("-", 6) + 1]
+        major, _, minor = fields[2].partition(":")
+        if fstype in PSEUDO_FILE_SYSTEMS and major.isdigit() and minor.isdigit():
+            devices[os.makedev(int(major), int(minor))] = fstype
+    return devices
 
+
+def _refuse_pseudo(path: str, st: os.stat_result, pseudo: dict[int, str]) -> None:
+    real = os.path.realpath(path)
+    kind = pseudo.get(st.st_dev)
+    if kind is None and any(real == p or real.startswith(p + os.sep) for p in PSEUDO_ROOTS):
+        kind = "a pseudo file system"
+    if kind is not None:
+        raise DataError(f"folder data {path} lies on {kind} ({real}), which holds no images; "
+                        "point --data folder: at a directory of image files")
+
+
+def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names (sorted) and ``(file, class position)`` in ``ImageFolder`` order, walked safely.
+
+    Same order as ``torchvision.datasets.ImageFolder``: classes sorted, then per class every directory
+    below it sorted by path and its files by name; files must have an image suffix
+    (``torchvision.datasets.folder.IMG_EXTENSIONS``) and be regular files.
+    """
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    pseudo = pseudo_devices()
+    try:
+        top = os.stat(root)
+        _refuse_pseudo(root, top, pseudo)
+        with os.scandir(root) as entries:
+            classes = sorted(e.name for e in entries if e.is_dir())
+    except OSError as exc:
+        raise DataError(f"folder {root} cannot be read ({one_line(exc)})") from None
+    visited = {(top.st_dev, top.st_ino): root}
+    samples: list[tuple[str, int]] = []
+    for position, name in enumerate(classes):
+        found: list[tuple[str, list[str]]] = []
+        pending = [os.path.join(root, name)]
+        while pending:
+            directory = pending.pop()
+            try:
+                st = os.stat(directory)
+                _refuse_pseudo(directory, st, pseudo)
+                key = (st.st_dev, st.st_ino)
+                if key in visited:
+                    raise DataError(
+                        f"folder {root}: {directory} is {visited[key]} again (a directory link cycle, or two links "
+                        "to one directory); remove the link so every image is read once"
+                    )
+                visited[key] = directory
+                files = []
+                with os.scandir(directory) as entries:
+                    for e in entries:
+                        if e.is_dir():
+                            pending.append(e.path)
+                        elif e.name.lower().endswith(IMG_EXTENSIONS) and e.is_file():
+                            _refuse_pseudo(e.path, e.stat(), pseudo)
+                            files.append(e.name)
+            except DataError:
+                raise
+            except OSError as exc:
+                raise DataError(f"folder {root}: cannot read {directory} ({one_line(exc)})") from None
+            found.append((directory, sorted(files)))
+        for directory, files in sorted(found):
+            samples.extend((os.path.join(directory, f), position) for f in files)
+    return classes, samples
+
+
+def load_folder(dir_arg: str, split: str, num_classes: int | None = None) -> DataSource:
+    """``folder:DIR`` (``DIR/<split>`` when it exists); ``num_classes`` (the model's) bounds numeric class names."""
     root = Path(os.path.expanduser(dir_arg))
     if not root.is_dir():
         raise DataError(f"folder {dir_arg} does not exist or is not a directory")
@@ -69,17 +166,18 @@ def load_folder(dir_arg: str, split: str) -> DataSource:
     if split and (root / split).is_dir():
         root = root / split
         name = f"folder:{dir_arg}:{split}"
-    try:
-        folder = ImageFolder(str(root), allow_empty=True)
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(
-            f"folder {root} is not an ImageFolder ({one_line(exc)}); expected {root}/<class>/<image>.png"
-        ) from exc
-    classes = list(folder.classes)
-    files = [path for path, _ in folder.samples]
-    targets = [label for _, label in folder.samples]
-    if classes and all(name.isdigit() for name in classes):
-        numbers = [int(name) for name in classes]
+    classes, samples = scan(str(root))
+    files = [path for path, _ in samples]
+    targets = [label for _, label in samples]
+    if classes and all(c.isdigit() for c in classes):
+        bound = min(num_classes, MAX_CLASSES) if num_classes is not None else MAX_CLASSES
+        too_big = [c for c in classes if len(c) > len(str(bound)) or int(c) >= bound]
+        if too_big:
+            whose = f"the model has {num_classes} classes" if num_classes is not None and num_classes <= MAX_CLASSES \
+                else f"at most {MAX_CLASSES} classes are read"
+            raise DataError(f"folder {root} has a class directory named {too_big[0]}, but {whose} (0..{bound - 1}); "
+                            "name class directories by their class number")
+        numbers = [int(c) for c in classes]
         targets = [numbers[label] for label in targets]
         num_classes = max(numbers) + 1
         classes = [str(i) for i in range(num_classes)]

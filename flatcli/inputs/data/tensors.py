@@ -17,7 +17,7 @@ from torch import Tensor
 
 from flatcli.errors import DataError
 from flatcli.inputs.data.source import DataSource, dtype_name, fmt_shape, one_line
-from flatcli.outputs.files import atomic_path
+from flatcli.outputs.plan import output_path
 
 
 def load_tensors(file_arg: str) -> DataSource:
@@ -125,7 +125,8 @@ def save_tensors(
     index: Tensor,
     metadata: dict[str, str] | None = None,
 ) -> None:
-    """Write ``x`` (float32), ``y`` and ``index`` (int64) as a ``tensors:`` file, atomically."""
+    """Write ``x`` (float32), ``y`` and ``index`` (int64) as a ``tensors:`` file (committed with the run's
+    other outputs; serialised in memory first, so that writing it is one plain file write)."""
     import safetensors.torch
 
     if x.ndim != 4:
@@ -145,8 +146,9 @@ def save_tensors(
         "y": _own(y.detach().to("cpu", torch.int64)),
         "index": _own(index.detach().to("cpu", torch.int64)),
     }
-    with atomic_path(path) as tmp:
-        safetensors.torch.save_file(tensors, str(tmp), metadata=dict(metadata) if metadata else None)
+    blob = safetensors.torch.save(tensors, metadata=dict(metadata) if metadata else None)
+    with output_path(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(blob)
 
 
 def _own(t: Tensor) -> Tensor:

@@ -1,7 +1,7 @@
 """Figures, one module per command (matplotlib is an optional extra: ``pip install 'flatrob[plot]'``).
 
 matplotlib is imported only when a figure is drawn (headless ``Agg`` backend); every figure file is
-written atomically, and the path is checked before any work (:func:`check_plot_path`).
+committed with the run's other outputs, and the path is checked before any work (:func:`check_plot_path`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 from flatcli.errors import MissingExtraError, UsageError
-from flatcli.outputs.files import atomic_path
+from flatcli.outputs.plan import output_path
 
 FORMATS = ("png", "pdf", "svg")
 
@@ -49,9 +49,11 @@ def pyplot():
 
 
 def save(fig, path: str | os.PathLike, fmt: str, dpi: int = 120) -> None:
-    """Write ``fig`` to ``path`` atomically in format ``fmt`` and close it."""
+    """Write ``fig`` to ``path`` (committed with the run's other outputs) in format ``fmt`` and close it."""
     import matplotlib.pyplot as plt
 
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format=fmt, dpi=dpi)
-    plt.close(fig)
+    try:
+        with output_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=dpi)
+    finally:
+        plt.close(fig)

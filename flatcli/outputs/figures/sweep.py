@@ -27,6 +27,8 @@ from flatcli.outputs.figures import pyplot, save
 
 FIG2 = "fig2_loss_geometry.png"
 FIG13 = "fig13_unattackable.png"
+#: The files ``--plot DIR`` receives.
+FIGURES = (FIG2, FIG13)
 #: Loss increases below this are drawn in the lowest bin of the log-scale histogram.
 HIST_FLOOR = 1e-12
 

@@ -1,0 +1,53 @@
+"""Reading a text input (a spec, a detector, sharpness JSON, a manifest) with a bound on its size.
+
+``stat`` cannot be trusted for the bound: ``/dev/zero``, a named pipe or ``/proc`` files report size 0
+and never end. :func:`read_text` reads at most ``limit + 1`` bytes, whatever the file is, so an input
+over its limit is refused after reading ``limit + 1`` bytes, never loaded whole.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Type
+
+from flatcli.errors import FlatrobError
+
+
+def size_text(limit: int) -> str:
+    """``65536`` -> ``64 KiB``, ``67108864`` -> ``64 MiB``."""
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if limit >= size and limit % size == 0:
+            return f"{limit // size} {unit}"
+    return f"{limit} bytes"
+
+
+def read_text(source: str | os.PathLike, *, limit: int, what: str, error: Type[FlatrobError],
+              missing_hint: str = "") -> str:
+    """The UTF-8 text of the file ``source`` (``-``: stdin), at most ``limit`` bytes long.
+
+    Every failure is ``error(...)`` naming ``what`` and ``source``: missing (plus ``missing_hint``), a
+    directory, unreadable, longer than ``limit`` bytes, not UTF-8.
+    """
+    name = "stdin" if os.fspath(source) == "-" else os.fspath(source)
+    try:
+        if name == "stdin":
+            stream = getattr(sys.stdin, "buffer", sys.stdin)
+            blob = stream.read(limit + 1)
+        else:
+            with open(os.path.expanduser(name), "rb") as handle:
+                blob = handle.read(limit + 1)
+    except FileNotFoundError:
+        raise error(f"{what} {name} does not exist{missing_hint}") from None
+    except IsADirectoryError:
+        raise error(f"{what} {name} is a directory; pass a file") from None
+    except OSError as exc:
+        raise error(f"cannot read {what} {name}: {exc.strerror or exc}") from None
+    if isinstance(blob, str):
+        blob = blob.encode("utf-8", "surrogateescape")
+    if len(blob) > limit:
+        raise error(f"{what} {name} is larger than the {size_text(limit)} a {what} may have")
+    try:
+        return blob.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{what} {name} is not UTF-8 text") from None
