@@ -31,6 +31,7 @@ def resnet_case(device, n: int, channels_last: bool = False) -> tuple[LoadedMode
     torch.manual_seed(0)
     net = build_network("resnet18", num_classes=10, in_channels=3).eval()
     loaded = from_module(net, layer="fc", mean=[0.49, 0.48, 0.45], std=[0.25, 0.24, 0.26], device=device)
+    loaded.model.eval()  # the wrapper too: torchattacks restores a wrapper's train mode on every submodule
     if channels_last:
         loaded.model.to(memory_format=torch.channels_last)
     g = torch.Generator().manual_seed(0)

@@ -201,12 +201,16 @@ def _layer_names(layers) -> tuple[str, ...] | None:
 
 @_one_plan
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-           batch_size=256, device="auto", seed=0, preset=None, norm=None, eps=None, alpha=None, steps=None,
-           random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None, save_adv=None, plot=None,
+           batch_size=256, device="auto", seed=0, preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None,
+           steps=None, queries=None, random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None,
+           save_adv=None, plot=None,
            weight_norm="squared", scale=1.0, scale_bias=True, precision="fp32", channels_last=False, resume=None,
            layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, trust_embedded_code=False,
            samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob attack``: PGD recording loss and sharpness along every trajectory (uncanny valley, take-off).
+
+    ``attack`` is ``"pgd"`` (default), ``"apgd"`` or ``"square"`` (``queries`` its budget), ``loss`` the loss it
+    ascends (``"ce"``, ``"cw"``, ``"dlr"``; default ce, cw for square).
 
     The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
     names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
@@ -214,7 +218,8 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     """
     layers = _layer_names(layers)
     settings = attack_run.AttackSettings.from_options(
-        preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start, restarts=restarts,
+        preset, attack=attack, loss=loss, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
+        random_start=random_start, restarts=restarts,
         scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, takeoff=takeoff, targeted=targeted,
         precision=precision, channels_last=channels_last, layers=layers or (), layer_method=layer_method,
         fisher_samples=fisher_samples, hutchinson=hutchinson,
@@ -236,18 +241,22 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
                 std=None, split="test", limit=None, batch_size=256, device="auto", seed=0, preset=None, norm=None,
                 eps=None, alpha=None, steps=None, random_start=False, restarts=1, takeoff=0.1,
                 attack_each_scale=True, attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None,
-                scale_bias=True, weight_norm="squared", plot=None, precision="fp32", channels_last=False,
-                resume=None, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
+                attack_loss=None, square=False, queries=None, masking_threshold=0.05, scale_bias=True,
+                weight_norm="squared", plot=None, precision="fp32", channels_last=False, resume=None,
+                trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
                 progress: Progress | None = None) -> Result:
     """``flatrob sweep-scale``: scale the head by each s; loss increase, basin widths, robust accuracy, transfer.
 
     ``scales`` is a list or a comma-separated string; ``plot`` a directory for the Fig. 2 / Fig. 13 PNGs.
+    ``attack_loss`` drives the per-scale attack (``"ce"``, ``"cw"``, ``"dlr"``); ``square`` adds torchattacks'
+    Square per scale (``queries`` per restart); ``masking_threshold`` is the verdict's margin.
     """
     settings = sweep_run.SweepSettings.from_options(
         scales, preset=preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
         restarts=restarts, attack_each_scale=attack_each_scale, attack_norm=attack_norm, attack_eps=attack_eps,
-        attack_alpha=attack_alpha, attack_steps=attack_steps, scale_bias=scale_bias, weight_norm=weight_norm,
-        takeoff=takeoff, precision=precision, channels_last=channels_last,
+        attack_alpha=attack_alpha, attack_steps=attack_steps, attack_loss=attack_loss, square=square, queries=queries,
+        masking_threshold=masking_threshold, scale_bias=scale_bias, weight_norm=weight_norm, takeoff=takeoff,
+        precision=precision, channels_last=channels_last,
     )
     if plot is not None:
         from flatcli.outputs.figures import require_matplotlib
@@ -264,7 +273,7 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
 
 @_one_plan
 def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None, features=None,
-          grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, spec=None,
+          grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, loss=None, spec=None,
           arch=None, layer=None, mean=None, std=None, split=None, limit=None, batch_size=None, device="auto",
           seed=0, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
           progress: Progress | None = None) -> Result:
@@ -277,7 +286,7 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
     if model is None:
         model_options = {
             "--check": check, "--check-steps": check_steps is not None, "--local-iters": local_iters is not None,
-            "--spec": spec, "--arch": arch, "--layer": layer, "--data": data is not None, "--split": split,
+            "--loss": loss is not None, "--spec": spec, "--arch": arch, "--layer": layer, "--data": data is not None, "--split": split,
             "--limit": limit is not None, "--batch-size": batch_size is not None,
             "--trust-embedded-code": trust_embedded_code,
         }
@@ -292,7 +301,7 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
         raise UsageError(f"{', '.join(conflicting)} cannot be combined with a checkpoint, which measures {them}; "
                          f"drop {them} or leave out the checkpoint for numbers-only mode")
     settings = bound_run.BoundSettings.from_options(epsilon, lipschitz=lipschitz, at_minimum=at_minimum, check=check,
-                                                    check_steps=check_steps, local_iters=local_iters)
+                                                    check_steps=check_steps, local_iters=local_iters, loss=loss)
     ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split or "test",
                    limit=limit, batch_size=256 if batch_size is None else batch_size, device=device, seed=seed,
                    progress=progress, trust_embedded_code=trust_embedded_code)
@@ -302,10 +311,11 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
 @_one_plan
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, method=None, score=None, folds=None, only_successful=False,
-           preset=None, norm=None, eps=None, alpha=None, steps=None, random_start=False, restarts=1,
-           adversarial=None, fit_data=None, probe_steps=None, probe_size=None, adaptive=False, adaptive_weight=None,
-           save=None, save_adv=None, plot=None, detector=None, force=False, weight_norm=None,
-           resume=None, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
+           preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
+           random_start=False, restarts=1, adversarial=None, fit_data=None, probe_steps=None, probe_size=None,
+           adaptive=False, adaptive_weight=None, save=None, save_adv=None, plot=None, detector=None, force=False,
+           weight_norm=None, resume=None, trust_embedded_code=False, samples: bool = True,
+           on_rows: OnRows | None = None,
            progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
     ``detector`` (a file or a fitted :class:`~flatcli.core.detectors.Detector`) apply a saved one.
@@ -315,7 +325,8 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     Mahalanobis model is fitted on (``method`` ``mahalanobis``, ``ensemble``, ``all``; default: the
     training split of a ``data`` string). The fitted detector is ``result.artifacts["detector"]``.
     """
-    attack_given = [k for k, v in {"--preset": preset, "--norm": norm, "--eps": eps, "--alpha": alpha,
+    attack_given = [k for k, v in {"--preset": preset, "--attack": attack, "--loss": loss, "--queries": queries,
+                                   "--norm": norm, "--eps": eps, "--alpha": alpha,
                                    "--steps": steps, "--random-start": random_start or None,
                                    "--restarts": restarts if restarts != 1 else None}.items() if v is not None]
     if detector is not None:
@@ -348,10 +359,10 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     _check_plot(plot)
     check_outputs(save=save, save_adv=save_adv, plot=plot)
     settings = detect_run.DetectSettings.from_options(
-        crafted=adversarial is None, preset=preset, norm=norm, eps=eps, alpha=alpha, steps=steps,
-        random_start=random_start, restarts=restarts, method=method, score=score, folds=folds,
-        only_successful=only_successful, weight_norm=weight_norm, probe_steps=probe_steps, probe_size=probe_size,
-        adaptive=adaptive, adaptive_weight=adaptive_weight,
+        crafted=adversarial is None, preset=preset, attack_kind=attack, loss=loss, norm=norm, eps=eps, alpha=alpha,
+        steps=steps, queries=queries, random_start=random_start, restarts=restarts, method=method, score=score,
+        folds=folds, only_successful=only_successful, weight_norm=weight_norm, probe_steps=probe_steps,
+        probe_size=probe_size, adaptive=adaptive, adaptive_weight=adaptive_weight,
     )
     if fit_data is not None and not settings.uses_mahalanobis:
         raise UsageError(f"--fit-data holds the data of the Mahalanobis model, which --method {settings.method} does "

@@ -1,4 +1,4 @@
-"""``flatrob attack``: PGD-linf / PGD-l2 recording loss and sharpness along every trajectory."""
+"""``flatrob attack``: PGD-linf / PGD-l2 (APGD, Square) recording loss and sharpness along every trajectory."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, FisherSamples, Format, FormatOpt, Layer,
-    LayerMethod, LayerMethodOpt, Layers, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Quiet,
-    RandomStart, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff,
-    TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
+    Alpha, Arch, AttackOpt, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, FisherSamples, Format, FormatOpt,
+    Layer, LayerMethod, LayerMethodOpt, Layers, Limit, LossOpt, NormOpt, Output, PerSample, Precision, PrecisionOpt,
+    PresetOpt, Queries, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split,
+    Steps, Takeoff, TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
 )
 from flatcli.cli.tables.attack import render
 from flatcli.errors import UsageError
@@ -36,10 +36,13 @@ def attack(
     quiet: Quiet = False,
     per_sample: PerSample = False,
     preset: PresetOpt = None,
+    attack_kind: AttackOpt = None,
+    loss: LossOpt = None,
     norm: NormOpt = None,
     eps: Eps = None,
     alpha: Alpha = None,
     steps: Steps = None,
+    queries: Queries = None,
     random_start: RandomStart = False,
     restarts: Restarts = 1,
     targeted: Annotated[
@@ -64,7 +67,7 @@ def attack(
     fisher_samples: FisherSamples = 2,
     hutchinson: Annotated[int, typer.Option("--hutchinson", help="Probes for the layers measured by Hutchinson (0: 100).")] = 0,
 ) -> None:
-    """PGD-linf / PGD-l2 recording loss, sharpness and confidence at every step (uncanny valley, take-off)."""
+    """PGD-linf / PGD-l2 (or APGD, Square) recording loss, sharpness and confidence at every step (uncanny valley, take-off)."""
     common.check_common(limit=limit, batch_size=batch_size)
     for option, path in (("--trajectory", trajectory), ("--save-adv", save_adv)):
         if path == "-":
@@ -77,8 +80,9 @@ def attack(
         with common.progress_bar("attack", quiet) as progress:
             result = api.attack(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed, preset=value(preset), norm=value(norm), eps=eps, alpha=alpha, steps=steps,
-                random_start=random_start, restarts=restarts, targeted=targeted, takeoff=takeoff,
+                device=device, seed=seed, preset=value(preset), attack=value(attack_kind), loss=value(loss),
+                norm=value(norm), eps=eps, alpha=alpha, steps=steps, queries=queries, random_start=random_start,
+                restarts=restarts, targeted=targeted, takeoff=takeoff,
                 trajectory=trajectory, save_adv=save_adv, plot=plot, weight_norm=weight_norm.value, scale=scale,
                 scale_bias=scale_bias, precision=precision.value, channels_last=channels_last, resume=resume,
                 layers=layers, layer_method=layer_method.value, fisher_samples=fisher_samples, hutchinson=hutchinson,

@@ -15,7 +15,8 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, Data, Device, Format, FormatOpt, Layer, Limit, Output, PerSample, Quiet, Seed, SpecFile, TrustEmbeddedCode,
+    Arch, Data, Device, Format, FormatOpt, Layer, Limit, LossOpt, Output, PerSample, Quiet, Seed, SpecFile,
+    TrustEmbeddedCode, value,
 )
 from flatcli.cli.tables.bound import render_checkpoint, render_numbers
 from flatcli.errors import UsageError
@@ -38,6 +39,7 @@ def bound(
     from_json: Annotated[Optional[str], typer.Option("--from-json", help="Take kappa, r, k, m (and g) from `flatrob sharpness --format json` output; - reads stdin.", show_default=False)] = None,
     check: Annotated[bool, typer.Option("--check", help="Attack each sample with PGD-l2 inside its certified radius and report the largest loss increase.")] = False,
     check_steps: Annotated[Optional[int], typer.Option("--check-steps", help="PGD-l2 steps per sample for --check [default: 20].", show_default=False)] = None,
+    loss: LossOpt = None,
     local_iters: Annotated[Optional[int], typer.Option("--local-iters", help="Power iterations per batch for the local Lipschitz estimate [default: 50].", show_default=False)] = None,
     spec: SpecFile = None,
     arch: Arch = None,
@@ -69,7 +71,7 @@ def bound(
 
         model_options = {
             "--check": check, "--check-steps": check_steps is not None, "--local-iters": local_iters is not None,
-            "--spec": spec, "--arch": arch, "--layer": layer, "--data": data, "--split": split,
+            "--loss": loss is not None, "--spec": spec, "--arch": arch, "--layer": layer, "--data": data, "--split": split,
             "--limit": limit is not None, "--batch-size": batch_size is not None, "--per-sample": per_sample,
         }
         given = {"kappa": kappa, "lipschitz": lipschitz, "r": r, "classes": classes, "features": features,
@@ -88,8 +90,8 @@ def bound(
             result = api.bound(
                 checkpoint, data, epsilon=epsilon, lipschitz=lipschitz, kappa=kappa, r=r, classes=classes,
                 features=features, grad=grad, at_minimum=at_minimum, from_json=from_json, check=check,
-                check_steps=check_steps, local_iters=local_iters, spec=spec, arch=arch, layer=layer, split=split,
-                limit=limit, batch_size=batch_size, device=device, seed=seed, samples=False, on_rows=out.rows,
+                check_steps=check_steps, local_iters=local_iters, loss=value(loss), spec=spec, arch=arch, layer=layer,
+                split=split, limit=limit, batch_size=batch_size, device=device, seed=seed, samples=False, on_rows=out.rows,
                 progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )

@@ -11,9 +11,9 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output,
-    PerSample, PresetOpt, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile, Split, Steps,
-    TrustEmbeddedCode, WeightNorm, value,
+    Alpha, Arch, AttackOpt, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, LossOpt,
+    NormOpt, Output, PerSample, PresetOpt, Queries, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile,
+    Split, Steps, TrustEmbeddedCode, WeightNorm, value,
 )
 from flatcli.cli.tables.detect import render_apply, render_fit
 
@@ -122,10 +122,13 @@ def detect(
     folds: Folds = None,
     only_successful: OnlySuccessful = False,
     preset: PresetOpt = None,
+    attack_kind: AttackOpt = None,
+    loss: LossOpt = None,
     norm: NormOpt = None,
     eps: Eps = None,
     alpha: Alpha = None,
     steps: Steps = None,
+    queries: Queries = None,
     random_start: RandomStart = False,
     restarts: Restarts = 1,
     adversarial: Adversarial = None,
@@ -153,8 +156,8 @@ def detect(
             result = api.detect(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
                 device=device, seed=seed, method=value(method), score=value(score), folds=folds,
-                only_successful=only_successful, preset=value(preset), norm=value(norm), eps=eps, alpha=alpha,
-                steps=steps, random_start=random_start, restarts=restarts, adversarial=adversarial, fit_data=fit_data,
+                only_successful=only_successful, preset=value(preset), attack=value(attack_kind), loss=value(loss),
+                norm=value(norm), eps=eps, alpha=alpha, steps=steps, queries=queries, random_start=random_start, restarts=restarts, adversarial=adversarial, fit_data=fit_data,
                 probe_steps=probe_steps, probe_size=probe_size, adaptive=adaptive, adaptive_weight=adaptive_weight,
                 save=save,
                 save_adv=save_adv, plot=plot, detector=detector, force=force, weight_norm=value(weight_norm),

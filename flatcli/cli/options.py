@@ -123,6 +123,34 @@ SaveAdv = Annotated[
 ]
 Takeoff = Annotated[float, typer.Option("--takeoff", help="Take-off threshold tau on the normalised loss, in (0, 1].")]
 
+
+class AttackKind(str, Enum):
+    pgd = "pgd"
+    apgd = "apgd"
+    square = "square"
+
+
+class Loss(str, Enum):
+    ce = "ce"
+    cw = "cw"
+    dlr = "dlr"
+
+
+AttackOpt = Annotated[
+    Optional[AttackKind],
+    typer.Option("--attack", help="pgd (default), apgd (Auto-PGD: step-size halving, momentum) or square (gradient-free, "
+                 "torchattacks' Square; --queries sets its budget).", show_default=False),
+]
+LossOpt = Annotated[
+    Optional[Loss],
+    typer.Option("--loss", help="Loss the attack ascends: ce (cross-entropy), cw (logit margin) or dlr (Croce & Hein's "
+                 "difference-of-logits ratio); default ce, cw for square. Recording always reports the cross-entropy.",
+                 show_default=False),
+]
+Queries = Annotated[
+    Optional[int], typer.Option("--queries", help="Query budget per restart of --attack square (default 5000).", show_default=False)
+]
+
 # The second attack of sweep-scale (on each scaled model, appendix D.3); unset values: PGD-linf, 10 steps,
 # eps 8/255, alpha 2/255 (the uncanny preset).
 AttackNormOpt = Annotated[
@@ -131,6 +159,10 @@ AttackNormOpt = Annotated[
 AttackEps = Annotated[Optional[float], typer.Option("--attack-eps", help="Per-scale attack radius (default: 8/255).", show_default=False)]
 AttackAlpha = Annotated[Optional[float], typer.Option("--attack-alpha", help="Per-scale attack step size (default: 2/255).", show_default=False)]
 AttackSteps = Annotated[Optional[int], typer.Option("--attack-steps", help="Per-scale attack PGD steps (default: 10).", show_default=False)]
+AttackLoss = Annotated[
+    Optional[Loss],
+    typer.Option("--attack-loss", help="Loss of the per-scale attack: ce (default), cw or dlr.", show_default=False),
+]
 
 
 class Precision(str, Enum):

@@ -9,10 +9,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackAlpha, AttackEps, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint, Data,
+    Alpha, Arch, AttackAlpha, AttackEps, AttackLoss, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint, Data,
     Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt,
-    Quiet, RandomStart, Restarts, ResumeOpt, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode,
-    WeightNorm, WeightNormOpt, value,
+    Queries, Quiet, RandomStart, Restarts, ResumeOpt, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff,
+    TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
 )
 from flatcli.cli.tables.sweep import render
 
@@ -55,6 +55,16 @@ def sweep_scale(
     attack_eps: AttackEps = None,
     attack_alpha: AttackAlpha = None,
     attack_steps: AttackSteps = None,
+    attack_loss: AttackLoss = None,
+    square: Annotated[
+        bool, typer.Option("--square", help="Also run the gradient-free Square attack (torchattacks) on every scaled model.")
+    ] = False,
+    queries: Queries = None,
+    masking_threshold: Annotated[
+        float,
+        typer.Option("--masking-threshold", help="Flag masking when margin-loss PGD, Square or transfer leaves this "
+                     "much less robust accuracy than the attack (a fraction)."),
+    ] = 0.05,
     scale_bias: ScaleBias = True,
     weight_norm: WeightNormOpt = WeightNorm.squared,
     plot: Annotated[
@@ -70,7 +80,8 @@ def sweep_scale(
     The fixed trajectories (--norm/--eps/--alpha/--steps, default --preset basin: PGD-l2, 25 steps,
     eps 0.025, alpha 0.001; §6.1) run once on the unscaled model and every scale is evaluated on their
     cached features. The per-scale attack (--attack-*, default PGD-linf, 10 steps, eps 8/255,
-    alpha 2/255; D.3) runs on each scaled model.
+    alpha 2/255; D.3) runs on each scaled model, with the same PGD on the margin loss (and --square)
+    to tell real robustness from gradient masking.
     """
     common.check_common(limit=limit, batch_size=batch_size, output=output)
     from flatcli import api
@@ -84,7 +95,8 @@ def sweep_scale(
                 batch_size=batch_size, device=device, seed=seed, preset=value(preset), norm=value(norm), eps=eps,
                 alpha=alpha, steps=steps, random_start=random_start, restarts=restarts, takeoff=takeoff,
                 attack_each_scale=attack_each_scale, attack_norm=value(attack_norm), attack_eps=attack_eps,
-                attack_alpha=attack_alpha, attack_steps=attack_steps, scale_bias=scale_bias,
+                attack_alpha=attack_alpha, attack_steps=attack_steps, attack_loss=value(attack_loss), square=square,
+                queries=queries, masking_threshold=masking_threshold, scale_bias=scale_bias,
                 weight_norm=weight_norm.value, plot=plot, precision=precision.value, channels_last=channels_last,
                 resume=resume, samples=False, on_rows=out.rows if streamed else None, progress=progress,
                 trust_embedded_code=trust_embedded_code,

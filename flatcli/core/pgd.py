@@ -3,16 +3,19 @@
 Conventions (DESIGN.md §2, chosen to match torchattacks' ``PGD`` / ``PGDL2`` so results compare):
 
 * inputs in [0, 1]; the model (normalisation inside) is in eval mode (see :func:`flatcli.core.classifier.eval_mode`);
-* the ascent direction is the gradient of the per-sample cross-entropy *summed* over the batch
-  (targeted: of minus the cross-entropy to the target class; an adaptive attack passes its own
-  per-sample ``loss(x, logits, phi)``);
+* the ascent direction is the gradient of the per-sample loss *summed* over the batch: the
+  cross-entropy by default (targeted: minus the cross-entropy to the target class), or a margin loss
+  of :mod:`flatcli.core.attack_losses` (``loss="cw"`` or ``"dlr"``); an adaptive attack passes its own
+  per-sample ``loss(x, logits, phi)``;
 * linf step ``x + alpha * sign(g)``; l2 step ``x + alpha * g / max(||g||_2, 1e-12)`` per sample;
 * then project onto the eps-ball around the clean input ``x0`` (linf: ``x0 + clamp(x - x0, -eps, eps)``;
   l2: ``x0 + (x - x0) * min(1, eps / ||x - x0||_2)``), then clamp to [0, 1];
 * random start (off by default): linf uniform in the box, l2 uniform in the ball's volume (radius
   ``eps * U^(1/d)``), then clamped to [0, 1];
 * the adversarial is the final iterate ``x_T``; with restarts, per sample, the restart whose final
-  objective (loss, or minus the loss to the target) is highest.
+  objective (the attack's loss) is highest.
+* ``zero_grad`` (B,): whether the input gradient of the first step is zero or underflows (every
+  component below float's smallest normal number): the sign of gradient masking.
 
 ``eps`` and ``alpha`` are floats or per-sample tensors of shape (B,) (``bound --check`` attacks each
 sample within its own radius). The callable is typically a :class:`flatcli.models.head.HeadSplit` (any scaling
@@ -29,9 +32,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
+from flatcli.core.attack_losses import attack_loss, check_loss
 from flatcli.errors import UsageError
 
 NORMS = ("linf", "l2")
@@ -67,8 +70,17 @@ class PGD:
     steps: int = 10
     random_start: bool = False
     restarts: int = 1
+    loss: str = "ce"
+
+    #: The name ``--attack`` gives this attack; :attr:`recorded_steps` iterates after ``x_0`` are recorded.
+    kind = "pgd"
+
+    @property
+    def recorded_steps(self) -> int:
+        return self.steps
 
     def __post_init__(self) -> None:
+        check_loss(self.loss)
         if self.norm not in NORMS:
             raise UsageError(f"unknown norm {self.norm!r}; use --norm linf or --norm l2")
         for name, value in (("eps", self.eps), ("alpha", self.alpha)):
@@ -95,7 +107,7 @@ class PGD:
         return cls(**values)
 
     def config(self) -> dict:
-        return asdict(self)
+        return {"attack": self.kind, **asdict(self)}
 
     def with_(self, **changes) -> "PGD":
         return replace(self, **changes)
@@ -114,7 +126,8 @@ class PGD:
         generator: torch.Generator | None = None,
         loss: Loss | None = None,
     ) -> "PGDResult":
-        """:func:`pgd` with this configuration (``eps``/``alpha`` may be overridden, e.g. per sample)."""
+        """:func:`pgd` with this configuration (``eps``/``alpha`` may be overridden, e.g. per sample; an own
+        ``loss(x, logits, phi)`` replaces the configured :attr:`loss`)."""
         return pgd(
             forward,
             x,
@@ -129,7 +142,7 @@ class PGD:
             record=record,
             keep_iterates=keep_iterates,
             generator=generator,
-            loss=loss,
+            loss=self.loss if loss is None else loss,
         )
 
 
@@ -143,7 +156,9 @@ class PGDResult:
     are the features and logits of ``x_0 .. x_T`` from the forward passes of the attack itself, and
     ``dist_l2`` / ``dist_linf`` (T+1, B) the distances of each iterate to the clean input.
     ``x_start`` is ``x_0`` (the clean input, or the random start). With ``record`` and ``keep_iterates``,
-    ``x_by_step`` (T+1, B, ...) holds the iterates ``x_0 .. x_T`` themselves.
+    ``x_by_step`` (T+1, B, ...) holds the iterates ``x_0 .. x_T`` themselves. ``zero_grad`` (B,) says
+    whose input gradient at the first step (of the first restart) was zero or underflowed (``None``
+    without steps).
     """
 
     x_adv: Tensor
@@ -156,6 +171,7 @@ class PGDResult:
     dist_linf: Tensor | None = None
     x_start: Tensor | None = None
     x_by_step: Tensor | None = None
+    zero_grad: Tensor | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -234,11 +250,15 @@ def random_start(x0: Tensor, eps: float | Tensor, norm: str, generator: torch.Ge
     return (x0 + delta).clamp(0.0, 1.0)
 
 
-def objective(logits: Tensor, y: Tensor, target: Tensor | None = None) -> Tensor:
-    """Per-sample quantity the attack increases: CE(logits, y), or -CE(logits, target) when targeted."""
-    if target is None:
-        return F.cross_entropy(logits, y, reduction="none")
-    return -F.cross_entropy(logits, target, reduction="none")
+def objective(logits: Tensor, y: Tensor, target: Tensor | None = None, loss: str = "ce") -> Tensor:
+    """Per-sample quantity the attack increases: CE(logits, y), or -CE(logits, target) when targeted
+    (``loss="ce"``); the margin losses of :func:`flatcli.core.attack_losses.attack_loss` otherwise."""
+    return attack_loss(logits, y, target, loss)
+
+
+def gradient_vanished(grad: Tensor) -> Tensor:
+    """Per sample: every component of the input gradient is 0 or subnormal (below ``finfo.tiny``)."""
+    return grad.detach().flatten(1).abs().amax(dim=1) < torch.finfo(grad.dtype).tiny
 
 
 def least_likely(logits: Tensor) -> Tensor:
@@ -266,11 +286,12 @@ def pgd(
     record: bool = False,
     keep_iterates: bool = False,
     generator: torch.Generator | None = None,
-    loss: Loss | None = None,
+    loss: str | Loss = "ce",
 ) -> PGDResult:
     """PGD on ``forward`` (``x -> (logits, phi)``) from the clean batch ``x`` with labels ``y``.
 
-    ``target`` (B,) makes it targeted; ``loss`` replaces the objective (then ``target`` is unused).
+    ``target`` (B,) makes it targeted; ``loss`` names the objective (``ce``, ``cw``, ``dlr``; see
+    :func:`objective`) or is an own per-sample ``loss(x, logits, phi)`` (then ``target`` is unused).
     ``record`` keeps ``phi``/logits/distances of every iterate (from the same forward passes) plus one
     final forward, and ``keep_iterates`` the iterates too; see :class:`PGDResult`. ``generator``
     (a CPU generator) drives the random starts. The caller puts the model in eval mode
@@ -289,13 +310,15 @@ def pgd(
         result = _single(forward, x0, y, norm, eps_b, alpha_b, steps, random_start, target, record, final_forward,
                          generator, loss, keep_iterates and record)
         result.restart = torch.full((x0.shape[0],), r, dtype=torch.long, device=x0.device)
+        zero_grad = result.zero_grad if best is None else best.zero_grad
         best = result if best is None else _keep_better(best, result)
+        best.zero_grad = zero_grad
     assert best is not None
     return best
 
 
 def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, final_forward, generator,
-            loss=None, keep_iterates=False) -> PGDResult:
+            loss="ce", keep_iterates=False) -> PGDResult:
     x = random_start(x0, eps, norm, generator) if start else x0.clone()
     x_start = x.detach()
     iterates: list[Tensor] = []
@@ -303,11 +326,14 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
     logits_seen: list[Tensor] = []
     d2: list[Tensor] = []
     dinf: list[Tensor] = []
+    zero_grad = None
     for _ in range(steps):
         x.requires_grad_(True)
         logits, phi = forward(x)
-        obj = (objective(logits, y, target) if loss is None else loss(x, logits, phi)).sum()
+        obj = (loss(x, logits, phi) if callable(loss) else objective(logits, y, target, loss)).sum()
         (grad,) = torch.autograd.grad(obj, x)
+        if zero_grad is None:
+            zero_grad = gradient_vanished(grad)
         with torch.no_grad():
             x = x.detach()
             if record:
@@ -319,13 +345,13 @@ def _single(forward, x0, y, norm, eps, alpha, steps, start, target, record, fina
                 d2.append(torch.linalg.vector_norm(delta, dim=1))
                 dinf.append(delta.abs().amax(dim=1))
             x = project(ascent_step(x, grad, alpha, norm), x0, eps, norm)
-    result = PGDResult(x_adv=x.detach(), restart=torch.zeros(0), x_start=x_start)
+    result = PGDResult(x_adv=x.detach(), restart=torch.zeros(0), x_start=x_start, zero_grad=zero_grad)
     if final_forward:
-        if loss is None:
+        if not callable(loss):
             with torch.no_grad():
                 logits, phi = forward(x)
                 result.logits = logits.detach()
-                result.objective = objective(result.logits, y, target)
+                result.objective = objective(result.logits, y, target, loss)
         else:  # an own objective may need gradients (e.g. probes of the input)
             x_final = x.detach().requires_grad_(True)
             logits, phi = forward(x_final)

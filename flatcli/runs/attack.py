@@ -1,6 +1,7 @@
-"""``flatrob attack``: PGD over a data set, recording loss and sharpness along every trajectory.
+"""``flatrob attack``: PGD (or APGD, Square) over a data set, recording loss and sharpness along every trajectory.
 
-Per batch, :func:`flatcli.core.pgd.pgd` runs with ``record=True``: the features of every iterate come
+Per batch, the attack (:func:`flatcli.core.pgd.pgd`, :mod:`flatcli.core.apgd` or :mod:`flatcli.core.square`,
+chosen by :func:`flatcli.core.attacks.make_attack`) runs with ``record=True``: the features of every iterate come
 from the forward pass that gives the gradient, plus one final forward for ``x_T``. One call of
 :func:`flatcli.core.curvature.head_measures` on all ``(T+1) * B`` feature vectors turns them into the
 closed-form measures (the same numbers ``flatrob sharpness`` gives on ``x_t``). Rows go out per batch
@@ -24,6 +25,8 @@ from torch import Tensor
 from flatcli.core.curvature import WEIGHT_NORMS, head_measures, weight_factor
 from flatcli.core.head_scaling import Scaling
 from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum, trace_estimates
+from flatcli.core.attack_losses import check_loss
+from flatcli.core.attacks import Attack, describe_attack, make_attack
 from flatcli.core.pgd import PGD, PRESETS, batch_generator, least_likely
 from flatcli.core.statistics import describe, quantiles
 from flatcli.core.trajectories import (
@@ -49,11 +52,17 @@ SAMPLE_KEYS = (
 )
 
 CONVENTIONS = {
-    "objective": "per-sample cross-entropy summed over the batch (targeted: minus the cross-entropy to the target)",
+    "objective": "per-sample loss (config.loss: ce cross-entropy, cw logit margin, dlr difference-of-logits ratio) "
+    "summed over the batch (targeted: the targeted variant); the recorded loss is the cross-entropy at the true label "
+    "whatever loss drives the attack",
     "update": "step (linf: alpha*sign(g); l2: alpha*g/max(||g||_2,1e-12)), project onto the eps-ball, clamp to [0,1]",
     "random_start": "linf: uniform in the box; l2: uniform in the ball's volume",
     "adversarial": "final iterate; with restarts, per sample the restart with the highest final objective",
-    "recording": "measures of x_t from the forward pass that gives the gradient at step t, plus one final forward",
+    "recording": "measures of x_t from the forward pass that gives the gradient at step t, plus one final forward; "
+    "apgd: step t records its answer after t iterations (the successful, else the highest-loss, iterate so far); "
+    "square: the clean input and the adversarial only",
+    "zero_grad_fraction": "share of samples whose input gradient at the first step is zero or underflows "
+    "(every component below float32's smallest normal number); null for square (no gradients)",
     "loss_increase": "loss at x_T minus loss at the clean input",
     "takeoff": "first t with (l_t - l_0)/(max l - l_0) >= tau; width ||x_{t*-1} - x_clean||_2; censored if max l - l_0 <= 1e-6",
     "valley": "sample's sharpness peaks at 0 < t < T and ends below half of its peak",
@@ -88,7 +97,7 @@ def parse_targeted(value) -> int | str | None:
 class AttackSettings:
     """What ``flatrob attack`` runs; ranges are checked on construction (:meth:`from_options` applies a preset)."""
 
-    attack: PGD = field(default_factory=PGD)
+    attack: Attack = field(default_factory=PGD)
     preset: str = "uncanny"  # the preset the unset attack options came from (recorded in the config)
     scaling: Scaling = Scaling()
     weight_norm: str = "squared"
@@ -111,6 +120,8 @@ class AttackSettings:
         if self.precision not in PRECISIONS:
             raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.targeted = parse_targeted(self.targeted)
+        if self.targeted is not None and self.attack.kind == "square":
+            raise UsageError("--attack square is untargeted here; drop --targeted")
         layer_run.check_method(self.layer_method, self.fisher_samples)
         if self.hutchinson < 0 or self.hutchinson == 1:
             raise UsageError(f"--hutchinson needs 0 (the default {layer_run.DEFAULT_PROBES}) or at least 2 probes, "
@@ -126,13 +137,14 @@ class AttackSettings:
                 "hutchinson_probes": self.probes}
 
     @classmethod
-    def from_options(cls, preset: str | None = None, *, norm=None, eps=None, alpha=None, steps=None,
-                     random_start: bool = False, restarts: int = 1, **settings) -> "AttackSettings":
-        """The preset's attack (default ``uncanny``) with every given option applied."""
+    def from_options(cls, preset: str | None = None, *, attack: str | None = None, loss=None, norm=None, eps=None,
+                     alpha=None, steps=None, queries=None, random_start: bool = False, restarts: int = 1,
+                     **settings) -> "AttackSettings":
+        """The preset's (default ``uncanny``) attack ``attack`` (default PGD) with every given option applied."""
         preset = preset or "uncanny"
-        pgd = PGD.from_options(preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-                               restarts=restarts)
-        return cls(attack=pgd, preset=preset, **settings)
+        chosen = make_attack(attack, preset, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
+                             random_start=random_start, restarts=restarts, loss=loss)
+        return cls(attack=chosen, preset=preset, **settings)
 
     def identity(self) -> dict:
         """What the per-batch numbers depend on (the resume identity)."""
@@ -185,7 +197,8 @@ class _Accumulator:
         self.hutchinson = hutchinson
         self.per_sample: dict[str, list[np.ndarray]] = {
             k: [] for k in ("clean_correct", "adv_correct", "ever_correct", "loss_increase", "valley", "width",
-                            "censored", "lower_bound", "takeoff_step", "clean_sharpness", "adv_sharpness", "hit")
+                            "censored", "lower_bound", "takeoff_step", "clean_sharpness", "adv_sharpness", "hit",
+                            "zero_grad")
         }
         self.n = 0  # samples in the statistics (finite ones)
         self.total = 0  # samples attacked
@@ -223,12 +236,13 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
     k = loaded.num_classes
     if isinstance(settings.targeted, int) and not 0 <= settings.targeted < k:
         raise UsageError(f"--targeted {settings.targeted}: the model has classes 0..{k - 1}")
+    check_loss(settings.attack.loss, k, settings.targeted is not None)
     traj_format = trajectory_format(trajectory)
     plans = layer_run.plan_layers(loaded, settings.layers, settings.layer_method)
     store = ctx.store("attack", settings.identity(), {"Takeoff": Takeoff})
     ctx.expect(len(ctx.data))
     keep_adv = save_adv is not None
-    acc = _Accumulator(settings.attack.steps, plans, settings.weight_norm)
+    acc = _Accumulator(settings.attack.recorded_steps, plans, settings.weight_norm)
     advs: list[tuple[Tensor, Tensor, Tensor]] = []
     target_hits = 0
     rows = Rows(on_rows, keep_samples)
@@ -262,8 +276,7 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
         if plot is not None:
             from flatcli.outputs.figures.attack import attack_figure
 
-            pgd = settings.attack
-            title = f"{loaded.name}: PGD-{pgd.norm} eps {pgd.eps:g}, alpha {pgd.alpha:g}, {pgd.steps} steps"
+            title = f"{loaded.name}: {describe_attack(settings.attack)}"
             attack_figure(summary, plot, title=title, layers=summary.get("layers", ()))
         if traj is not None:
             traj.finish(config, summary)
@@ -282,7 +295,7 @@ def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor,
                   seeds: tuple[int, int] = (0, 0)) -> dict:
     """Attack one batch with recording; everything the summary and the rows need, on the CPU."""
     attack = settings.attack
-    T, B = attack.steps, len(y)
+    T, B = attack.recorded_steps, len(y)
     weight, bias = settings.scaling.weight(loaded.head), settings.scaling.bias(loaded.head)
     if verify:
         split.verify(x[:2])  # structural check: BN is in eval mode, samples are independent
@@ -326,6 +339,7 @@ def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor,
         "x_adv": x_adv,
         "finite": finite,
         "layers": layers,
+        "zero_grad": res.zero_grad,
     }
     return _to_cpu(out)
 
@@ -402,6 +416,8 @@ def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
         clean_sharpness=clean["relative_sharpness"][ok],
         adv_sharpness=sharp[-1][ok],
     )
+    if r.get("zero_grad") is not None:
+        acc.add(zero_grad=r["zero_grad"][ok])
     acc.n += int(ok.sum())
     acc.total += len(y)
     acc.nonfinite += int((~ok).sum())
@@ -512,6 +528,7 @@ def _summary(acc: _Accumulator, settings: AttackSettings, target_hits: int) -> d
         "robust_accuracy": _mean(adv_correct),
         "ever_fooled_accuracy": _mean(acc.column("ever_correct").astype(bool)),
         "success_rate": float((clean_correct & ~adv_correct).sum() / max(clean_correct.sum(), 1)),
+        "zero_grad_fraction": _mean(acc.column("zero_grad").astype(bool)) if acc.per_sample["zero_grad"] else None,
         "mean_loss_by_step": mean_loss.tolist(),
         "std_loss_by_step": std_loss.tolist(),
         "mean_sharpness_by_step": mean_sharp.tolist(),

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from flatcli.core.attack_losses import check_loss
 from flatcli.core.curvature import cross_entropy, head_measures, weight_factor
 from flatcli.core.pgd import MAX_STEPS, pgd
 from flatcli.core.radius import certified_radius
@@ -65,7 +66,8 @@ class BoundSettings:
     """What the checkpoint mode of ``flatrob bound`` needs beyond the model and data; ranges checked here.
 
     ``lipschitz`` is ``"upper"``, ``"local"`` or a positive number (kind ``given``). ``check_steps``
-    PGD-l2 steps per sample (0: no check), step size ``check_step_factor * delta_i / steps``.
+    PGD-l2 steps per sample (0: no check), step size ``check_step_factor * delta_i / steps``, ascending
+    ``check_loss`` (the increase measured is always the cross-entropy's).
     """
 
     epsilons: tuple[float, ...]
@@ -74,8 +76,10 @@ class BoundSettings:
     check_steps: int = 0
     check_step_factor: float = 2.5
     local_iters: int = 50
+    check_loss: str = "ce"
 
     def __post_init__(self) -> None:
+        check_loss(self.check_loss)
         if not self.epsilons:
             raise UsageError("give at least one --epsilon")
         for e in self.epsilons:
@@ -93,9 +97,10 @@ class BoundSettings:
 
     @classmethod
     def from_options(cls, epsilon: str, *, lipschitz: str | float | None = None, at_minimum: bool = False,
-                     check: bool = False, check_steps: int | None = None, local_iters: int | None = None) -> "BoundSettings":
+                     check: bool = False, check_steps: int | None = None, local_iters: int | None = None,
+                     loss: str | None = None) -> "BoundSettings":
         """The command's options: ``epsilon`` a number or comma-separated list, ``lipschitz`` one number,
-        ``upper`` (default) or ``local``; ``check_steps`` (default 20) needs ``check``."""
+        ``upper`` (default) or ``local``; ``check_steps`` (default 20) and ``loss`` (default ce) need ``check``."""
         epsilons = parse_list("epsilon", str(epsilon))
         lip_text = str(lipschitz if lipschitz is not None else "upper").strip()
         if lip_text in LIPSCHITZ_KINDS:
@@ -110,8 +115,11 @@ class BoundSettings:
             raise UsageError(f"--check-steps must be at least 1, got {steps}")
         if check_steps is not None and not check:
             raise UsageError("--check-steps needs --check")
+        if loss is not None and not check:
+            raise UsageError("--loss is the loss of the --check attack; add --check or drop --loss")
         return cls(epsilons=tuple(epsilons), lipschitz=lip_value, at_minimum=at_minimum,
-                   check_steps=steps if check else 0, local_iters=50 if local_iters is None else local_iters)
+                   check_steps=steps if check else 0, local_iters=50 if local_iters is None else local_iters,
+                   check_loss=loss or "ce")
 
     @property
     def lipschitz_kind(self) -> str:
@@ -128,6 +136,7 @@ class BoundSettings:
             "grad_dataset": "||W||_F * ||mean of per-sample grad_W loss||_F" if not self.at_minimum else "0 (--at-minimum)",
             "check_steps": self.check_steps,
             "check_step_factor": self.check_step_factor,
+            "check_loss": self.check_loss,
             "local_iters": self.local_iters,
         }
 
@@ -321,8 +330,8 @@ def check_radii(ctx: RunContext, per_sample: list, settings: BoundSettings) -> d
     """PGD-l2 inside each sample's certified radius; the largest loss increase over all iterates.
 
     For every epsilon and sample ``i``: PGD-l2 from the clean input with ``eps = delta_i`` and step
-    ``check_step_factor * delta_i / check_steps``, no random start, maximising the cross-entropy at the
-    true label. The increase is ``max_t loss(x_t) - loss(x_0)`` over the iterates ``x_0 .. x_T`` (all of
+    ``check_step_factor * delta_i / check_steps``, no random start, maximising ``check_loss`` (default the
+    cross-entropy at the true label). The increase is ``max_t loss(x_t) - loss(x_0)`` over the iterates ``x_0 .. x_T`` (all of
     them within the radius), both in float64 from the same forward passes. Returns ``increase``: one
     array per epsilon, in data order.
     """
@@ -337,7 +346,7 @@ def check_radii(ctx: RunContext, per_sample: list, settings: BoundSettings) -> d
             for delta in deltas:
                 eps = delta[b.start : b.start + len(b.y)].to(device=ctx.device, dtype=b.x.dtype)
                 res = pgd(split, b.x, b.y, norm="l2", eps=eps, alpha=eps * (settings.check_step_factor / steps),
-                          steps=steps, record=True)
+                          steps=steps, record=True, loss=settings.check_loss)
                 losses = torch.stack([cross_entropy(lg.double(), b.y) for lg in res.logits_by_step])
                 out.append((losses.max(0).values - losses[0]).cpu().numpy())
             return out
@@ -366,7 +375,8 @@ def check_summary(check: dict, per_sample: list, measured: Measured, lip: dict, 
     return {
         "steps": settings.check_steps,
         "step_factor": settings.check_step_factor,
-        "method": "PGD-l2 inside each sample's certified radius, no random start; max loss increase over all iterates",
+        "method": f"PGD-l2 on the {settings.check_loss} loss inside each sample's certified radius, no random start; "
+        "max cross-entropy increase over all iterates",
         "per_epsilon": per_eps,
         "violations": violations,
         "broken_assumptions": broken_assumptions(measured, lip, settings) if violations else [],

@@ -29,7 +29,9 @@ import numpy as np
 from flatcli.core import detectors as core
 from flatcli.core.curvature import WEIGHT_NORMS
 from flatcli.core.detection_features import SCORES, Probe
-from flatcli.core.pgd import PGD, PRESETS
+from flatcli.core.attack_losses import check_loss
+from flatcli.core.attacks import Attack, describe_attack, make_attack
+from flatcli.core.pgd import PRESETS
 from flatcli.core.statistics import describe
 from flatcli.errors import DetectorError, UsageError
 from flatcli.inputs.adversarial_file import attack_metadata, save_adversarials
@@ -94,7 +96,7 @@ class DetectSettings:
     folds: int = 5
     only_successful: bool = False
     weight_norm: str = "squared"
-    attack: PGD | None = None
+    attack: Attack | None = None
     preset: str | None = None  # the preset the attack's unset options came from
     probe: Probe | None = None  # profile, ensemble, all (default Probe())
     adaptive: bool = False
@@ -154,8 +156,9 @@ class DetectSettings:
         return Features(self.weight_norm, self.probe if self.uses_probe else None, mahalanobis)
 
     @classmethod
-    def from_options(cls, *, crafted: bool = True, preset: str | None = None, norm=None, eps=None, alpha=None,
-                     steps=None, random_start: bool = False, restarts: int = 1, method: str | None = None,
+    def from_options(cls, *, crafted: bool = True, preset: str | None = None, attack_kind=None, loss=None, norm=None,
+                     eps=None, alpha=None, steps=None, queries=None, random_start: bool = False, restarts: int = 1,
+                     method: str | None = None,
                      folds: int | None = None, weight_norm: str | None = None, probe_steps: int | None = None,
                      probe_size: float | None = None, adaptive: bool = False, adaptive_weight: float | None = None,
                      **settings) -> "DetectSettings":
@@ -163,8 +166,10 @@ class DetectSettings:
         attack = None
         if crafted:
             preset = preset or DEFAULT_PRESET
-            attack = PGD.from_options(preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-                                      restarts=restarts)
+            attack = make_attack(attack_kind, preset, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
+                                 random_start=random_start, restarts=restarts, loss=loss)
+            if adaptive and attack.kind != "pgd":
+                raise UsageError(f"--adaptive runs PGD on its own objective; drop --attack {attack.kind}")
         if adaptive_weight is not None and not adaptive:
             raise UsageError("--adaptive-weight weighs the detector in the adaptive attack; add --adaptive or drop it")
         probe = None
@@ -495,6 +500,8 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
 
     if (adversarial is None) == (settings.attack is None):
         raise UsageError("detect needs either an attack or a file of adversarials, not both")
+    if settings.attack is not None:
+        check_loss(settings.attack.loss, ctx.loaded.num_classes)
     if settings.uses_mahalanobis != (fit_data is not None):
         raise UsageError("the Mahalanobis model needs fit data (--fit-data), and only mahalanobis, ensemble and all "
                          "use it")
@@ -563,8 +570,7 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
     if plot is not None:
         from flatcli.outputs.figures.detect import detect_figure
 
-        pgd = settings.attack
-        what = (f"PGD-{pgd.norm} eps {pgd.eps:g}, alpha {pgd.alpha:g}, {pgd.steps} steps" if pgd is not None
+        what = (describe_attack(settings.attack) if settings.attack is not None
                 else f"adversarials from {adversarial_path}")
         detect_figure(outcome, plot, title=f"{loaded.name} ({ctx.data.name}): {what}")
     if save is not None:

@@ -5,7 +5,7 @@
   Mahalanobis score with a :class:`~flatcli.core.detectors.MahalanobisModel`
   (:func:`flatcli.core.detection_features.detection_features`). No label is read.
 * :func:`each_score` / :func:`score_inputs` score every input of a data set, one batch at a time;
-  :func:`attack_and_score` crafts one adversarial per input with :class:`flatcli.core.pgd.PGD` (the
+  :func:`attack_and_score` crafts one adversarial per input with the attack (:mod:`flatcli.core.attacks`; the
   generator seeded and the batches visited exactly as ``flatrob attack`` does, so the adversarials are
   those ``flatrob attack --save-adv`` writes with the same options) and scores both.
 * :func:`fit_mahalanobis` fits the class means and shared covariance on clean labelled data in two
@@ -24,7 +24,8 @@ import torch
 
 from flatcli.core import detectors as core
 from flatcli.core.detection_features import Probe, detection_features, mahalanobis_tensors
-from flatcli.core.pgd import PGD, batch_generator
+from flatcli.core.attacks import Attack
+from flatcli.core.pgd import batch_generator
 from flatcli.models.head import HeadSplit
 from flatcli.runtime.loop import RunContext, each_batch
 
@@ -144,7 +145,7 @@ def each_score(ctx: RunContext, features: Features | None = None, *, everywhere:
         yield from each_batch(ctx, compute, everywhere=everywhere)
 
 
-def attack_and_score(ctx: RunContext, attack: PGD, features: Features | None = None, *, keep_adv: bool = False,
+def attack_and_score(ctx: RunContext, attack: Attack, features: Features | None = None, *, keep_adv: bool = False,
                      store=None, everywhere: bool = False
                      ) -> tuple[ScoreSet, ScoreSet, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None]:
     """Craft one adversarial per input of ``ctx.data`` and score the clean and the adversarial inputs.

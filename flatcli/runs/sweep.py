@@ -16,7 +16,10 @@ head, so the features ``phi`` of any input are the same at every scale and only
    adversarials are evaluated at every scale (transfer) from their cached features. With the bias
    scaled, scaling cannot change a prediction, so transfer accuracy is the same at every scale,
    while robust accuracy rises with ``s``: the float32 softmax saturates, the input gradient
-   vanishes, and a first-order attack stalls (gradient masking).
+   vanishes, and a first-order attack stalls (gradient masking). The diagnostics of each scale: the
+   share of first-step input gradients that vanish, the same PGD on the margin loss ``cw`` (whose
+   steps do not depend on ``s``), with ``square`` the gradient-free Square attack, and the verdict of
+   :func:`flatcli.core.masking.masking_verdict`.
 
 Only per-sample scalars (one per sample and scale) and a few example trajectories (for the figures)
 are kept; rows go out per batch through ``on_rows``.
@@ -42,7 +45,9 @@ from torch import Tensor
 
 from flatcli.core.curvature import WEIGHT_NORMS, head_measures
 from flatcli.core.head_scaling import Scaling, evaluate_scales
+from flatcli.core.masking import DEFAULT_THRESHOLD, masking_verdict
 from flatcli.core.pgd import PGD, PRESETS, batch_generator
+from flatcli.core.square import DEFAULT_QUERIES, Square
 from flatcli.core.statistics import censored_median, spearman
 from flatcli.core.trajectories import finite_samples
 from flatcli.errors import UsageError
@@ -56,14 +61,15 @@ DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0)
 
 #: Keys of each record of ``summary["scales"]`` (pinned by a contract test).
 SCALE_KEYS = (
-    "scale", "clean_accuracy", "sharpness_mean", "loss_increase_mean", "loss_increase_median",
-    "basin_width_median", "censored", "nonfinite", "robust_accuracy", "transfer_accuracy",
+    "scale", "clean_accuracy", "sharpness_mean", "sharpness_median", "loss_increase_mean", "loss_increase_median",
+    "basin_width_median", "censored", "nonfinite", "robust_accuracy", "transfer_accuracy", "robust_accuracy_cw",
+    "robust_accuracy_square", "zero_grad_fraction", "masking", "masking_reason",
 )
 #: Keys of the per-sample rows (one per sample and scale), in order.
 SAMPLE_KEYS = (
     "index", "label", "scale", "clean_pred", "clean_loss", "clean_sharpness", "adv_loss", "loss_increase",
-    "takeoff_step", "basin_width", "censored", "final_dist_l2", "robust_pred", "transfer_pred",
-    "nonfinite",
+    "takeoff_step", "basin_width", "censored", "final_dist_l2", "robust_pred", "transfer_pred", "robust_pred_cw",
+    "robust_pred_square", "zero_grad", "nonfinite",
 )
 
 
@@ -72,7 +78,9 @@ CONVENTIONS = {
     "trajectories": "one PGD run per sample on the unscaled model; every scale is evaluated on the features "
     "of its iterates, cached from the attack's own forward passes (closed forms in float64)",
     "clean_accuracy": "accuracy of the scaled model on the clean inputs",
-    "sharpness_mean": "mean relative sharpness of the scaled head at the clean inputs",
+    "sharpness_mean": "mean relative sharpness of the scaled head at the clean inputs (ruled by a few near-tie "
+    "samples whose sharpness grows like s^2)",
+    "sharpness_median": "median relative sharpness of the scaled head at the clean inputs",
     "loss_increase": "loss of the scaled model at the final iterate x_T minus at the clean input",
     "takeoff": "first t with (l_t - l_0)/(max l - l_0) >= tau on the scaled model's losses; width ||x_{t*-1} - x_clean||_2; "
     "censored if max l - l_0 <= 1e-6",
@@ -80,6 +88,13 @@ CONVENTIONS = {
     "(they are >= the final distance); null when the median falls on a censored sample",
     "robust_accuracy": "accuracy of the scaled model at the final iterate of the per-scale attack run on that scaled model",
     "transfer_accuracy": "accuracy of the scaled model on the per-scale attack's adversarials crafted at s=1",
+    "robust_accuracy_cw": "the per-scale attack with the margin loss max_{j != y} z_j - z_y (cw), at that scale",
+    "robust_accuracy_square": "torchattacks' Square (margin loss, the per-scale attack's norm and eps, --queries per "
+    "restart) at that scale; null without --square",
+    "zero_grad_fraction": "share of samples whose input gradient in the per-scale attack's first step is zero or "
+    "underflows (every component below float32's smallest normal number)",
+    "masking": "true when robust_accuracy exceeds robust_accuracy_cw, robust_accuracy_square or transfer_accuracy "
+    "by more than masking_threshold, or zero_grad_fraction > 0.5; masking_reason lists the signs found",
     "spearman_width_sharpness": "Spearman rank correlation (average ranks for ties) of basin width and clean "
     "relative sharpness at s=1, over uncensored samples",
     "nonfinite": "a sample whose logits or gradients turn NaN/Inf at scale s (fixed trajectory, its per-scale attack, "
@@ -118,9 +133,16 @@ class SweepSettings:
     examples: int = 32
     precision: str = "fp32"  # the network's forward/backward under autocast; closed forms stay float64
     channels_last: bool = False
+    square: Square | None = None  # the gradient-free check per scale (--square)
+    masking_threshold: float = DEFAULT_THRESHOLD
 
     def __post_init__(self) -> None:
         self.scales = check_scales(self.scales)
+        if not (math.isfinite(self.masking_threshold) and 0 <= self.masking_threshold < 1):
+            raise UsageError(f"--masking-threshold must be in [0, 1), got {self.masking_threshold}")
+        if self.square is not None and self.attack is None:
+            raise UsageError("--square runs with the per-scale attack, which --no-attack-each-scale skips; "
+                             "drop one or the other")
         if not 0 < self.takeoff <= 1:
             raise UsageError(f"--takeoff must be in (0, 1], got {self.takeoff}")
         if self.weight_norm not in WEIGHT_NORMS:
@@ -133,11 +155,14 @@ class SweepSettings:
     @classmethod
     def from_options(cls, scales=DEFAULT_SCALES, *, preset: str | None = None, norm=None, eps=None, alpha=None,
                      steps=None, random_start: bool = False, restarts: int = 1, attack_each_scale: bool = True,
-                     attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None,
-                     **settings) -> "SweepSettings":
-        """Both attacks from their presets with every given option applied; ``scales`` may be ``"0.25,1,10"``."""
+                     attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None, attack_loss=None,
+                     square: bool = False, queries=None, **settings) -> "SweepSettings":
+        """Both attacks from their presets with every given option applied; ``scales`` may be ``"0.25,1,10"``.
+        ``square`` adds the Square attack per scale (``queries`` per restart)."""
         given = {"--attack-norm": attack_norm, "--attack-eps": attack_eps, "--attack-alpha": attack_alpha,
-                 "--attack-steps": attack_steps}
+                 "--attack-steps": attack_steps, "--attack-loss": attack_loss, "--square": square or None}
+        if queries is not None and not square:
+            raise UsageError("--queries is the budget of --square; add --square or drop --queries")
         if not attack_each_scale:
             named = [opt for opt, v in given.items() if v is not None]
             if named:
@@ -150,12 +175,17 @@ class SweepSettings:
         if attack_each_scale:
             try:
                 per_scale = PGD.from_options(ATTACK_PRESET, norm=attack_norm, eps=attack_eps, alpha=attack_alpha,
-                                             steps=attack_steps)
+                                             steps=attack_steps, loss=attack_loss)
             except UsageError as exc:  # PGD names --eps, --steps, ...: here they are --attack-eps, ...
                 raise UsageError(str(exc).replace("--", "--attack-", 1)) from None
+        gradient_free = None
+        if square and per_scale is not None:
+            gradient_free = Square(norm=per_scale.norm, eps=per_scale.eps,
+                                   steps=DEFAULT_QUERIES if queries is None else queries)
         if isinstance(scales, str):
             scales = parse_scales(scales)
-        return cls(scales=scales, trajectory=trajectory, attack=per_scale, preset=preset, **settings)
+        return cls(scales=scales, trajectory=trajectory, attack=per_scale, preset=preset, square=gradient_free,
+                   **settings)
 
     def scaling(self, scale: float) -> Scaling:
         return Scaling(float(scale), self.scale_bias)
@@ -167,6 +197,7 @@ class SweepSettings:
             "takeoff_tau": self.takeoff, "trajectory": self.trajectory.config(),
             "attack": self.attack.config() if self.attack is not None else None, "precision": self.precision,
             "channels_last": self.channels_last, "examples": self.examples,
+            "square": self.square.config() if self.square is not None else None,
         }
 
     def config(self) -> dict:
@@ -178,7 +209,15 @@ class SweepSettings:
             "trajectory": {"preset": self.preset, "preset_values": PRESETS[self.preset], **self.trajectory.config()},
             "attack_each_scale": self.attack is not None,
             "attack": self.attack.config() if self.attack is not None else None,
+            "attack_cw": self.margin_attack.config() if self.attack is not None else None,
+            "square": self.square.config() if self.square is not None else None,
+            "masking_threshold": self.masking_threshold,
         }
+
+    @property
+    def margin_attack(self) -> PGD | None:
+        """The per-scale attack with the margin loss (behind ``robust_accuracy_cw``)."""
+        return None if self.attack is None else self.attack.with_(loss="cw")
 
 
 def check_scales(scales) -> tuple[float, ...]:
@@ -233,7 +272,9 @@ _COLUMNS = (
     "clean_pred", "clean_correct", "clean_loss", "clean_sharpness", "adv_loss", "loss_increase", "takeoff_step",
     "width", "censored", "final_dist_l2", "nonfinite",
 )
-_ATTACK_COLUMNS = ("robust_pred", "robust_correct", "transfer_pred", "transfer_correct", "attack_finite")
+_ATTACK_COLUMNS = ("robust_pred", "robust_correct", "transfer_pred", "transfer_correct", "robust_cw_pred",
+                   "robust_cw_correct", "zero_grad", "attack_finite")
+_SQUARE_COLUMNS = ("square_pred", "square_correct")
 #: Measures of an adversarial's head output checked for NaN/Inf (NaN features or overflowing logits show here).
 _ADV_MEASURES = ("relative_sharpness", "confidence")
 
@@ -365,28 +406,47 @@ def _sweep_batch(split: HeadSplit, settings: SweepSettings, evaluated, heads, x:
 
 def _attack_batch(split: HeadSplit, atk: PGD, x, y, evaluated, heads, settings: SweepSettings, seed: int,
                   number: int) -> dict:
-    """Part 2 on one batch: PGD on each scaled model (seeded as ``flatrob attack --scale s`` seeds
-    this batch), then every scale on its own adversarials and on the s=1 ones."""
-    adv_phi: list[Tensor] = []
+    """Part 2 on one batch: on each scaled model PGD, PGD on the margin loss and (``--square``) Square, each
+    seeded as ``flatrob attack --scale s`` seeds this batch; then every scale on its own adversarials and
+    on the s=1 ones."""
+    attacks = {"robust": atk, "robust_cw": settings.margin_attack}
+    if atk.loss == "cw":
+        attacks["robust_cw"] = None  # the attack itself
+    if settings.square is not None:
+        attacks["square"] = settings.square
+    adv_phi: dict[str, list[Tensor]] = {k: [] for k in attacks}
+    zero_grad: list[Tensor] = []
     with autocast(x.device, settings.precision):
         for s in evaluated:
             scaled = split.with_scaling(settings.scaling(s))
-            res = atk.run(scaled, x, y, generator=batch_generator(seed, number))
-            with torch.no_grad():
-                adv_phi.append(split.features(res.x_adv).detach().double())
+            for key, attack in attacks.items():
+                if attack is None:
+                    continue
+                res = attack.run(scaled, x, y, generator=batch_generator(seed, number))
+                if key == "robust":
+                    zero_grad.append(res.zero_grad.cpu() if res.zero_grad is not None
+                                     else torch.zeros(len(y), dtype=torch.bool))
+                with torch.no_grad():
+                    adv_phi[key].append(split.features(res.x_adv).detach().double())
+    if attacks["robust_cw"] is None:
+        adv_phi["robust_cw"] = adv_phi["robust"]
     one = evaluated.index(1.0)
-    cols: dict[str, list[Tensor]] = {k: [] for k in _ATTACK_COLUMNS}
+    names = _ATTACK_COLUMNS + (_SQUARE_COLUMNS if settings.square is not None else ())
+    cols: dict[str, list[Tensor]] = {k: [] for k in names}
     for i, (w, b) in enumerate(heads):
-        robust_m = head_measures(adv_phi[i], w, b)
-        transfer_m = head_measures(adv_phi[one], w, b)
-        robust, transfer = robust_m["pred"], transfer_m["pred"]
-        # the adversarials as one-step trajectories: finite features and head output at this scale
-        finite = finite_samples({k: robust_m[k][None] for k in _ADV_MEASURES}, {}, step_keys=_ADV_MEASURES, clean_keys=())
-        finite &= finite_samples({k: transfer_m[k][None] for k in _ADV_MEASURES}, {}, step_keys=_ADV_MEASURES, clean_keys=())
-        for k, v in (("robust_pred", robust), ("robust_correct", robust == y.to(robust.device)),
-                     ("transfer_pred", transfer), ("transfer_correct", transfer == y.to(transfer.device)),
-                     ("attack_finite", finite)):
-            cols[k].append(v.cpu())
+        measured = {key: head_measures(adv_phi[key][i], w, b) for key in adv_phi}
+        measured["transfer"] = head_measures(adv_phi["robust"][one], w, b)
+        finite = torch.ones(len(y), dtype=torch.bool)
+        for key, m in measured.items():
+            pred = m["pred"].cpu()
+            prefix = "square" if key == "square" else key
+            cols[f"{prefix}_pred"].append(pred)
+            cols[f"{prefix}_correct"].append(pred == y.cpu())
+            # the adversarials as one-step trajectories: finite features and head output at this scale
+            finite &= finite_samples({k: m[k][None] for k in _ADV_MEASURES}, {}, step_keys=_ADV_MEASURES,
+                                     clean_keys=()).cpu()
+        cols["zero_grad"].append(zero_grad[i])
+        cols["attack_finite"].append(finite)
     return {k: torch.stack(v) for k, v in cols.items()}
 
 
@@ -442,6 +502,9 @@ def _rows(r: dict, evaluated, scales, attacked: bool) -> list[dict]:
                 "final_dist_l2": cols["final_dist_l2"][i][j],
                 "robust_pred": cols["robust_pred"][i][j] if attacked else None,
                 "transfer_pred": cols["transfer_pred"][i][j] if attacked else None,
+                "robust_pred_cw": cols["robust_cw_pred"][i][j] if attacked else None,
+                "robust_pred_square": cols["square_pred"][i][j] if "square_pred" in cols else None,
+                "zero_grad": bool(cols["zero_grad"][i][j]) if attacked else None,
                 "nonfinite": bool(cols["nonfinite"][i][j]),
             })
     return rows
@@ -461,17 +524,31 @@ def _summary(arrays: dict, evaluated, scales, one: int, settings: SweepSettings)
         ok = ~nonfinite[i]
         censored = arrays["censored"][i].astype(bool)[ok]
         increase = arrays["loss_increase"][i][ok]
+        sharpness = arrays["clean_sharpness"][i][ok]
+        robust = _mean(arrays["robust_correct"][i][ok]) if attacked else None
+        transfer = _mean(arrays["transfer_correct"][i][ok]) if attacked else None
+        robust_cw = _mean(arrays["robust_cw_correct"][i][ok]) if attacked else None
+        robust_square = _mean(arrays["square_correct"][i][ok]) if "square_correct" in arrays else None
+        zero_grad = _mean(arrays["zero_grad"][i][ok]) if attacked else None
+        masking, reason = masking_verdict(robust, robust_cw=robust_cw, robust_square=robust_square, transfer=transfer,
+                                          zero_grad_fraction=zero_grad, threshold=settings.masking_threshold)
         records.append({
             "scale": s,
             "clean_accuracy": _mean(arrays["clean_correct"][i][ok]),
-            "sharpness_mean": _mean(arrays["clean_sharpness"][i][ok]),
+            "sharpness_mean": _mean(sharpness),
+            "sharpness_median": float(np.median(sharpness)) if sharpness.size else None,
             "loss_increase_mean": _mean(increase),
             "loss_increase_median": float(np.median(increase)) if increase.size else None,
             "basin_width_median": censored_median(arrays["width"][i][ok], censored),
             "censored": int(censored.sum()),
             "nonfinite": int((~ok).sum()),
-            "robust_accuracy": _mean(arrays["robust_correct"][i][ok]) if attacked else None,
-            "transfer_accuracy": _mean(arrays["transfer_correct"][i][ok]) if attacked else None,
+            "robust_accuracy": robust,
+            "transfer_accuracy": transfer,
+            "robust_accuracy_cw": robust_cw,
+            "robust_accuracy_square": robust_square,
+            "zero_grad_fraction": zero_grad,
+            "masking": masking if attacked else None,
+            "masking_reason": reason,
         })
     keep1 = ~arrays["censored"][one].astype(bool) & ~nonfinite[one]
     width1 = arrays["width"][one][keep1]

@@ -18,7 +18,7 @@ SUMMARY_KEYS = {
     "mean_loss_by_step", "std_loss_by_step", "mean_sharpness_by_step", "std_sharpness_by_step", "accuracy_by_step",
     "mean_confidence_by_step", "mean_dist_l2_by_step", "sharpness_peak_step", "sharpness_final_over_peak",
     "valley_fraction", "loss_final_is_max", "loss_increase", "clean_sharpness", "adv_sharpness", "takeoff",
-    "nonfinite",
+    "nonfinite", "zero_grad_fraction",
 }
 TAKEOFF_KEYS = {"tau", "measured", "censored", "width", "step", "censored_final_dist_l2"}
 STEP_COLUMNS = [
@@ -31,7 +31,7 @@ SAMPLE_COLUMNS = [
     "censored", "final_dist_l2", "final_dist_linf", "nonfinite",
 ]
 ATTACK_CONFIG = {
-    "preset", "preset_values", "norm", "eps", "alpha", "steps", "random_start", "restarts", "targeted",
+    "preset", "preset_values", "attack", "loss", "norm", "eps", "alpha", "steps", "random_start", "restarts", "targeted",
     "takeoff_tau", "weight_norm", "scale", "scale_bias", "trajectory", "save_adv", "plot", "conventions",
 }
 
@@ -49,6 +49,7 @@ def test_json_contract(cli):
     c = doc["config"]
     # the default preset is the paper's §6.2 setting; --steps overrides it
     assert (c["preset"], c["norm"], c["eps"], c["alpha"], c["steps"]) == ("uncanny", "linf", 8 / 255, 2 / 255, 4)
+    assert (c["attack"], c["loss"]) == ("pgd", "ce")
     s = doc["summary"]
     assert s["n"] == 30 and s["steps"] == 4
     for key in ("mean_loss_by_step", "mean_sharpness_by_step", "accuracy_by_step"):
@@ -195,6 +196,16 @@ def test_plot_without_matplotlib_is_one_error(cli, tmp_path, monkeypatch):
         (["--save-adv", "{tmp}/missing/a.safetensors"], "does not exist"),
         (["--plot", "{tmp}/f.gif"], ".png"),
         (["--trajectory", "{tmp}/same.csv", "--output", "{tmp}/same.csv"], "same file"),
+        (["--loss", "hinge"], "hinge"),
+        (["--attack", "fgsm"], "fgsm"),
+        (["--attack", "apgd", "--alpha", "0.1"], "--alpha"),
+        (["--attack", "apgd", "--queries", "10"], "--queries"),
+        (["--queries", "10"], "--queries"),
+        (["--attack", "square", "--steps", "10"], "--queries"),
+        (["--attack", "square", "--random-start"], "--random-start"),
+        (["--attack", "square", "--targeted", "3"], "--targeted"),
+        (["--attack", "square", "--loss", "dlr"], "dlr"),
+        (["--attack", "square", "--queries", "0"], "--queries"),
     ],
 )
 def test_bad_input_is_one_error_and_no_file(cli, tmp_path, args, fragment):
@@ -244,3 +255,46 @@ def test_layers_along_the_trajectory_rows_summary_and_plot(cli, tmp_path):
     from matplotlib.image import imread
 
     assert imread(str(fig)).shape[1] == 5 * 4 * 120  # four panels: loss, head, conv2, bn3
+
+
+def test_apgd_and_margin_losses_record_the_cross_entropy(cli):
+    base = ("attack", EXAMPLE, "--limit", "24", "--eps", "0.1", "--steps", "5", "--format", "json", "--quiet")
+    ce = json.loads(cli(*base, "--alpha", "0.025").stdout)
+    cw = json.loads(cli(*base, "--alpha", "0.025", "--loss", "cw").stdout)
+    apgd = json.loads(cli(*base, "--attack", "apgd", "--loss", "dlr").stdout)
+    for doc, attack, loss in ((ce, "pgd", "ce"), (cw, "pgd", "cw"), (apgd, "apgd", "dlr")):
+        assert (doc["config"]["attack"], doc["config"]["loss"]) == (attack, loss)
+        s = doc["summary"]
+        assert len(s["mean_loss_by_step"]) == 6 and s["zero_grad_fraction"] == 0.0
+        # whatever drives the attack, the recorded loss at the clean input is the cross-entropy
+        assert s["mean_loss_by_step"][0] == pytest.approx(ce["summary"]["mean_loss_by_step"][0], rel=1e-9)
+        assert s["robust_accuracy"] < s["clean_accuracy"]
+    assert "alpha" not in apgd["config"] and apgd["config"]["momentum"] == 0.75
+
+
+def test_scaled_head_masks_ce_but_not_cw(cli):
+    base = ("attack", EXAMPLE, "--limit", "40", "--eps", "0.1", "--alpha", "0.025", "--scale", "100", "-f", "json", "-q")
+    ce = json.loads(cli(*base).stdout)["summary"]
+    cw = json.loads(cli(*base, "--loss", "cw").stdout)["summary"]
+    assert ce["zero_grad_fraction"] > 0.9 and ce["robust_accuracy"] >= ce["clean_accuracy"] - 0.05
+    assert cw["zero_grad_fraction"] == 0 and cw["robust_accuracy"] < ce["robust_accuracy"] - 0.3
+
+
+def test_square_attack(cli, tmp_path):
+    pytest.importorskip("torchattacks")
+    res = cli("attack", EXAMPLE, "--limit", "40", "--eps", "0.1", "--attack", "square", "--queries", "60",
+              "--save-adv", tmp_path / "adv.safetensors", "-f", "json", "-q")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    c, s = doc["config"], doc["summary"]
+    assert (c["attack"], c["loss"], c["queries"]) == ("square", "cw", 60) and c["library"].startswith("torchattacks")
+    assert len(s["mean_loss_by_step"]) == 2 and s["zero_grad_fraction"] is None  # clean input and adversarial
+    assert s["robust_accuracy"] < s["clean_accuracy"]
+    x = load_file(tmp_path / "adv.safetensors")["x"]
+    assert x.shape == (40, 1, 8, 8)
+
+
+def test_square_without_torchattacks_is_one_error(cli, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchattacks", None)  # import torchattacks -> ImportError
+    res = cli("attack", EXAMPLE, "--limit", "5", "--attack", "square")
+    assert_one_error(res, "torchattacks", "flatrob[square]")

@@ -237,6 +237,8 @@ def test_from_json_refuses_other_input(stdin, fragments):
         ([EXAMPLE, "--from-json", "-", "--epsilon", "0.1"], ["checkpoint", "--from-json"]),
         ([EXAMPLE, "--epsilon", "0.1", "--lipschitz", "1,2"], ["--lipschitz", "one value"]),
         ([EXAMPLE, "--epsilon", "0.1", "--check-steps", "5"], ["--check-steps", "--check"]),
+        ([EXAMPLE, "--epsilon", "0.1", "--loss", "cw"], ["--loss", "--check"]),
+        ([*NUMBERS, "--epsilon", "0.1", "--loss", "cw"], ["--loss", "checkpoint"]),
         ([EXAMPLE, "--epsilon", "0.1", "--local-iters", "0"], ["--local-iters", "from 1 to"]),
         ([*NUMBERS, "--epsilon", "0.1", "--local-iters", "5"], ["--local-iters", "checkpoint"]),
         ([EXAMPLE, "--epsilon", "0.1", "--lipschitz", "big"], ["--lipschitz", "big"]),
@@ -403,6 +405,13 @@ def test_checkpoint_table_and_jsonl(mlp_checkpoint):
         assert title in res.stdout
 
 
+def test_check_with_the_margin_loss_still_measures_the_cross_entropy(mlp_checkpoint):
+    res = invoke("bound", mlp_checkpoint, *FAST, "--epsilon", "0.1", "--limit", "16", "--check", "--check-steps", "5",
+                 "--loss", "cw", "-f", "json", "--quiet")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["config"]["check_loss"] == "cw" and "cw loss" in doc["summary"]["check"]["method"]
+    assert doc["summary"]["check"]["per_epsilon"][0]["max_loss_increase"] > 0
 def test_a_vision_transformer_gets_a_local_estimate(tmp_path):
     """Double backward through fused attention is not implemented; the local estimate uses the math backend."""
     import torch

@@ -289,6 +289,11 @@ def _example_sha() -> str:
         (["--detector", "{tmp}/mine.json", "--eps", "0.1", "--save", "{tmp}/d.json"], ["--eps", "--save"]),
         (["--detector", "{tmp}/mine.json", "--weight-norm", "plain"], ["--weight-norm", "squared"]),
         (["--detector", "{tmp}/otherlayer.json"], ["classifier"]),
+        (["--adversarial", "ADV", "--loss", "cw"], ["--adversarial", "--loss"]),
+        (["--detector", "{tmp}/mine.json", "--attack", "apgd"], ["--attack"]),
+        (["--attack", "apgd", "--alpha", "0.1"], ["--alpha"]),
+        (["--loss", "hinge"], ["hinge"]),
+        (["--adaptive", "--attack", "apgd"], ["--adaptive", "--attack apgd"]),
         (["--method", "components", "--fit-data", "digits"], ["--fit-data", "components"]),
         (["--method", "stump", "--probe-steps", "2"], ["--probe-steps", "stump"]),
         (["--method", "profile", "--probe-steps", "4"], ["--probe-steps", "1 to 3"]),
@@ -348,3 +353,13 @@ def test_subprocess_apply_streams_rows_and_notes_the_share(tmp_path):
     assert len(rows) == 25 and all(list(r) == APPLY_COLUMNS for r in rows)
     flagged = sum(r["score"] > 5.0 for r in rows)
     assert proc.stderr.strip() == f"flagged {flagged} of 25 inputs ({flagged / 25:.1%})"
+
+
+@pytest.mark.parametrize("attack, loss, extra", [("pgd", "cw", ["--alpha", "0.03"]), ("apgd", "dlr", [])])
+def test_crafting_attack_and_loss_are_options(cli, attack, loss, extra):
+    res = cli("detect", EXAMPLE, "--limit", "40", "--folds", "2", "--eps", "0.1", "--steps", "3", "--attack", attack,
+              "--loss", loss, *extra, "-f", "json", "-q")
+    assert res.exit_code == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert (doc["config"]["attack"]["attack"], doc["config"]["attack"]["loss"]) == (attack, loss)
+    assert doc["summary"]["prediction_changed"] > 0

@@ -57,7 +57,10 @@ def test_json_contract(sweep_doc):
         assert key in config, key
     assert config["scale_bias"] is True and config["scales"] == [1.0, 10.0]
     assert config["trajectory"]["norm"] == "l2" and config["trajectory"]["random_start"] is True
-    assert config["attack"] == {"norm": "linf", "eps": 0.1, "alpha": 0.025, "steps": 3, "random_start": False, "restarts": 1}
+    assert config["attack"] == {"attack": "pgd", "norm": "linf", "eps": 0.1, "alpha": 0.025, "steps": 3,
+                                "random_start": False, "restarts": 1, "loss": "ce"}
+    assert config["attack_cw"] == {**config["attack"], "loss": "cw"}
+    assert config["square"] is None and config["masking_threshold"] == 0.05
     summary = sweep_doc["summary"]
     assert {"n", "nonfinite", "scales", "spearman_width_sharpness"} <= set(summary)
     assert summary["n"] == 32 and summary["nonfinite"] == 0
@@ -99,16 +102,18 @@ def test_no_attack_each_scale_gives_nulls_and_table_renders():
         assert rec["robust_accuracy"] is None and rec["transfer_accuracy"] is None
         assert rec["clean_accuracy"] is not None and rec["loss_increase_mean"] is not None  # the Fig. 2 part ran
     assert len(doc["samples"]) == 8 * 2
-    assert all(r["robust_pred"] is None and r["transfer_pred"] is None for r in doc["samples"])
+    assert all(r["robust_pred"] is None and r["transfer_pred"] is None and r["robust_pred_cw"] is None
+               and r["zero_grad"] is None for r in doc["samples"])
+    assert all(rec["masking"] is None and rec["robust_accuracy_cw"] is None for rec in doc["summary"]["scales"])
     res = invoke(*args)
     assert res.exit_code == 0, res.stderr
     assert res.stderr == ""
     rows = [line for line in res.stdout.splitlines() if line.strip().startswith("│") or line.strip().startswith("|")]
     table = [line for line in rows if line.split("│")[1].strip() in ("1", "100", "1.0", "100.0")]
-    assert len(table) == 2, res.stdout  # one row per scale
-    for line in table:
+    assert len(table) == 4, res.stdout  # one row per scale in each of the two tables
+    for line in table[2:]:  # the attack table: robust, transfer, robust cw, zero grad, masking
         cells = [c.strip() for c in line.split("│")[1:-1]]
-        assert cells[-2:] == ["-", "-"], cells  # robust and transfer: not measured, shown as such
+        assert cells[1:] == ["-"] * 5, cells  # not measured, shown as such
 
 
 @pytest.mark.parametrize(
@@ -122,6 +127,11 @@ def test_no_attack_each_scale_gives_nulls_and_table_renders():
         (["--restarts", "3"], ["--random-start"]),
         (["--attack-steps", "-1"], ["--attack-steps"]),
         (["--limit", "-1"], ["--limit"]),
+        (["--queries", "10"], ["--queries", "--square"]),
+        (["--no-attack-each-scale", "--square"], ["--square", "--no-attack-each-scale"]),
+        (["--no-attack-each-scale", "--attack-loss", "cw"], ["--attack-loss", "--no-attack-each-scale"]),
+        (["--masking-threshold", "1.5"], ["--masking-threshold"]),
+        (["--attack-loss", "hinge"], ["hinge"]),
     ],
 )
 def test_bad_input_is_one_error_line(args, fragments):
@@ -184,3 +194,18 @@ def test_torchrun_sweep_equals_one_process(cli, tmp_path):
     assert [(r["index"], r["scale"]) for r in dist["samples"]] == [(r["index"], r["scale"]) for r in single["samples"]]
     close(single["samples"], dist["samples"])
     close(single["summary"], dist["summary"])
+
+
+def test_square_and_the_verdict_in_the_table():
+    pytest.importorskip("torchattacks")
+    args = ("sweep-scale", EXAMPLE, "--limit", "30", "--scales", "1,100", "--steps", "1", "--attack-eps", "0.1",
+            "--attack-alpha", "0.025", "--square", "--queries", "60", "--quiet")
+    doc = _json(invoke(*args, "--format", "json", "--per-sample"))
+    one, hundred = doc["summary"]["scales"]
+    assert doc["config"]["square"]["queries"] == 60 and doc["config"]["square"]["loss"] == "cw"
+    # Square compares margins only: the same adversarials, the same accuracy, at every scale
+    assert one["robust_accuracy_square"] == hundred["robust_accuracy_square"] < one["clean_accuracy"]
+    assert hundred["masking"] and "Square" in hundred["masking_reason"] and not one["masking"]
+    assert all(r["robust_pred_square"] is not None and isinstance(r["zero_grad"], bool) for r in doc["samples"])
+    table = invoke(*args).stdout
+    assert "robust or masked" in table and "s = 100: masking:" in table and "robust square" in table.replace("\n", " ")

@@ -8,7 +8,7 @@ from flatcli.cli import tables
 def render(stream, summary: dict, samples: list[dict] | None) -> None:
     con = tables.console(stream)
     scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
-    con.print(tables.key_values("PGD attack", scalars))
+    con.print(tables.key_values("Attack (config: attack, loss)", scalars))
     steps = [
         {
             "step": t,

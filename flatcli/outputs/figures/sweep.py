@@ -8,7 +8,8 @@ figures mark exactly what the summary reports; files are written atomically.
   (c) several samples with different basin widths (normalised loss against distance, take-off
   marked); (d) clean relative sharpness at s=1 against basin width at s=1, with Spearman's rho.
 * ``fig13_unattackable.png``: (a) clean relative sharpness (mean and median) against s; (b) robust
-  accuracy under the per-scale attack against s, clean accuracy for reference; (c) sharpness against
+  accuracy under the per-scale attack, under the same PGD on the margin loss and (``--square``) under
+  Square against s, scales flagged as masking marked, clean accuracy for reference; (c) sharpness against
   robust accuracy; (d) accuracy of the s=1 adversarials at each scale (transfer).
 """
 
@@ -226,6 +227,14 @@ def _figure13(outcome, path: Path, title: str) -> None:
         robust = np.array([r["robust_accuracy"] for r in recs])
         transfer = np.array([r["transfer_accuracy"] for r in recs])
         ax_b.plot(s, robust, marker="o", color="tab:red", label="robust (attack at s)")
+        ax_b.plot(s, [r["robust_accuracy_cw"] for r in recs], marker="^", color="tab:orange",
+                  label="robust, PGD on the margin loss (cw)")
+        if recs[0].get("robust_accuracy_square") is not None:
+            ax_b.plot(s, [r["robust_accuracy_square"] for r in recs], marker="v", color="tab:brown",
+                      label="robust, Square (gradient-free)")
+        masked = np.array([bool(r["masking"]) for r in recs])
+        if masked.any():
+            ax_b.scatter(s[masked], robust[masked], s=140, facecolors="none", edgecolors="tab:red", label="masking")
         ax_b.plot(s, clean, linestyle="--", color="black", label="clean")
         ax_b.set_xscale("log")
         ax_b.set_ylim(-0.02, 1.02)
