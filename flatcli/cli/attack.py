@@ -9,10 +9,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, FisherSamples, Format, FormatOpt, Layer,
-    LayerMethod, LayerMethodOpt, Layers, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Quiet,
-    RandomStart, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff,
-    TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
+    Alpha, Arch, BatchSize, ChannelsLast, Checkpoint, Crop, Data, Device, Eps, FisherSamples, Format, FormatOpt,
+    ImageColumn, InterpolationOpt, LabelColumn, Layer, LayerMethod, LayerMethodOpt, Layers, Limit, NormOpt, Output,
+    PerSample, Precision, PrecisionOpt, PresetOpt, Quiet, RandomStart, Resize, Restarts, ResumeOpt, SaveAdv, Scale,
+    ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, value, WeightNorm, WeightNormOpt,
 )
 from flatcli.cli.tables.attack import render
 from flatcli.errors import UsageError
@@ -31,6 +31,11 @@ def attack(
     batch_size: BatchSize = 256,
     device: Device = "auto",
     seed: Seed = 0,
+    resize: Resize = None,
+    crop: Crop = None,
+    interpolation: InterpolationOpt = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     format: FormatOpt = Format.table,
     output: Output = None,
     quiet: Quiet = False,
@@ -77,7 +82,9 @@ def attack(
         with common.progress_bar("attack", quiet) as progress:
             result = api.attack(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed, preset=value(preset), norm=value(norm), eps=eps, alpha=alpha, steps=steps,
+                device=device, seed=seed,
+                resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
+                label_column=label_column, preset=value(preset), norm=value(norm), eps=eps, alpha=alpha, steps=steps,
                 random_start=random_start, restarts=restarts, targeted=targeted, takeoff=takeoff,
                 trajectory=trajectory, save_adv=save_adv, plot=plot, weight_norm=weight_norm.value, scale=scale,
                 scale_bias=scale_bias, precision=precision.value, channels_last=channels_last, resume=resume,

@@ -36,6 +36,7 @@ class DataSource(Dataset):
     split: str | None = None
     classes: list[str] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    preprocess: Any = None  # the images.Preprocess its images are read through (None: at their own size)
     _reader: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +76,7 @@ class DataSource(Dataset):
             split=self.split,
             classes=self.classes,
             metadata=dict(self.metadata),
+            preprocess=self.preprocess,
             _reader=self._reader,
         )
 
