@@ -95,9 +95,13 @@ def check_compatible(data: DataSource, input_shape: tuple | None, num_classes: i
             data.input_shape = want  # type: ignore[assignment]
             have = want
         if have != want:
+            fix = "pick matching data or fix input_shape in the spec"
+            if data.preprocess is not None and len(want) == 3 and have[1:] != want[1:]:
+                fix = (f"they are centre-cropped to {have[1]}x{have[2]} (--crop or the spec's crop:): crop to the "
+                       f"model's {want[1]}x{want[2]}")
             raise DataError(
                 f"data {data.name} has images of shape {fmt_shape(have)} (C, H, W) but the model expects "
-                f"{fmt_shape(want)}; pick matching data or fix input_shape in the spec"
+                f"{fmt_shape(want)}; {fix}"
             )
     if num_classes is not None and len(data) > 0:
         top = int(data.y.max())

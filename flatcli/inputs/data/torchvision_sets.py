@@ -103,6 +103,8 @@ def load_torchvision(kind: str, root_arg: str, split: str, preprocess: Preproces
     if missing:
         what = "none of them is there" if len(missing) == len(needed) else f"missing {', '.join(missing)}"
         listing = entry.listing.replace("SPLIT", split)
+        if len(needed) == 1:
+            listing, what = needed[0], "it is not there"
         raise DataError(f"expected {shown}/{listing}: {what} ({folder}); {advice}")
     cls = getattr(tv, entry.cls)
     kwargs = {"train": split == "train"} if entry.cls not in ("SVHN", "STL10") else {"split": split}
