@@ -72,3 +72,17 @@ def test_hf_columns_from_the_command_line(cli, tmp_path):
               "--format", "json", "--per-sample")
     assert res.exit_code == 0, res.stderr
     assert [row["label"] for row in json.loads(res.stdout)["samples"]] == [3, 4]
+
+
+def test_api_keywords_mirror_the_options(tmp_path):
+    import pytest
+    import torch
+
+    from flatcli import api
+    from flatcli.errors import UsageError
+
+    _folder(tmp_path, [(20, 12), (9, 30)])
+    result = api.sharpness(EXAMPLE, f"folder:{tmp_path}", resize=10, crop=8, interpolation="nearest", device="cpu")
+    assert result.config["preprocess"] == {"resize": 10, "crop": [8, 8], "interpolation": "nearest"}
+    with pytest.raises(UsageError, match="crop= apply to a --data string"):
+        api.sharpness(EXAMPLE, (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.int64)), crop=8, device="cpu")
