@@ -12,7 +12,10 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/pip install -q -e ".[test,plot,square]"
+	$(BIN)/pip install -q -e ".[test,plot,hf]"
+	# torchattacks 3.5.1 pins requests~=2.25.1, which datasets/huggingface_hub outgrew (the pin is stale: it
+	# only downloads weights with it); its real needs (torch, scipy, numpy, tqdm) are installed above.
+	$(BIN)/pip install -q --no-deps "torchattacks>=3.5"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -27,7 +27,7 @@ from torch import nn
 
 from flatcli.core.head_scaling import Scaling
 from flatcli.errors import DataError, UsageError
-from flatcli.inputs.data import DataSource, check_compatible, load_data
+from flatcli.inputs.data import FILE_FORMS, DataSource, check_compatible, load_data, preprocessing
 from flatcli.models.loading import LoadedModel, from_module, load_model
 from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
 from flatcli.runs import attack as attack_run
@@ -109,9 +109,11 @@ def _floats(values) -> tuple[float, ...] | None:
     return tuple(float(v) for v in values)
 
 
-def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, *, role: str = "data") -> DataSource:
-    """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms); a
-    ``tensors:`` file is an input of the run under ``role`` (``data``, ``fit_data``)."""
+def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, *, role: str = "data",
+          reading: dict | None = None) -> DataSource:
+    """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms); the file or
+    directory a ``--data`` string names is an input of the run under ``role`` (``data``, ``fit_data``).
+    ``reading`` holds the options of :func:`_reading` (resize, crop, interpolation, columns)."""
     from torch.utils.data import DataLoader, Dataset
 
     if limit is not None and limit < 0:
@@ -122,10 +124,18 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
         data = loaded.spec.data or "digits"
     if isinstance(data, str):
         kind, _, path = data.strip().partition(":")
-        if kind == "tensors":
+        if kind in FILE_FORMS and path:
             plan_inputs(**{role: path})
-        ds = load_data(data, split or "test", limit, num_classes=loaded.num_classes)
+        reading = reading or {}
+        spec = loaded.spec
+        preprocess = preprocessing(spec.input_shape, *(reading.get(k) if reading.get(k) is not None else
+                                                        getattr(spec, k) for k in ("resize", "crop", "interpolation")))
+        ds = load_data(data, split or "test", limit, num_classes=loaded.num_classes, preprocess=preprocess,
+                       image_column=reading.get("image_column"), label_column=reading.get("label_column"))
     else:
+        given = [f"{k}=" for k, v in (reading or {}).items() if v is not None]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to a --data string; {type(data).__name__} data is used as it is")
         if isinstance(data, DataSource):
             ds = data
         elif isinstance(data, DataLoader):
@@ -151,9 +161,16 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
     return ds
 
 
+def _reading(resize=None, crop=None, interpolation=None, image_column=None, label_column=None) -> dict:
+    """How a ``--data`` string's images are read (``--resize``, ``--crop``, ``--interpolation``, ``--image-column``,
+    ``--label-column``; ``None``: the spec's, then the defaults of :func:`flatcli.inputs.data.preprocessing`)."""
+    return {"resize": resize, "crop": crop, "interpolation": interpolation, "image_column": image_column,
+            "label_column": label_column}
+
+
 def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
              batch_size=256, device="auto", seed=0, channels_last=False, resume=None, trust_embedded_code=False,
-             progress: Progress | None = None) -> RunContext:
+             progress: Progress | None = None, reading: dict | None = None) -> RunContext:
     """Model, data, device and torchrun placement of one call, checked before any work."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -162,14 +179,16 @@ def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=No
     dev = device_for(device)
     loaded = load(model, spec=spec, arch=arch, layer=layer, mean=mean, std=std, device=dev,
                   channels_last=channels_last, trust_embedded_code=trust_embedded_code)
-    ds = _data(data, loaded, split, limit)
+    ds = _data(data, loaded, split, limit, reading=reading)
     return RunContext(loaded=loaded, data=ds, device=dev, dist=from_environment(dev), batch_size=batch_size,
                       seed=seed, split=split, limit=limit, resume=resume, progress=progress)
 
 
 @_one_plan
 def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-              batch_size=256, device="auto", seed=0, weight_norm="squared", scale=1.0, scale_bias=True,
+              batch_size=256, device="auto", seed=0,
+              resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
+              weight_norm="squared", scale=1.0, scale_bias=True,
               hutchinson=0, layers=None, layer_method="auto", fisher_samples=2, precision="fp32",
               channels_last=False, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
               progress: Progress | None = None) -> Result:
@@ -184,7 +203,8 @@ def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, 
         scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, hutchinson=hutchinson, layers=layers or (),
         layer_method=layer_method, fisher_samples=fisher_samples, precision=precision, channels_last=channels_last,
     )
-    ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
+    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
+                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, progress=progress,
                    trust_embedded_code=trust_embedded_code)
     if layers is None and ctx.loaded.spec.layers:
@@ -201,9 +221,10 @@ def _layer_names(layers) -> tuple[str, ...] | None:
 
 @_one_plan
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-           batch_size=256, device="auto", seed=0, preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None,
-           steps=None, queries=None, random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None,
-           save_adv=None, plot=None,
+           batch_size=256, device="auto", seed=0,
+           resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
+           preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
+           random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None, save_adv=None, plot=None,
            weight_norm="squared", scale=1.0, scale_bias=True, precision="fp32", channels_last=False, resume=None,
            layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, trust_embedded_code=False,
            samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
@@ -227,7 +248,8 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     attack_run.trajectory_format(trajectory)
     _check_plot(plot)
     check_outputs(trajectory=trajectory, save_adv=save_adv, plot=plot)
-    ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
+    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
+                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
                    progress=progress, trust_embedded_code=trust_embedded_code)
     if layers is None and ctx.loaded.spec.layers:
@@ -238,7 +260,9 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
 
 @_one_plan
 def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None, arch=None, layer=None, mean=None,
-                std=None, split="test", limit=None, batch_size=256, device="auto", seed=0, preset=None, norm=None,
+                std=None, split="test", limit=None, batch_size=256, device="auto", seed=0,
+                resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
+                preset=None, norm=None,
                 eps=None, alpha=None, steps=None, random_start=False, restarts=1, takeoff=0.1,
                 attack_each_scale=True, attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None,
                 attack_loss=None, square=False, queries=None, masking_threshold=0.05, scale_bias=True,
@@ -265,7 +289,8 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
         directory = sweep_run.plot_directory(plot)
         require_matplotlib()
         check_outputs(plot=[directory / name for name in FIGURES])
-    ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
+    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
+                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
                    batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
                    progress=progress, trust_embedded_code=trust_embedded_code)
     return sweep_run.sweep_scale(ctx, settings, plot=plot, on_rows=on_rows, keep_samples=samples)
@@ -275,7 +300,9 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
 def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None, features=None,
           grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, loss=None, spec=None,
           arch=None, layer=None, mean=None, std=None, split=None, limit=None, batch_size=None, device="auto",
-          seed=0, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
+          seed=0,
+          resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
+          trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
           progress: Progress | None = None) -> Result:
     """``flatrob bound``: the certified radius of Prop. 8/9, from numbers (``model=None``; every number may
     be a comma-separated list, giving one row per combination), from sharpness JSON (``from_json``), or
@@ -288,7 +315,8 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
             "--check": check, "--check-steps": check_steps is not None, "--local-iters": local_iters is not None,
             "--loss": loss is not None, "--spec": spec, "--arch": arch, "--layer": layer, "--data": data is not None, "--split": split,
             "--limit": limit is not None, "--batch-size": batch_size is not None,
-            "--trust-embedded-code": trust_embedded_code,
+            "--trust-embedded-code": trust_embedded_code, "--resize": resize, "--crop": crop,
+            "--interpolation": interpolation, "--image-column": image_column, "--label-column": label_column,
         }
         return bound_numbers.radius(given, from_json=from_json, at_minimum=at_minimum,
                                     model_options={k: bool(v) for k, v in model_options.items()})
@@ -302,7 +330,8 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
                          f"drop {them} or leave out the checkpoint for numbers-only mode")
     settings = bound_run.BoundSettings.from_options(epsilon, lipschitz=lipschitz, at_minimum=at_minimum, check=check,
                                                     check_steps=check_steps, local_iters=local_iters, loss=loss)
-    ctx = _context(model, data, spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split or "test",
+    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
+                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split or "test",
                    limit=limit, batch_size=256 if batch_size is None else batch_size, device=device, seed=seed,
                    progress=progress, trust_embedded_code=trust_embedded_code)
     return bound_run.bound(ctx, settings, on_rows=on_rows, keep_samples=samples)
@@ -310,7 +339,9 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
 
 @_one_plan
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-           batch_size=256, device="auto", seed=0, method=None, score=None, folds=None, only_successful=False,
+           batch_size=256, device="auto", seed=0,
+           resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
+           method=None, score=None, folds=None, only_successful=False,
            preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
            random_start=False, restarts=1, adversarial=None, fit_data=None, probe_steps=None, probe_size=None,
            adaptive=False, adaptive_weight=None, save=None, save_adv=None, plot=None, detector=None, force=False,
@@ -339,7 +370,8 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
         if clash:
             raise UsageError(f"--detector applies a saved detector, but {', '.join(clash)} belong to fitting one; "
                              "drop them, or drop --detector to fit")
-        return _apply(model, data, detector, force=force, weight_norm=weight_norm, spec=spec, arch=arch, layer=layer,
+        return _apply(model, data, detector, reading=_reading(resize, crop, interpolation, image_column, label_column),
+                      force=force, weight_norm=weight_norm, spec=spec, arch=arch, layer=layer,
                       mean=mean, std=std, split=split, limit=limit, batch_size=batch_size, device=device, seed=seed,
                       trust_embedded_code=trust_embedded_code, samples=samples, on_rows=on_rows, progress=progress)
     if force:
@@ -368,19 +400,21 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
         raise UsageError(f"--fit-data holds the data of the Mahalanobis model, which --method {settings.method} does "
                          "not use; drop it or use --method mahalanobis, ensemble or all")
     plan_inputs(adversarial=adversarial)
-    ctx = _context(model, data, spec=spec, trust_embedded_code=trust_embedded_code, arch=arch, layer=layer, mean=mean,
+    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
+                   spec=spec, trust_embedded_code=trust_embedded_code, arch=arch, layer=layer, mean=mean,
                    std=std, split=split, limit=limit, batch_size=batch_size, device=device, seed=seed, resume=resume,
                    progress=progress)
     adv_ds = None
     if adversarial is not None:
         adv_ds = load_data(f"tensors:{adversarial}", split, limit)
         check_compatible(adv_ds, ctx.loaded.spec.input_shape, ctx.loaded.num_classes)
-    fit_ds = _fit_data(fit_data, data, ctx) if settings.uses_mahalanobis else None
+    fit_ds = (_fit_data(fit_data, data, ctx, _reading(resize, crop, interpolation, image_column, label_column))
+              if settings.uses_mahalanobis else None)
     return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, fit_data=fit_ds, save=save,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
 
 
-def _fit_data(fit_data, data, ctx: RunContext) -> DataSource:
+def _fit_data(fit_data, data, ctx: RunContext, reading: dict) -> DataSource:
     """The Mahalanobis model's clean labelled data: ``fit_data``, or the training split of the ``data`` string;
     never the data being scored."""
     if fit_data is None:
@@ -389,14 +423,15 @@ def _fit_data(fit_data, data, ctx: RunContext) -> DataSource:
             raise UsageError("the Mahalanobis model needs clean labelled training data: pass fit_data= (the forms of "
                              "data=) when data is not a --data string")
         fit_data = source
-    ds = _data(fit_data, ctx.loaded, "train", None, role="fit_data")
+    ds = _data(fit_data, ctx.loaded, "train", None, role="fit_data", reading=reading)
     if ds.name == ctx.data.name:
         raise UsageError(f"--fit-data would be {ds.name}, the very data the detector is tested on; pass --fit-data "
                          "with other clean labelled inputs (e.g. a training split)")
     return ds
 
 
-def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows, progress, **common) -> Result:
+def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows, progress, reading,
+           **common) -> Result:
     from flatcli.core.detectors import Detector
     from flatcli.inputs.detector_file import load_detector
 
@@ -407,7 +442,7 @@ def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows
     if weight_norm is not None and weight_norm != det_wn:
         raise UsageError(f"--weight-norm {weight_norm} conflicts with the detector, fitted with --weight-norm {det_wn}; "
                          "drop it")
-    ctx = _context(model, data, layer=layer or det.meta.get("layer"), progress=progress, **common)
+    ctx = _context(model, data, layer=layer or det.meta.get("layer"), progress=progress, reading=reading, **common)
     path = None if isinstance(detector, Detector) else str(detector)
     return detect_run.apply(ctx, det, detector_path=path, force=force, on_rows=on_rows, keep_samples=samples)
 

@@ -134,7 +134,8 @@ def test_bash_completes_layers_of_the_checkpoint_on_the_line():
 
 def test_bash_completes_data_device_and_format():
     assert bash_complete("flatrob", "sharpness", "m.safetensors", "--data", "") == [
-        "digits", "cifar10:", "cifar100:", "folder:", "tensors:"
+        "digits", "cifar10:", "cifar100:", "mnist:", "fashionmnist:", "kmnist:", "svhn:", "stl10:", "folder:", "npz:",
+        "hf:", "tensors:"
     ]
     assert bash_complete("flatrob", "sharpness", "m.safetensors", "--device", "c")[0] == "cpu"
     assert bash_complete("flatrob", "sharpness", "m.safetensors", "--format", "js") == ["json", "jsonl"]

@@ -9,10 +9,11 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackOpt, BatchSize, ChannelsLast, Checkpoint, Data, Device, Eps, FisherSamples, Format, FormatOpt,
-    Layer, LayerMethod, LayerMethodOpt, Layers, Limit, LossOpt, NormOpt, Output, PerSample, Precision, PrecisionOpt,
-    PresetOpt, Queries, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split,
-    Steps, Takeoff, TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
+    Alpha, Arch, AttackOpt, BatchSize, ChannelsLast, Checkpoint, Crop, Data, Device, Eps, FisherSamples, Format,
+    FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, LayerMethod, LayerMethodOpt, Layers, Limit,
+    LossOpt, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Queries, Quiet, RandomStart, Resize,
+    Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, value,
+    WeightNorm, WeightNormOpt,
 )
 from flatcli.cli.tables.attack import render
 from flatcli.errors import UsageError
@@ -31,6 +32,11 @@ def attack(
     batch_size: BatchSize = 256,
     device: Device = "auto",
     seed: Seed = 0,
+    resize: Resize = None,
+    crop: Crop = None,
+    interpolation: InterpolationOpt = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     format: FormatOpt = Format.table,
     output: Output = None,
     quiet: Quiet = False,
@@ -80,7 +86,9 @@ def attack(
         with common.progress_bar("attack", quiet) as progress:
             result = api.attack(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed, preset=value(preset), attack=value(attack_kind), loss=value(loss),
+                device=device, seed=seed,
+                resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
+                label_column=label_column, preset=value(preset), attack=value(attack_kind), loss=value(loss),
                 norm=value(norm), eps=eps, alpha=alpha, steps=steps, queries=queries, random_start=random_start,
                 restarts=restarts, targeted=targeted, takeoff=takeoff,
                 trajectory=trajectory, save_adv=save_adv, plot=plot, weight_norm=weight_norm.value, scale=scale,

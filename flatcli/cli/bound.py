@@ -15,8 +15,8 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, Data, Device, Format, FormatOpt, Layer, Limit, LossOpt, Output, PerSample, Quiet, Seed, SpecFile,
-    TrustEmbeddedCode, value,
+    Arch, Crop, Data, Device, Format, FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, Limit, LossOpt,
+    Output, PerSample, Quiet, Resize, Seed, SpecFile, TrustEmbeddedCode, value,
 )
 from flatcli.cli.tables.bound import render_checkpoint, render_numbers
 from flatcli.errors import UsageError
@@ -51,6 +51,11 @@ def bound(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Samples per batch; memory is bounded by it [default: 256].", show_default=False)] = None,
     device: Device = "auto",
     seed: Seed = 0,
+    resize: Resize = None,
+    crop: Crop = None,
+    interpolation: InterpolationOpt = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     per_sample: PerSample = False,
     format: FormatOpt = Format.table,
     output: Output = None,
@@ -73,6 +78,8 @@ def bound(
             "--check": check, "--check-steps": check_steps is not None, "--local-iters": local_iters is not None,
             "--loss": loss is not None, "--spec": spec, "--arch": arch, "--layer": layer, "--data": data, "--split": split,
             "--limit": limit is not None, "--batch-size": batch_size is not None, "--per-sample": per_sample,
+            "--resize": resize is not None, "--crop": crop is not None, "--interpolation": interpolation is not None,
+            "--image-column": image_column is not None, "--label-column": label_column is not None,
         }
         given = {"kappa": kappa, "lipschitz": lipschitz, "r": r, "classes": classes, "features": features,
                  "grad": grad, "epsilon": epsilon}
@@ -91,7 +98,9 @@ def bound(
                 checkpoint, data, epsilon=epsilon, lipschitz=lipschitz, kappa=kappa, r=r, classes=classes,
                 features=features, grad=grad, at_minimum=at_minimum, from_json=from_json, check=check,
                 check_steps=check_steps, local_iters=local_iters, loss=value(loss), spec=spec, arch=arch, layer=layer,
-                split=split, limit=limit, batch_size=batch_size, device=device, seed=seed, samples=False, on_rows=out.rows,
+                split=split, limit=limit, batch_size=batch_size, device=device, seed=seed,
+                resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
+                label_column=label_column, samples=False, on_rows=out.rows,
                 progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )

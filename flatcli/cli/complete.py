@@ -20,7 +20,14 @@ DATA_SOURCES = (
     ("digits", "scikit-learn's bundled 8x8 digits"),
     ("cifar10:", "CIFAR-10 under ROOT (torchvision files, never downloaded)"),
     ("cifar100:", "CIFAR-100 under ROOT (torchvision files, never downloaded)"),
+    ("mnist:", "MNIST idx files under ROOT/MNIST/raw (torchvision, never downloaded)"),
+    ("fashionmnist:", "Fashion-MNIST idx files under ROOT/FashionMNIST/raw (torchvision)"),
+    ("kmnist:", "KMNIST idx files under ROOT/KMNIST/raw (torchvision)"),
+    ("svhn:", "SVHN's {train,test,extra}_32x32.mat under ROOT (torchvision)"),
+    ("stl10:", "STL-10 binaries under ROOT/stl10_binary (torchvision)"),
     ("folder:", "an ImageFolder directory"),
+    ("npz:", "numpy .npz with x (uint8 or float in [0, 1]; NCHW or NHWC) and y"),
+    ("hf:", "a Hugging Face datasets save_to_disk folder, a .parquet file or a folder of them"),
     ("tensors:", "safetensors with x, y (as attack --save-adv writes); tensors:- reads stdin"),
 )
 SPLITS = (("test", "test split"), ("train", "train split"), ("all", "every sample (digits)"))
@@ -65,7 +72,7 @@ def data(incomplete: str) -> list[tuple[str, str]]:
     """The ``--data`` source prefixes; after ``prefix:`` (zsh, fish) the paths that fit the prefix."""
     prefix, sep, rest = incomplete.partition(":")
     if sep and f"{prefix}:" in dict(DATA_SOURCES):
-        want_files = prefix == "tensors"
+        want_files = prefix in ("tensors", "npz", "hf")
         return [(f"{prefix}:{p}", "") for p in paths(rest, files=want_files)]
     return list(DATA_SOURCES)
 

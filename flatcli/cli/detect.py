@@ -11,9 +11,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackOpt, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, LossOpt,
-    NormOpt, Output, PerSample, PresetOpt, Queries, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile,
-    Split, Steps, TrustEmbeddedCode, WeightNorm, value,
+    Alpha, Arch, AttackOpt, BatchSize, Checkpoint, Crop, Data, Device, Eps, Format, FormatOpt, ImageColumn,
+    InterpolationOpt, LabelColumn, Layer, Limit, LossOpt, NormOpt, Output, PerSample, PresetOpt, Queries, Quiet,
+    RandomStart, Resize, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile, Split, Steps, TrustEmbeddedCode, value,
+    WeightNorm,
 )
 from flatcli.cli.tables.detect import render_apply, render_fit
 
@@ -113,6 +114,11 @@ def detect(
     batch_size: BatchSize = 256,
     device: Device = "auto",
     seed: Seed = 0,
+    resize: Resize = None,
+    crop: Crop = None,
+    interpolation: InterpolationOpt = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     format: FormatOpt = Format.table,
     output: Output = None,
     quiet: Quiet = False,
@@ -155,9 +161,12 @@ def detect(
         with common.progress_bar("detect", quiet) as progress:
             result = api.detect(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed, method=value(method), score=value(score), folds=folds,
+                device=device, seed=seed,
+                resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
+                label_column=label_column, method=value(method), score=value(score), folds=folds,
                 only_successful=only_successful, preset=value(preset), attack=value(attack_kind), loss=value(loss),
-                norm=value(norm), eps=eps, alpha=alpha, steps=steps, queries=queries, random_start=random_start, restarts=restarts, adversarial=adversarial, fit_data=fit_data,
+                norm=value(norm), eps=eps, alpha=alpha, steps=steps, queries=queries, random_start=random_start,
+                restarts=restarts, adversarial=adversarial, fit_data=fit_data,
                 probe_steps=probe_steps, probe_size=probe_size, adaptive=adaptive, adaptive_weight=adaptive_weight,
                 save=save,
                 save_adv=save_adv, plot=plot, detector=detector, force=force, weight_norm=value(weight_norm),

@@ -56,9 +56,44 @@ Data = Annotated[
     Optional[str],
     typer.Option(
         "--data",
-        help="digits, cifar10:ROOT, cifar100:ROOT, folder:DIR or tensors:FILE (default: spec, then digits).",
+        help="digits, cifar10:ROOT, cifar100:ROOT, mnist:ROOT, fashionmnist:ROOT, kmnist:ROOT, svhn:ROOT, stl10:ROOT, "
+        "folder:DIR, npz:FILE, hf:PATH or tensors:FILE (default: spec, then digits).",
         autocompletion=complete.data,
     ),
+]
+
+
+class Interpolation(str, Enum):
+    bilinear = "bilinear"
+    bicubic = "bicubic"
+    nearest = "nearest"
+
+
+# How the images of a --data string are read (flatcli.inputs.data.images): shared by every command with --data.
+Resize = Annotated[
+    Optional[int],
+    typer.Option("--resize", help="Resize each image's shorter side to N pixels before the centre crop (default: spec, "
+                 "else just covering the crop).", metavar="N", show_default=False),
+]
+Crop = Annotated[
+    Optional[int],
+    typer.Option("--crop", help="Centre-crop images to N x N (default: spec, else the model's input size).", metavar="N",
+                 show_default=False),
+]
+InterpolationOpt = Annotated[
+    Optional[Interpolation],
+    typer.Option("--interpolation", help="Resizing filter: bilinear, bicubic or nearest (default: spec, else bilinear).",
+                 show_default=False),
+]
+ImageColumn = Annotated[
+    Optional[str],
+    typer.Option("--image-column", help="hf: data: the image column (default: the one datasets.Image column).",
+                 show_default=False),
+]
+LabelColumn = Annotated[
+    Optional[str],
+    typer.Option("--label-column", help="hf: data: the label column (default: the one datasets.ClassLabel column, "
+                 "else the only integer column).", show_default=False),
 ]
 Split = Annotated[str, typer.Option("--split", help="Data split: train, test or all (digits).", autocompletion=complete.split)]
 Limit = Annotated[Optional[int], typer.Option("--limit", help="Use only the first N samples of the split.")]

@@ -9,9 +9,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, BatchSize, ChannelsLast, Checkpoint, Data, Device, FisherSamples, Format, FormatOpt, Layer, LayerMethod,
-    LayerMethodOpt, Layers, Limit, Output, PerSample, Precision, PrecisionOpt, Quiet, Scale, ScaleBias, Seed, SpecFile,
-    Split, TrustEmbeddedCode, WeightNorm, WeightNormOpt,
+    Arch, BatchSize, ChannelsLast, Checkpoint, Crop, Data, Device, FisherSamples, Format, FormatOpt, ImageColumn,
+    InterpolationOpt, LabelColumn, Layer, LayerMethod, LayerMethodOpt, Layers, Limit, Output, PerSample, Precision,
+    PrecisionOpt, Quiet, Resize, Scale, ScaleBias, Seed, SpecFile, Split, TrustEmbeddedCode, value, WeightNorm,
+    WeightNormOpt,
 )
 from flatcli.cli.tables.sharpness import render
 
@@ -29,6 +30,11 @@ def sharpness(
     batch_size: BatchSize = 256,
     device: Device = "auto",
     seed: Seed = 0,
+    resize: Resize = None,
+    crop: Crop = None,
+    interpolation: InterpolationOpt = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     format: FormatOpt = Format.table,
     output: Output = None,
     quiet: Quiet = False,
@@ -51,7 +57,9 @@ def sharpness(
         with common.progress_bar("sharpness", quiet) as progress:
             result = api.sharpness(
                 checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed, weight_norm=weight_norm.value, scale=scale, scale_bias=scale_bias,
+                device=device, seed=seed,
+                resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
+                label_column=label_column, weight_norm=weight_norm.value, scale=scale, scale_bias=scale_bias,
                 hutchinson=hutchinson, layers=layers, layer_method=layer_method.value, fisher_samples=fisher_samples,
                 precision=precision.value, channels_last=channels_last, samples=False, on_rows=out.rows,
                 progress=progress, trust_embedded_code=trust_embedded_code,

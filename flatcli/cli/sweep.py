@@ -9,10 +9,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackAlpha, AttackEps, AttackLoss, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint, Data,
-    Device, Eps, Format, FormatOpt, Layer, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt,
-    Queries, Quiet, RandomStart, Restarts, ResumeOpt, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff,
-    TrustEmbeddedCode, WeightNorm, WeightNormOpt, value,
+    Alpha, Arch, AttackAlpha, AttackEps, AttackLoss, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint,
+    Crop, Data, Device, Eps, Format, FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, Limit, NormOpt,
+    Output, PerSample, Precision, PrecisionOpt, PresetOpt, Queries, Quiet, RandomStart, Resize, Restarts, ResumeOpt,
+    ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, value, WeightNorm, WeightNormOpt,
 )
 from flatcli.cli.tables.sweep import render
 
@@ -35,6 +35,11 @@ def sweep_scale(
     batch_size: BatchSize = 256,
     device: Device = "auto",
     seed: Seed = 0,
+    resize: Resize = None,
+    crop: Crop = None,
+    interpolation: InterpolationOpt = None,
+    image_column: ImageColumn = None,
+    label_column: LabelColumn = None,
     format: FormatOpt = Format.table,
     output: Output = None,
     quiet: Quiet = False,
@@ -92,7 +97,9 @@ def sweep_scale(
         with common.progress_bar("sweep-scale", quiet) as progress:
             result = api.sweep_scale(
                 checkpoint, data, scales=scales, spec=spec, arch=arch, layer=layer, split=split, limit=limit,
-                batch_size=batch_size, device=device, seed=seed, preset=value(preset), norm=value(norm), eps=eps,
+                batch_size=batch_size, device=device, seed=seed,
+                resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
+                label_column=label_column, preset=value(preset), norm=value(norm), eps=eps,
                 alpha=alpha, steps=steps, random_start=random_start, restarts=restarts, takeoff=takeoff,
                 attack_each_scale=attack_each_scale, attack_norm=value(attack_norm), attack_eps=attack_eps,
                 attack_alpha=attack_alpha, attack_steps=attack_steps, attack_loss=value(attack_loss), square=square,

@@ -3,11 +3,12 @@
 One :class:`OutputPlan` is open per command (``FlatrobGroup.main`` opens it for the CLI, each function of
 :mod:`flatcli.api` for the Python API; an inner :func:`output_plan` joins the open one). While it is open:
 
-* :func:`plan_inputs` names the files the run reads (checkpoint, ``--spec``, ``tensors:`` data,
+* :func:`plan_inputs` names the files the run reads (checkpoint, ``--spec``, the ``--data`` file or directory,
   ``--detector``, ``--adversarial``, ``--from-json``, a converted pickle) and :func:`check_outputs` the
   files it writes (``-o``, ``--trajectory``, ``--save-adv``, ``--save``, ``--plot``). Each time one is
   added, every output is checked: writable, not a directory, no two options naming the same file, and
-  none the same file as an input (same device and inode, so hard and symbolic links count too);
+  none the same file as an input (same device and inode, so hard and symbolic links count too) nor an
+  existing file inside an input directory (``folder:DIR``, ``cifar10:ROOT``, ...);
 * :func:`output_path` gives each writer a temporary file beside its target; the target is replaced only
   when the whole run has succeeded (:meth:`OutputPlan.commit`, renames in order); a failure or an
   interruption anywhere removes every temporary file, so no output of a failed run is left behind;
@@ -47,6 +48,17 @@ def _identity(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
+
+
+def _directory(what: str) -> str:
+    """How an input directory is named in messages (``the --data directory``)."""
+    return INPUT_NAMES.get(what, what).replace(" file", " directory")
+
+
+def _inside(path: str, directory: str) -> bool:
+    """The existing file ``path`` lies somewhere below ``directory`` (links resolved)."""
+    real, top = os.path.realpath(path), os.path.realpath(directory)
+    return real.startswith(top.rstrip(os.sep) + os.sep)
 
 
 class OutputPlan:
@@ -96,6 +108,9 @@ class OutputPlan:
             if out_id is None:
                 continue
             for what, source in self.inputs.items():
+                if os.path.isdir(source) and _inside(path, source):
+                    raise UsageError(f"{flag} {path} is a file inside {_directory(what)} {source}: an "
+                                     "output must not replace an input; name another file")
                 if _identity(source) == out_id:
                     name = INPUT_NAMES.get(what, what)
                     same = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
@@ -106,6 +121,9 @@ class OutputPlan:
         """The last guard before writing: ``target`` is none of the inputs (whichever option named it)."""
         out_id = _identity(os.fspath(target))
         for what, source in self.inputs.items():
+            if out_id is not None and os.path.isdir(source) and _inside(os.fspath(target), source):
+                raise UsageError(f"cannot write {target}: it lies inside {_directory(what)} {source}, and "
+                                 "an output must not replace an input; name another file")
             if out_id is not None and _identity(source) == out_id:
                 raise UsageError(f"cannot write {target}: it is {INPUT_NAMES.get(what, what)}, and an output must "
                                  "not replace an input; name another file")

@@ -102,6 +102,7 @@ class RunContext:
         return {
             **self.loaded.describe(),
             "data": self.data.name,
+            "preprocess": None if self.data.preprocess is None else self.data.preprocess.describe(),
             "split": self.split,
             "limit": self.limit,
             "batch_size": self.batch_size,

@@ -258,6 +258,7 @@ def run_identity(loaded, ds, device, **settings) -> dict:
         "arch": loaded.spec.arch,
         "layer": loaded.layer,
         "data": ds.name,
+        "preprocess": None if ds.preprocess is None else ds.preprocess.describe(),
         "samples": len(ds),
         "labels_and_indices_sha256": samples,
         **settings,

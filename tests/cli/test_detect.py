@@ -30,7 +30,7 @@ COMPONENTS_KEYS = SUMMARY_KEYS | {"components", "baseline"}
 FIT_CONFIG = {
     "mode", "method", "score", "folds", "only_successful", "weight_norm", "adversarial", "adversarial_metadata",
     "preset", "preset_values", "attack", "save", "save_adv", "plot", "conventions",
-    "seed", "device", "versions", "checkpoint_sha256", "layer", "data", "split", "limit", "batch_size",
+    "seed", "device", "versions", "checkpoint_sha256", "layer", "data", "preprocess", "split", "limit", "batch_size",
 }
 FIT_COLUMNS = ["index", "adversarial", "used", "fold", "score", "oof_decision", "flagged"]
 APPLY_COLUMNS = ["index", "score", "flagged"]

@@ -20,7 +20,7 @@ SUMMARY_KEYS = {"n", "accuracy", "classes", "features", "weight_norm", "feature_
 STAT_KEYS = {"mean", "std", "median", "min", "max"}
 ROW_KEYS = ["index", "label", "pred", *MEASURES]
 CONFIG_KEYS = {
-    "checkpoint", "checkpoint_sha256", "arch", "arch_source", "layer", "classes", "features", "data", "split",
+    "checkpoint", "checkpoint_sha256", "arch", "arch_source", "layer", "classes", "features", "data", "preprocess", "split",
     "limit", "batch_size", "device", "seed", "versions", "weight_norm", "scale", "scale_bias",
     "hutchinson_probes", "layers", "layer_method", "fisher_samples", "precision", "channels_last",
 }

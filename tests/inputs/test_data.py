@@ -75,9 +75,10 @@ def test_empty_result_is_data_error():
 
 def test_unknown_prefix_lists_accepted_forms():
     with pytest.raises(UsageError) as info:
-        load_data("mnist:/data")
+        load_data("imagenet:/data")
     message = str(info.value)
-    for form in ("digits", "cifar10:ROOT", "cifar100:ROOT", "folder:DIR", "tensors:FILE"):
+    for form in ("digits", "cifar10:ROOT", "cifar100:ROOT", "mnist:ROOT", "svhn:ROOT", "stl10:ROOT", "folder:DIR",
+                 "npz:FILE", "hf:PATH", "tensors:FILE"):
         assert form in message
     with pytest.raises(UsageError, match="cifar10:ROOT"):
         load_data("cifar10")
@@ -277,7 +278,7 @@ def test_folder_scan_gives_imagefolders_order(tmp_path):
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     data = load_data(f"folder:{tmp_path}")
     reference = ImageFolder(str(tmp_path))
-    assert [path for path, _ in reference.samples] == data._reader.files
+    assert [path for path, _ in reference.samples] == data._reader.store.files
     assert data.y.tolist() == [label for _, label in reference.samples] and data.classes == reference.classes
 
 
@@ -302,7 +303,7 @@ def test_folder_skips_special_files_and_refuses_pseudo_file_systems(tmp_path):
 
     _png(tmp_path / "0" / "a.png", _rgb(0))
     os.mkfifo(tmp_path / "0" / "pipe.png")  # reading it would block for ever
-    assert load_data(f"folder:{tmp_path}")._reader.files == [str(tmp_path / "0" / "a.png")]
+    assert load_data(f"folder:{tmp_path}")._reader.store.files == [str(tmp_path / "0" / "a.png")]
     if not os.path.isdir("/proc/self"):
         pytest.skip("no /proc here")
     with pytest.raises(DataError, match="lies on proc"):

@@ -1,11 +1,15 @@
 """``folder:DIR``: an ImageFolder tree ``DIR/<class>/<image>`` (``DIR/<split>`` when it exists), streamed.
 
-Images are read from disk one at a time, never all held in memory, and converted to float [0, 1] CHW
-as ``ToTensor`` does. Colour mode: ``L`` (1 channel) when the first image is greyscale, else ``RGB``;
+``DIR/<split>`` is read when it exists; when ``DIR`` holds split directories only (``train``, ``val``,
+``valid``, ``validation``, ``test``) and just one of them (an ImageNet ``val/``), that one is read
+whatever ``--split`` says; several without the asked one are an error. Images are read from disk one at
+a time, never all held in memory, resized and centre-cropped to the model's input
+(:class:`~flatcli.inputs.data.images.Preprocess`) and converted to float [0, 1] CHW as ``ToTensor`` does. Colour mode: ``L`` (1 channel) when the first image is greyscale, else ``RGB``;
 :func:`flatcli.inputs.data.check_compatible` switches the reader to the model's channel count
 (1 -> ``L``, 3 -> ``RGB``). Class labels follow ``ImageFolder`` (sorted class names), except that when
 every class directory name is a non-negative integer the label *is* that integer (so ``2`` < ``10``).
-Every image must have the size of the first one. The source index is the position in ``ImageFolder``
+Without a size to crop to (no model input size, no ``--crop``) every image must have the size of the
+first one. The source index is the position in ``ImageFolder``
 order. Decompression bombs are refused, not read.
 
 The tree is walked by :func:`scan` rather than ``ImageFolder`` (whose ``os.walk(followlinks=True)``
@@ -18,7 +22,6 @@ of classes (and :data:`MAX_CLASSES`), so a directory named ``100000000`` allocat
 
 from __future__ import annotations
 
-import contextlib
 import os
 from pathlib import Path
 
@@ -26,7 +29,8 @@ import torch
 from torch import Tensor
 
 from flatcli.errors import DataError
-from flatcli.inputs.data.source import DataSource, fmt_shape, one_line
+from flatcli.inputs.data.images import DecodedImages, Preprocess
+from flatcli.inputs.data.source import DataSource, one_line
 
 #: File system types that hold no images (from ``/proc/self/mountinfo``); a folder on one is refused.
 PSEUDO_FILE_SYSTEMS = frozenset({
@@ -38,42 +42,23 @@ PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
 #: The largest numeric class name a folder may have without a model to bound it.
 MAX_CLASSES = 100_000
 
-_GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+#: The split directories a folder may hold, tried in this order when the asked split is missing.
+SPLIT_DIRECTORIES = ("train", "val", "valid", "validation", "test")
 
 
-class _FolderImages:
-    """Reads one image file per call (picklable, so DataLoader workers can use it)."""
+class _Files:
+    """The image files of a folder, opened by position (the store of a :class:`DecodedImages`)."""
 
-    def __init__(self, files: list[str], mode: str, shape: tuple[int, int, int] | None = None):
+    def __init__(self, files: list[str]):
         self.files = files
-        self.mode = mode
-        self.shape = shape
 
-    def __call__(self, position: int) -> Tensor:
-        from PIL import Image, UnidentifiedImageError
-        from torchvision.transforms.functional import to_tensor
+    def open(self, position: int):
+        from PIL import Image
 
-        path = self.files[position]
-        try:
-            with no_bombs(), Image.open(path) as image:
-                tensor = to_tensor(image.convert(self.mode))
-        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError,
-                Image.DecompressionBombWarning) as exc:
-            raise DataError(f"cannot read image {path}: {one_line(exc)}") from exc
-        if self.shape is not None and tuple(tensor.shape) != self.shape:
-            raise DataError(
-                f"image {path} has shape {fmt_shape(tuple(tensor.shape))} but the folder's images have "
-                f"shape {fmt_shape(self.shape)} (C, H, W); resize every image to the same size"
-            )
-        return tensor
+        return Image.open(self.files[position])
 
-    def convert_channels(self, channels: int) -> bool:
-        """Read the images as ``L`` (1 channel) or ``RGB`` (3) from now on; False for other counts."""
-        if channels not in (1, 3) or self.shape is None:
-            return False
-        self.mode = "L" if channels == 1 else "RGB"
-        self.shape = (channels, *self.shape[1:])
-        return True
+    def where(self, position: int) -> str:
+        return self.files[position]
 
 
 def pseudo_devices() -> dict[int, str]:
@@ -157,15 +142,18 @@ def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
     return classes, samples
 
 
-def load_folder(dir_arg: str, split: str, num_classes: int | None = None) -> DataSource:
-    """``folder:DIR`` (``DIR/<split>`` when it exists); ``num_classes`` (the model's) bounds numeric class names."""
+def load_folder(dir_arg: str, split: str, num_classes: int | None = None,
+                preprocess: Preprocess | None = None) -> DataSource:
+    """``folder:DIR`` (``DIR/<split>`` when it exists, else the only split directory there is); ``num_classes``
+    (the model's) bounds numeric class names; ``preprocess`` resizes and crops every image."""
     root = Path(os.path.expanduser(dir_arg))
     if not root.is_dir():
         raise DataError(f"folder {dir_arg} does not exist or is not a directory")
     name = f"folder:{dir_arg}"
-    if split and (root / split).is_dir():
-        root = root / split
-        name = f"folder:{dir_arg}:{split}"
+    chosen = split_directory(root, split)
+    if chosen is not None:
+        root = root / chosen
+        name = f"folder:{dir_arg}:{chosen}"
     classes, samples = scan(str(root))
     files = [path for path, _ in samples]
     targets = [label for _, label in samples]
@@ -185,34 +173,34 @@ def load_folder(dir_arg: str, split: str, num_classes: int | None = None) -> Dat
         num_classes = len(classes)
     if not files:
         raise DataError(f"data source {name} holds no samples (no image files under {root}/<class>/)")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with no_bombs(), Image.open(files[0]) as image:
-            mode = "L" if image.mode in _GREY_MODES else "RGB"
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise DataError(f"cannot read image {files[0]}: {one_line(exc)}") from exc
-    shape = tuple(_FolderImages(files, mode)(0).shape)
-    reader = _FolderImages(files, mode, shape)
+    reader = DecodedImages(_Files(files), "RGB", preprocess).first()
     return DataSource(
         name=name,
-        input_shape=shape,
+        input_shape=reader.shape,
         num_classes=num_classes,
         y=torch.tensor(targets, dtype=torch.int64),
         index=torch.arange(len(files), dtype=torch.int64),
         split=split,
         classes=classes,
+        preprocess=preprocess,
         _reader=reader,
     )
 
 
-@contextlib.contextmanager
-def no_bombs():
-    """PIL's decompression-bomb warning (an image of over ~89M pixels) becomes an error: refused, not read."""
-    import warnings
-
-    from PIL import Image
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        yield
+def split_directory(root: Path, split: str | None) -> str | None:
+    """The split directory of ``root`` to read: ``split`` when it is there; else, when the class directories
+    are split directories and there is only one (``val/`` alone), that one; else ``None`` (``root`` is read)."""
+    if split and (root / split).is_dir():
+        return split
+    try:
+        with os.scandir(root) as entries:
+            directories = sorted(e.name for e in entries if e.is_dir())
+    except OSError as exc:
+        raise DataError(f"folder {root} cannot be read ({one_line(exc)})") from None
+    splits = [d for d in directories if d in SPLIT_DIRECTORIES]
+    if splits and len(splits) == len(directories):
+        if len(splits) == 1:
+            return splits[0]
+        raise DataError(f"folder {root} has the split directories {', '.join(splits)} but no {split}; "
+                        f"choose one with --split {splits[0]}")
+    return None

@@ -36,6 +36,7 @@ class DataSource(Dataset):
     split: str | None = None
     classes: list[str] | None = None
     metadata: dict[str, str] = field(default_factory=dict)
+    preprocess: Any = None  # the images.Preprocess its images are read through (None: at their own size)
     _reader: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -75,6 +76,7 @@ class DataSource(Dataset):
             split=self.split,
             classes=self.classes,
             metadata=dict(self.metadata),
+            preprocess=self.preprocess,
             _reader=self._reader,
         )
 
@@ -93,9 +95,13 @@ def check_compatible(data: DataSource, input_shape: tuple | None, num_classes: i
             data.input_shape = want  # type: ignore[assignment]
             have = want
         if have != want:
+            fix = "pick matching data or fix input_shape in the spec"
+            if data.preprocess is not None and len(want) == 3 and have[1:] != want[1:]:
+                fix = (f"they are centre-cropped to {have[1]}x{have[2]} (--crop or the spec's crop:): crop to the "
+                       f"model's {want[1]}x{want[2]}")
             raise DataError(
                 f"data {data.name} has images of shape {fmt_shape(have)} (C, H, W) but the model expects "
-                f"{fmt_shape(want)}; pick matching data or fix input_shape in the spec"
+                f"{fmt_shape(want)}; {fix}"
             )
     if num_classes is not None and len(data) > 0:
         top = int(data.y.max())

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from flatcli.errors import DataError
+from flatcli.inputs.data.formats import ACCEPTED_FORMS, looks_like
 from flatcli.inputs.data.source import DataSource, dtype_name, fmt_shape, one_line
 from flatcli.outputs.plan import output_path
 
@@ -47,7 +48,8 @@ def load_tensors(file_arg: str) -> DataSource:
         raise
     except Exception as exc:  # safetensors raises SafetensorError, but also other types on bad input
         where = "stdin" if file_arg == "-" else file_arg
-        raise DataError(f"cannot read {where} as a safetensors file: {one_line(exc)}") from exc
+        hint = f"; accepted --data forms: {ACCEPTED_FORMS}" if file_arg == "-" else looks_like(path)
+        raise DataError(f"cannot read {where} as a safetensors file: {one_line(exc)}{hint}") from exc
 
     keys = ", ".join(sorted(tensors)) or "nothing"
     for key in ("x", "y"):

@@ -1,0 +1,151 @@
+"""``cifar10:ROOT``, ``cifar100:ROOT``, ``mnist:ROOT``, ``fashionmnist:ROOT``, ``kmnist:ROOT``, ``svhn:ROOT``, ``stl10:ROOT``.
+
+Each is read by torchvision's own class (``CIFAR10``, ``CIFAR100``, ``MNIST``, ``FashionMNIST``, ``KMNIST``,
+``SVHN``, ``STL10``) with ``download=False``, from the files torchvision itself downloads and extracts:
+
+==============  ==========================================================================================
+cifar10         ``ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``
+cifar100        ``ROOT/cifar-100-python/{train,test,meta}``
+mnist           ``ROOT/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte`` (the idx files, un-gzipped)
+fashionmnist    ``ROOT/FashionMNIST/raw/`` (the same four idx files)
+kmnist          ``ROOT/KMNIST/raw/`` (the same four idx files)
+svhn            ``ROOT/{train,test,extra}_32x32.mat`` (splits train, test, extra; label 10 is digit 0)
+stl10           ``ROOT/stl10_binary/{train,test}_{X,y}.bin``, ``unlabeled_X.bin`` (splits train, test)
+==============  ==========================================================================================
+
+ROOT may also be the data set's own folder (``ROOT/MNIST``, ``ROOT/MNIST/raw``, ``ROOT/cifar-10-batches-py``).
+Missing files are named before torchvision is called; files torchvision refuses (CIFAR, SVHN and STL-10
+check md5 sums) are reported as corrupted. Images are kept as uint8 in memory and divided by 255 per
+batch (the numbers of ``ToTensor``), after resizing and centre-cropping to the model's input when their
+size differs (:class:`~flatcli.inputs.data.images.Preprocess`). The source index is the position within
+the split. The whole construction runs under :func:`~flatcli.inputs.data.offline.no_network`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from flatcli.errors import DataError, UsageError
+from flatcli.inputs.data.images import Preprocess, Uint8Images
+from flatcli.inputs.data.offline import no_network
+from flatcli.inputs.data.source import DataSource, one_line
+
+_IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+
+
+@dataclass(frozen=True)
+class _Set:
+    cls: str  # the torchvision.datasets class
+    folder: str  # where its files are, relative to ROOT
+    files: tuple[str, ...]  # every file the class needs
+    listing: str  # how the message shows them
+    splits: tuple[str, ...]
+    classes: int
+    where: str  # where to get the files
+
+
+SETS = {
+    "cifar10": _Set("CIFAR10", "cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+                    "batches.meta"), "{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), 10,
+                    "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it"),
+    "cifar100": _Set("CIFAR100", "cifar-100-python", ("train", "test", "meta"), "{train,test,meta}", ("train", "test"),
+                     100, "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it"),
+    "mnist": _Set("MNIST", "MNIST/raw", tuple(_IDX), "{train,t10k}-{images-idx3,labels-idx1}-ubyte", ("train", "test"),
+                  10, "download the four .gz files of MNIST (e.g. torchvision.datasets.MNIST.mirrors) and gunzip them"),
+    "fashionmnist": _Set("FashionMNIST", "FashionMNIST/raw", tuple(_IDX), "{train,t10k}-{images-idx3,labels-idx1}-ubyte",
+                         ("train", "test"), 10, "download the four .gz files of https://github.com/zalandoresearch/"
+                         "fashion-mnist and gunzip them"),
+    "kmnist": _Set("KMNIST", "KMNIST/raw", tuple(_IDX), "{train,t10k}-{images-idx3,labels-idx1}-ubyte", ("train", "test"),
+                   10, "download the four .gz files of https://github.com/rois-codh/kmnist and gunzip them"),
+    "svhn": _Set("SVHN", ".", ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"), "{SPLIT}_32x32.mat",
+                 ("train", "test", "extra"), 10, "download SPLIT_32x32.mat from http://ufldl.stanford.edu/housenumbers/"),
+    "stl10": _Set("STL10", "stl10_binary", ("train_X.bin", "train_y.bin", "unlabeled_X.bin", "test_X.bin", "test_y.bin"),
+                  "{train_X,train_y,unlabeled_X,test_X,test_y}.bin", ("train", "test"), 10,
+                  "download stl10_binary.tar.gz from https://cs.stanford.edu/~acoates/stl10/ and extract it"),
+}
+
+
+def _needed(entry: _Set, split: str) -> list[str]:
+    """The files the class reads for ``split`` (SVHN: only that split's .mat)."""
+    if entry.cls == "SVHN":
+        return [f"{split}_32x32.mat"]
+    return list(entry.files)
+
+
+def _root(entry: _Set, root: Path) -> Path:
+    """ROOT as torchvision wants it, when the user pointed at the data set's folder itself."""
+    parts = Path(entry.folder).parts
+    for depth in range(len(parts), 0, -1):
+        if parts[:depth] == root.parts[len(root.parts) - depth:] and not (root / entry.folder).exists():
+            return root.parents[depth - 1]
+    return root
+
+
+def load_torchvision(kind: str, root_arg: str, split: str, preprocess: Preprocess | None = None) -> DataSource:
+    """One of :data:`SETS` under ``root_arg`` (see the module docstring)."""
+    import torchvision.datasets as tv
+
+    entry = SETS[kind]
+    if split not in entry.splits:
+        raise UsageError(f"{kind} has no split {split!r}; use {', '.join(entry.splits[:-1])} or {entry.splits[-1]}")
+    root = _root(entry, Path(os.path.expanduser(root_arg)))
+    folder = root / entry.folder
+    needed = _needed(entry, split)
+    missing = [name for name in needed if not (folder / name).is_file()]
+    shown = os.path.normpath(os.path.join(root_arg, entry.folder))
+    into = folder if entry.cls.endswith("MNIST") else root
+    advice = f"{entry.where.replace('SPLIT', split)} into {into} yourself; flatrob never downloads"
+    if missing:
+        what = "none of them is there" if len(missing) == len(needed) else f"missing {', '.join(missing)}"
+        listing = entry.listing.replace("SPLIT", split)
+        if len(needed) == 1:
+            listing, what = needed[0], "it is not there"
+        raise DataError(f"expected {shown}/{listing}: {what} ({folder}); {advice}")
+    cls = getattr(tv, entry.cls)
+    kwargs = {"train": split == "train"} if entry.cls not in ("SVHN", "STL10") else {"split": split}
+    try:
+        with no_network(f"{kind}:{root_arg}"):
+            dataset = cls(str(root), download=False, **kwargs)
+    except DataError:
+        raise
+    except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, AssertionError, IndexError) as exc:
+        raise DataError(f"the {kind} files in {folder} are corrupted or incomplete (torchvision: {one_line(exc)}); "
+                        f"{advice}") from exc
+    images, labels, classes = _arrays(entry, dataset)
+    if len(images) != len(labels):
+        raise DataError(f"the {kind} files in {folder} hold {len(images)} images but {len(labels)} labels; {advice}")
+    if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= entry.classes):
+        raise DataError(f"the {kind} files in {folder} hold labels outside 0..{entry.classes - 1}; {advice}")
+    reader = Uint8Images(images, preprocess)
+    return DataSource(
+        name=f"{kind}:{root_arg}:{split}",
+        input_shape=reader.shape,
+        num_classes=entry.classes,
+        y=labels,
+        index=torch.arange(len(labels), dtype=torch.int64),
+        split=split,
+        classes=classes,
+        preprocess=preprocess,
+        _reader=reader,
+    )
+
+
+def _arrays(entry: _Set, dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """uint8 images (N, C, H, W), int64 labels and class names of a constructed torchvision data set."""
+    data = dataset.data
+    if entry.cls.startswith("CIFAR"):  # (N, H, W, C) numpy
+        images = torch.from_numpy(np.ascontiguousarray(data)).permute(0, 3, 1, 2)
+        labels = np.asarray(dataset.targets, dtype=np.int64)
+    elif entry.cls in ("SVHN", "STL10"):  # (N, C, H, W) numpy
+        images = torch.from_numpy(np.ascontiguousarray(data))
+        labels = np.asarray(dataset.labels, dtype=np.int64)
+    else:  # the MNIST family: (N, H, W) uint8 tensor
+        images = torch.as_tensor(data).unsqueeze(1)
+        labels = np.asarray(torch.as_tensor(dataset.targets), dtype=np.int64)
+    classes = [str(c) for c in getattr(dataset, "classes", None) or range(entry.classes)]
+    return images.to(torch.uint8).contiguous(), torch.from_numpy(labels.reshape(-1).copy()), classes
