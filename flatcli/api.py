@@ -20,6 +20,7 @@ available); its train/eval mode is restored after each call.
 from __future__ import annotations
 
 import functools
+import inspect as _inspect
 from typing import Any
 
 import torch
@@ -35,14 +36,16 @@ from flatcli.runs import bound as bound_run
 from flatcli.runs import bound_numbers
 from flatcli.runs import detect as detect_run
 from flatcli.runs import inspect as inspect_run
+from flatcli.runs import many
 from flatcli.runs import sharpness as sharpness_run
 from flatcli.runs import sweep as sweep_run
+from flatcli.runs.many import ManyResult
 from flatcli.runs.result import OnRows, Result
 from flatcli.runtime.device import local_device, resolve_device
 from flatcli.runtime.distributed import from_environment
 from flatcli.runtime.loop import Progress, RunContext
 
-__all__ = ["Result", "load", "sharpness", "attack", "sweep_scale", "bound", "detect", "inspect", "convert"]
+__all__ = ["Result", "ManyResult", "load", "sharpness", "attack", "sweep_scale", "bound", "detect", "inspect", "convert"]
 
 #: Seeds every command accepts: what torch, numpy's RandomState and scikit-learn all take.
 SEED_RANGE = (0, 2**32 - 1)
@@ -57,6 +60,29 @@ def _one_plan(command):
             return command(*args, **kwargs)
 
     return planned
+
+
+def _each_checkpoint(command):
+    """``model`` may also be a list of checkpoints, or ``checkpoints_from`` a file (``-``: stdin) listing them:
+    the command runs on each in turn and returns a :class:`ManyResult` (:mod:`flatcli.runs.many`; ``fail_fast``
+    stops at the first failure, ``on_error(checkpoint, message)`` hears of each, ``plot`` draws the trend)."""
+    name = command.__name__.replace("_", "-")
+    has_plot = "plot" in _inspect.signature(command).parameters
+
+    @functools.wraps(command)
+    def each(model=None, data=None, *, checkpoints_from=None, fail_fast=False, on_error=None, plot=None, **kwargs):
+        if has_plot:
+            kwargs["plot"] = plot
+        if not many.is_many(model, checkpoints_from):
+            if plot is not None and not has_plot:
+                raise UsageError(f"--plot draws the measures of several checkpoints; {name} of one has no figure")
+            return command(model, data, **kwargs)
+        kwargs.pop("plot", None)
+        return many.each_checkpoint(name, command, many.checkpoint_list(model, checkpoints_from),
+                                    kwargs=dict(kwargs, data=data), checkpoints_from=checkpoints_from,
+                                    fail_fast=fail_fast, plot=plot, on_error=on_error)
+
+    return each
 
 
 def load(model: Any, *, spec: str | None = None, arch: str | None = None, layer: str | None = None,
@@ -124,7 +150,8 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
         kind, _, path = data.strip().partition(":")
         if kind == "tensors":
             plan_inputs(**{role: path})
-        ds = load_data(data, split or "test", limit, num_classes=loaded.num_classes)
+        ds = many.shared(("data", data, split, limit, loaded.num_classes),  # read once for many checkpoints
+                         lambda: load_data(data, split or "test", limit, num_classes=loaded.num_classes))
     else:
         if isinstance(data, DataSource):
             ds = data
@@ -168,6 +195,7 @@ def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=No
 
 
 @_one_plan
+@_each_checkpoint
 def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
               batch_size=256, device="auto", seed=0, weight_norm="squared", scale=1.0, scale_bias=True,
               hutchinson=0, layers=None, layer_method="auto", fisher_samples=2, precision="fp32",
@@ -200,6 +228,7 @@ def _layer_names(layers) -> tuple[str, ...] | None:
 
 
 @_one_plan
+@_each_checkpoint
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None,
            steps=None, queries=None, random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None,
@@ -237,6 +266,7 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
 
 
 @_one_plan
+@_each_checkpoint
 def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None, arch=None, layer=None, mean=None,
                 std=None, split="test", limit=None, batch_size=256, device="auto", seed=0, preset=None, norm=None,
                 eps=None, alpha=None, steps=None, random_start=False, restarts=1, takeoff=0.1,
@@ -272,6 +302,7 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
 
 
 @_one_plan
+@_each_checkpoint
 def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None, features=None,
           grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, loss=None, spec=None,
           arch=None, layer=None, mean=None, std=None, split=None, limit=None, batch_size=None, device="auto",
@@ -309,6 +340,7 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
 
 
 @_one_plan
+@_each_checkpoint
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0, method=None, score=None, folds=None, only_successful=False,
            preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,

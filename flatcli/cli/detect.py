@@ -11,7 +11,7 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackOpt, BatchSize, Checkpoint, Data, Device, Eps, Format, FormatOpt, Layer, Limit, LossOpt,
+    Alpha, Arch, AttackOpt, BatchSize, Checkpoints, CheckpointsFrom, Data, FailFast, Device, Eps, Format, FormatOpt, Layer, Limit, LossOpt,
     NormOpt, Output, PerSample, PresetOpt, Queries, Quiet, RandomStart, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile,
     Split, Steps, TrustEmbeddedCode, WeightNorm, value,
 )
@@ -81,11 +81,13 @@ Adversarial = Annotated[
     typer.Option("--adversarial", help="Read the adversarials from a tensors safetensors FILE (as `attack --save-adv` "
                  "writes) instead of attacking; --limit applies to it too.", metavar="FILE"),
 ]
-Save = Annotated[Optional[str], typer.Option("--save", help="Write the fitted detector (JSON) to FILE.", metavar="FILE")]
+Save = Annotated[Optional[str], typer.Option("--save", help="Write the fitted detector (JSON) to FILE (with several checkpoints a "
+                                                   "name with {stem} or {index}).", metavar="FILE")]
 Plot = Annotated[
     Optional[str],
     typer.Option("--plot", help="Draw score histograms of clean vs adversarial inputs with the threshold, and the ROC "
-                 "curve, to FILE (.png, .pdf, .svg).", metavar="FILE"),
+                 "curve, to FILE (.png, .pdf, .svg); with several checkpoints, the summary measures against the "
+                 "checkpoint order.", metavar="FILE"),
 ]
 DetectorFile = Annotated[
     Optional[str],
@@ -102,7 +104,9 @@ WeightNormMaybe = Annotated[
 
 @app.command()
 def detect(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints = None,
+    checkpoints_from: CheckpointsFrom = None,
+    fail_fast: FailFast = False,
     spec: SpecFile = None,
     arch: Arch = None,
     trust_embedded_code: TrustEmbeddedCode = False,
@@ -154,7 +158,8 @@ def detect(
     with common.writer(format, output, command="detect", per_sample=per_sample, render_table=render) as out:
         with common.progress_bar("detect", quiet) as progress:
             result = api.detect(
-                checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
+                common.models(checkpoint, checkpoints_from), data, checkpoints_from=checkpoints_from,
+                fail_fast=fail_fast, on_error=common.checkpoint_error, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
                 device=device, seed=seed, method=value(method), score=value(score), folds=folds,
                 only_successful=only_successful, preset=value(preset), attack=value(attack_kind), loss=value(loss),
                 norm=value(norm), eps=eps, alpha=alpha, steps=steps, queries=queries, random_start=random_start, restarts=restarts, adversarial=adversarial, fit_data=fit_data,
@@ -164,9 +169,8 @@ def detect(
                 resume=resume, samples=False, on_rows=out.rows, progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )
-        common.notes(result, quiet)
-        out.finish(result.config, result.summary)
-    if detector is not None and result.summary:
-        s = result.summary
+        common.finish(out, result, quiet)
+    for s in common.summaries(result) if detector is not None else []:
         common.note(f"flagged {s['n_flagged']} of {s['n']} inputs ({s['flagged_share']:.1%})",
                     quiet or format not in (Format.jsonl, Format.csv))
+    common.exit_status(result)

@@ -1,7 +1,12 @@
-"""The device a run uses: ``--device auto|cpu|cuda|cuda:N``, and under torchrun each rank's own GPU."""
+"""The device a run uses: ``--device auto|cpu|cuda|cuda:N``, under torchrun each rank's own GPU, and freeing memory.
+
+This is the one module that names CUDA (``tests/test_cuda_literals.py`` checks that no other file calls
+``.cuda()`` or writes a ``"cuda"`` device literal): the rest of flatrob takes the device it is given.
+"""
 
 from __future__ import annotations
 
+import gc
 import os
 
 import torch
@@ -32,3 +37,11 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+def release_memory() -> None:
+    """Free what the last model left behind: Python's cycles, and on CUDA the allocator's cached blocks
+    (between the checkpoints of a many-checkpoint run, so memory stays that of one model)."""
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
