@@ -189,6 +189,7 @@ def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=No
     dev = device_for(device)
     loaded = load(model, spec=spec, arch=arch, layer=layer, mean=mean, std=std, device=dev,
                   channels_last=channels_last, trust_embedded_code=trust_embedded_code)
+    many.track(loaded)  # released before the next checkpoint of a many-checkpoint call
     ds = _data(data, loaded, split, limit)
     return RunContext(loaded=loaded, data=ds, device=dev, dist=from_environment(dev), batch_size=batch_size,
                       seed=seed, split=split, limit=limit, resume=resume, progress=progress)

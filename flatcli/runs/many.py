@@ -5,8 +5,9 @@
 one process (:func:`each_checkpoint`):
 
 * the data set is built once and reused (:func:`shared`: the first checkpoint's ``DataSource``);
-* each checkpoint is loaded, measured and released before the next (``gc`` and, on CUDA, the allocator's
-  cache: :func:`flatcli.runtime.device.release_memory`), so memory is bounded by one model;
+* each checkpoint is loaded, measured and released before the next (a ``gc`` pass if its model outlived
+  the call, then on CUDA the allocator's cache: :func:`flatcli.runtime.device.release_memory`), so memory is
+  bounded by one model;
 * its rows get a ``checkpoint`` column and are held in a temporary file until it has finished, so a
   checkpoint that fails half-way leaves none of its rows in the output;
 * a checkpoint that fails is reported (``on_error``) and the others still run; with ``fail_fast`` the first
@@ -25,11 +26,13 @@ checkpoint failed, nothing is written.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import json
 import os
 import re
 import tempfile
+import weakref
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +53,7 @@ _FIELD = re.compile(r"\{(stem|index)\}")
 _REPLAY = 1024
 
 _shared: ContextVar[dict | None] = ContextVar("flatrob_shared_inputs", default=None)
+_models: ContextVar[list | None] = ContextVar("flatrob_checkpoint_models", default=None)
 
 
 def is_many(models: Any, checkpoints_from: str | None) -> bool:
@@ -122,6 +126,24 @@ def shared(key: tuple, factory: Callable[[], Any]) -> Any:
     if key not in cache:
         cache[key] = factory()
     return cache[key]
+
+
+def track(model: Any) -> None:
+    """Note a model loaded inside a many-checkpoint call, to make sure it is gone before the next is loaded."""
+    refs = _models.get()
+    if refs is not None:
+        refs.append(weakref.ref(model))
+
+
+def _release(refs: list) -> None:
+    """Free the last checkpoint's model: reference counting usually has; a model kept alive by a reference
+    cycle is collected (a full ``gc`` pass costs 0.1-0.5 s, so only then); then the CUDA cache is emptied."""
+    from flatcli.runtime.device import release_memory
+
+    if any(ref() is not None for ref in refs):
+        gc.collect()
+    refs.clear()
+    release_memory()
 
 
 @dataclass
@@ -224,7 +246,6 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
     ``on_error(checkpoint, message)`` hears of each failure as it happens.
     """
     from flatcli.inputs.checkpoint import resolve
-    from flatcli.runtime.device import release_memory
 
     names = {opt: per_checkpoint_names(opt, kwargs[opt], checkpoints) for opt in PER_CHECKPOINT
              if kwargs.get(opt) is not None and kwargs[opt] != "-"}
@@ -240,7 +261,8 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
     resume = kwargs.get("resume")
     on_rows = kwargs.get("on_rows")
     runs: list[CheckpointRun] = []
-    token = _shared.set({})
+    token, refs = _shared.set({}), []
+    models_token = _models.set(refs)
     try:
         with output_plan() as plan:
             for i, ref in enumerate(checkpoints):
@@ -273,7 +295,7 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
                 finally:
                     if spool is not None:
                         spool.close()
-                    release_memory()
+                    _release(refs)
             if all(run.result is None for run in runs):
                 raise CheckpointFailed(f"all {len(runs)} checkpoints failed; nothing was written",
                                        max(run.exit_code for run in runs))
@@ -288,6 +310,7 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
                 checkpoints_figure(labels, trend_series(many), plot, title=f"flatrob {command}")
     finally:
         _shared.reset(token)
+        _models.reset(models_token)
     return many
 
 

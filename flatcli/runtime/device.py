@@ -6,7 +6,6 @@ This is the one module that names CUDA (``tests/test_cuda_literals.py`` checks t
 
 from __future__ import annotations
 
-import gc
 import os
 
 import torch
@@ -40,8 +39,7 @@ def local_device(device: torch.device) -> torch.device:
 
 
 def release_memory() -> None:
-    """Free what the last model left behind: Python's cycles, and on CUDA the allocator's cached blocks
-    (between the checkpoints of a many-checkpoint run, so memory stays that of one model)."""
-    gc.collect()
+    """Hand the CUDA allocator's cached blocks back (between the checkpoints of a many-checkpoint run, once the
+    last model is gone, so GPU memory stays that of one model); nothing to do on the CPU."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.empty_cache()
