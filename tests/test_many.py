@@ -13,34 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from bench.common import perturbed_copies
 from tests.conftest import EXAMPLE, TORCHRUN, assert_one_error, invoke
 
 SHARP = ["sharpness", "--limit", "40", "--batch-size", "16", "--device", "cpu"]
 ATTACK = ["attack", "--limit", "20", "--batch-size", "10", "--steps", "3", "--eps", "0.2", "--alpha", "0.05",
           "--device", "cpu"]
-
-
-def perturbed_copies(directory: Path, n: int, noise: float = 0.05) -> list[str]:
-    """``n`` checkpoints of the bundled architecture: the example's weights plus seeded noise, spec embedded."""
-    import torch
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-
-    from flatcli.inputs.checkpoint import resolve
-
-    with safe_open(str(resolve(EXAMPLE)), "pt") as f:
-        state = {k: f.get_tensor(k) for k in f.keys()}
-        meta = f.metadata()
-    paths = []
-    for i in range(n):
-        g = torch.Generator().manual_seed(i)
-        copy = {k: v + noise * i * torch.randn(v.shape, generator=g) if v.is_floating_point() else v
-                for k, v in state.items()}
-        path = directory / f"epoch{i}" / "model.safetensors" if i < 2 else directory / f"m{i}.safetensors"
-        path.parent.mkdir(exist_ok=True)
-        save_file(copy, str(path), metadata=meta)
-        paths.append(str(path))
-    return paths
 
 
 @pytest.fixture(scope="module")
