@@ -15,6 +15,10 @@ dicts; ``samples=False`` keeps none) and ``.to_json()``. The CLI calls these sam
 give the same numbers. ``on_rows`` receives each batch's rows as they are ready and ``progress(done,
 total)`` is called after every batch. An in-memory network is moved to ``device`` (``auto``: CUDA when
 available); its train/eval mode is restored after each call.
+
+``sharpness``, ``attack``, ``sweep_scale``, ``bound`` and ``detect`` also take a list of checkpoints as ``model``
+(or ``checkpoints_from``, a file listing them) and return a :class:`ManyResult`, one summary per checkpoint
+(:mod:`flatcli.runs.many`).
 """
 
 from __future__ import annotations

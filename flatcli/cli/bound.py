@@ -67,7 +67,7 @@ def bound(
     flatrob sharpness m.safetensors --format json | flatrob bound --from-json - --lipschitz 12 --epsilon 0.1
     flatrob bound example:digits-cnn --epsilon 0.1 --check
     """
-    model = common.models(checkpoint, checkpoints_from)
+    model = common.models(checkpoint, checkpoints_from, required=False)
     if model is not None and from_json is not None:
         raise UsageError("give either a checkpoint or --from-json, not both")
     common.check_common(limit=limit, batch_size=batch_size, output=output)

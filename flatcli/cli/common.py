@@ -66,11 +66,13 @@ def writer(fmt, output: str | None, *, command: str, per_sample: bool, render_ta
     )
 
 
-def models(checkpoint: list[str] | None, checkpoints_from: str | None):
+def models(checkpoint: list[str] | None, checkpoints_from: str | None, *, required: bool = True):
     """The API's ``model``: one checkpoint as it is (today's output), else the list (several checkpoints or
-    ``--checkpoints-from``: one summary each); ``None`` when none is named."""
+    ``--checkpoints-from``: one summary each); ``None`` when none is named and none is ``required``."""
     paths = list(checkpoint or [])
     if checkpoints_from is None and len(paths) <= 1:
+        if not paths and required:
+            raise UsageError("name a checkpoint (or several, or --checkpoints-from FILE), e.g. example:digits-cnn")
         return paths[0] if paths else None
     return paths
 
