@@ -160,12 +160,13 @@ def test_data_read_once_and_one_model_alive_at_a_time(ckpts, monkeypatch):
     reads = []
     real = fr.load_data
     monkeypatch.setattr(fr, "load_data", lambda *a, **k: reads.append(a) or real(*a, **k))
-    alive = []
+    def models() -> int:
+        return sum(isinstance(o, LoadedModel) for o in gc.get_objects())
 
-    def progress(done, total):  # after every batch, while a checkpoint is measured
-        alive.append(sum(isinstance(o, LoadedModel) for o in gc.get_objects()))
-
-    result = fr.sharpness(ckpts, "digits", limit=40, batch_size=16, device="cpu", progress=progress)
+    gc.collect()
+    before, alive = models(), []  # other tests' models (a session fixture) may be alive
+    result = fr.sharpness(ckpts, "digits", limit=40, batch_size=16, device="cpu",
+                          progress=lambda done, total: alive.append(models() - before))  # after every batch
     assert len(reads) == 1 and alive == [1] * 9
     assert len(result.samples) == 120 and result.samples[0]["checkpoint"] == ckpts[0] and not result.errors
     assert [r.summary["n"] for r in result.results] == [40, 40, 40]
