@@ -192,7 +192,7 @@ class ManyResult:
 
     @property
     def exit_code(self) -> int:
-        """0 when every checkpoint succeeded; else the exit code of the first failure's kind (2: bad input)."""
+        """0 when every checkpoint succeeded; else the largest failure's (2: bad input; 1: all unexpected)."""
         return max((run.exit_code for run in self.runs), default=0)
 
     @property
@@ -280,6 +280,8 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
                 except UsageError:
                     raise  # the options are wrong, for every checkpoint: the run ends as one checkpoint's would
                 except Exception as e:  # noqa: BLE001 - one checkpoint's failure must not end the others
+                    if not isinstance(e, FlatrobError) and os.environ.get("FLATROB_DEBUG") == "1":
+                        raise  # debugging: the unexpected failure ends the run, with its traceback
                     run.exit_code, message = (e.exit_code, str(e)) if isinstance(e, FlatrobError) else \
                         (1, f"unexpected failure: {type(e).__name__}: {e} (FLATROB_DEBUG=1 shows a traceback)")
                     run.error = " ".join(message.split())
