@@ -1,10 +1,11 @@
-# make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up, then the suite.
+# make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up, then the suite;
+# make gpu-check: the CUDA tests and throughput figures (says so and succeeds on a machine without CUDA).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+gpu-check: $(STAMP)
+	$(BIN)/python scripts/gpu-check
 
 clean:
 	rm -rf $(VENV) build *.egg-info

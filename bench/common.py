@@ -1,9 +1,11 @@
-"""What the benchmarks share: timing on a chosen clock, the random CIFAR ResNet-18 case, common options."""
+"""What the benchmarks share: timing on a chosen clock, the random CIFAR ResNet-18 case, copies of the bundled
+example with perturbed weights, common options."""
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,6 +39,31 @@ def resnet_case(device, n: int, channels_last: bool = False) -> tuple[LoadedMode
     g = torch.Generator().manual_seed(0)
     x = torch.rand(n, 3, 32, 32, generator=g)
     return loaded, DataSource(f"random:{n}", (3, 32, 32), 10, x=x, y=torch.randint(0, 10, (n,), generator=g))
+
+
+def perturbed_copies(directory: Path, n: int, noise: float = 0.05) -> list[str]:
+    """``n`` checkpoints of the bundled example's architecture (``example:digits-cnn``, its spec embedded): copy
+    ``i`` holds the example's weights plus seeded Gaussian noise of ``noise * i`` times each tensor's std
+    (BatchNorm running statistics kept). The first two are
+    ``epoch0/model.safetensors`` and ``epoch1/model.safetensors`` (one stem for two files), the rest ``m<i>.safetensors``."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from flatcli.inputs.checkpoint import resolve
+
+    with safe_open(str(resolve("example:digits-cnn")), "pt") as f:
+        state = {k: f.get_tensor(k) for k in f.keys()}
+        meta = f.metadata()
+    paths = []
+    for i in range(n):
+        g = torch.Generator().manual_seed(i)
+        copy = {k: v + noise * i * v.std() * torch.randn(v.shape, generator=g)
+                if v.is_floating_point() and v.numel() > 1 and "running_" not in k else v for k, v in state.items()}
+        path = directory / f"epoch{i}" / "model.safetensors" if i < 2 else directory / f"m{i}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        save_file(copy, str(path), metadata=meta)
+        paths.append(str(path))
+    return paths
 
 
 def timing_parser(doc: str, repeats: int) -> argparse.ArgumentParser:

@@ -15,11 +15,16 @@ dicts; ``samples=False`` keeps none) and ``.to_json()``. The CLI calls these sam
 give the same numbers. ``on_rows`` receives each batch's rows as they are ready and ``progress(done,
 total)`` is called after every batch. An in-memory network is moved to ``device`` (``auto``: CUDA when
 available); its train/eval mode is restored after each call.
+
+``sharpness``, ``attack``, ``sweep_scale``, ``bound`` and ``detect`` also take a list of checkpoints as ``model``
+(or ``checkpoints_from``, a file listing them) and return a :class:`ManyResult`, one summary per checkpoint
+(:mod:`flatcli.runs.many`).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect as _inspect
 from typing import Any
 
 import torch
@@ -35,14 +40,16 @@ from flatcli.runs import bound as bound_run
 from flatcli.runs import bound_numbers
 from flatcli.runs import detect as detect_run
 from flatcli.runs import inspect as inspect_run
+from flatcli.runs import many
 from flatcli.runs import sharpness as sharpness_run
 from flatcli.runs import sweep as sweep_run
+from flatcli.runs.many import ManyResult
 from flatcli.runs.result import OnRows, Result
 from flatcli.runtime.device import local_device, resolve_device
 from flatcli.runtime.distributed import from_environment
 from flatcli.runtime.loop import Progress, RunContext
 
-__all__ = ["Result", "load", "sharpness", "attack", "sweep_scale", "bound", "detect", "inspect", "convert"]
+__all__ = ["Result", "ManyResult", "load", "sharpness", "attack", "sweep_scale", "bound", "detect", "inspect", "convert"]
 
 #: Seeds every command accepts: what torch, numpy's RandomState and scikit-learn all take.
 SEED_RANGE = (0, 2**32 - 1)
@@ -57,6 +64,29 @@ def _one_plan(command):
             return command(*args, **kwargs)
 
     return planned
+
+
+def _each_checkpoint(command):
+    """``model`` may also be a list of checkpoints, or ``checkpoints_from`` a file (``-``: stdin) listing them:
+    the command runs on each in turn and returns a :class:`ManyResult` (:mod:`flatcli.runs.many`; ``fail_fast``
+    stops at the first failure, ``on_error(checkpoint, message)`` hears of each, ``plot`` draws the trend)."""
+    name = command.__name__.replace("_", "-")
+    has_plot = "plot" in _inspect.signature(command).parameters
+
+    @functools.wraps(command)
+    def each(model=None, data=None, *, checkpoints_from=None, fail_fast=False, on_error=None, plot=None, **kwargs):
+        if has_plot:
+            kwargs["plot"] = plot
+        if not many.is_many(model, checkpoints_from):
+            if plot is not None and not has_plot:
+                raise UsageError(f"--plot draws the measures of several checkpoints; {name} of one has no figure")
+            return command(model, data, **kwargs)
+        kwargs.pop("plot", None)
+        return many.each_checkpoint(name, command, many.checkpoint_list(model, checkpoints_from),
+                                    kwargs=dict(kwargs, data=data), checkpoints_from=checkpoints_from,
+                                    fail_fast=fail_fast, plot=plot, on_error=on_error)
+
+    return each
 
 
 def load(model: Any, *, spec: str | None = None, arch: str | None = None, layer: str | None = None,
@@ -130,8 +160,11 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
         spec = loaded.spec
         preprocess = preprocessing(spec.input_shape, *(reading.get(k) if reading.get(k) is not None else
                                                         getattr(spec, k) for k in ("resize", "crop", "interpolation")))
-        ds = load_data(data, split or "test", limit, num_classes=loaded.num_classes, preprocess=preprocess,
-                       image_column=reading.get("image_column"), label_column=reading.get("label_column"))
+        columns = (reading.get("image_column"), reading.get("label_column"))
+        ds = many.shared(  # read once for many checkpoints: keyed by everything that shapes the tensors
+            ("data", role, data, split, limit, loaded.num_classes, preprocess, columns),
+            lambda: load_data(data, split or "test", limit, num_classes=loaded.num_classes, preprocess=preprocess,
+                              image_column=columns[0], label_column=columns[1]))
     else:
         given = [f"{k}=" for k, v in (reading or {}).items() if v is not None]
         if given:
@@ -179,12 +212,14 @@ def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=No
     dev = device_for(device)
     loaded = load(model, spec=spec, arch=arch, layer=layer, mean=mean, std=std, device=dev,
                   channels_last=channels_last, trust_embedded_code=trust_embedded_code)
+    many.track(loaded)  # released before the next checkpoint of a many-checkpoint call
     ds = _data(data, loaded, split, limit, reading=reading)
     return RunContext(loaded=loaded, data=ds, device=dev, dist=from_environment(dev), batch_size=batch_size,
                       seed=seed, split=split, limit=limit, resume=resume, progress=progress)
 
 
 @_one_plan
+@_each_checkpoint
 def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
               batch_size=256, device="auto", seed=0,
               resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
@@ -220,6 +255,7 @@ def _layer_names(layers) -> tuple[str, ...] | None:
 
 
 @_one_plan
+@_each_checkpoint
 def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0,
            resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
@@ -259,6 +295,7 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
 
 
 @_one_plan
+@_each_checkpoint
 def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None, arch=None, layer=None, mean=None,
                 std=None, split="test", limit=None, batch_size=256, device="auto", seed=0,
                 resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
@@ -297,6 +334,7 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
 
 
 @_one_plan
+@_each_checkpoint
 def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None, features=None,
           grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, loss=None, spec=None,
           arch=None, layer=None, mean=None, std=None, split=None, limit=None, batch_size=None, device="auto",
@@ -338,6 +376,7 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
 
 
 @_one_plan
+@_each_checkpoint
 def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
            batch_size=256, device="auto", seed=0,
            resize=None, crop=None, interpolation=None, image_column=None, label_column=None,

@@ -47,6 +47,14 @@ class MissingExtraError(FlatrobError):
     """An optional dependency (e.g. matplotlib for ``--plot``) is not installed."""
 
 
+class CheckpointFailed(FlatrobError):
+    """One of several checkpoints failed (the message names it); the exit code is that of its error."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 class Interrupted(BaseException):
     """SIGINT/SIGTERM arrived; raised at a batch boundary. ``signum`` picks the exit code.
 

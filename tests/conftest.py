@@ -14,6 +14,17 @@ EXAMPLE = "example:digits-cnn"
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run"]
 
 
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped on a machine without a CUDA device (``scripts/gpu-check`` runs them)."""
+    cuda = [item for item in items if "cuda" in item.keywords]
+    if cuda:
+        import torch
+
+        if not torch.cuda.is_available():
+            for item in cuda:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
 def run_context(loaded, data, *, batch_size: int = 256, seed: int = 0, resume=None):
     """A one-process :class:`~flatcli.runtime.loop.RunContext` on the CPU, for calling ``flatcli.runs``."""
     import torch

@@ -9,11 +9,11 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackOpt, BatchSize, ChannelsLast, Checkpoint, Crop, Data, Device, Eps, FisherSamples, Format,
-    FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, LayerMethod, LayerMethodOpt, Layers, Limit,
-    LossOpt, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Queries, Quiet, RandomStart, Resize,
-    Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, value,
-    WeightNorm, WeightNormOpt,
+    Alpha, Arch, AttackOpt, BatchSize, ChannelsLast, Checkpoints, CheckpointsFrom, Crop, Data, Device, Eps, FailFast,
+    FisherSamples, Format, FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, LayerMethod, LayerMethodOpt,
+    Layers, Limit, LossOpt, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Queries, Quiet,
+    RandomStart, Resize, Restarts, ResumeOpt, SaveAdv, Scale, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff,
+    TrustEmbeddedCode, value, WeightNorm, WeightNormOpt,
 )
 from flatcli.cli.tables.attack import render
 from flatcli.errors import UsageError
@@ -21,7 +21,9 @@ from flatcli.errors import UsageError
 
 @app.command()
 def attack(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints = None,
+    checkpoints_from: CheckpointsFrom = None,
+    fail_fast: FailFast = False,
     spec: SpecFile = None,
     arch: Arch = None,
     trust_embedded_code: TrustEmbeddedCode = False,
@@ -56,11 +58,13 @@ def attack(
     ] = None,
     takeoff: Takeoff = 0.1,
     trajectory: Annotated[
-        Optional[str], typer.Option("--trajectory", help="Write one row per sample and step to FILE (.csv or .jsonl), streamed.", metavar="FILE")
+        Optional[str], typer.Option("--trajectory", help="Write one row per sample and step to FILE (.csv or .jsonl), streamed; with several "
+                     "checkpoints a name with {stem} or {index}.", metavar="FILE")
     ] = None,
     save_adv: SaveAdv = None,
     plot: Annotated[
-        Optional[str], typer.Option("--plot", help="Draw mean/spread of loss and sharpness per step (paper Fig. 3) to FILE (.png, .pdf, .svg).", metavar="FILE")
+        Optional[str], typer.Option("--plot", help="Draw mean/spread of loss and sharpness per step (paper Fig. 3) to FILE (.png, .pdf, .svg); "
+                     "with several checkpoints, the summary measures against the checkpoint order.", metavar="FILE")
     ] = None,
     weight_norm: WeightNormOpt = WeightNorm.squared,
     scale: Scale = 1.0,
@@ -85,8 +89,9 @@ def attack(
     with common.writer(format, output, command="attack", per_sample=per_sample, render_table=render) as out:
         with common.progress_bar("attack", quiet) as progress:
             result = api.attack(
-                checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed,
+                common.models(checkpoint, checkpoints_from), data, checkpoints_from=checkpoints_from,
+                fail_fast=fail_fast, on_error=common.checkpoint_error, spec=spec, arch=arch, layer=layer, split=split,
+                limit=limit, batch_size=batch_size, device=device, seed=seed,
                 resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
                 label_column=label_column, preset=value(preset), attack=value(attack_kind), loss=value(loss),
                 norm=value(norm), eps=eps, alpha=alpha, steps=steps, queries=queries, random_start=random_start,
@@ -97,5 +102,5 @@ def attack(
                 samples=False, on_rows=out.rows if rows else None, progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )
-        common.notes(result, quiet)
-        out.finish(result.config, result.summary)
+        common.finish(out, result, quiet)
+    common.exit_status(result)

@@ -15,8 +15,8 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, Crop, Data, Device, Format, FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, Limit, LossOpt,
-    Output, PerSample, Quiet, Resize, Seed, SpecFile, TrustEmbeddedCode, value,
+    Arch, CheckpointsFrom, Crop, Data, Device, FailFast, Format, FormatOpt, ImageColumn, InterpolationOpt, LabelColumn,
+    Layer, Limit, LossOpt, Output, PerSample, Quiet, Resize, Seed, SpecFile, TrendPlot, TrustEmbeddedCode, value,
 )
 from flatcli.cli.tables.bound import render_checkpoint, render_numbers
 from flatcli.errors import UsageError
@@ -25,9 +25,13 @@ from flatcli.errors import UsageError
 @app.command()
 def bound(
     checkpoint: Annotated[
-        Optional[str],
-        typer.Argument(help="Checkpoint (or example:digits-cnn) to measure everything from; omit for numbers-only mode.", show_default=False),
+        Optional[list[str]],
+        typer.Argument(help="Checkpoint(s) (or example:digits-cnn) to measure everything from, several one after another; "
+                       "omit for numbers-only mode.", show_default=False),
     ] = None,
+    checkpoints_from: CheckpointsFrom = None,
+    fail_fast: FailFast = False,
+    plot: TrendPlot = None,
     epsilon: Annotated[Optional[str], typer.Option("--epsilon", help="Allowed loss increase epsilon > 0; a comma-separated list gives one row each.", show_default=False)] = None,
     kappa: Annotated[Optional[str], typer.Option("--kappa", help="Relative sharpness ||W||_F^2 Tr(H) (numbers mode; list allowed).", show_default=False)] = None,
     lipschitz: Annotated[Optional[str], typer.Option("--lipschitz", "-L", help="Lipschitz constant of phi: a number (list allowed), or with a checkpoint upper (sound, default) or local (estimate).", show_default=False)] = None,
@@ -68,10 +72,13 @@ def bound(
     flatrob sharpness m.safetensors --format json | flatrob bound --from-json - --lipschitz 12 --epsilon 0.1
     flatrob bound example:digits-cnn --epsilon 0.1 --check
     """
-    if checkpoint is not None and from_json is not None:
+    model = common.models(checkpoint, checkpoints_from, required=False)
+    if model is not None and from_json is not None:
         raise UsageError("give either a checkpoint or --from-json, not both")
     common.check_common(limit=limit, batch_size=batch_size, output=output)
-    if checkpoint is None:
+    if model is None:
+        if plot is not None:
+            raise UsageError("--plot draws the measures of several checkpoints; numbers-only mode has no figure")
         from flatcli.runs.bound_numbers import radius
 
         model_options = {
@@ -95,7 +102,8 @@ def bound(
     with common.writer(format, output, command="bound", per_sample=per_sample, render_table=render_checkpoint) as out:
         with common.progress_bar("bound", quiet) as progress:
             result = api.bound(
-                checkpoint, data, epsilon=epsilon, lipschitz=lipschitz, kappa=kappa, r=r, classes=classes,
+                model, data, checkpoints_from=checkpoints_from, fail_fast=fail_fast, on_error=common.checkpoint_error,
+                plot=plot, epsilon=epsilon, lipschitz=lipschitz, kappa=kappa, r=r, classes=classes,
                 features=features, grad=grad, at_minimum=at_minimum, from_json=from_json, check=check,
                 check_steps=check_steps, local_iters=local_iters, loss=value(loss), spec=spec, arch=arch, layer=layer,
                 split=split, limit=limit, batch_size=batch_size, device=device, seed=seed,
@@ -104,9 +112,10 @@ def bound(
                 progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )
-        out.finish(result.config, result.summary)
-    if result.summary:
-        _report_check(result.summary, quiet)
+        common.finish(out, result, quiet)
+    for summary in common.summaries(result):
+        _report_check(summary, quiet)
+    common.exit_status(result)
 
 
 def _report_check(summary: dict, quiet: bool) -> None:

@@ -10,7 +10,8 @@ from flatcli.errors import UsageError
 from flatcli.outputs.plan import check_outputs
 from flatcli.outputs.writer import ResultWriter
 
-__all__ = ["check_common", "check_outputs", "progress_bar", "note", "notes", "writer", "is_main"]
+__all__ = ["check_common", "check_outputs", "progress_bar", "note", "notes", "writer", "is_main", "models",
+           "checkpoint_error", "finish", "exit_status", "summaries", "summary_rows"]
 
 
 def check_common(*, limit: int | None = None, batch_size: int | None = None, output: str | None = None) -> None:
@@ -63,3 +64,62 @@ def writer(fmt, output: str | None, *, command: str, per_sample: bool, render_ta
     return ResultWriter(
         fmt.value, output, command=command, per_sample=per_sample, render_table=render_table, enabled=is_main()
     )
+
+
+def models(checkpoint: list[str] | None, checkpoints_from: str | None, *, required: bool = True):
+    """The API's ``model``: one checkpoint as it is (today's output), else the list (several checkpoints or
+    ``--checkpoints-from``: one summary each); ``None`` when none is named and none is ``required``."""
+    paths = list(checkpoint or [])
+    if checkpoints_from is None and len(paths) <= 1:
+        if not paths and required:
+            raise UsageError("name a checkpoint (or several, or --checkpoints-from FILE), e.g. example:digits-cnn")
+        return paths[0] if paths else None
+    return paths
+
+
+def checkpoint_error(checkpoint: str, message: str) -> None:
+    """One failed checkpoint of several: its ``Error:`` line on stderr (rank 0), even with --quiet."""
+    if is_main():
+        print(f"Error: {checkpoint}: {' '.join(message.split())}", file=sys.stderr)
+
+
+def finish(out: ResultWriter, result, quiet: bool) -> None:
+    """Notes on stderr, then the document or table (one summary per checkpoint for several)."""
+    from flatcli.runs.many import ManyResult
+
+    notes(result, quiet)
+    if isinstance(result, ManyResult):
+        from flatcli.cli.tables.many import render
+
+        out.render_table = lambda stream, entries, samples: render(stream, result.command, entries)
+        out.finish(result.config, None, summaries=result.summaries)
+    else:
+        out.finish(result.config, result.summary)
+
+
+def exit_status(result) -> None:
+    """Exit 2 (after the outputs were written) when some of several checkpoints failed."""
+    code = getattr(result, "exit_code", 0)
+    if code:
+        import typer
+
+        raise typer.Exit(code)
+
+
+def summaries(result) -> list[dict]:
+    """The summaries of the result: one, or one per checkpoint that succeeded (this rank's, so maybe empty)."""
+    from flatcli.runs.many import ManyResult
+
+    if isinstance(result, ManyResult):
+        return [r.summary for r in result.results if r is not None and r.summary]
+    return [result.summary] if result.summary else []
+
+
+def summary_rows(result, rows_of) -> list[dict]:
+    """Rows made from a summary (``rows_of(summary)``), with a ``checkpoint`` column for several checkpoints."""
+    from flatcli.runs.many import ManyResult
+
+    if isinstance(result, ManyResult):
+        return [{"checkpoint": run.checkpoint, **row} for run in result.runs
+                if run.result is not None and run.result.summary for row in rows_of(run.result.summary)]
+    return rows_of(result.summary) if result.summary else []

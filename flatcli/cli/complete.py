@@ -143,6 +143,8 @@ def checkpoint_on_line(ctx: typer.Context) -> str | None:
     split at ``:`` (``example : digits-cnn``) are joined again.
     """
     ref = ctx.params.get("checkpoint")
+    if isinstance(ref, (list, tuple)):  # several checkpoints: the first one's layers
+        ref = ref[0] if ref else None
     if isinstance(ref, str) and ref:
         words = [ref]
         if ":" not in ref and os.environ.get("_FLATROB_COMPLETE", "").endswith("_bash"):

@@ -11,10 +11,10 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackOpt, BatchSize, Checkpoint, Crop, Data, Device, Eps, Format, FormatOpt, ImageColumn,
-    InterpolationOpt, LabelColumn, Layer, Limit, LossOpt, NormOpt, Output, PerSample, PresetOpt, Queries, Quiet,
-    RandomStart, Resize, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile, Split, Steps, TrustEmbeddedCode, value,
-    WeightNorm,
+    Alpha, Arch, AttackOpt, BatchSize, Checkpoints, CheckpointsFrom, Crop, Data, Device, Eps, FailFast, Format,
+    FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, Limit, LossOpt, NormOpt, Output, PerSample,
+    PresetOpt, Queries, Quiet, RandomStart, Resize, Restarts, ResumeOpt, SaveAdv, Seed, SpecFile, Split, Steps,
+    TrustEmbeddedCode, value, WeightNorm,
 )
 from flatcli.cli.tables.detect import render_apply, render_fit
 
@@ -82,11 +82,13 @@ Adversarial = Annotated[
     typer.Option("--adversarial", help="Read the adversarials from a tensors safetensors FILE (as `attack --save-adv` "
                  "writes) instead of attacking; --limit applies to it too.", metavar="FILE"),
 ]
-Save = Annotated[Optional[str], typer.Option("--save", help="Write the fitted detector (JSON) to FILE.", metavar="FILE")]
+Save = Annotated[Optional[str], typer.Option("--save", help="Write the fitted detector (JSON) to FILE (with several checkpoints a "
+                                                   "name with {stem} or {index}).", metavar="FILE")]
 Plot = Annotated[
     Optional[str],
     typer.Option("--plot", help="Draw score histograms of clean vs adversarial inputs with the threshold, and the ROC "
-                 "curve, to FILE (.png, .pdf, .svg).", metavar="FILE"),
+                 "curve, to FILE (.png, .pdf, .svg); with several checkpoints, the summary measures against the "
+                 "checkpoint order.", metavar="FILE"),
 ]
 DetectorFile = Annotated[
     Optional[str],
@@ -103,7 +105,9 @@ WeightNormMaybe = Annotated[
 
 @app.command()
 def detect(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints = None,
+    checkpoints_from: CheckpointsFrom = None,
+    fail_fast: FailFast = False,
     spec: SpecFile = None,
     arch: Arch = None,
     trust_embedded_code: TrustEmbeddedCode = False,
@@ -160,8 +164,9 @@ def detect(
     with common.writer(format, output, command="detect", per_sample=per_sample, render_table=render) as out:
         with common.progress_bar("detect", quiet) as progress:
             result = api.detect(
-                checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed,
+                common.models(checkpoint, checkpoints_from), data, checkpoints_from=checkpoints_from,
+                fail_fast=fail_fast, on_error=common.checkpoint_error, spec=spec, arch=arch, layer=layer, split=split,
+                limit=limit, batch_size=batch_size, device=device, seed=seed,
                 resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
                 label_column=label_column, method=value(method), score=value(score), folds=folds,
                 only_successful=only_successful, preset=value(preset), attack=value(attack_kind), loss=value(loss),
@@ -173,9 +178,8 @@ def detect(
                 resume=resume, samples=False, on_rows=out.rows, progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )
-        common.notes(result, quiet)
-        out.finish(result.config, result.summary)
-    if detector is not None and result.summary:
-        s = result.summary
+        common.finish(out, result, quiet)
+    for s in common.summaries(result) if detector is not None else []:
         common.note(f"flagged {s['n_flagged']} of {s['n']} inputs ({s['flagged_share']:.1%})",
                     quiet or format not in (Format.jsonl, Format.csv))
+    common.exit_status(result)

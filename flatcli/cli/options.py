@@ -31,6 +31,24 @@ Checkpoint = Annotated[
     str,
     typer.Argument(help="safetensors checkpoint, or example:digits-cnn for the bundled example.", show_default=False),
 ]
+Checkpoints = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="safetensors checkpoint(s), or example:digits-cnn for the bundled example; several run one "
+                   "after another in one process (one summary each).", show_default=False),
+]
+CheckpointsFrom = Annotated[
+    Optional[str],
+    typer.Option("--checkpoints-from", help="More checkpoints, one path per line (blank lines and # comments "
+                 "skipped); - reads stdin.", metavar="FILE"),
+]
+FailFast = Annotated[
+    bool, typer.Option("--fail-fast", help="With several checkpoints, stop at the first that fails and write nothing.")
+]
+TrendPlot = Annotated[
+    Optional[str],
+    typer.Option("--plot", help="With several checkpoints: draw the summary measures against the checkpoint order "
+                 "to FILE (.png, .pdf, .svg).", metavar="FILE"),
+]
 SpecFile = Annotated[Optional[str], typer.Option("--spec", help="Layer spec (YAML); overrides the embedded spec.")]
 Arch = Annotated[
     Optional[str],
@@ -154,7 +172,8 @@ PresetOpt = Annotated[
 ]
 SaveAdv = Annotated[
     Optional[str],
-    typer.Option("--save-adv", help="Write the adversarials (x, y, index) as a tensors: safetensors FILE.", metavar="FILE"),
+    typer.Option("--save-adv", help="Write the adversarials (x, y, index) as a tensors: safetensors FILE (with several "
+                 "checkpoints a name with {stem} or {index}).", metavar="FILE"),
 ]
 Takeoff = Annotated[float, typer.Option("--takeoff", help="Take-off threshold tau on the normalised loss, in (0, 1].")]
 

@@ -9,17 +9,19 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Arch, BatchSize, ChannelsLast, Checkpoint, Crop, Data, Device, FisherSamples, Format, FormatOpt, ImageColumn,
-    InterpolationOpt, LabelColumn, Layer, LayerMethod, LayerMethodOpt, Layers, Limit, Output, PerSample, Precision,
-    PrecisionOpt, Quiet, Resize, Scale, ScaleBias, Seed, SpecFile, Split, TrustEmbeddedCode, value, WeightNorm,
-    WeightNormOpt,
+    Arch, BatchSize, ChannelsLast, Checkpoints, CheckpointsFrom, Crop, Data, Device, FailFast, FisherSamples, Format,
+    FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, LayerMethod, LayerMethodOpt, Layers, Limit, Output,
+    PerSample, Precision, PrecisionOpt, Quiet, Resize, Scale, ScaleBias, Seed, SpecFile, Split, TrendPlot,
+    TrustEmbeddedCode, value, WeightNorm, WeightNormOpt,
 )
 from flatcli.cli.tables.sharpness import render
 
 
 @app.command()
 def sharpness(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints = None,
+    checkpoints_from: CheckpointsFrom = None,
+    fail_fast: FailFast = False,
     spec: SpecFile = None,
     arch: Arch = None,
     trust_embedded_code: TrustEmbeddedCode = False,
@@ -48,21 +50,24 @@ def sharpness(
     fisher_samples: FisherSamples = 2,
     precision: PrecisionOpt = Precision.fp32,
     channels_last: ChannelsLast = False,
+    plot: TrendPlot = None,
 ) -> None:
     """Relative sharpness of the head layer, per sample and per data set (closed form)."""
     common.check_common(limit=limit, batch_size=batch_size, output=output)
+    common.check_outputs(plot=plot)
     from flatcli import api
 
     with common.writer(format, output, command="sharpness", per_sample=per_sample, render_table=render) as out:
         with common.progress_bar("sharpness", quiet) as progress:
             result = api.sharpness(
-                checkpoint, data, spec=spec, arch=arch, layer=layer, split=split, limit=limit, batch_size=batch_size,
-                device=device, seed=seed,
+                common.models(checkpoint, checkpoints_from), data, checkpoints_from=checkpoints_from,
+                fail_fast=fail_fast, on_error=common.checkpoint_error, plot=plot, spec=spec, arch=arch, layer=layer,
+                split=split, limit=limit, batch_size=batch_size, device=device, seed=seed,
                 resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
                 label_column=label_column, weight_norm=weight_norm.value, scale=scale, scale_bias=scale_bias,
                 hutchinson=hutchinson, layers=layers, layer_method=layer_method.value, fisher_samples=fisher_samples,
                 precision=precision.value, channels_last=channels_last, samples=False, on_rows=out.rows,
                 progress=progress, trust_embedded_code=trust_embedded_code,
             )
-        common.notes(result, quiet)
-        out.finish(result.config, result.summary)
+        common.finish(out, result, quiet)
+    common.exit_status(result)

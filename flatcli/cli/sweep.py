@@ -9,10 +9,11 @@ import typer
 from flatcli.cli import common
 from flatcli.cli.app import app
 from flatcli.cli.options import (
-    Alpha, Arch, AttackAlpha, AttackEps, AttackLoss, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoint,
-    Crop, Data, Device, Eps, Format, FormatOpt, ImageColumn, InterpolationOpt, LabelColumn, Layer, Limit, NormOpt,
-    Output, PerSample, Precision, PrecisionOpt, PresetOpt, Queries, Quiet, RandomStart, Resize, Restarts, ResumeOpt,
-    ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, value, WeightNorm, WeightNormOpt,
+    Alpha, Arch, AttackAlpha, AttackEps, AttackLoss, AttackNormOpt, AttackSteps, BatchSize, ChannelsLast, Checkpoints,
+    CheckpointsFrom, Crop, Data, Device, Eps, FailFast, Format, FormatOpt, ImageColumn, InterpolationOpt, LabelColumn,
+    Layer, Limit, NormOpt, Output, PerSample, Precision, PrecisionOpt, PresetOpt, Queries, Quiet, RandomStart, Resize,
+    Restarts, ResumeOpt, ScaleBias, Seed, SpecFile, Split, Steps, Takeoff, TrustEmbeddedCode, value, WeightNorm,
+    WeightNormOpt,
 )
 from flatcli.cli.tables.sweep import render
 
@@ -21,7 +22,9 @@ DEFAULT_SCALES = "0.25,0.5,1,2.5,5,10,50"
 
 @app.command("sweep-scale")
 def sweep_scale(
-    checkpoint: Checkpoint,
+    checkpoint: Checkpoints = None,
+    checkpoints_from: CheckpointsFrom = None,
+    fail_fast: FailFast = False,
     scales: Annotated[
         str, typer.Option("--scales", help="Comma-separated head scales s (W -> sW); §6.1 uses 0.25..50, D.3 goes to 100.")
     ] = DEFAULT_SCALES,
@@ -74,7 +77,9 @@ def sweep_scale(
     weight_norm: WeightNormOpt = WeightNorm.squared,
     plot: Annotated[
         Optional[str],
-        typer.Option("--plot", help="Write the Fig. 2 and Fig. 13 panels as PNGs into DIR (needs matplotlib).", metavar="DIR"),
+        typer.Option("--plot", help="Write the Fig. 2 and Fig. 13 panels as PNGs into DIR (needs matplotlib); with several "
+                     "checkpoints, FILE (.png, .pdf, .svg): robust accuracy and sharpness median per scale against the "
+                     "checkpoint order.", metavar="DIR|FILE"),
     ] = None,
     precision: PrecisionOpt = Precision.fp32,
     channels_last: ChannelsLast = False,
@@ -96,8 +101,9 @@ def sweep_scale(
     with common.writer(format, output, command="sweep-scale", per_sample=per_sample, render_table=render) as out:
         with common.progress_bar("sweep-scale", quiet) as progress:
             result = api.sweep_scale(
-                checkpoint, data, scales=scales, spec=spec, arch=arch, layer=layer, split=split, limit=limit,
-                batch_size=batch_size, device=device, seed=seed,
+                common.models(checkpoint, checkpoints_from), data, checkpoints_from=checkpoints_from,
+                fail_fast=fail_fast, on_error=common.checkpoint_error, scales=scales, spec=spec, arch=arch, layer=layer,
+                split=split, limit=limit, batch_size=batch_size, device=device, seed=seed,
                 resize=resize, crop=crop, interpolation=value(interpolation), image_column=image_column,
                 label_column=label_column, preset=value(preset), norm=value(norm), eps=eps,
                 alpha=alpha, steps=steps, random_start=random_start, restarts=restarts, takeoff=takeoff,
@@ -108,7 +114,7 @@ def sweep_scale(
                 resume=resume, samples=False, on_rows=out.rows if streamed else None, progress=progress,
                 trust_embedded_code=trust_embedded_code,
             )
-        common.notes(result, quiet)
-        if not streamed and format in (Format.jsonl, Format.csv) and result.summary:
-            out.rows(result.summary["scales"])
-        out.finish(result.config, result.summary)
+        if not streamed and format in (Format.jsonl, Format.csv):
+            out.rows(common.summary_rows(result, lambda summary: summary["scales"]))
+        common.finish(out, result, quiet)
+    common.exit_status(result)

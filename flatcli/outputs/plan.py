@@ -65,7 +65,7 @@ class OutputPlan:
     """The inputs and outputs of one run, the files staged so far, and the directories made for them."""
 
     def __init__(self) -> None:
-        self.inputs: dict[str, str] = {}  # keyword of plan_inputs -> path
+        self.inputs: list[tuple[str, str]] = []  # (keyword of plan_inputs, path); several checkpoints, several entries
         self.outputs: list[tuple[str, str]] = []  # (option such as --save-adv, path)
         self.staged: list[tuple[Path, Path]] = []  # (temporary, target), in the order written
         self.made: list[Path] = []  # directories created for outputs (removed again if left empty)
@@ -73,7 +73,9 @@ class OutputPlan:
     def add_inputs(self, **paths: str | os.PathLike | None) -> None:
         for what, path in paths.items():
             if path is not None and os.fspath(path) != "-":
-                self.inputs[what] = os.path.expanduser(os.fspath(path))
+                entry = (what, os.path.expanduser(os.fspath(path)))
+                if entry not in self.inputs:
+                    self.inputs.append(entry)
         self.check()
 
     def add_outputs(self, **paths) -> None:
@@ -107,7 +109,7 @@ class OutputPlan:
             out_id = _identity(path)
             if out_id is None:
                 continue
-            for what, source in self.inputs.items():
+            for what, source in self.inputs:
                 if os.path.isdir(source) and _inside(path, source):
                     raise UsageError(f"{flag} {path} is a file inside {_directory(what)} {source}: an "
                                      "output must not replace an input; name another file")
@@ -120,7 +122,7 @@ class OutputPlan:
     def check_target(self, target: Path) -> None:
         """The last guard before writing: ``target`` is none of the inputs (whichever option named it)."""
         out_id = _identity(os.fspath(target))
-        for what, source in self.inputs.items():
+        for what, source in self.inputs:
             if out_id is not None and os.path.isdir(source) and _inside(os.fspath(target), source):
                 raise UsageError(f"cannot write {target}: it lies inside {_directory(what)} {source}, and "
                                  "an output must not replace an input; name another file")

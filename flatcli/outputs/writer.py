@@ -35,9 +35,15 @@ def jsonable(value: Any) -> Any:
     return value
 
 
-def document(command: str, config: dict, summary: dict, samples: list[dict] | None = None) -> dict:
-    """The ``--format json`` document every command writes."""
-    doc = {"schema_version": SCHEMA_VERSION, "command": command, "config": config, "summary": summary}
+def document(command: str, config: dict, summary: dict | None, samples: list[dict] | None = None, *,
+             summaries: list[dict] | None = None) -> dict:
+    """The ``--format json`` document every command writes; with several checkpoints ``summaries`` (one
+    entry per checkpoint) takes the place of ``summary``."""
+    doc = {"schema_version": SCHEMA_VERSION, "command": command, "config": config}
+    if summaries is None:
+        doc["summary"] = summary
+    else:
+        doc["summaries"] = summaries
     if samples is not None:
         doc["samples"] = samples
     return jsonable(doc)
@@ -104,13 +110,15 @@ class ResultWriter:
             self._csv.writerows(jsonable(rows))
             self.stream.flush()
 
-    def finish(self, config: dict, summary: dict) -> None:
+    def finish(self, config: dict, summary: dict | None, *, summaries: list[dict] | None = None) -> None:
+        """Write the document (json) or the table; ``summaries`` for several checkpoints (see :func:`document`;
+        the table then gets the list of entries)."""
         if not self.enabled:
             return
         samples = self.samples if self.keep_rows else None
         if self.fmt == "json":
-            json.dump(document(self.command, config, summary, samples), self.stream, indent=2)
+            json.dump(document(self.command, config, summary, samples, summaries=summaries), self.stream, indent=2)
             self.stream.write("\n")
         elif self.fmt == "table" and self.render_table is not None:
-            self.render_table(self.stream, jsonable(summary), samples)
+            self.render_table(self.stream, jsonable(summary if summaries is None else summaries), samples)
         self.stream.flush()

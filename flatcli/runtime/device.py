@@ -1,4 +1,8 @@
-"""The device a run uses: ``--device auto|cpu|cuda|cuda:N``, and under torchrun each rank's own GPU."""
+"""The device a run uses: ``--device auto|cpu|cuda|cuda:N``, under torchrun each rank's own GPU, and freeing memory.
+
+This is the one module that names CUDA (``tests/test_cuda_literals.py`` checks that no other file calls
+``.cuda()`` or writes a ``"cuda"`` device literal): the rest of flatrob takes the device it is given.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +36,10 @@ def local_device(device: torch.device) -> torch.device:
     if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
         return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return device
+
+
+def release_memory() -> None:
+    """Hand the CUDA allocator's cached blocks back (between the checkpoints of a many-checkpoint run, once the
+    last model is gone, so GPU memory stays that of one model); nothing to do on the CPU."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
