@@ -1,14 +1,15 @@
 """From a checkpoint (or an in-memory ``nn.Module``), a spec and overrides to a ready model and its head.
 
 Resolution order for every setting of a checkpoint: command-line option, then ``--spec FILE``, then
-the spec embedded in the checkpoint metadata (``flatrob.spec``), then what the state dict itself tells
-(architecture by matching keys and shapes, classes from the head's weight, channels from the first
-convolution). An in-memory network (:func:`from_module`, the Python API) brings its own weights; its
+the spec embedded in the checkpoint metadata (``flatrob.spec``), then a hub checkpoint's ``config.json``,
+then what the architecture's own data config gives (timm's, torchvision's weights transforms: mean, std,
+resize, crop, interpolation), then what the state dict itself tells (architecture by matching keys and
+shapes, classes from the head's weight, channels from the first convolution). An in-memory network (:func:`from_module`, the Python API) brings its own weights; its
 head is the layer named, or its last ``nn.Linear``.
 
 Trust: code is named only by the person running the command (``--arch module.path:Class``, or a
 ``--spec`` file they pass). An embedded spec whose ``arch`` names a module to import is refused before
-anything is imported, unless ``trust_embedded_code`` (``--trust-embedded-code``) says the checkpoint's
+anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code`` (``--trust-embedded-code``) says the checkpoint's
 author is trusted. Resources: the network is first built on the ``meta`` device (nothing allocated) and
 its keys and shapes compared with the state dict, and its buffers beyond the state dict capped
 (:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob allocate gigabytes.
@@ -29,7 +30,8 @@ from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
 from flatcli.models.builtins import BUILTINS
 from flatcli.models.matching import check_fits, detect_arch, load_state, strip_prefix
-from flatcli.models.registry import build_network, default_head, infer_in_channels, infer_num_classes, names_code
+from flatcli.models.registry import (build_network, data_defaults, default_head, infer_in_channels, infer_num_classes,
+                                     names_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.
@@ -48,7 +50,7 @@ class LoadedModel:
     head: nn.Linear
     layer: str  # head name, relative to the network
     spec: Spec  # the effective spec (every resolved value filled in)
-    arch_source: str  # "option", "spec", "detected" or "module"
+    arch_source: str  # "option", "spec", "config" (a hub config.json), "detected" or "module"
     checkpoint: ckpt.Checkpoint | None = None
     weights_sha256: str | None = None
 
@@ -87,7 +89,8 @@ class LoadedModel:
 
 def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict, *,
                    trust_embedded_code: bool = False) -> tuple[Spec, str]:
-    """Embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch`` came from.
+    """Hub config, then embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch``
+    came from (``config``, ``spec`` or ``option``).
 
     An ``arch`` that names code (``module.path:Class``) and comes from the embedded spec is refused, before
     anything is imported, unless ``trust_embedded_code``.
@@ -95,11 +98,14 @@ def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides
     embedded = checkpoint.metadata.get(METADATA_KEY)
     spec = parse_spec(embedded, f"the spec embedded in {checkpoint.name}") if embedded else Spec()
     source = "spec" if spec.arch else ""
+    if checkpoint.config:
+        source = source or ("config" if checkpoint.config.get("arch") else "")
+        spec = Spec().merged(**checkpoint.config).merged(**{k: v for k, v in vars(spec).items() if v not in (None, (), {})})
     from_embedded = bool(spec.arch)
     if spec_file:
         from_file = read_spec_file(spec_file)
         spec = spec.merged(**{k: v for k, v in vars(from_file).items() if v not in (None, (), {})})
-        source = "spec" if spec.arch else source
+        source = "spec" if from_file.arch else source
         from_embedded = from_embedded and not from_file.arch
     if overrides.get("arch"):
         source = "option"
@@ -120,9 +126,12 @@ def load_model(
     overrides: dict | None = None,
     device: torch.device | str = "cpu",
     trust_embedded_code: bool = False,
+    located: tuple | None = None,
 ) -> LoadedModel:
-    """Read the checkpoint, resolve the spec, build the network, load weights, find the head."""
-    checkpoint = ckpt.read(ref)
+    """Read the checkpoint, resolve the spec, build the network, load weights, find the head.
+
+    ``located``: what :func:`flatcli.inputs.checkpoint.locate` returned for ``ref``, if the caller has it."""
+    checkpoint = ckpt.read(ref, located)
     spec, arch_source = effective_spec(checkpoint, spec_file, overrides or {}, trust_embedded_code=trust_embedded_code)
     state = strip_prefix(checkpoint.state_dict, spec.strip_prefix or "module.")
     kwargs = dict(spec.arch_kwargs)
@@ -147,12 +156,25 @@ def load_model(
     if head_name is None:
         head_name = default_head(arch, net)
     head = find_linear(net, head_name)
+    spec = spec.merged(**_unset(spec, data_defaults(arch, net), in_channels))
     mean, std = per_channel(spec.mean, spec.std, in_channels)
     model = Classifier(net, mean, std).to(device).eval()
     spec = spec.merged(
         arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
     )
     return LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source, checkpoint=checkpoint)
+
+
+def _unset(spec: Spec, defaults: dict, channels: int) -> dict:
+    """The ``defaults`` whose keys no source of ``spec`` set; mean/std only if they have ``channels`` values
+    (a timm model built with ``in_chans=1`` keeps ImageNet's three in its config)."""
+    out = {key: value for key, value in defaults.items() if getattr(spec, key) is None}
+    if len(out.get("mean", ())) not in (0, channels) or len(out.get("std", ())) not in (0, channels):
+        out.pop("mean", None)
+        out.pop("std", None)
+    if out.get("input_shape") and out["input_shape"][0] != channels:
+        out.pop("input_shape")
+    return out
 
 
 def build_fitting(arch: str, state: dict, *, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
