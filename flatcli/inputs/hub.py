@@ -69,11 +69,12 @@ def _download(ref: str) -> HubFiles:
     repo, _, revision = ref[len(PREFIX):].partition("@")
     try:
         import huggingface_hub
-        from huggingface_hub import errors
+        from huggingface_hub import constants, errors
+        from huggingface_hub.utils import validate_repo_id
     except ImportError:
         raise CheckpointError("hf-hub: checkpoints need huggingface_hub: pip install 'flatrob[hub]'") from None
     try:
-        huggingface_hub.utils.validate_repo_id(repo)
+        validate_repo_id(repo)
     except errors.HFValidationError:
         raise CheckpointError(f"{ref} must look like hf-hub:ORG/NAME or hf-hub:ORG/NAME@REVISION") from None
     paths = {}
@@ -82,7 +83,7 @@ def _download(ref: str) -> HubFiles:
             paths[filename] = Path(huggingface_hub.hf_hub_download(repo, filename, revision=revision or None))
         except errors.LocalEntryNotFoundError:
             raise CheckpointError(
-                f"{ref}: {filename} is not in the hub cache ({huggingface_hub.constants.HF_HUB_CACHE}) and could not be "
+                f"{ref}: {filename} is not in the hub cache ({constants.HF_HUB_CACHE}) and could not be "
                 "downloaded (HF_HUB_OFFLINE is set, or the hub cannot be reached); download it once online, or point "
                 "HF_HUB_CACHE at the cache that holds it"
             ) from None

@@ -28,6 +28,7 @@ from flatcli.core.classifier import Classifier
 from flatcli.errors import LayerError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
+from flatcli.models import timm_models
 from flatcli.models.builtins import BUILTINS
 from flatcli.models.matching import check_fits, detect_arch, load_state, strip_prefix
 from flatcli.models.registry import (build_network, data_defaults, default_head, infer_in_channels, infer_num_classes,
@@ -265,6 +266,9 @@ def weights_sha256(net: nn.Module) -> str:
 
 
 def _builtin_head(arch: str) -> str | None:
+    """The head a built-in or a timm model names before it is built (``None``: known once built)."""
+    if arch.startswith(timm_models.PREFIX):
+        return timm_models.registered_head(arch.partition(":")[2])
     info = BUILTINS.get(arch)
     return info.head if info else None
 

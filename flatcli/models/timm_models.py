@@ -59,6 +59,14 @@ def build(name: str, num_classes: int, in_channels: int, kwargs: dict[str, Any])
                         "fix arch_kwargs in the spec") from None
 
 
+def registered_head(name: str) -> str | None:
+    """The classifier timm's registry names for ``name`` before it is built (``None`` if not one layer)."""
+    check_name(name)
+    cfg = _timm().models.get_pretrained_cfg(name)
+    classifier = getattr(cfg, "classifier", None)
+    return classifier if isinstance(classifier, str) else None
+
+
 def head_name(net: nn.Module) -> str | None:
     """timm's classifier for ``net`` (``pretrained_cfg["classifier"]``) when it is one ``nn.Linear``, else ``None``."""
     cfg = getattr(net, "pretrained_cfg", None) or {}
