@@ -149,6 +149,7 @@ def load_model(
     head_name = spec.layer or _builtin_head(arch)
     num_classes = spec.num_classes
     if num_classes is None:
+        head_name = head_name or _skeleton_head(arch, in_channels, kwargs)
         if head_name is None:
             raise SpecError(f"cannot tell the number of classes of {ref}; add num_classes: or layer: to the spec")
         num_classes = infer_num_classes(state, head_name)
@@ -263,6 +264,17 @@ def weights_sha256(net: nn.Module) -> str:
         digest.update(f"{key}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _skeleton_head(arch: str, in_channels: int, kwargs: dict) -> str | None:
+    """The default head of ``arch`` built on the meta device (nothing allocated) with one class, or ``None``
+    when it cannot be built that way (the classes are then needed to build it); a bad name is its error."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_network(arch, num_classes=1, in_channels=in_channels, kwargs=kwargs)
+        return default_head(arch, skeleton)
+    except (LayerError, RuntimeError, NotImplementedError, TypeError, ValueError):
+        return None
 
 
 def _builtin_head(arch: str) -> str | None:
