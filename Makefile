@@ -1,4 +1,5 @@
-# make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up, then the suite.
+# make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up (with the timm, hub and
+# robustbench extras the tests use), then the suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +13,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/pip install -q -e ".[test,plot]"
+	$(BIN)/pip install -q -e ".[test,plot,timm,hub,robustbench]"
+	$(BIN)/pip install -q --no-deps robustbench==1.1.1
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -87,7 +87,7 @@ def _download(ref: str) -> HubFiles:
                 "downloaded (HF_HUB_OFFLINE is set, or the hub cannot be reached); download it once online, or point "
                 "HF_HUB_CACHE at the cache that holds it"
             ) from None
-        except errors.RemoteEntryNotFoundError:
+        except errors.EntryNotFoundError:  # after LocalEntryNotFoundError, its subclass: the hub lacks the file
             raise CheckpointError(f"{ref} has no {filename}; flatrob reads timm-style repositories ({CONFIG} + "
                                   f"{WEIGHTS})") from None
         except errors.RevisionNotFoundError:
