@@ -4,15 +4,17 @@ Resolution order for every setting of a checkpoint: command-line option, then ``
 the spec embedded in the checkpoint metadata (``flatrob.spec``), then a hub checkpoint's ``config.json``,
 then what the architecture's own data config gives (timm's, torchvision's weights transforms: mean, std,
 resize, crop, interpolation), then what the state dict itself tells (architecture by matching keys and
-shapes, classes from the head's weight, channels from the first convolution). An in-memory network (:func:`from_module`, the Python API) brings its own weights; its
-head is the layer named, or its last ``nn.Linear``.
+shapes, classes from the head's weight, channels from the first convolution). An in-memory network
+(:func:`from_module`, the Python API) brings its own weights; its head is the layer named, or its last
+``nn.Linear``.
 
 Trust: code is named only by the person running the command (``--arch module.path:Class``, or a
 ``--spec`` file they pass). An embedded spec whose ``arch`` names a module to import is refused before
-anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code`` (``--trust-embedded-code``) says the checkpoint's
-author is trusted. Resources: the network is first built on the ``meta`` device (nothing allocated) and
-its keys and shapes compared with the state dict, and its buffers beyond the state dict capped
-(:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob allocate gigabytes.
+anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code``
+(``--trust-embedded-code``) says the checkpoint's author is trusted. Resources: the network is first
+built on the ``meta`` device (nothing allocated) and its keys and shapes compared with the state dict, and
+its buffers beyond the state dict capped (:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob
+allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides
     source = "spec" if spec.arch else ""
     if checkpoint.config:
         source = source or ("config" if checkpoint.config.get("arch") else "")
-        spec = Spec().merged(**checkpoint.config).merged(**{k: v for k, v in vars(spec).items() if v not in (None, (), {})})
+        given = {k: v for k, v in vars(spec).items() if v not in (None, (), {})}
+        spec = Spec().merged(**checkpoint.config).merged(**given)
     from_embedded = bool(spec.arch)
     if spec_file:
         from_file = read_spec_file(spec_file)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pytest
 import safetensors.torch
@@ -26,7 +27,8 @@ SHA = "0123456789abcdef0123456789abcdef01234567"
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Each model, saved by timm as the hub ships it (config.json + model.safetensors), and a fake hub cache
-    holding the same files under models--org--NAME (refs/main + snapshots/<sha>/)."""
+    holding the same files laid out as huggingface_hub lays them: models--org--NAME/refs/main naming the
+    commit, snapshots/<sha>/FILE a relative link to blobs/<id> (here a hard link to the saved file)."""
     root = tmp_path_factory.mktemp("timm")
     cache = root / "cache"
     out = {}
@@ -39,8 +41,10 @@ def saved(tmp_path_factory):
         (repo / "refs").mkdir(parents=True)
         (repo / "refs" / "main").write_text(SHA)
         (repo / "snapshots" / SHA).mkdir(parents=True)
+        (repo / "blobs").mkdir()
         for file in ("config.json", "model.safetensors"):
-            (repo / "snapshots" / SHA / file).write_bytes((folder / file).read_bytes())
+            os.link(folder / file, repo / "blobs" / f"{name}-{file}")
+            os.symlink(f"../../blobs/{name}-{file}", repo / "snapshots" / SHA / file)
         out[name] = (net, folder)
     x = torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     safetensors.torch.save_file({"x": x, "y": torch.arange(6) % 10}, root / "data.safetensors")
@@ -74,7 +78,10 @@ def test_hub_folder_and_hub_cache_give_timms_logits(saved, offline_cache, name):
         assert loaded.spec.arch == f"timm:{name}" and loaded.arch_source == "config"
         assert loaded.layer == cfg["classifier"] and loaded.num_classes == 10
         assert loaded.spec.mean == pytest.approx(cfg["mean"]) and loaded.spec.std == pytest.approx(cfg["std"])
-        assert loaded.spec.crop == cfg["input_size"][-1] or name.startswith("vit")
+        if name.startswith("vit"):  # a fixed-size model: its size as built (img_size=32), not its registry's 224
+            assert loaded.spec.input_shape == (3, 32, 32) and (loaded.spec.crop, loaded.spec.resize) == (32, 35)
+        else:  # a ResNet or ConvNeXt runs on the data's own size
+            assert loaded.spec.input_shape is None and loaded.spec.crop == cfg["input_size"][-1]
         assert loaded.spec.resize == math.floor(loaded.spec.crop / cfg["crop_pct"])
         assert loaded.spec.interpolation == cfg["interpolation"]
         with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
@@ -82,26 +89,23 @@ def test_hub_folder_and_hub_cache_give_timms_logits(saved, offline_cache, name):
             logits, phi = split(x)
         assert phi.shape == (4, loaded.head.in_features)
         torch.testing.assert_close(logits, _timm_logits(net, x, cfg), atol=1e-5, rtol=1e-5)
+    y = torch.arange(4)
+    sharp = api.sharpness(loaded, (x, y), device="cpu")
+    assert math.isfinite(sharp.summary["relative_sharpness"]["mean"]) and len(sharp.samples) == 4
+    attack = api.attack(loaded, (x[:2], y[:2]), steps=1, device="cpu")
+    assert attack.summary["n"] == 2 and len(attack.summary["mean_loss_by_step"]) == 2
 
 
-def test_a_fixed_size_vit_takes_its_size_from_the_model_as_built(saved):
-    loaded = api.load(str(saved["models"]["vit_tiny_patch16_224"][1]), device="cpu")
-    assert loaded.spec.input_shape == (3, 32, 32) and loaded.spec.crop == 32 and loaded.spec.resize == 35
-    resnet = api.load(str(saved["models"]["resnet18"][1]), device="cpu")
-    assert resnet.spec.input_shape is None  # a ResNet runs on the data's own size
-
-
-@pytest.mark.parametrize("name", MODELS)
-def test_sharpness_and_attack_run_on_timm_models(saved, name):
-    folder, data = saved["models"][name][1], f"tensors:{saved['data']}"
-    res = invoke("sharpness", folder, "--data", data, "--format", "json")
+def test_sharpness_and_attack_on_a_hub_model_are_one_command_each(saved, offline_cache):
+    data = f"tensors:{saved['data']}"
+    res = invoke("sharpness", "hf-hub:org/resnet18", "--data", data, "--format", "json")
     assert res.exit_code == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["config"]["arch"] == f"timm:{name}" and math.isfinite(doc["summary"]["relative_sharpness"]["mean"])
-    res = invoke("attack", folder, "--data", data, "--steps", "1", "--limit", "2", "--format", "json")
+    assert doc["config"]["arch"] == "timm:resnet18" and math.isfinite(doc["summary"]["relative_sharpness"]["mean"])
+    res = invoke("attack", saved["models"]["convnext_atto"][1], "--data", data, "--steps", "1", "--limit", "2",
+                 "--format", "json")
     assert res.exit_code == 0, res.stderr
-    summary = json.loads(res.stdout)["summary"]
-    assert summary["n"] == 2 and len(summary["mean_loss_by_step"]) == 2
+    assert json.loads(res.stdout)["summary"]["n"] == 2
 
 
 def test_a_missing_hub_file_is_one_error(saved, offline_cache, tmp_path):
