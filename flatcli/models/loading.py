@@ -34,7 +34,7 @@ from flatcli.models import timm_models
 from flatcli.models.builtins import BUILTINS
 from flatcli.models.matching import check_fits, detect_arch, load_state, strip_prefix
 from flatcli.models.registry import (build_network, data_defaults, default_head, infer_in_channels, infer_num_classes,
-                                     names_code)
+                                     kwargs_naming_code, names_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.
@@ -96,7 +96,8 @@ def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides
     came from (``config``, ``spec`` or ``option``).
 
     An ``arch`` that names code (``module.path:Class``) and comes from the embedded spec is refused, before
-    anything is imported, unless ``trust_embedded_code``.
+    anything is imported, unless ``trust_embedded_code``; so are ``arch_kwargs`` naming classes to import
+    (``block: module:Name``) that reach such an arch from the checkpoint rather than a ``--spec`` file.
     """
     embedded = checkpoint.metadata.get(METADATA_KEY)
     spec = parse_spec(embedded, f"the spec embedded in {checkpoint.name}") if embedded else Spec()
@@ -120,7 +121,18 @@ def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides
             f"only code you name: pass --arch {spec.arch} if you trust it, or --trust-embedded-code "
             "(API: trust_embedded_code=True) to let the checkpoint's own spec name it"
         )
-    return spec.merged(**overrides), source
+    spec = spec.merged(**overrides)
+    if names_code(spec.arch) and not trust_embedded_code and not (spec_file and from_file.arch_kwargs):
+        # the user named the class; kwargs naming classes to import must come from them too
+        named = kwargs_naming_code(spec.arch_kwargs)
+        if named:
+            raise SpecError(
+                f"{checkpoint.name} (its embedded spec or config.json) gives arch_kwargs naming code to import "
+                f"({named[0]}), and "
+                "flatrob imports only code you name: put those arch_kwargs in a --spec file, or pass "
+                "--trust-embedded-code (API: trust_embedded_code=True)"
+            )
+    return spec, source
 
 
 def load_model(

@@ -181,6 +181,11 @@ def _build_class(arch: str, num_classes: int, in_channels: int, kwargs: dict) ->
 _CLASS_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
 
 
+def kwargs_naming_code(kwargs: dict) -> list[str]:
+    """The ``arch_kwargs`` whose values a ``module.path:ClassName`` architecture would import (``module:Name``)."""
+    return [f"{key}: {value}" for key, value in kwargs.items() if isinstance(value, str) and _CLASS_REF.fullmatch(value)]
+
+
 def _kwarg_class(arch: str, key: str, value):
     """``value``, or the class it names when it is a ``module.path:Name`` string."""
     if not (isinstance(value, str) and _CLASS_REF.fullmatch(value)):

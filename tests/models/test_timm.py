@@ -186,3 +186,17 @@ def test_a_timm_class_is_buildable_from_yaml(tmp_path):
     spec.write_text("arch: timm.models.resnet:ResNet\narch_kwargs: {block: 'os:getcwd', layers: [1, 1, 1, 1]}\n"
                     "layer: fc\n")
     assert_one_error(invoke("sharpness", path, "--spec", spec), "not a class")
+
+
+def test_kwargs_naming_classes_must_come_from_the_user(tmp_path):
+    import sys
+
+    import timm.models.resnet as tr
+
+    net = tr.ResNet(block=tr.BasicBlock, layers=[1, 1, 1, 1], num_classes=10, in_chans=1)
+    path = tmp_path / "res.safetensors"
+    embedded = "arch_kwargs: {block: 'flatrob_never_imported:Block', layers: [1, 1, 1, 1]}\nlayer: fc\n"
+    safetensors.torch.save_file(net.state_dict(), path, metadata={"flatrob.spec": embedded})
+    res = invoke("sharpness", path, "--arch", "timm.models.resnet:ResNet")
+    assert_one_error(res, "arch_kwargs naming code", "block: flatrob_never_imported:Block", "--trust-embedded-code")
+    assert "flatrob_never_imported" not in sys.modules
