@@ -1,5 +1,6 @@
-# make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up, then the suite;
-# make gpu-check: the CUDA tests and throughput figures (says so and succeeds on a machine without CUDA).
+# make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up (with the extras the tests
+# use: timm, hub, robustbench, hf), then the suite; make gpu-check: the CUDA tests and throughput figures (says
+# so and succeeds on a machine without CUDA).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,10 +14,11 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/pip install -q -e ".[test,plot,hf]"
+	$(BIN)/pip install -q -e ".[test,plot,hf,timm,hub,robustbench]"
 	# torchattacks 3.5.1 pins requests~=2.25.1, which datasets/huggingface_hub outgrew (the pin is stale: it
 	# only downloads weights with it); its real needs (torch, scipy, numpy, tqdm) are installed above.
 	$(BIN)/pip install -q --no-deps "torchattacks>=3.5"
+	$(BIN)/pip install -q --no-deps robustbench==1.1.1
 	touch $(STAMP)
 
 install: $(STAMP)

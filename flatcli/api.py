@@ -32,7 +32,7 @@ from torch import nn
 
 from flatcli.core.head_scaling import Scaling
 from flatcli.errors import DataError, UsageError
-from flatcli.inputs.data import FILE_FORMS, DataSource, check_compatible, load_data, preprocessing
+from flatcli.inputs.data import FILE_FORMS, IMAGE_FILE_FORMS, DataSource, check_compatible, load_data, preprocessing
 from flatcli.models.loading import LoadedModel, from_module, load_model
 from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
 from flatcli.runs import attack as attack_run
@@ -106,12 +106,13 @@ def load(model: Any, *, spec: str | None = None, arch: str | None = None, layer:
             raise UsageError("spec and arch describe a checkpoint; an nn.Module is used as it is")
         loaded = from_module(model, layer=layer, mean=mean, std=std, device=dev)
     elif isinstance(model, str) or hasattr(model, "__fspath__"):
-        from flatcli.inputs.checkpoint import resolve
+        from flatcli.inputs.checkpoint import locate
 
-        plan_inputs(checkpoint=resolve(str(model)), spec=spec)
+        located = locate(str(model))  # a hub checkpoint: its config.json and model.safetensors (fetched if need be)
+        plan_inputs(checkpoint=located[0], hub_config=located[1], spec=spec)
         overrides = {"arch": arch, "layer": layer, "mean": _floats(mean), "std": _floats(std)}
         loaded = load_model(str(model), spec_file=spec, overrides=overrides, device=dev,
-                            trust_embedded_code=trust_embedded_code)
+                            trust_embedded_code=trust_embedded_code, located=located)
     else:
         raise UsageError(f"model must be an nn.Module, a checkpoint path or example:NAME, got {type(model).__name__}")
     if channels_last:
@@ -158,8 +159,12 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
             plan_inputs(**{role: path})
         reading = reading or {}
         spec = loaded.spec
-        preprocess = preprocessing(spec.input_shape, *(reading.get(k) if reading.get(k) is not None else
-                                                        getattr(spec, k) for k in ("resize", "crop", "interpolation")))
+        guessed = loaded.image_defaults if kind in IMAGE_FILE_FORMS else {}  # files of any size only
+
+        def first(key):
+            return next((v for v in (reading.get(key), getattr(spec, key), guessed.get(key)) if v is not None), None)
+
+        preprocess = preprocessing(spec.input_shape, *(first(k) for k in ("resize", "crop", "interpolation")))
         columns = (reading.get("image_column"), reading.get("label_column"))
         ds = many.shared(  # read once for many checkpoints: keyed by everything that shapes the tensors
             ("data", role, data, split, limit, loaded.num_classes, preprocess, columns),
@@ -505,14 +510,24 @@ def _number_text(value) -> str | None:
 
 
 @_one_plan
-def convert(source, dest, *, key: str | None = None, spec: str | None = None, force: bool = False) -> Result:
-    """``flatrob convert``: a ``.pt``/``.pth`` state dict to safetensors, through ``torch.load(weights_only=True)``."""
+def convert(source, dest, *, key: str | None = None, spec: str | None = None, force: bool = False,
+            weights: str = "model", strip_prefix: str | None = None) -> Result:
+    """``flatrob convert``: a ``.pt``/``.pth``/``.ckpt`` state dict to safetensors, through
+    ``torch.load(weights_only=True)``; ``weights="ema"`` takes the EMA weights, ``strip_prefix`` the keys
+    under that prefix (see :mod:`flatcli.inputs.convert`)."""
     from flatcli.inputs.convert import convert_pickle
     from flatcli.runtime.loop import versions
 
-    summary = convert_pickle(source, dest, key=key, spec_file=spec, force=force)
-    config = {"source": str(source), "dest": str(dest), "key": key, "spec": spec, "versions": versions()}
-    return Result("convert", config, summary)
+    summary = convert_pickle(source, dest, key=key, spec_file=spec, force=force, weights=weights,
+                             strip_prefix=strip_prefix)
+    config = {"source": str(source), "dest": str(dest), "key": key, "spec": spec, "weights": weights,
+              "strip_prefix": strip_prefix, "versions": versions()}
+    notes = []
+    if summary["other_weights"]:
+        other = "ema" if weights == "model" else "model"
+        notes.append(f"note: took the {weights} weights ({summary['key']}); the file also holds "
+                     f"{', '.join(summary['other_weights'])}: --weights {other} takes those")
+    return Result("convert", config, summary, notes=notes)
 
 
 def _check_plot(plot) -> None:

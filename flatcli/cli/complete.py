@@ -107,12 +107,12 @@ def paths(partial: str, *, files: bool) -> list[str]:
 def layer(ctx: typer.Context, incomplete: str) -> list[tuple[str, str]]:
     """The checkpoint's linear layers (2-D ``*.weight`` tensors), read from its safetensors header only."""
     ref = checkpoint_on_line(ctx)
-    if not ref:
+    if not ref or ref.startswith("hf-hub:"):  # a <Tab> never downloads
         return []
     from flatcli.inputs.checkpoint import read_header, resolve  # header only: no torch
 
     try:
-        header = read_header(resolve(ref))
+        header = read_header(resolve(ref) / "model.safetensors" if os.path.isdir(os.path.expanduser(ref)) else resolve(ref))
     except Exception:  # noqa: BLE001 - a <Tab> never prints a traceback; no layers is the answer
         return []
     return linear_layers(header)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Annotated, Optional
 
 import typer
@@ -9,6 +10,12 @@ import typer
 from flatcli.cli import common, tables
 from flatcli.cli.app import app
 from flatcli.cli.options import Format, FormatOpt, Quiet, SpecFile
+from flatcli.errors import UsageError
+
+
+class Weights(str, Enum):
+    model = "model"
+    ema = "ema"
 
 
 def render_table(stream, summary: dict, samples) -> None:
@@ -17,10 +24,16 @@ def render_table(stream, summary: dict, samples) -> None:
 
 @app.command()
 def convert(
-    source: Annotated[str, typer.Argument(help="PyTorch file (.pt/.pth) holding a state dict.", show_default=False)],
+    source: Annotated[str, typer.Argument(help="PyTorch file (.pt/.pth/.ckpt) holding a state dict.", show_default=False)],
     dest: Annotated[str, typer.Argument(help="The safetensors file to write.", show_default=False)],
     key: Annotated[
         Optional[str], typer.Option("--key", help="Entry holding the state dict (default: the file itself, else state_dict, model_state_dict, model, ...).")
+    ] = None,
+    weights: Annotated[
+        Weights, typer.Option("--weights", help="Which weights of a training checkpoint: the model's (state_dict, model, last, ...) or the EMA's (state_dict_ema, model_ema, ema, ...).")
+    ] = Weights.model,
+    strip_prefix: Annotated[
+        Optional[str], typer.Option("--strip-prefix", help="Keep only the keys under this prefix, without it (a LightningModule's net.); default: module., _orig_mod. and model. wrappers are removed.")
     ] = None,
     spec: SpecFile = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
@@ -29,10 +42,16 @@ def convert(
 ) -> None:
     """Convert a .pt/.pth state dict to safetensors with torch.load(weights_only=True): nothing in it is executed.
 
-    --spec embeds a layer spec in the metadata, so later commands need nothing else.
+    Training checkpoints (Lightning, timm, RobustBench, torch.compile, AveragedModel) are unwrapped; the summary
+    says which entry was taken and which prefixes and keys were removed. --spec embeds a layer spec in the
+    metadata, so later commands need nothing else.
     """
     from flatcli import api
 
-    result = api.convert(source, dest, key=key, spec=spec, force=force)
+    if key is not None and weights is not Weights.model:
+        raise UsageError("--key and --weights ema both choose the weights; give one")
+    result = api.convert(source, dest, key=key, spec=spec, force=force, weights=weights.value,
+                         strip_prefix=strip_prefix)
+    common.notes(result, quiet)
     with common.writer(format, None, command="convert", per_sample=False, render_table=render_table) as out:
         out.finish(result.config, result.summary)

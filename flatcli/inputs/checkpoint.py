@@ -1,6 +1,8 @@
 """Reading checkpoints: safetensors state dicts only; pickles are never unpickled.
 
-``example:NAME`` names a checkpoint shipped inside the package (``flatcli/examples/NAME.safetensors``).
+``example:NAME`` names a checkpoint shipped inside the package (``flatcli/examples/NAME.safetensors``);
+a hub folder or ``hf-hub:ORG/NAME[@REV]`` its ``model.safetensors`` and ``config.json``
+(:mod:`flatcli.inputs.hub`).
 """
 
 from __future__ import annotations
@@ -8,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flatcli.errors import CheckpointError
+from flatcli.inputs import hub
 
 if TYPE_CHECKING:  # torch is imported only when tensors are read: shell completion reads headers only
     import torch
@@ -29,6 +32,8 @@ class Checkpoint:
     state_dict: dict[str, "torch.Tensor"]
     metadata: dict[str, str]
     sha256: str
+    config: dict = field(default_factory=dict)  # spec keys from a hub config.json (lowest precedence)
+    config_path: Path | None = None
 
 
 def examples() -> list[str]:
@@ -44,6 +49,15 @@ def resolve(ref: str) -> Path:
             raise CheckpointError(f"no bundled example {name!r}; available: {', '.join(examples()) or 'none'}")
         return path
     return Path(ref).expanduser()
+
+
+def locate(ref: str) -> tuple[Path, Path | None]:
+    """The safetensors file behind ``ref`` and, for a hub checkpoint, its ``config.json`` (else ``None``);
+    an ``hf-hub:`` reference is fetched into the hub's cache if it is not there."""
+    if hub.is_hub(ref):
+        files = hub.locate(ref)
+        return files.weights, files.config
+    return resolve(ref), None
 
 
 def read_header(path: Path) -> dict:
@@ -66,7 +80,8 @@ def read_header(path: Path) -> dict:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {path} does not exist") from None
     except IsADirectoryError:
-        raise CheckpointError(f"checkpoint {path} is a directory; pass a .safetensors file") from None
+        raise CheckpointError(f"checkpoint {path} is a directory; pass a .safetensors file or a hub folder "
+                              "(config.json + model.safetensors)") from None
     except PermissionError:
         raise CheckpointError(f"cannot read checkpoint {path}: permission denied") from None
     try:
@@ -94,9 +109,11 @@ def check_tensors(path, state: dict) -> None:
             raise CheckpointError(f"{path}: tensor {key!r} contains NaN or Inf; the checkpoint is broken")
 
 
-def read(ref: str) -> Checkpoint:
-    """Load the state dict and metadata of a safetensors checkpoint (on CPU)."""
-    path = resolve(ref)
+def read(ref: str, located: tuple[Path, Path | None] | None = None) -> Checkpoint:
+    """Load the state dict and metadata of a safetensors checkpoint (on CPU); ``located`` is what
+    :func:`locate` returned for ``ref``, if the caller has it already."""
+    path, config_path = located or locate(ref)
+    config = hub.read_config(config_path) if config_path is not None else {}
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{path} looks like a pickle ({path.suffix}); flatrob reads only safetensors. Convert it with "
@@ -123,4 +140,6 @@ def read(ref: str) -> Checkpoint:
         state_dict=state,
         metadata=dict(metadata),
         sha256=hashlib.sha256(data).hexdigest(),
+        config=config,
+        config_path=config_path,
     )

@@ -1,24 +1,27 @@
 """From a checkpoint (or an in-memory ``nn.Module``), a spec and overrides to a ready model and its head.
 
 Resolution order for every setting of a checkpoint: command-line option, then ``--spec FILE``, then
-the spec embedded in the checkpoint metadata (``flatrob.spec``), then what the state dict itself tells
-(architecture by matching keys and shapes, classes from the head's weight, channels from the first
-convolution). An in-memory network (:func:`from_module`, the Python API) brings its own weights; its
-head is the layer named, or its last ``nn.Linear``.
+the spec embedded in the checkpoint metadata (``flatrob.spec``), then a hub checkpoint's ``config.json``,
+then what the architecture's own data config gives (timm's, torchvision's weights transforms: mean, std,
+resize, crop, interpolation), then what the state dict itself tells (architecture by matching keys and
+shapes, classes from the head's weight, channels from the first convolution). An in-memory network
+(:func:`from_module`, the Python API) brings its own weights; its head is the layer named, or its last
+``nn.Linear``.
 
 Trust: code is named only by the person running the command (``--arch module.path:Class``, or a
 ``--spec`` file they pass). An embedded spec whose ``arch`` names a module to import is refused before
-anything is imported, unless ``trust_embedded_code`` (``--trust-embedded-code``) says the checkpoint's
-author is trusted. Resources: the network is first built on the ``meta`` device (nothing allocated) and
-its keys and shapes compared with the state dict, and its buffers beyond the state dict capped
-(:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob allocate gigabytes.
+anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code``
+(``--trust-embedded-code``) says the checkpoint's author is trusted. Resources: the network is first
+built on the ``meta`` device (nothing allocated) and its keys and shapes compared with the state dict, and
+its buffers beyond the state dict capped (:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob
+allocate gigabytes.
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -27,13 +30,17 @@ from flatcli.core.classifier import Classifier
 from flatcli.errors import LayerError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
+from flatcli.models import timm_models
 from flatcli.models.builtins import BUILTINS
 from flatcli.models.matching import check_fits, detect_arch, load_state, strip_prefix
-from flatcli.models.registry import build_network, default_head, infer_in_channels, infer_num_classes, names_code
+from flatcli.models.registry import (build_network, data_defaults, default_head, infer_in_channels, infer_num_classes,
+                                     kwargs_naming_code, names_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.
 MAX_EXTRA_BYTES = 64 * 1024 * 1024
+#: Spec keys of image preprocessing (see :attr:`LoadedModel.image_defaults`).
+IMAGE_KEYS = ("resize", "crop", "interpolation")
 
 
 @dataclass
@@ -48,9 +55,13 @@ class LoadedModel:
     head: nn.Linear
     layer: str  # head name, relative to the network
     spec: Spec  # the effective spec (every resolved value filled in)
-    arch_source: str  # "option", "spec", "detected" or "module"
+    arch_source: str  # "option", "spec", "config" (a hub config.json), "detected" or "module"
     checkpoint: ckpt.Checkpoint | None = None
     weights_sha256: str | None = None
+    #: resize/crop/interpolation from the architecture's own data config (timm's, torchvision's weights): they
+    #: describe its pretrained weights, not this checkpoint, so only files of any size (``folder:``, ``hf:``) use
+    #: them; a data set with its own fixed size (CIFAR, MNIST, tensors) is resized only when the spec says so.
+    image_defaults: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -87,19 +98,25 @@ class LoadedModel:
 
 def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict, *,
                    trust_embedded_code: bool = False) -> tuple[Spec, str]:
-    """Embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch`` came from.
+    """Hub config, then embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch``
+    came from (``config``, ``spec`` or ``option``).
 
     An ``arch`` that names code (``module.path:Class``) and comes from the embedded spec is refused, before
-    anything is imported, unless ``trust_embedded_code``.
+    anything is imported, unless ``trust_embedded_code``; so are ``arch_kwargs`` naming classes to import
+    (``block: module:Name``) that reach such an arch from the checkpoint rather than a ``--spec`` file.
     """
     embedded = checkpoint.metadata.get(METADATA_KEY)
     spec = parse_spec(embedded, f"the spec embedded in {checkpoint.name}") if embedded else Spec()
     source = "spec" if spec.arch else ""
+    if checkpoint.config:
+        source = source or ("config" if checkpoint.config.get("arch") else "")
+        given = {k: v for k, v in vars(spec).items() if v not in (None, (), {})}
+        spec = Spec().merged(**checkpoint.config).merged(**given)
     from_embedded = bool(spec.arch)
     if spec_file:
         from_file = read_spec_file(spec_file)
         spec = spec.merged(**{k: v for k, v in vars(from_file).items() if v not in (None, (), {})})
-        source = "spec" if spec.arch else source
+        source = "spec" if from_file.arch else source
         from_embedded = from_embedded and not from_file.arch
     if overrides.get("arch"):
         source = "option"
@@ -110,7 +127,18 @@ def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides
             f"only code you name: pass --arch {spec.arch} if you trust it, or --trust-embedded-code "
             "(API: trust_embedded_code=True) to let the checkpoint's own spec name it"
         )
-    return spec.merged(**overrides), source
+    spec = spec.merged(**overrides)
+    if names_code(spec.arch) and not trust_embedded_code and not (spec_file and from_file.arch_kwargs):
+        # the user named the class; kwargs naming classes to import must come from them too
+        named = kwargs_naming_code(spec.arch_kwargs)
+        if named:
+            raise SpecError(
+                f"{checkpoint.name} (its embedded spec or config.json) gives arch_kwargs naming code to import "
+                f"({named[0]}), and "
+                "flatrob imports only code you name: put those arch_kwargs in a --spec file, or pass "
+                "--trust-embedded-code (API: trust_embedded_code=True)"
+            )
+    return spec, source
 
 
 def load_model(
@@ -120,9 +148,12 @@ def load_model(
     overrides: dict | None = None,
     device: torch.device | str = "cpu",
     trust_embedded_code: bool = False,
+    located: tuple | None = None,
 ) -> LoadedModel:
-    """Read the checkpoint, resolve the spec, build the network, load weights, find the head."""
-    checkpoint = ckpt.read(ref)
+    """Read the checkpoint, resolve the spec, build the network, load weights, find the head.
+
+    ``located``: what :func:`flatcli.inputs.checkpoint.locate` returned for ``ref``, if the caller has it."""
+    checkpoint = ckpt.read(ref, located)
     spec, arch_source = effective_spec(checkpoint, spec_file, overrides or {}, trust_embedded_code=trust_embedded_code)
     state = strip_prefix(checkpoint.state_dict, spec.strip_prefix or "module.")
     kwargs = dict(spec.arch_kwargs)
@@ -139,6 +170,7 @@ def load_model(
     head_name = spec.layer or _builtin_head(arch)
     num_classes = spec.num_classes
     if num_classes is None:
+        head_name = head_name or _skeleton_head(arch, in_channels, kwargs)
         if head_name is None:
             raise SpecError(f"cannot tell the number of classes of {ref}; add num_classes: or layer: to the spec")
         num_classes = infer_num_classes(state, head_name)
@@ -147,12 +179,28 @@ def load_model(
     if head_name is None:
         head_name = default_head(arch, net)
     head = find_linear(net, head_name)
+    defaults = _unset(spec, data_defaults(arch, net), in_channels)
+    image_defaults = {key: defaults.pop(key) for key in IMAGE_KEYS if key in defaults}
+    spec = spec.merged(**defaults)
     mean, std = per_channel(spec.mean, spec.std, in_channels)
     model = Classifier(net, mean, std).to(device).eval()
     spec = spec.merged(
         arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
     )
-    return LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source, checkpoint=checkpoint)
+    return LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source, checkpoint=checkpoint,
+                       image_defaults=image_defaults)
+
+
+def _unset(spec: Spec, defaults: dict, channels: int) -> dict:
+    """The ``defaults`` whose keys no source of ``spec`` set; mean/std only if they have ``channels`` values
+    (a timm model built with ``in_chans=1`` keeps ImageNet's three in its config)."""
+    out = {key: value for key, value in defaults.items() if getattr(spec, key) is None}
+    if len(out.get("mean", ())) not in (0, channels) or len(out.get("std", ())) not in (0, channels):
+        out.pop("mean", None)
+        out.pop("std", None)
+    if out.get("input_shape") and out["input_shape"][0] != channels:
+        out.pop("input_shape")
+    return out
 
 
 def build_fitting(arch: str, state: dict, *, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
@@ -242,7 +290,21 @@ def weights_sha256(net: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _skeleton_head(arch: str, in_channels: int, kwargs: dict) -> str | None:
+    """The default head of ``arch`` built on the meta device (nothing allocated) with one class, or ``None``
+    when it cannot be built that way (the classes are then needed to build it); a bad name is its error."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_network(arch, num_classes=1, in_channels=in_channels, kwargs=kwargs)
+        return default_head(arch, skeleton)
+    except (LayerError, RuntimeError, NotImplementedError, TypeError, ValueError):
+        return None
+
+
 def _builtin_head(arch: str) -> str | None:
+    """The head a built-in or a timm model names before it is built (``None``: known once built)."""
+    if arch.startswith(timm_models.PREFIX):
+        return timm_models.registered_head(arch.partition(":")[2])
     info = BUILTINS.get(arch)
     return info.head if info else None
 

@@ -15,6 +15,9 @@ from flatcli.errors import CheckpointError
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.registry import infer_in_channels
 
+#: A built-in is named as the closest match only when it shares at least this share of the keys.
+CLOSE = 0.5
+
 
 def strip_prefix(state_dict: StateDict, prefix: str = "module.") -> dict:
     """A new dict with ``prefix`` removed from every key, if every key has it; else an unchanged copy."""
@@ -129,7 +132,23 @@ def detect_arch(state_dict: StateDict) -> tuple[str, dict]:
     prefixed = bool(state_dict) and all(key.startswith("module.") for key in state_dict)
     prefix = " (every key starts with 'module.': strip that prefix)" if prefixed else ""
     similarity, closest, diff = max(misses, key=lambda miss: miss[0], default=(0.0, "", None))
-    detail = f"; closest is {closest} ({diff.describe()})" if similarity > 0 else ""
+    if similarity >= CLOSE:
+        detail = f"; closest is {closest} ({diff.describe()})"
+    else:
+        detail = f" ({', '.join(BUILTINS)}: none shares even half of its {len(state_dict)} tensors{_family(state_dict)})"
     raise CheckpointError(
-        f"the checkpoint matches no built-in architecture{prefix}{detail}; pass --arch NAME or add arch: to the spec"
+        f"the checkpoint matches no built-in architecture{prefix}{detail}; name its architecture with --arch (or "
+        "arch: in the spec): a built-in, timm:NAME, torchvision:NAME, robustbench:DATASET/THREAT/NAME or "
+        "module.path:ClassName"
     )
+
+
+def _family(state_dict: StateDict) -> str:
+    """A hint when the keys have RobustBench's WideResNet layout (``block1.layer.0.``), with its depth and width."""
+    if "block1.layer.0.conv1.weight" not in state_dict or "fc.weight" not in state_dict:
+        return ""
+    blocks = {key.split(".")[2] for key in state_dict if key.startswith("block1.layer.")}
+    width = state_dict["fc.weight"].shape[1] // 64
+    return (f"; its keys are RobustBench's WideResNet-{6 * len(blocks) + 4}-{width} layout: a robustbench:... zoo entry "
+            "of that size, or robustbench.model_zoo.architectures.wide_resnet:WideResNet with arch_kwargs "
+            f"{{depth: {6 * len(blocks) + 4}, widen_factor: {width}}}")

@@ -6,10 +6,15 @@ An architecture name is one of:
 * ``torchvision:NAME``: a ``torchvision.models`` classification builder, called with ``num_classes=``, the
   kwargs and every ``weights*`` keyword set to ``None`` (detection, segmentation, video, optical-flow and
   quantized builders are refused: their defaults fetch backbone weights);
+* ``timm:NAME``: a model of timm's registry, ``timm.create_model(NAME, pretrained=False, ...)``
+  (:mod:`flatcli.models.timm_models`);
+* ``robustbench:DATASET/THREAT/NAME``: a RobustBench model zoo entry's constructor
+  (:mod:`flatcli.models.robustbench_zoo`);
 * ``module.path:ClassName``: an ``nn.Module`` subclass, verified as such before it is called, imported from
   the installed packages and ``PYTHONPATH``, never from the current directory.
 
-Only the last form imports code a user names (:func:`names_code`); :mod:`flatcli.models.loading` refuses it
+Only the last form imports code a user names (:func:`names_code`); the registries name entries of installed
+libraries, as built-ins do; :mod:`flatcli.models.loading` refuses it
 from a checkpoint's embedded spec unless the user trusts that spec. Every build runs
 :func:`flatcli.models.offline.offline`: nothing is downloaded and torch.hub's cache is never read.
 """
@@ -21,28 +26,36 @@ import difflib
 import importlib
 import inspect
 import os
+import re
 import sys
 from typing import Callable, Iterator
 
 from torch import nn
 
 from flatcli.errors import CheckpointError, LayerError, SpecError
+from flatcli.inputs.preprocessing import from_torchvision
+from flatcli.models import robustbench_zoo, timm_models
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.offline import offline
 
 _RESERVED = ("num_classes", "in_channels")
 
 
+#: Architecture prefixes naming an entry of an installed library's registry, not a module to import.
+REGISTRIES = ("torchvision:", timm_models.PREFIX, robustbench_zoo.PREFIX)
+
+
 def names_code(arch: str | None) -> bool:
     """Whether ``arch`` is a ``module.path:ClassName``: building it imports (and so runs) that module."""
-    return bool(arch) and ":" in arch and not arch.startswith("torchvision:")
+    return bool(arch) and ":" in arch and not arch.startswith(REGISTRIES)
 
 
 def build_network(arch: str, *, num_classes: int, in_channels: int, kwargs: dict | None = None) -> nn.Module:
     """A freshly initialised network for ``arch`` (see the module docstring for the three forms), built offline.
 
-    ``in_channels`` reaches built-ins, and a ``module.path:ClassName`` only if its ``__init__`` names an
-    ``in_channels`` parameter; torchvision builders always take 3 channels. ``num_classes`` reaches a
+    ``in_channels`` reaches built-ins, timm (``in_chans``), and a ``module.path:ClassName`` only if its
+    ``__init__`` names an ``in_channels`` parameter; torchvision builders always take 3 channels, and a
+    RobustBench zoo entry takes its own channels and classes (the checkpoint's shapes are compared with it). ``num_classes`` reaches a
     class only if its ``__init__`` accepts it (by name or ``**kwargs``). Under ``torch.device("meta")``
     nothing is allocated (the loader compares shapes that way before building for real).
     """
@@ -66,13 +79,19 @@ def _build(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Mo
             raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
     if arch.startswith("torchvision:"):
         return _build_torchvision(arch.partition(":")[2], num_classes, kwargs)
+    if arch.startswith(timm_models.PREFIX):
+        return timm_models.build(arch.partition(":")[2], num_classes, in_channels, kwargs)
+    if arch.startswith(robustbench_zoo.PREFIX):
+        if kwargs:
+            raise SpecError(f"{arch} takes no arch_kwargs (a zoo entry is one fixed network); remove them")
+        return robustbench_zoo.build(arch.partition(":")[2])
     if ":" in arch:
         return _build_class(arch, num_classes, in_channels, kwargs)
     close = difflib.get_close_matches(arch, BUILTINS, n=3)
     hint = f"did you mean {' or '.join(close)}? " if close else ""
     raise SpecError(
         f"unknown architecture {arch!r}; {hint}built-ins: {', '.join(BUILTINS)}; "
-        "or use torchvision:NAME or module.path:ClassName"
+        "or use torchvision:NAME, timm:NAME, robustbench:DATASET/THREAT/NAME or module.path:ClassName"
     )
 
 
@@ -135,46 +154,100 @@ def _without_current_directory() -> Iterator[None]:
 
 
 def _build_class(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
-    """Import ``module.path``, look up ``ClassName``, refuse anything but an ``nn.Module`` subclass, build."""
-    module_name, _, attr = arch.partition(":")
+    """Import ``module.path``, look up ``ClassName``, refuse anything but an ``nn.Module`` subclass, build.
+
+    A kwarg whose value is a string ``module.path:Name`` naming a class (``block:
+    timm.models.resnet:BasicBlock`` for ``timm.models.resnet:ResNet``) is passed as that class, imported
+    the same way: the architecture already names code, so its kwargs may too.
+    """
+    cls = _import_attr(arch)
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise SpecError(f"{arch} is a {type(cls).__name__}, not an nn.Module subclass; name the network class itself")
+    call = {key: _kwarg_class(arch, key, value) for key, value in kwargs.items()}
+    params = inspect.signature(cls).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if "num_classes" in params or takes_any:
+        call["num_classes"] = num_classes
+    for name in ("in_channels", "in_chans"):  # in_chans: timm's classes
+        if name in params:
+            call[name] = in_channels
+    _check_call(arch, cls, call)
+    try:
+        return cls(**call)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
+
+
+_CLASS_REF = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
+
+
+def kwargs_naming_code(kwargs: dict) -> list[str]:
+    """The ``arch_kwargs`` whose values a ``module.path:ClassName`` architecture would import (``module:Name``)."""
+    return [f"{key}: {value}" for key, value in kwargs.items() if isinstance(value, str) and _CLASS_REF.fullmatch(value)]
+
+
+def _kwarg_class(arch: str, key: str, value):
+    """``value``, or the class it names when it is a ``module.path:Name`` string."""
+    if not (isinstance(value, str) and _CLASS_REF.fullmatch(value)):
+        return value
+    obj = _import_attr(value)
+    if not inspect.isclass(obj):
+        raise SpecError(f"arch_kwargs {key}: {value} is a {type(obj).__name__}, not a class; kwargs of {arch} may "
+                        "name classes only")
+    return obj
+
+
+def _import_attr(ref: str):
+    """The object ``module.path:Name`` names, imported without the current directory on ``sys.path``."""
+    module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
-        raise SpecError(f"architecture {arch!r} must look like module.path:ClassName")
+        raise SpecError(f"{ref!r} must look like module.path:ClassName")
     try:
         with _without_current_directory():
             obj = importlib.import_module(module_name)
     except ImportError as exc:
         raise SpecError(
-            f"cannot import {module_name!r} for {arch}: {exc}; install it or add its directory to PYTHONPATH "
+            f"cannot import {module_name!r} for {ref}: {exc}; install it or add its directory to PYTHONPATH "
             "(the current directory is never searched)"
         ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
-            raise SpecError(f"{module_name!r} has no attribute {attr!r}; check the class name in {arch}")
+            raise SpecError(f"{module_name!r} has no attribute {attr!r}; check the class name in {ref}")
         obj = getattr(obj, part)
-    if not (inspect.isclass(obj) and issubclass(obj, nn.Module)):
-        raise SpecError(f"{arch} is a {type(obj).__name__}, not an nn.Module subclass; name the network class itself")
-    params = inspect.signature(obj).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    call = dict(kwargs)
-    if "num_classes" in params or takes_any:
-        call["num_classes"] = num_classes
-    if "in_channels" in params:
-        call["in_channels"] = in_channels
-    _check_call(arch, obj, call)
-    try:
-        return obj(**call)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
+    return obj
 
 
 def default_head(arch: str, net: nn.Module) -> str:
-    """The built-in's head name; otherwise the name of the last ``nn.Linear`` in ``net.named_modules()``."""
+    """The built-in's head name, timm's classifier; otherwise the name of the last ``nn.Linear`` in
+    ``net.named_modules()``."""
     if arch in BUILTINS:
         return BUILTINS[arch].head
+    if arch.startswith(timm_models.PREFIX):
+        head = timm_models.head_name(net)
+        if head is not None:
+            return head
     linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise LayerError(f"{arch} has no nn.Linear layer to use as the head; name the head layer with --layer or head:")
     return linears[-1]
+
+
+def data_defaults(arch: str, net: nn.Module) -> dict:
+    """Spec keys (mean, std, resize, crop, interpolation; input_shape for fixed-size models) that the
+    architecture's own data config gives: timm's, or the torchvision builder's default weights' transforms
+    (the metadata only: nothing is downloaded). A RobustBench network normalises inside: none."""
+    if arch.startswith(timm_models.PREFIX):
+        return timm_models.data_defaults(net)
+    if arch.startswith("torchvision:"):
+        import torchvision.models
+
+        try:
+            weights = torchvision.models.get_model_weights(arch.partition(":")[2])
+        except (ValueError, KeyError):
+            return {}
+        default = getattr(weights, "DEFAULT", None)
+        return from_torchvision(default.transforms()) if default is not None else {}
+    return {}
 
 
 def infer_num_classes(state_dict: StateDict, head: str) -> int:

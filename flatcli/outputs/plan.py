@@ -3,7 +3,8 @@
 One :class:`OutputPlan` is open per command (``FlatrobGroup.main`` opens it for the CLI, each function of
 :mod:`flatcli.api` for the Python API; an inner :func:`output_plan` joins the open one). While it is open:
 
-* :func:`plan_inputs` names the files the run reads (checkpoint, ``--spec``, the ``--data`` file or directory,
+* :func:`plan_inputs` names the files the run reads (checkpoint, a hub checkpoint's ``config.json``, ``--spec``,
+  the ``--data`` file or directory,
   ``--detector``, ``--adversarial``, ``--from-json``, a converted pickle) and :func:`check_outputs` the
   files it writes (``-o``, ``--trajectory``, ``--save-adv``, ``--save``, ``--plot``). Each time one is
   added, every output is checked: writable, not a directory, no two options naming the same file, and
@@ -31,7 +32,7 @@ from flatcli.errors import OutputError, UsageError
 from flatcli.outputs.files import check_writable, resolved, temporary_beside, write_errors, written_in_place
 
 #: How inputs are named in messages (keyword of :func:`plan_inputs` -> words).
-INPUT_NAMES = {"checkpoint": "the checkpoint", "source": "the file to convert", "data": "the --data file",
+INPUT_NAMES = {"checkpoint": "the checkpoint", "hub_config": "the checkpoint's config.json", "source": "the file to convert", "data": "the --data file",
                "fit_data": "the --fit-data file", "spec": "the --spec file", "detector": "the --detector file",
                "adversarial": "the --adversarial file", "from_json": "the --from-json file"}
 

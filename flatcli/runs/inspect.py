@@ -9,7 +9,7 @@ from flatcli.runtime.loop import versions
 
 
 def describe_checkpoint(loaded: LoadedModel) -> dict:
-    """Architecture (declared or detected), parameter count, candidate heads, embedded spec."""
+    """Architecture (declared or detected), parameter count, candidate heads, embedded spec, a hub checkpoint's config."""
     ck = loaded.checkpoint
     net = loaded.model.net
     heads = [
@@ -36,6 +36,7 @@ def describe_checkpoint(loaded: LoadedModel) -> dict:
         "features": loaded.features,
         "linear_layers": heads,
         "embedded_spec": ck.metadata.get(METADATA_KEY),
+        "hub_config": str(ck.config_path) if ck.config_path is not None else None,
         "effective_spec": loaded.spec.to_dict(),
     }
 

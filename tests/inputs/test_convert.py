@@ -89,3 +89,82 @@ def test_the_pickle_refusal_names_a_command_that_exists(tmp_path, state):
     res = invoke("sharpness", tmp_path / "model.pt")
     assert_one_error(res, "flatrob convert")
     assert invoke("convert", "--help").exit_code == 0
+
+
+# Training checkpoints (issue 14): Lightning, torch.compile, AveragedModel, EMA, numpy scalars, Namespace.
+
+def _net():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+
+
+def _convert(tmp_path, content, *args):
+    src, dst = tmp_path / "train.ckpt", tmp_path / "out.safetensors"
+    torch.save(content, src)
+    res = invoke("convert", src, dst, "--format", "json", "--force", *args)
+    assert res.exit_code == 0, res.stderr
+    return json.loads(res.stdout)["summary"], read(str(dst)).state_dict, res.stderr
+
+
+def test_a_lightning_checkpoint_keeps_the_model_and_its_harmless_extras_load(tmp_path):
+    import argparse
+
+    import numpy as np
+
+    net = _net()
+    state = {f"model.{k}": v for k, v in net.state_dict().items()}
+    state["criterion.weight"] = torch.ones(10)  # a LightningModule's loss, not the network
+    content = {"epoch": np.int64(3), "global_step": 120, "pytorch-lightning_version": "2.4.0", "state_dict": state,
+               "hyper_parameters": {"args": argparse.Namespace(lr=0.1, arch="mlp")}, "best": np.float64(0.91),
+               "optimizer_states": [{"state": {}, "param_groups": [{"lr": np.float32(0.1)}]}]}
+    summary, converted, _ = _convert(tmp_path, content)
+    assert summary["key"] == "state_dict" and summary["stripped"] == ["model."]
+    assert summary["dropped"] == ["criterion.weight"]
+    assert converted.keys() == net.state_dict().keys()
+
+
+def test_torch_compile_and_dataparallel_prefixes_are_stripped(tmp_path):
+    net = _net()
+    compiled = torch.compile(net)  # its state dict keys start with _orig_mod.
+    wrapped = {f"module.{k}": v for k, v in compiled.state_dict().items()}
+    summary, converted, _ = _convert(tmp_path, {"model": wrapped})
+    assert summary["stripped"] == ["module.", "_orig_mod."] and converted.keys() == net.state_dict().keys()
+
+
+def test_an_averaged_model_drops_n_averaged(tmp_path):
+    net = _net()
+    swa = torch.optim.swa_utils.AveragedModel(net)
+    assert "n_averaged" in swa.state_dict()
+    summary, converted, _ = _convert(tmp_path, swa.state_dict())
+    assert summary["dropped"] == ["n_averaged"] and summary["stripped"] == ["module."]
+    assert all(torch.equal(converted[k], v) for k, v in net.state_dict().items())
+
+
+def test_ema_weights_are_named_and_chosen_with_weights(tmp_path):
+    net, ema = _net(), _net()
+    with torch.no_grad():
+        ema[1].weight.add_(1)
+    content = {"state_dict": net.state_dict(), "state_dict_ema": ema.state_dict(), "args": None}
+    summary, converted, stderr = _convert(tmp_path, content)
+    assert summary["weights"] == "model" and summary["other_weights"] == ["state_dict_ema"]
+    assert torch.equal(converted["1.weight"], net[1].weight) and "--weights ema" in stderr
+    summary, converted, _ = _convert(tmp_path, content, "--weights", "ema")
+    assert summary["key"] == "state_dict_ema" and summary["other_weights"] == ["state_dict"]
+    assert torch.equal(converted["1.weight"], ema[1].weight)
+    timm_ema = {"model_ema": {f"module.{k}": v for k, v in ema.state_dict().items()}, "model": net.state_dict()}
+    summary, converted, _ = _convert(tmp_path, timm_ema, "--weights", "ema")
+    assert summary["key"] == "model_ema" and torch.equal(converted["1.weight"], ema[1].weight)
+    torch.save(net.state_dict(), tmp_path / "plain.pt")
+    assert_one_error(invoke("convert", tmp_path / "plain.pt", tmp_path / "o.safetensors", "--weights", "ema"),
+                     "no EMA weights")
+    assert_one_error(invoke("convert", tmp_path / "plain.pt", tmp_path / "o.safetensors", "--weights", "ema",
+                            "--key", "x"), "--key and --weights")
+
+
+def test_robustbenchs_last_entry_and_a_chosen_prefix(tmp_path):
+    net = _net()
+    summary, converted, _ = _convert(tmp_path, {"last": {"state_dict": net.state_dict()}, "best": 0.5})
+    assert summary["key"] == "last.state_dict" and converted.keys() == net.state_dict().keys()
+    mixed = {**{f"net.{k}": v for k, v in net.state_dict().items()}, "metric.total": torch.zeros(1)}
+    summary, converted, _ = _convert(tmp_path, {"state_dict": mixed}, "--strip-prefix", "net.")
+    assert summary["dropped"] == ["metric.total"] and converted.keys() == net.state_dict().keys()

@@ -34,6 +34,8 @@ __all__ = ["ACCEPTED_FORMS", "DataSource", "Preprocess", "batches", "check_compa
            "FILE_FORMS"]
 
 #: The forms whose argument is a file or directory the run reads (inputs of its output plan).
+#: Sources of image files of any size: the architecture's own data config may size them (``LoadedModel.image_defaults``).
+IMAGE_FILE_FORMS = ("folder", "hf")
 FILE_FORMS = ("cifar10", "cifar100", "mnist", "fashionmnist", "kmnist", "svhn", "stl10", "folder", "npz", "hf",
               "tensors")
 _ARGUMENT = {"folder": "a directory: --data folder:DIR", "npz": "a file: --data npz:FILE",
