@@ -25,7 +25,6 @@ import copy
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import configure, resnet_case, timed, timing_parser  # noqa: E402

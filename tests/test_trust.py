@@ -17,7 +17,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors.torch import save_file
 
 from flatcli.inputs.checkpoint import read

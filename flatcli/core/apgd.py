@@ -24,18 +24,17 @@ restart whose adversarial succeeds, then the one with the higher loss, is kept.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor
 
-from flatcli.core.attack_losses import check_loss, succeeded
+from flatcli.core.attack_losses import succeeded
 from flatcli.core.pgd import (
-    MAX_RADIUS, MAX_RESTARTS, MAX_STEPS, NORMS, Forward, PGDResult, ascent_step, gradient_vanished, objective,
+    MAX_STEPS, NORMS, Forward, PGDResult, ascent_step, check_ball, check_count, check_restarts, gradient_vanished,
+    objective,
     per_sample, project, random_start,
 )
-from flatcli.errors import UsageError
 
 #: Momentum ``a`` and the oscillation threshold ``rho`` of the paper (and of its reference code).
 MOMENTUM = 0.75
@@ -60,18 +59,9 @@ class APGD:
         return self.steps
 
     def __post_init__(self) -> None:
-        check_loss(self.loss)
-        if self.norm not in NORMS:
-            raise UsageError(f"unknown norm {self.norm!r}; use --norm linf or --norm l2")
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 <= self.eps <= MAX_RADIUS):
-            raise UsageError(f"--eps must be a finite number from 0 to {MAX_RADIUS:g}, got {self.eps}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_STEPS:
-            raise UsageError(f"--steps must be a whole number from 1 to {MAX_STEPS} for APGD, got {self.steps}")
-        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or not 1 <= self.restarts <= MAX_RESTARTS:
-            raise UsageError(f"--restarts must be from 1 to {MAX_RESTARTS}, got {self.restarts}")
-        if self.restarts > 1 and not self.random_start:
-            raise UsageError(f"--restarts {self.restarts} without --random-start repeats the same deterministic attack; "
-                             "add --random-start or drop --restarts")
+        check_ball(self.loss, self.norm, eps=self.eps)
+        check_count("--steps", self.steps, 1, MAX_STEPS)  # APGD needs at least one iteration
+        check_restarts(self.restarts, self.random_start)
 
     def config(self) -> dict:
         return {"attack": self.kind, **asdict(self), "momentum": MOMENTUM, "rho": RHO}

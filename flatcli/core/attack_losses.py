@@ -19,7 +19,6 @@ the way it masks the cross-entropy's, whose softmax saturates in float32 (paper 
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 

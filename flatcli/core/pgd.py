@@ -80,22 +80,9 @@ class PGD:
         return self.steps
 
     def __post_init__(self) -> None:
-        check_loss(self.loss)
-        if self.norm not in NORMS:
-            raise UsageError(f"unknown norm {self.norm!r}; use --norm linf or --norm l2")
-        for name, value in (("eps", self.eps), ("alpha", self.alpha)):
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_RADIUS):
-                raise UsageError(f"--{name} must be a finite number from 0 to {MAX_RADIUS:g}, got {value}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 0 <= self.steps <= MAX_STEPS:
-            raise UsageError(f"--steps must be a whole number from 0 to {MAX_STEPS}, got {self.steps}")
-        restarts = self.restarts
-        if isinstance(restarts, bool) or not isinstance(restarts, int) or not 1 <= restarts <= MAX_RESTARTS:
-            raise UsageError(f"--restarts must be from 1 to {MAX_RESTARTS}, got {self.restarts}")
-        if self.restarts > 1 and not self.random_start:
-            raise UsageError(
-                f"--restarts {self.restarts} without --random-start repeats the same deterministic attack; "
-                "add --random-start or drop --restarts"
-            )
+        check_ball(self.loss, self.norm, eps=self.eps, alpha=self.alpha)
+        check_count("--steps", self.steps, 0, MAX_STEPS)
+        check_restarts(self.restarts, self.random_start)
 
     @classmethod
     def from_options(cls, preset: str | None = "uncanny", **given) -> "PGD":
@@ -177,6 +164,30 @@ class PGDResult:
 # ------------------------------------------------------------------------------------------------
 # Pure pieces: per-sample broadcasting, step, projection, random start, objective
 # ------------------------------------------------------------------------------------------------
+
+
+def check_ball(loss: str, norm: str, **radii: float) -> None:
+    """The checks every attack shares: a known loss and norm, each radius (``eps``, ``alpha``) in ``[0, 1e4]``."""
+    check_loss(loss)
+    if norm not in NORMS:
+        raise UsageError(f"unknown norm {norm!r}; use --norm linf or --norm l2")
+    for name, value in radii.items():
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 <= value <= MAX_RADIUS):
+            raise UsageError(f"--{name} must be a finite number from 0 to {MAX_RADIUS:g}, got {value}")
+
+
+def check_count(option: str, value: int, low: int, high: int) -> None:
+    """``value`` (of ``option``: steps, queries) is a whole number in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{option} must be a whole number from {low} to {high:,}, got {value}")
+
+
+def check_restarts(restarts: int, random_start: bool | None) -> None:
+    """1 to :data:`MAX_RESTARTS` restarts; more than one needs a random start (``None``: the attack draws its own)."""
+    check_count("--restarts", restarts, 1, MAX_RESTARTS)
+    if restarts > 1 and random_start is False:
+        raise UsageError(f"--restarts {restarts} without --random-start repeats the same deterministic attack; "
+                         "add --random-start or drop --restarts")
 
 
 def per_sample(value: float | Tensor, x: Tensor) -> float | Tensor:

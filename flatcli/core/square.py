@@ -18,14 +18,13 @@ clean input) and the adversarial as a two-point trajectory.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
-from flatcli.core.attack_losses import attack_loss, check_loss
-from flatcli.core.pgd import MAX_RADIUS, MAX_RESTARTS, NORMS, Forward, PGDResult
+from flatcli.core.attack_losses import attack_loss
+from flatcli.core.pgd import Forward, PGDResult, check_ball, check_count, check_restarts
 from flatcli.errors import UsageError
 
 #: Our loss name -> torchattacks' ``Square(loss=...)``.
@@ -61,17 +60,11 @@ class Square:
     recorded_steps = 1  # x_0 and the adversarial
 
     def __post_init__(self) -> None:
-        check_loss(self.loss)
+        check_ball(self.loss, self.norm, eps=self.eps)
         if self.loss not in LIBRARY_LOSS:
             raise UsageError(f"--attack square takes --loss cw (its margin loss) or ce, not {self.loss}")
-        if self.norm not in NORMS:
-            raise UsageError(f"unknown norm {self.norm!r}; use --norm linf or --norm l2")
-        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and 0 <= self.eps <= MAX_RADIUS):
-            raise UsageError(f"--eps must be a finite number from 0 to {MAX_RADIUS:g}, got {self.eps}")
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_QUERIES:
-            raise UsageError(f"--queries must be from 1 to {MAX_QUERIES:,}, got {self.steps}")
-        if isinstance(self.restarts, bool) or not isinstance(self.restarts, int) or not 1 <= self.restarts <= MAX_RESTARTS:
-            raise UsageError(f"--restarts must be from 1 to {MAX_RESTARTS}, got {self.restarts}")
+        check_count("--queries", self.steps, 1, MAX_QUERIES)
+        check_restarts(self.restarts, None)  # its own random initialisation per restart
         require_torchattacks()
 
     def config(self) -> dict:

@@ -13,7 +13,6 @@ import itertools
 import json
 import math
 import platform
-import sys
 
 from flatcli import __version__
 from flatcli.core.radius import RANGES

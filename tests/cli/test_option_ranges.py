@@ -22,7 +22,7 @@ CASES = {
     "apgd --steps 10^9": (["attack", EXAMPLE, "--limit", "4", "--attack", "apgd", "--steps", BIG], "--steps must be"),
     "apgd --eps 1e308": (["attack", EXAMPLE, "--limit", "4", "--attack", "apgd", "--eps", "1e308"], "--eps must be"),
     "square --queries 10^9": (["attack", EXAMPLE, "--limit", "4", "--attack", "square", "--queries", BIG],
-                              "--queries must be from 1 to 100,000"),
+                              "--queries must be a whole number from 1 to 100,000"),
     "square --restarts 10^9": (["attack", EXAMPLE, "--limit", "4", "--attack", "square", "--restarts", BIG],
                                "--restarts must be"),
 }

@@ -26,7 +26,6 @@ import os
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
 from flatcli.errors import DataError
 from flatcli.inputs.data.images import DecodedImages, Preprocess
