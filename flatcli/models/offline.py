@@ -13,25 +13,18 @@ is being built, refuses the events behind every such access before it happens:
   planting a download there.
 
 The refused operation raises :class:`~flatcli.errors.SpecError` naming what was being built and what
-it tried; should the builder swallow that exception, :func:`offline` raises it when the build ends.
-Outside a build the hook does nothing but one test of a list.
+it tried (the hook and its guarantees: :mod:`flatcli.inputs.audit`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import sys
-from typing import Iterator
+from contextlib import AbstractContextManager
 
 from flatcli.errors import SpecError
+from flatcli.inputs.audit import NETWORK_EVENTS, refusing
 
-NETWORK_EVENTS = frozenset({"urllib.Request", "socket.connect", "socket.getaddrinfo", "http.client.connect"})
 PATH_EVENTS = frozenset({"open", "os.mkdir", "os.listdir", "os.scandir", "os.rename", "os.remove"})
-
-# The builds in progress (innermost last): (what is built, torch.hub's directory, refusals so far).
-_building: list[tuple[str, str, list[str]]] = []
-_installed = False
 
 
 def _path(arg) -> str | None:
@@ -43,43 +36,27 @@ def _path(arg) -> str | None:
     return None
 
 
-def _hook(event: str, args: tuple) -> None:
-    if not _building:
-        return
-    what, hub, refused = _building[-1]
-    if event in NETWORK_EVENTS:
-        detail = "a network connection"
-    elif event in PATH_EVENTS and args:
-        path = _path(args[0])
-        if path is None or not (path == hub or path.startswith(hub + os.sep)):
-            return
-        detail = f"torch.hub's cache ({path})"
-    else:
-        return
-    message = (f"building {what} tried to reach {detail}; flatrob never downloads and never reads torch.hub's "
-               "cache (the checkpoint supplies the weights): use a classification builder without weights")
-    refused.append(message)
-    raise SpecError(message)
-
-
 def _hub_dir() -> str:
     import torch.hub
 
     return os.path.realpath(torch.hub.get_dir())
 
 
-@contextlib.contextmanager
-def offline(what: str) -> Iterator[None]:
+def offline(what: str) -> AbstractContextManager[None]:
     """While the block builds ``what``, downloads, connections and torch.hub cache access are refused."""
-    global _installed
-    if not _installed:
-        sys.addaudithook(_hook)
-        _installed = True
-    refused: list[str] = []
-    _building.append((what, _hub_dir(), refused))
-    try:
-        yield
-    finally:
-        _building.pop()
-    if refused:
-        raise SpecError(refused[0])
+    hub = _hub_dir()
+
+    def check(event: str, args: tuple) -> str | None:
+        if event in NETWORK_EVENTS:
+            detail = "a network connection"
+        elif event in PATH_EVENTS and args:
+            path = _path(args[0])
+            if path is None or not (path == hub or path.startswith(hub + os.sep)):
+                return None
+            detail = f"torch.hub's cache ({path})"
+        else:
+            return None
+        return (f"building {what} tried to reach {detail}; flatrob never downloads and never reads torch.hub's "
+                "cache (the checkpoint supplies the weights): use a classification builder without weights")
+
+    return refusing(check, SpecError)
