@@ -181,7 +181,7 @@ def validate(spec: Spec) -> Spec:
     if spec.num_classes is not None and spec.num_classes < 1:
         raise SpecError(f"num_classes must be at least 1, got {spec.num_classes}")
     if spec.input_shape is not None:
-        if len(spec.input_shape) != 3 or min(spec.input_shape) < 1 or max(spec.input_shape) > 65536:
+        if len(spec.input_shape) != 3 or min(spec.input_shape) < 1 or max(spec.input_shape) > MAX_SIDE:
             raise SpecError(f"input_shape must be [C, H, W] with positive sizes, got {list(spec.input_shape)}")
     for name in ("resize", "crop"):
         side = getattr(spec, name)

@@ -38,6 +38,7 @@ def describe_checkpoint(loaded: LoadedModel) -> dict:
         "embedded_spec": ck.metadata.get(METADATA_KEY),
         "hub_config": str(ck.config_path) if ck.config_path is not None else None,
         "effective_spec": loaded.spec.to_dict(),
+        "image_defaults": loaded.image_defaults or None,
     }
 
 

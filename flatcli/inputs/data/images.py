@@ -24,9 +24,8 @@ from torch import Tensor
 
 from flatcli.errors import DataError, UsageError
 from flatcli.inputs.data.source import fmt_shape, one_line
+from flatcli.inputs.spec import INTERPOLATIONS, MAX_SIDE
 
-#: ``interpolation`` names -> torchvision ``InterpolationMode`` attribute names.
-MODES = {"bilinear": "BILINEAR", "bicubic": "BICUBIC", "nearest": "NEAREST"}
 _GREY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 
 
@@ -60,7 +59,7 @@ class Preprocess:
             width, height = image.size
         if (int(height), int(width)) == self.crop and self.resize is None:
             return image
-        mode = getattr(InterpolationMode, MODES[self.interpolation])
+        mode = getattr(InterpolationMode, self.interpolation.upper())  # the spec's names are its members'
         resized = Resize(self.size_for(int(height), int(width)), interpolation=mode, antialias=True)(image)
         return CenterCrop(list(self.crop))(resized)
 
@@ -76,10 +75,10 @@ def preprocessing(input_shape: tuple | None, resize: int | None = None, crop: in
     (default bilinear); ``None`` when neither a crop nor the model's input size is known (images are then
     read at their own size, which must be the same for all)."""
     for name, side in (("--resize", resize), ("--crop", crop)):
-        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= 65536):
-            raise UsageError(f"{name} must be a side in pixels from 1 to 65536, got {side!r}")
-    if interpolation is not None and interpolation not in MODES:
-        raise UsageError(f"--interpolation must be one of {', '.join(MODES)}, got {interpolation!r}")
+        if side is not None and (isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= MAX_SIDE):
+            raise UsageError(f"{name} must be a side in pixels from 1 to {MAX_SIDE}, got {side!r}")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise UsageError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
     if crop is not None:
         target = (crop, crop)
     elif input_shape is not None and len(input_shape) == 3:
