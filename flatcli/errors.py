@@ -19,6 +19,30 @@ class UsageError(FlatrobError):
     """Conflicting or out-of-range options."""
 
 
+class OptionError(UsageError):
+    """An option's value is out of range, or options conflict: names the *options*, never a flag.
+
+    ``problem`` holds one ``{}`` per name in ``options``. ``str(error)`` words each as a Python keyword
+    (``steps=``), the way the API is called; the CLI words them as flags (``--steps``) through
+    :meth:`worded`. So the library never speaks CLI, and each caller is told in its own terms::
+
+        raise OptionError("steps", "{} must be at least 1, got -1")          # steps= must be ...
+        raise OptionError(("detector", "method"), "{} applies a saved detector; {} fits one")
+    """
+
+    def __init__(self, options: str | tuple[str, ...], problem: str):
+        self.options = (options,) if isinstance(options, str) else tuple(options)
+        self.problem = problem
+        super().__init__(self.worded(lambda name: f"{name}="))
+
+    def worded(self, word) -> str:
+        """The message with each option name ``n`` replaced by ``word(n)`` (e.g. the CLI's ``--flag``)."""
+        return self.problem.format(*(word(name) for name in self.options))
+
+    def __str__(self) -> str:
+        return self.worded(lambda name: f"{name}=")
+
+
 class CheckpointError(FlatrobError):
     """The checkpoint file cannot be read, or does not match the architecture."""
 
