@@ -18,7 +18,7 @@ from typer.exceptions import Abort, Exit
 
 from flatcli.outputs.plan import output_plan
 from flatcli.runtime import interrupts
-from flatcli.errors import FlatrobError, Interrupted
+from flatcli.errors import FlatrobError, Interrupted, OptionError
 
 
 class FlatrobGroup(TyperGroup):
@@ -39,6 +39,8 @@ class FlatrobGroup(TyperGroup):
             code = _fail(e.format_message(), e.exit_code)
         except Abort:
             code = _fail("aborted", 130)
+        except OptionError as e:
+            code = _fail(e.worded(flag), e.exit_code)
         except FlatrobError as e:
             code = _fail(str(e), e.exit_code)
         except Interrupted as e:
@@ -52,6 +54,11 @@ class FlatrobGroup(TyperGroup):
         if standalone_mode:
             sys.exit(code)
         return code
+
+
+def flag(option: str) -> str:
+    """The command-line flag of a library option name (``random_start`` -> ``--random-start``)."""
+    return "--" + option.replace("_", "-")
 
 
 def _fail(message: str, code: int) -> int:
