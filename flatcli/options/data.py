@@ -1,0 +1,38 @@
+"""The data options: which samples, in which batches, read how."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flatcli.options.base import Group, choice, integer, text
+
+#: Resizing filters of ``interpolation`` (torchvision's InterpolationMode by name).
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+
+
+@dataclass(frozen=True)
+class DataOptions(Group):
+    """The samples a command measures and how a ``--data`` string's images are read."""
+
+    title = "Data"
+
+    data: str | None = text(None, "digits, cifar10:ROOT, cifar100:ROOT, mnist:ROOT, fashionmnist:ROOT, kmnist:ROOT, "
+                            "svhn:ROOT, stl10:ROOT, folder:DIR, npz:FILE, hf:PATH or tensors:FILE (default: spec, then "
+                            "digits).", completion="data")
+    split: str = text("test", "Data split: train, test or all (digits).", completion="split")
+    limit: int | None = integer(None, "Use only the first N samples of the split.", minimum=0)
+    batch_size: int = integer(256, "Samples per batch; memory is bounded by it.", minimum=1)
+    resize: int | None = integer(None, "Resize each image's shorter side to N pixels before the centre crop (default: "
+                                 "spec, else just covering the crop).", metavar="N", minimum=1)
+    crop: int | None = integer(None, "Centre-crop images to N x N (default: spec, else the model's input size).",
+                               metavar="N", minimum=1)
+    interpolation: str | None = choice(None, "Resizing filter: bilinear, bicubic or nearest (default: spec, else "
+                                       "bilinear).", INTERPOLATIONS)
+    image_column: str | None = text(None, "hf: data: the image column (default: the one datasets.Image column).")
+    label_column: str | None = text(None, "hf: data: the label column (default: the one datasets.ClassLabel column, "
+                                    "else the only integer column).")
+
+    def reading(self) -> dict:
+        """How a ``--data`` string's images are read (``None``: the spec's, then the defaults)."""
+        return {"resize": self.resize, "crop": self.crop, "interpolation": self.interpolation,
+                "image_column": self.image_column, "label_column": self.label_column}

@@ -1,0 +1,27 @@
+"""The model-reference options: which network, which head, how inputs are normalised, whom to trust."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flatcli.options.base import Group, numbers, switch, text
+
+
+@dataclass(frozen=True)
+class ModelOptions(Group):
+    """How a checkpoint becomes a model (the spec's values, overridden by every option given)."""
+
+    title = "Model"
+
+    spec: str | None = text(None, "Layer spec (YAML); overrides the embedded spec.", metavar="FILE")
+    arch: str | None = text(None, "Architecture: a built-in, torchvision:NAME, timm:NAME, robustbench:NAME or "
+                            "module.path:Class (default: spec, then detected).")
+    layer: str | None = text(None, "Head layer (an nn.Linear), e.g. fc (default: spec, then the built-in's head).",
+                             completion="layer")
+    mean: tuple[float, ...] | None = numbers(None, "Per-channel mean the model normalises its inputs with, e.g. "
+                                             "0.4914,0.4822,0.4465 (default: spec, else none).", metavar="M[,M...]")
+    std: tuple[float, ...] | None = numbers(None, "Per-channel std of that normalisation (default: spec, else none).",
+                                            metavar="S[,S...]", above=0)
+    trust_embedded_code: bool = switch(False, "Let the checkpoint's embedded spec name a module.path:Class to import "
+                                       "(it runs that module's code); without it only --arch or a --spec file may "
+                                       "name code.")
