@@ -32,8 +32,9 @@ from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
 from flatcli.models import timm_models
 from flatcli.models.builtins import BUILTINS
-from flatcli.models.matching import check_fits, detect_arch, load_state, strip_prefix
-from flatcli.models.registry import (build_network, data_defaults, default_head, infer_in_channels, infer_num_classes,
+from flatcli.models import stems
+from flatcli.models.matching import check_fits, describe_candidates, detect, load_state, strip_prefix
+from flatcli.models.registry import (data_defaults, default_head, infer_in_channels, infer_num_classes,
                                      kwargs_naming_code, names_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
@@ -55,13 +56,20 @@ class LoadedModel:
     head: nn.Linear
     layer: str  # head name, relative to the network
     spec: Spec  # the effective spec (every resolved value filled in)
-    arch_source: str  # "option", "spec", "config" (a hub config.json), "detected" or "module"
+    #: "option", "spec", "config" (a hub config.json), "detected" (the one network with these keys and shapes),
+    #: "keys" (a built-in whose keys other networks share: see ``candidates``) or "module"
+    arch_source: str
     checkpoint: ckpt.Checkpoint | None = None
     weights_sha256: str | None = None
     #: resize/crop/interpolation from the architecture's own data config (timm's, torchvision's weights): they
     #: describe its pretrained weights, not this checkpoint, so only files of any size (``folder:``, ``hf:``) use
     #: them; a data set with its own fixed size (CIFAR, MNIST, tensors) is resized only when the spec says so.
     image_defaults: dict = field(default_factory=dict)
+    #: With ``arch_source`` "keys": the other networks (``{"arch", "arch_kwargs"}``) the checkpoint's keys and
+    #: shapes fit as well, which compute different functions.
+    candidates: list[dict] = field(default_factory=list)
+    #: Lines for people about what loading assumed (every run passes them on as notes).
+    notes: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -93,6 +101,7 @@ class LoadedModel:
             "layer": self.layer,
             "classes": self.num_classes,
             "features": self.features,
+            **({"arch_candidates": self.candidates} if self.candidates else {}),
         }
 
 
@@ -163,9 +172,9 @@ def load_model(
         if info is not None and not kwargs:
             kwargs = info.infer_kwargs(state) or {}  # sizes (width, hidden, ...) read off the weights
     else:
-        arch, detected_kwargs = detect_arch(state)
+        arch, detected_kwargs, others = detect(state)
         kwargs = {**detected_kwargs, **kwargs}
-        arch_source = "detected"
+        arch_source = "keys" if others else "detected"
     in_channels = spec.input_shape[0] if spec.input_shape else infer_in_channels(state)
     head_name = spec.layer or _builtin_head(arch)
     num_classes = spec.num_classes
@@ -179,7 +188,8 @@ def load_model(
     if head_name is None:
         head_name = default_head(arch, net)
     head = find_linear(net, head_name)
-    defaults = _unset(spec, data_defaults(arch, net), in_channels)
+    # an adapted stem is not the network the architecture's data config describes (its pretrained weights)
+    defaults = _unset(spec, {} if stems.split(kwargs)[1] else data_defaults(arch, net), in_channels)
     image_defaults = {key: defaults.pop(key) for key in IMAGE_KEYS if key in defaults}
     spec = spec.merged(**defaults)
     mean, std = per_channel(spec.mean, spec.std, in_channels)
@@ -187,8 +197,16 @@ def load_model(
     spec = spec.merged(
         arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
     )
-    return LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source, checkpoint=checkpoint,
-                       image_defaults=image_defaults)
+    loaded = LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source,
+                         checkpoint=checkpoint, image_defaults=image_defaults)
+    if arch_source == "keys":
+        loaded.candidates = [{"arch": name, "arch_kwargs": kw} for name, kw in others]
+        loaded.notes.append(
+            f"note: the architecture comes from the checkpoint's keys alone: they fit {arch} "
+            f"({BUILTINS[arch].description}) and equally {describe_candidates(others)}, which compute other functions; "
+            f"measured as {arch}: if another was trained, name it (arch: and arch_kwargs: in a spec, or --arch)"
+        )
+    return loaded
 
 
 def _unset(spec: Spec, defaults: dict, channels: int) -> dict:
@@ -212,7 +230,7 @@ def build_fitting(arch: str, state: dict, *, num_classes: int, in_channels: int,
     """
     try:
         with torch.device("meta"):
-            skeleton = build_network(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+            skeleton = stems.build(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         if not names_code(arch):
             raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {' '.join(str(exc).split())[:200]}") from None
@@ -227,7 +245,7 @@ def build_fitting(arch: str, state: dict, *, num_classes: int, in_channels: int,
                 f"{arch} with kwargs {kwargs} would allocate {net_bytes / 2**20:.0f} MiB, more than its checkpoint's "
                 f"{state_bytes / 2**20:.1f} MiB of tensors allows ({allowed / 2**20:.0f} MiB); fix arch_kwargs in the spec"
             )
-    return build_network(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    return stems.build(arch, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
 
 
 def per_channel(mean, std, channels: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -295,7 +313,7 @@ def _skeleton_head(arch: str, in_channels: int, kwargs: dict) -> str | None:
     when it cannot be built that way (the classes are then needed to build it); a bad name is its error."""
     try:
         with torch.device("meta"):
-            skeleton = build_network(arch, num_classes=1, in_channels=in_channels, kwargs=kwargs)
+            skeleton = stems.build(arch, num_classes=1, in_channels=in_channels, kwargs=kwargs)
         return default_head(arch, skeleton)
     except (LayerError, RuntimeError, NotImplementedError, TypeError, ValueError):
         return None

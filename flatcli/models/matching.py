@@ -1,7 +1,10 @@
 """Matching a state dict to a network: key prefixes, key/shape differences, strict loading, detection.
 
-:func:`detect_arch` builds every built-in on the meta device and keeps the one whose keys and shapes
-the state dict has exactly; :func:`load_state` loads strictly and names the first differences.
+:func:`detect` builds every built-in and every torchvision ResNet variant (:mod:`flatcli.models.stems`) on
+the meta device and keeps those whose keys and shapes the state dict has exactly: one built-in is the
+architecture, and the variants that fit as well are *candidates*, networks the keys cannot tell apart from it
+(torchvision's ResNet-18 with a 3x3 stem and its max-pool kept has the built-in ``resnet18``'s keys and shapes,
+but another forward pass). :func:`load_state` loads strictly and names the first differences.
 """
 
 from __future__ import annotations
@@ -11,12 +14,22 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flatcli.errors import CheckpointError
+from flatcli.errors import CheckpointError, FlatrobError
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.registry import infer_in_channels
+from flatcli.models.stems import build as build_adapted
+
+#: An architecture with its kwargs, as the spec's ``arch`` and ``arch_kwargs`` name it.
+Candidate = tuple[str, dict]
 
 #: A built-in is named as the closest match only when it shares at least this share of the keys.
 CLOSE = 0.5
+#: torchvision ResNets tried against a state dict with their keys (``conv1``, ``layer1.0.conv1``, ``fc``).
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+#: Built-ins that compute the same function as a torchvision variant (not a second candidate).
+TWINS: dict[str, Candidate] = {
+    "resnet18": ("torchvision:resnet18", {"stem_kernel": 3, "stem_stride": 1, "maxpool": False}),
+}
 
 
 def strip_prefix(state_dict: StateDict, prefix: str = "module.") -> dict:
@@ -99,35 +112,40 @@ def load_state(net: nn.Module, state_dict: StateDict) -> None:
     net.load_state_dict(state_dict, strict=True)
 
 
-def detect_arch(state_dict: StateDict) -> tuple[str, dict]:
-    """The one built-in (name, kwargs) whose state dict has exactly these keys and shapes.
+def detect_arch(state_dict: StateDict) -> Candidate:
+    """The one built-in (name, kwargs) whose state dict has exactly these keys and shapes (:func:`detect`)."""
+    arch, kwargs, _ = detect(state_dict)
+    return arch, kwargs
 
-    Each candidate is built on the meta device (no memory, no initialisation cost) with the number of
+
+def detect(state_dict: StateDict) -> tuple[str, dict, list[Candidate]]:
+    """The one built-in (name, kwargs) whose state dict has exactly these keys and shapes, and the other networks
+    that have them too (:func:`torchvision_resnets`, less the built-in's twin): candidates keys cannot rule out.
+
+    Each built-in is built on the meta device (no memory, no initialisation cost) with the number of
     classes read from its head, the input channels from :func:`infer_in_channels` and size kwargs from
-    its ``infer_kwargs``. No match or several raise :class:`CheckpointError`.
+    its ``infer_kwargs``. No built-in, or several, raise :class:`CheckpointError` naming what does fit.
     """
-    in_channels = infer_in_channels(state_dict)
-    matches: list[tuple[str, dict]] = []
+    matches: list[Candidate] = []
     misses: list[tuple[float, str, _Diff]] = []
-    for name, info in BUILTINS.items():
-        kwargs = info.infer_kwargs(state_dict)
-        if kwargs is None:
-            continue
-        head = state_dict.get(f"{info.head}.weight")
-        num_classes = int(head.shape[0]) if head is not None and head.dim() == 2 else 1
-        with torch.device("meta"):
-            net = info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
-        diff = _diff(state_dict, net)
+    for name, kwargs, diff in _builtin_diffs(state_dict):
         if diff.ok:
             matches.append((name, kwargs))
         else:
             misses.append((diff.similarity, name, diff))
+    twins = [TWINS[name] for name, _ in matches if name in TWINS]
+    others = [c for c in torchvision_resnets(state_dict) if c not in twins]
     if len(matches) == 1:
-        return matches[0]
+        return (*matches[0], others)
     if matches:
         names = ", ".join(name for name, _ in matches)
         raise CheckpointError(
             f"the checkpoint fits several built-ins ({names}); pass --arch NAME or add arch: to the spec"
+        )
+    if others:
+        raise CheckpointError(
+            f"the checkpoint matches no built-in architecture; its keys and shapes fit {describe_candidates(others)}, "
+            "which keys alone cannot tell apart: name the one trained with arch: (and arch_kwargs:) in a spec, or --arch"
         )
     prefixed = bool(state_dict) and all(key.startswith("module.") for key in state_dict)
     prefix = " (every key starts with 'module.': strip that prefix)" if prefixed else ""
@@ -141,6 +159,82 @@ def detect_arch(state_dict: StateDict) -> tuple[str, dict]:
         "arch: in the spec): a built-in, timm:NAME, torchvision:NAME, robustbench:DATASET/THREAT/NAME or "
         "module.path:ClassName"
     )
+
+
+def _builtin_diffs(state_dict: StateDict) -> list[tuple[str, dict, _Diff]]:
+    """Every built-in whose size kwargs the state dict gives, with those kwargs and its differences from it."""
+    in_channels = infer_in_channels(state_dict)
+    out = []
+    for name, info in BUILTINS.items():
+        kwargs = info.infer_kwargs(state_dict)
+        if kwargs is None:
+            continue
+        with torch.device("meta"):
+            net = info.builder(num_classes=_classes(state_dict, info.head), in_channels=in_channels, **kwargs)
+        out.append((name, kwargs, _diff(state_dict, net)))
+    return out
+
+
+def suggestions(state_dict: StateDict) -> list[dict]:
+    """What ``arch`` (and ``arch_kwargs``) to try for a state dict: every network that fits it exactly
+    (``fits: true``), then the built-ins sharing at least :data:`CLOSE` of its keys, closest first, with
+    their differences (``inspect`` of a checkpoint whose architecture cannot be told)."""
+    diffs = _builtin_diffs(state_dict)
+    fitting = [(name, kwargs) for name, kwargs, diff in diffs if diff.ok]
+    twins = [TWINS[name] for name, _ in fitting if name in TWINS]
+    fitting += [c for c in torchvision_resnets(state_dict) if c not in twins]
+    close = sorted(((diff.similarity, name, kwargs, diff) for name, kwargs, diff in diffs
+                    if not diff.ok and diff.similarity >= CLOSE), key=lambda c: -c[0])
+    return ([{"arch": name, "arch_kwargs": kwargs, "fits": True, "differences": None} for name, kwargs in fitting]
+            + [{"arch": name, "arch_kwargs": kwargs, "fits": False, "differences": diff.describe()}
+               for _, name, kwargs, diff in close])
+
+
+def torchvision_resnets(state_dict: StateDict) -> list[Candidate]:
+    """The torchvision ResNets whose keys and shapes ``state_dict`` has exactly, with the stem ``arch_kwargs``
+    (:mod:`flatcli.models.stems`) its ``conv1.weight`` implies.
+
+    A 7x7 stem is torchvision's (stride 2, max-pool kept; ``stem_kernel: 7`` only when its input channels are
+    not 3). Another stem's stride cannot be read off the weights (1 is assumed, as small-image training
+    does), nor whether the max-pool was kept: both are candidates.
+    """
+    conv1 = state_dict.get("conv1.weight")
+    if conv1 is None or conv1.dim() != 4 or "layer1.0.conv1.weight" not in state_dict:
+        return []
+    channels, kernel = int(conv1.shape[1]), int(conv1.shape[-1])
+    if kernel == 7:
+        stems = [{} if channels == 3 else {"stem_kernel": 7, "stem_stride": 2}]
+    else:
+        stems = [{"stem_kernel": kernel, "stem_stride": 1, "maxpool": pool} for pool in (True, False)]
+    num_classes = _classes(state_dict, "fc")
+    out = []
+    for name in TORCHVISION_RESNETS:
+        for stem in stems:
+            try:
+                with torch.device("meta"):
+                    net = build_adapted(f"torchvision:{name}", num_classes=num_classes, in_channels=channels, kwargs=stem)
+            except FlatrobError:
+                continue
+            if _diff(state_dict, net).ok:
+                out.append((f"torchvision:{name}", stem))
+    return out
+
+
+def describe_candidates(candidates: list[Candidate]) -> str:
+    """``a, b and c``, each ``arch`` or ``arch with arch_kwargs {key: value, ...}``."""
+    words = [name + (" with arch_kwargs {" + ", ".join(f"{k}: {_yaml(v)}" for k, v in kwargs.items()) + "}"
+                     if kwargs else "") for name, kwargs in candidates]
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _yaml(value) -> str:
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def _classes(state_dict: StateDict, head: str) -> int:
+    """Rows of the head's weight (1 when absent: the shapes then differ anyway)."""
+    weight = state_dict.get(f"{head}.weight")
+    return int(weight.shape[0]) if weight is not None and weight.dim() == 2 else 1
 
 
 def _family(state_dict: StateDict) -> str:

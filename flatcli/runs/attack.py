@@ -38,6 +38,7 @@ from flatcli.models.head import HeadSplit
 from flatcli.outputs.writer import ResultWriter
 from flatcli.runs import layers as layer_run
 from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runs.sanity import checked
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
 
@@ -286,8 +287,8 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
                      "they are flagged (nonfinite) and left out of the means")
     notes += layer_run.notes(plans, settings.layer_method, settings.probes)
     notes += resumed_note(store, ctx.resume)
-    return Result("attack", config, summary, rows.kept, artifacts={"adversarials": adv} if adv is not None else {},
-                  notes=notes)
+    return checked(Result("attack", config, summary, rows.kept, artifacts={"adversarials": adv} if adv is not None
+                          else {}, notes=notes), ctx, summary["clean_accuracy"])
 
 
 def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor, y: Tensor,

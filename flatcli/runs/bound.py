@@ -6,7 +6,9 @@ One pass over the data gives, per sample (closed forms of :func:`flatcli.core.cu
 * ``||phi(x_i)||`` (the sample's own ``r``) and ``||x_i||`` (the theorem assumes ``||x|| <= 1``);
 * ``g_i = ||W||_F ||grad_W loss_i||_F`` (the first-order term; 0 at a minimum);
 * the sum of the gradient matrices ``grad_W loss_i = (p_i - e_{y_i}) phi_i^T`` (k x m, float64);
-* a local Lipschitz estimate of ``phi`` on the batch (:func:`flatcli.core.lipschitz.local_estimate`).
+* when asked (``lipschitz="local"``, or a check), a local Lipschitz estimate of ``phi`` on the batch
+  (:func:`flatcli.core.lipschitz.local_estimate`: power iterations by double backward, the costly part;
+  an interrupt is honoured between them).
 
 The data-set values are those of Prop. 9 as the paper states it: ``kappa`` the mean of the per-sample
 values (the data-set Hessian is the mean of the per-sample ones), ``r = min_i ||phi(x_i)||``, and
@@ -17,8 +19,8 @@ S", the paper's assumption. The per-sample radii are Prop. 8 applied to each sam
 sense of Definition 6. ``at_minimum`` drops the first-order term everywhere, as the paper does.
 
 ``L`` is an upper bound through the module graph (sound), the largest local Jacobian norm over the
-data (an estimate from below, not a certificate), or a given number; both computed values are always
-reported, with their ratio.
+data (an estimate from below, not a certificate), or a given number; the upper bound is always reported,
+the local estimate when it was computed (``null`` otherwise), with their ratio.
 
 The check (:func:`check_radii`) attacks every sample with PGD-l2 inside its own certified radius and
 records the largest loss increase over all iterates; with a sound ``L`` no sample may exceed epsilon.
@@ -42,6 +44,8 @@ from flatcli.errors import DataError, UsageError
 from flatcli.models.head import HeadSplit
 from flatcli.runs.bound_numbers import parse_list
 from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runs.sanity import checked
+from flatcli.runtime import interrupts
 from flatcli.runtime.loop import RunContext, each_batch
 
 LIPSCHITZ_KINDS = ("upper", "local")
@@ -122,6 +126,11 @@ class BoundSettings:
                    check_loss=loss or "ce")
 
     @property
+    def wants_local(self) -> bool:
+        """Whether the local estimate is computed: asked for as L, or for a check to compare with."""
+        return self.lipschitz == "local" or self.check_steps > 0
+
+    @property
     def lipschitz_kind(self) -> str:
         return self.lipschitz if isinstance(self.lipschitz, str) else "given"
 
@@ -173,7 +182,7 @@ def measure(ctx: RunContext, settings: BoundSettings) -> Measured:
     head = loaded.head
     cols: dict[str, list[np.ndarray]] = {k: [] for k in ("index", "label", "pred", "loss", "input_norm", "kappa", "feature_norm", "grad_norm")}
     grad_sum = torch.zeros(head.out_features, head.in_features, dtype=torch.float64, device=ctx.device)
-    local_value, local_index, local_converged, local_iterations = -1.0, None, True, 0
+    local_value, local_index, local_converged, local_iterations = -1.0, None, settings.wants_local, 0
     input_shape: tuple[int, ...] | None = None
     with HeadSplit(loaded.model, head, loaded.layer) as split:
 
@@ -198,7 +207,8 @@ def measure(ctx: RunContext, settings: BoundSettings) -> Measured:
         mean_grad_norm=float(torch.linalg.vector_norm(grad_sum / n)),
         weight_norm=float(weight_factor(head.weight, "plain")),
         input_shape=input_shape,
-        local={"value": local_value, "index": local_index, "converged": local_converged, "iterations": local_iterations},
+        local={"value": local_value if settings.wants_local else None, "index": local_index,
+               "converged": local_converged if settings.wants_local else None, "iterations": local_iterations},
     )
 
 
@@ -217,17 +227,20 @@ def _measure_batch(split: HeadSplit, loaded, settings: BoundSettings, x, y, inde
         resid = torch.softmax(logits, dim=-1)
         resid[torch.arange(len(y), device=resid.device), y] -= 1.0
         grad_sum = (resid.T @ phi.double()).cpu()
-    with warnings.catch_warnings():
-        # torch's forward-mode AD loads TorchScript decompositions on first use and warns about it.
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
-        est = local_estimate(loaded.model, loaded.layer, x, iters=settings.local_iters, seed=seed)
+    local = {"local_value": -1.0, "local_index": None, "local_converged": True, "local_iterations": 0}
+    if settings.wants_local:
+        with warnings.catch_warnings():
+            # torch's forward-mode AD loads TorchScript decompositions on first use and warns about it.
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*", category=FutureWarning)
+            est = local_estimate(loaded.model, loaded.layer, x, iters=settings.local_iters, seed=seed,
+                                 between=interrupts.check)
+        local = {"local_value": est.value, "local_index": int(index[est.detail["argmax"]]),
+                 "local_converged": bool(est.detail.get("converged", False)),
+                 "local_iterations": int(est.detail.get("iterations", 0))}
     return {
         "input_shape": tuple(int(s) for s in x.shape[1:]),
         "grad_sum": grad_sum,
-        "local_value": est.value,
-        "local_index": int(index[est.detail["argmax"]]),
-        "local_converged": bool(est.detail.get("converged", False)),
-        "local_iterations": int(est.detail.get("iterations", 0)),
+        **local,
         "index": index.cpu().numpy(),
         "label": y.cpu().numpy(),
         "pred": m["pred"].cpu().numpy(),
@@ -264,7 +277,8 @@ def lipschitz_constants(loaded, measured: Measured, settings: BoundSettings) -> 
     out["local"] = measured.local["value"]
     out["local_index"] = measured.local["index"]
     out["local_converged"] = measured.local["converged"]
-    out["upper_over_local"] = out["upper"] / out["local"] if out["upper"] is not None and out["local"] > 0 else None
+    out["upper_over_local"] = (out["upper"] / out["local"] if out["upper"] is not None and out["local"] is not None
+                               and out["local"] > 0 else None)
     kind = settings.lipschitz_kind
     used = out[kind] if kind in LIPSCHITZ_KINDS else float(settings.lipschitz)
     if not (used is not None and math.isfinite(used) and used > 0):
@@ -472,4 +486,4 @@ def bound(ctx: RunContext, settings: BoundSettings, *, on_rows: OnRows | None = 
     out = Rows(on_rows, keep_samples)
     if out.wanted:
         out(sample_rows(measured, per_sample, check))
-    return Result("bound", config, summary, out.kept)
+    return checked(Result("bound", config, summary, out.kept), ctx, summary["accuracy"])

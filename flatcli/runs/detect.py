@@ -39,6 +39,7 @@ from flatcli.inputs.data import DataSource
 from flatcli.inputs.detector_file import save_detector
 from flatcli.runs.detect_scores import Features, ScoreSet, attack_and_score, each_score, fit_mahalanobis, score_inputs
 from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runs.sanity import accuracy_of, checked
 from flatcli.runtime.loop import RunContext, resumed_note, versions
 
 __all__ = ["SCORES", "DetectSettings", "DetectOutcome", "ScoreSet", "fit_detection", "fit", "apply", "check_detector",
@@ -575,8 +576,8 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
         detect_figure(outcome, plot, title=f"{loaded.name} ({ctx.data.name}): {what}")
     if save is not None:
         save_detector(save, det)
-    return Result("detect", config, outcome.summary, rows.kept, artifacts={"detector": det, "outcome": outcome},
-                  notes=notes)
+    return checked(Result("detect", config, outcome.summary, rows.kept, artifacts={"detector": det, "outcome": outcome},
+                          notes=notes), ctx, accuracy_of(ctx, clean.index, clean.pred))
 
 
 def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = None, force: bool = False,

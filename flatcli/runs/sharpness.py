@@ -23,6 +23,7 @@ from flatcli.errors import UsageError
 from flatcli.models.head import HeadSplit
 from flatcli.runs import layers as layer_run
 from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runs.sanity import checked
 from flatcli.runtime.loop import RunContext, each_batch
 from flatcli.runtime.precision import PRECISIONS, autocast
 
@@ -155,7 +156,7 @@ def sharpness(ctx: RunContext, settings: SharpnessSettings, *, on_rows: OnRows |
     if plans:
         summary["layers"] = _layer_entries(plans, values, hutchinson or [], settings)
     notes = layer_run.notes(plans, settings.layer_method, settings.hutchinson or layer_run.DEFAULT_PROBES)
-    return Result("sharpness", config, summary, rows.kept, notes=notes)
+    return checked(Result("sharpness", config, summary, rows.kept, notes=notes), ctx, summary["accuracy"])
 
 
 def _layer_entries(plans, values: dict, hutchinson: list[dict], settings: SharpnessSettings) -> list[dict]:

@@ -53,6 +53,7 @@ from flatcli.core.trajectories import finite_samples
 from flatcli.errors import UsageError
 from flatcli.models.head import HeadSplit
 from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runs.sanity import checked
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
 
@@ -342,8 +343,8 @@ def sweep_scale(ctx: RunContext, settings: SweepSettings, *, plot: str | None = 
         notes.append(f"note: {summary['nonfinite']} of {summary['n']} samples hit NaN/Inf in the logits or gradients "
                      "at one or more scales; they are flagged (nonfinite) and left out of those scales' means")
     notes += resumed_note(store, ctx.resume) + [f"wrote {path}" for path in figures]
-    return Result("sweep-scale", config, summary, rows.kept, artifacts={"outcome": outcome, "figures": figures},
-                  notes=notes)
+    return checked(Result("sweep-scale", config, summary, rows.kept, artifacts={"outcome": outcome, "figures": figures},
+                          notes=notes), ctx, _mean(arrays["clean_correct"][one]))
 
 
 def plot_directory(path: str) -> Path:

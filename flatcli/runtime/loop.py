@@ -65,6 +65,7 @@ class RunContext:
     split: str | None = "test"
     limit: int | None = None
     resume: str | None = None  # the --resume directory (every rank knows it; the store lives on rank 0)
+    strict: bool = False  # a clean accuracy at chance is an error, not a note (flatcli.runs.sanity)
     progress: Progress | None = None
     _done: int = 0
     _total: int = 0

@@ -30,7 +30,8 @@ def test_builtin_detected_and_split_reproduces_logits(arch, tmp_path):
     path = tmp_path / "m.safetensors"
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(path))
     loaded = load_model(str(path))
-    assert loaded.arch_source == "detected" and loaded.spec.arch == arch
+    # torchvision's resnet18 with a 3x3 stem and its max-pool kept has the built-in resnet18's keys too
+    assert loaded.arch_source == ("keys" if arch == "resnet18" else "detected") and loaded.spec.arch == arch
     assert loaded.layer == BUILTINS[arch].head and loaded.num_classes == 7
     x = torch.rand(3, *shape)
     with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:

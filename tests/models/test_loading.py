@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from flatcli.errors import CheckpointError, SpecError
 from flatcli.inputs.checkpoint import read
-from flatcli.models import loading
+from flatcli.models import loading, stems
 from flatcli.models.loading import effective_spec, load_model
 from tests.conftest import EXAMPLE
 
@@ -78,14 +78,14 @@ def test_built_ins_and_torchvision_need_no_trust(tmp_path):
 def test_shapes_are_compared_on_the_meta_device_before_anything_is_allocated(tmp_path, monkeypatch):
     path = _checkpoint(tmp_path, read(EXAMPLE).metadata["flatrob.spec"].replace("width: 16", "width: 6000"))
     built = []
-    real = loading.build_network
+    real = stems.build_network
 
     def spy(*args, **kwargs):
         net = real(*args, **kwargs)
         built.append(next(net.parameters()).device.type)
         return net
 
-    monkeypatch.setattr(loading, "build_network", spy)
+    monkeypatch.setattr(stems, "build_network", spy)
     with pytest.raises(CheckpointError, match="does not fit the model.*conv1.weight"):
         load_model(str(path))
     assert built == ["meta"]  # the 8 GB network was never built for real

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -11,7 +13,8 @@ from flatcli.errors import LayerError, UsageError
 
 
 def local_estimate(
-    model: Classifier, head: str, x: torch.Tensor, *, iters: int = 50, seed: int = 0
+    model: Classifier, head: str, x: torch.Tensor, *, iters: int = 50, seed: int = 0,
+    between: Callable[[], None] | None = None,
 ) -> Lipschitz:
     """Largest spectral norm of the Jacobian of ``phi`` over the points ``x`` (a batch).
 
@@ -27,6 +30,9 @@ def local_estimate(
     The graph is built with the math backend of ``scaled_dot_product_attention`` (attention written out
     in differentiable operations): the fused flash/memory-efficient kernels have no double backward, so
     a vision transformer could not be estimated otherwise. The math backend computes the same attention.
+
+    ``between`` is called after every power iteration (the caller's interrupt check: an exception it
+    raises stops the estimate there).
     """
     head_mod = head_module(model, head)
     if x.dim() < 2 or x.shape[0] == 0:
@@ -71,6 +77,8 @@ def local_estimate(
                 new = n.sqrt().cpu()
                 done = bool(((new - est).abs() <= 1e-6 * new).all()) and k > 1
                 est = torch.maximum(est, new)
+                if between is not None:
+                    between()
                 if done:
                     break
     per = [float(e) for e in est]
