@@ -8,6 +8,13 @@ shapes, classes from the head's weight, channels from the first convolution). An
 (:func:`from_module`, the Python API) brings its own weights; its head is the layer named, or its last
 ``nn.Linear``.
 
+Pretrained data configs (timm's, torchvision's weights, a hub config's ``pretrained_cfg``) describe the
+architecture's *pretrained* weights, not necessarily this checkpoint: their mean/std are used only where no
+source the user wrote (option, ``--spec``, embedded spec) sets them, with a note saying so; their
+resize/crop/interpolation only for image files of any size (``folder:``, ``hf:``; :attr:`LoadedModel.image_defaults`),
+and not at all once the user gives ``input_shape`` (it sets the crop) or arch_kwargs that adapt the stem.
+:attr:`LoadedModel.sources` says where each preprocessing value came from.
+
 Trust: code is named only by the person running the command (``--arch module.path:Class``, or a
 ``--spec`` file they pass). An embedded spec whose ``arch`` names a module to import is refused before
 anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code``
@@ -27,7 +34,7 @@ import torch
 from torch import nn
 
 from flatcli.core.classifier import Classifier
-from flatcli.errors import LayerError, SpecError
+from flatcli.errors import LayerError, OptionError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
 from flatcli.models import timm_models
@@ -42,6 +49,12 @@ from flatcli.models.registry import (data_defaults, default_head, infer_in_chann
 MAX_EXTRA_BYTES = 64 * 1024 * 1024
 #: Spec keys of image preprocessing (see :attr:`LoadedModel.image_defaults`).
 IMAGE_KEYS = ("resize", "crop", "interpolation")
+#: Spec keys a pretrained data config gives (they describe pretrained weights, not necessarily this checkpoint).
+PRETRAINED_KEYS = ("mean", "std", *IMAGE_KEYS)
+#: Spec keys of how inputs are prepared, whose sources :attr:`LoadedModel.sources` records.
+PREPROCESSING_KEYS = ("mean", "std", "input_shape", *IMAGE_KEYS)
+#: Sources the user wrote (as opposed to a data config describing pretrained weights).
+USER_SOURCES = ("option", "spec file", "embedded spec")
 
 
 @dataclass
@@ -70,6 +83,9 @@ class LoadedModel:
     candidates: list[dict] = field(default_factory=list)
     #: Lines for people about what loading assumed (every run passes them on as notes).
     notes: list[str] = field(default_factory=list)
+    #: Where each preprocessing value (:data:`PREPROCESSING_KEYS`) came from: "option", "spec file", "embedded
+    #: spec", "hub config", "<arch> data config" (pretrained weights'), "data" (read off the weights) or "default".
+    sources: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -102,29 +118,49 @@ class LoadedModel:
             "classes": self.num_classes,
             "features": self.features,
             **({"arch_candidates": self.candidates} if self.candidates else {}),
+            **({"preprocessing_sources": self.sources} if self.pretrained_data else {}),
         }
+
+    @property
+    def pretrained_data(self) -> bool:
+        """Whether some preprocessing value comes from a data config describing pretrained weights."""
+        return any(source not in (*USER_SOURCES, "data", "default") for source in self.sources.values())
 
 
 def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict, *,
                    trust_embedded_code: bool = False) -> tuple[Spec, str]:
     """Hub config, then embedded spec, then ``--spec`` file, then options; returns the spec and where ``arch``
-    came from (``config``, ``spec`` or ``option``).
+    came from (``config``, ``spec`` or ``option``); see :func:`resolve_spec`."""
+    return resolve_spec(checkpoint, spec_file, overrides, trust_embedded_code=trust_embedded_code)[:2]
+
+
+def resolve_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict, *,
+                 trust_embedded_code: bool = False) -> tuple[Spec, str, dict[str, str], dict]:
+    """Hub config, then embedded spec, then ``--spec`` file, then options (``input_shape`` three whole
+    numbers); returns the spec, where ``arch`` came from (``config``, ``spec`` or ``option``), where each
+    preprocessing value came from, and the hub config's pretrained data values (:data:`PRETRAINED_KEYS`) that
+    no other source sets, which stay out of the spec (:func:`load_model` weighs them).
 
     An ``arch`` that names code (``module.path:Class``) and comes from the embedded spec is refused, before
     anything is imported, unless ``trust_embedded_code``; so are ``arch_kwargs`` naming classes to import
     (``block: module:Name``) that reach such an arch from the checkpoint rather than a ``--spec`` file.
     """
+    overrides = _option_values(overrides)
     embedded = checkpoint.metadata.get(METADATA_KEY)
     spec = parse_spec(embedded, f"the spec embedded in {checkpoint.name}") if embedded else Spec()
+    sources = _set_by(spec, "embedded spec", {})
     source = "spec" if spec.arch else ""
+    hub_data = {k: v for k, v in checkpoint.config.items() if k in PRETRAINED_KEYS}
     if checkpoint.config:
         source = source or ("config" if checkpoint.config.get("arch") else "")
         given = {k: v for k, v in vars(spec).items() if v not in (None, (), {})}
-        spec = Spec().merged(**checkpoint.config).merged(**given)
+        spec = Spec().merged(**{k: v for k, v in checkpoint.config.items() if k not in PRETRAINED_KEYS}).merged(**given)
+        sources = {**_set_by(spec, "hub config", {}), **sources}
     from_embedded = bool(spec.arch)
     if spec_file:
         from_file = read_spec_file(spec_file)
         spec = spec.merged(**{k: v for k, v in vars(from_file).items() if v not in (None, (), {})})
+        sources = _set_by(from_file, "spec file", sources)
         source = "spec" if from_file.arch else source
         from_embedded = from_embedded and not from_file.arch
     if overrides.get("arch"):
@@ -137,6 +173,8 @@ def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides
             "(API: trust_embedded_code=True) to let the checkpoint's own spec name it"
         )
     spec = spec.merged(**overrides)
+    sources = _set_by(spec.__class__(**{k: v for k, v in overrides.items() if k in PREPROCESSING_KEYS}), "option",
+                      sources)
     if names_code(spec.arch) and not trust_embedded_code and not (spec_file and from_file.arch_kwargs):
         # the user named the class; kwargs naming classes to import must come from them too
         named = kwargs_naming_code(spec.arch_kwargs)
@@ -147,7 +185,23 @@ def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides
                 "flatrob imports only code you name: put those arch_kwargs in a --spec file, or pass "
                 "--trust-embedded-code (API: trust_embedded_code=True)"
             )
-    return spec, source
+    return spec, source, sources, {k: v for k, v in hub_data.items() if getattr(spec, k) is None}
+
+
+def _option_values(overrides: dict) -> dict:
+    """Options as spec values: ``input_shape`` (numbers from the option group) as three whole numbers."""
+    shape = overrides.get("input_shape")
+    if shape is None:
+        return overrides
+    values = tuple(shape)
+    if len(values) != 3 or any(isinstance(v, bool) or v != int(v) or v < 1 for v in values):
+        raise OptionError("input_shape", f"{{}} must be three whole numbers C,H,W, got {','.join(str(v) for v in values)}")
+    return {**overrides, "input_shape": tuple(int(v) for v in values)}
+
+
+def _set_by(spec: Spec, name: str, sources: dict[str, str]) -> dict[str, str]:
+    """``sources`` with every preprocessing key ``spec`` sets attributed to ``name``."""
+    return {**sources, **{k: name for k in PREPROCESSING_KEYS if getattr(spec, k) is not None}}
 
 
 def load_model(
@@ -163,7 +217,8 @@ def load_model(
 
     ``located``: what :func:`flatcli.inputs.checkpoint.locate` returned for ``ref``, if the caller has it."""
     checkpoint = ckpt.read(ref, located)
-    spec, arch_source = effective_spec(checkpoint, spec_file, overrides or {}, trust_embedded_code=trust_embedded_code)
+    spec, arch_source, sources, hub_data = resolve_spec(checkpoint, spec_file, overrides or {},
+                                                        trust_embedded_code=trust_embedded_code)
     state = strip_prefix(checkpoint.state_dict, spec.strip_prefix or "module.")
     kwargs = dict(spec.arch_kwargs)
     if spec.arch:
@@ -188,17 +243,19 @@ def load_model(
     if head_name is None:
         head_name = default_head(arch, net)
     head = find_linear(net, head_name)
-    # an adapted stem is not the network the architecture's data config describes (its pretrained weights)
-    defaults = _unset(spec, {} if stems.split(kwargs)[1] else data_defaults(arch, net), in_channels)
+    defaults, given_by = _pretrained(arch, net, kwargs, hub_data, spec, sources, in_channels)
     image_defaults = {key: defaults.pop(key) for key in IMAGE_KEYS if key in defaults}
     spec = spec.merged(**defaults)
+    sources = {**{k: "default" for k in ("mean", "std")}, **{k: "data" for k in ("input_shape",) if spec.input_shape},
+               **sources, **{k: given_by[k] for k in (*defaults, *image_defaults)}}
     mean, std = per_channel(spec.mean, spec.std, in_channels)
     model = Classifier(net, mean, std).to(device).eval()
     spec = spec.merged(
         arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
     )
     loaded = LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source,
-                         checkpoint=checkpoint, image_defaults=image_defaults)
+                         checkpoint=checkpoint, image_defaults=image_defaults, sources=sources)
+    loaded.notes += _pretrained_notes(defaults, image_defaults, given_by)
     if arch_source == "keys":
         loaded.candidates = [{"arch": name, "arch_kwargs": kw} for name, kw in others]
         loaded.notes.append(
@@ -207,6 +264,37 @@ def load_model(
             f"measured as {arch}: if another was trained, name it (arch: and arch_kwargs: in a spec, or --arch)"
         )
     return loaded
+
+
+def _pretrained(arch: str, net: nn.Module, kwargs: dict, hub_data: dict, spec: Spec, sources: dict[str, str],
+                channels: int) -> tuple[dict, dict[str, str]]:
+    """The pretrained data config's values no source of ``spec`` sets (the hub config's over the
+    architecture's), and which config gave each. Nothing when arch_kwargs adapt the stem (another network than the
+    one the config describes); no resize/crop once the user gave ``input_shape`` (it sets the crop)."""
+    own = {} if stems.split(kwargs)[1] else data_defaults(arch, net)
+    given_by = {**{k: f"{arch} data config" for k in own}, **{k: "hub config" for k in hub_data}}
+    defaults = _unset(spec, {**own, **hub_data}, channels)
+    if sources.get("input_shape") in USER_SOURCES:
+        defaults.pop("resize", None)
+        defaults.pop("crop", None)
+    return defaults, given_by
+
+
+def _pretrained_notes(defaults: dict, image_defaults: dict, given_by: dict[str, str]) -> list[str]:
+    """One line each for a pretrained config's normalisation and its image sizes, saying where they came from."""
+    notes = []
+    if "mean" in defaults or "std" in defaults:
+        used = ", ".join(f"{k} {list(defaults[k])}" for k in ("mean", "std") if k in defaults)
+        where = given_by.get("mean", given_by.get("std"))
+        notes.append(f"note: normalisation {used} comes from the {where}, which describes pretrained weights; if this "
+                     "checkpoint was trained with another, give mean/std (options or spec)")
+    if "resize" in image_defaults or "crop" in image_defaults:
+        sizes = ", ".join(f"{k} {image_defaults[k]}" for k in IMAGE_KEYS if k in image_defaults)
+        where = given_by.get("crop", given_by.get("resize"))
+        notes.append(f"note: image files (folder:, hf:) are read with {sizes} from the {where}, which describes "
+                     "pretrained weights; if this checkpoint was trained on other sizes, give input_shape (it sets the "
+                     "crop) or resize/crop")
+    return notes
 
 
 def _unset(spec: Spec, defaults: dict, channels: int) -> dict:

@@ -4,7 +4,7 @@ See :mod:`flatcli.options.base` for what an option is. The groups: :class:`Model
 :class:`DataOptions`, :class:`RunOptions`, :class:`SpeedOptions`, :class:`ResumeOptions`,
 :class:`CheckpointListOptions`, :class:`AttackOptions`, :class:`WeightNormOptions`, :class:`ScalingOptions`,
 :class:`HeadOptions`, :class:`LayerOptions`,
-:class:`TakeoffOptions`, :class:`OutputOptions`.
+:class:`TakeoffOptions`, :class:`OutputOptions`, :class:`SanityOptions`.
 """
 
 from flatcli.options.attack import AttackOptions
@@ -14,7 +14,8 @@ from flatcli.options.data import DataOptions
 from flatcli.options.model import ModelOptions
 from flatcli.options.output import OutputOptions
 from flatcli.options.run import CheckpointListOptions, ResumeOptions, RunOptions, SpeedOptions
+from flatcli.options.sanity import SanityOptions
 
 __all__ = ["Group", "Spec", "flag_of", "gather", "AttackOptions", "HeadOptions", "ScalingOptions", "WeightNormOptions", "LayerOptions", "TakeoffOptions",
            "DataOptions", "ModelOptions", "OutputOptions", "CheckpointListOptions", "ResumeOptions", "RunOptions",
-           "SpeedOptions"]
+           "SanityOptions", "SpeedOptions"]

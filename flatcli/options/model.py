@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from flatcli.options.base import Group, numbers, switch, text
+from flatcli.options.base import Group, integer, numbers, switch, text
+
+#: The largest side (and channel count) ``input_shape`` takes, as the spec's ``input_shape:``.
+MAX_SIDE = 65536
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,11 @@ class ModelOptions(Group):
                                              "0.4914,0.4822,0.4465 (default: spec, else none).", metavar="M[,M...]")
     std: tuple[float, ...] | None = numbers(None, "Per-channel std of that normalisation (default: spec, else none).",
                                             metavar="S[,S...]", above=0)
+    num_classes: int | None = integer(None, "Classes the head predicts (default: spec, else rows of the head's "
+                                      "weight).", metavar="K", minimum=1)
+    input_shape: tuple[float, ...] | None = numbers(None, "C,H,W of one input, e.g. 1,28,28; H,W is the crop of image "
+                                                    "files (default: spec, else read off the weights and data).",
+                                                    metavar="C,H,W", minimum=1, maximum=MAX_SIDE)
     trust_embedded_code: bool = switch(False, "Let the checkpoint's embedded spec name a module.path:Class to import "
                                        "(it runs that module's code); without it only --arch or a --spec file may "
                                        "name code.")

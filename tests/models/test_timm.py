@@ -78,12 +78,16 @@ def test_hub_folder_and_hub_cache_give_timms_logits(saved, offline_cache, name):
         assert loaded.spec.arch == f"timm:{name}" and loaded.arch_source == "config"
         assert loaded.layer == cfg["classifier"] and loaded.num_classes == 10
         assert loaded.spec.mean == pytest.approx(cfg["mean"]) and loaded.spec.std == pytest.approx(cfg["std"])
+        # the pretrained config's sizes describe its pretrained weights: for image files only, and said so
+        pre = loaded.image_defaults
+        assert loaded.spec.crop is None and loaded.sources["crop"] == loaded.sources["mean"] == "hub config"
+        assert any("from the hub config" in note for note in loaded.notes)
         if name.startswith("vit"):  # a fixed-size model: its size as built (img_size=32), not its registry's 224
-            assert loaded.spec.input_shape == (3, 32, 32) and (loaded.spec.crop, loaded.spec.resize) == (32, 35)
+            assert loaded.spec.input_shape == (3, 32, 32) and (pre["crop"], pre["resize"]) == (32, 35)
         else:  # a ResNet or ConvNeXt runs on the data's own size
-            assert loaded.spec.input_shape is None and loaded.spec.crop == cfg["input_size"][-1]
-        assert loaded.spec.resize == math.floor(loaded.spec.crop / cfg["crop_pct"])
-        assert loaded.spec.interpolation == cfg["interpolation"]
+            assert loaded.spec.input_shape is None and pre["crop"] == cfg["input_size"][-1]
+        assert pre["resize"] == math.floor(pre["crop"] / cfg["crop_pct"])
+        assert pre["interpolation"] == cfg["interpolation"]
         with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
             split.verify(x)
             logits, phi = split(x)

@@ -6,8 +6,9 @@ its ``Normalize``: flatrob normalises inside the model), built from ``torchvisio
     Resize(resize, interpolation, antialias=True)   # shorter side -> resize pixels
     CenterCrop(crop)                                 # then the central crop (H, W)
 
-``resize`` and ``crop`` come from ``--resize``/``--crop`` (else the spec's ``resize:``/``crop:``); the
-crop defaults to the model's input (H, W), and without ``resize`` each image is scaled by
+``resize`` and ``crop`` come from ``--resize``/``--crop`` (else the spec's ``resize:``/``crop:``, else a
+pretrained data config's, for image files only: :func:`resolve_preprocessing`); the crop defaults to the
+model's input (H, W), and without ``resize`` each image is scaled by
 ``max(H / h, W / w)`` so that it just covers the crop (for a square crop: shorter side -> H, exactly
 ``Resize(H)``). An image already of size (H, W) is then left untouched. Decoded files (PIL images) are
 resized by PIL, as ``weights.transforms()`` does on a PIL image; uint8 arrays (torchvision's data sets)
@@ -91,6 +92,22 @@ def preprocessing(input_shape: tuple | None, resize: int | None = None, crop: in
         raise UsageError(f"resize {resize} is smaller than the crop {target[0]}x{target[1]}: the crop would be padded "
                          "with black; give a resize of at least the crop (e.g. --resize 256 --crop 224)")
     return Preprocess(crop=target, resize=resize, interpolation=interpolation or "bilinear")
+
+
+def resolve_preprocessing(reading: dict, spec, pretrained: dict) -> Preprocess | None:
+    """:func:`preprocessing` from the options (``reading``: resize, crop, interpolation), then the spec, then a
+    pretrained data config's values (``LoadedModel.image_defaults``; pass them for image files of any size only).
+
+    The pretrained resize and crop go together or not at all: once the options or the spec give either (or
+    ``input_shape``, which the loader already weighed), neither is used, so a crop alone implies no
+    upscaling beyond it (each image just covers the crop)."""
+    def given(key):
+        return next((v for v in (reading.get(key), getattr(spec, key)) if v is not None), None)
+
+    own = given("resize") is not None or given("crop") is not None
+    resize, crop = ((given("resize"), given("crop")) if own else (pretrained.get("resize"), pretrained.get("crop")))
+    interpolation = given("interpolation") or pretrained.get("interpolation")
+    return preprocessing(spec.input_shape, resize, crop, interpolation)
 
 
 class Uint8Images:
