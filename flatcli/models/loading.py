@@ -37,9 +37,8 @@ from flatcli.core.classifier import Classifier
 from flatcli.errors import LayerError, OptionError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
-from flatcli.models import timm_models
+from flatcli.models import stems, timm_models
 from flatcli.models.builtins import BUILTINS
-from flatcli.models import stems
 from flatcli.models.matching import check_fits, describe_candidates, detect, load_state, strip_prefix
 from flatcli.models.registry import (data_defaults, default_head, infer_in_channels, infer_num_classes,
                                      kwargs_naming_code, names_code)
@@ -84,7 +83,7 @@ class LoadedModel:
     #: Lines for people about what loading assumed (every run passes them on as notes).
     notes: list[str] = field(default_factory=list)
     #: Where each preprocessing value (:data:`PREPROCESSING_KEYS`) came from: "option", "spec file", "embedded
-    #: spec", "hub config", "<arch> data config" (pretrained weights'), "data" (read off the weights) or "default".
+    #: spec", "hub config", "<arch> data config" (pretrained weights') or "default" (mean 0, std 1).
     sources: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -124,7 +123,7 @@ class LoadedModel:
     @property
     def pretrained_data(self) -> bool:
         """Whether some preprocessing value comes from a data config describing pretrained weights."""
-        return any(source not in (*USER_SOURCES, "data", "default") for source in self.sources.values())
+        return any(source not in (*USER_SOURCES, "default") for source in self.sources.values())
 
 
 def effective_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: dict, *,
@@ -173,8 +172,7 @@ def resolve_spec(checkpoint: ckpt.Checkpoint, spec_file: str | None, overrides: 
             "(API: trust_embedded_code=True) to let the checkpoint's own spec name it"
         )
     spec = spec.merged(**overrides)
-    sources = _set_by(spec.__class__(**{k: v for k, v in overrides.items() if k in PREPROCESSING_KEYS}), "option",
-                      sources)
+    sources = _set_by(Spec(**{k: v for k, v in overrides.items() if k in PREPROCESSING_KEYS}), "option", sources)
     if names_code(spec.arch) and not trust_embedded_code and not (spec_file and from_file.arch_kwargs):
         # the user named the class; kwargs naming classes to import must come from them too
         named = kwargs_naming_code(spec.arch_kwargs)
@@ -246,8 +244,7 @@ def load_model(
     defaults, given_by = _pretrained(arch, net, kwargs, hub_data, spec, sources, in_channels)
     image_defaults = {key: defaults.pop(key) for key in IMAGE_KEYS if key in defaults}
     spec = spec.merged(**defaults)
-    sources = {**{k: "default" for k in ("mean", "std")}, **{k: "data" for k in ("input_shape",) if spec.input_shape},
-               **sources, **{k: given_by[k] for k in (*defaults, *image_defaults)}}
+    sources = {"mean": "default", "std": "default", **sources, **{k: given_by[k] for k in (*defaults, *image_defaults)}}
     mean, std = per_channel(spec.mean, spec.std, in_channels)
     model = Classifier(net, mean, std).to(device).eval()
     spec = spec.merged(

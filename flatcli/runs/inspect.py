@@ -40,6 +40,7 @@ def describe_checkpoint(loaded: LoadedModel) -> dict:
         "tensors": len(ck.state_dict),
         "arch": loaded.spec.arch,
         "arch_source": loaded.arch_source,
+        "arch_candidates": loaded.candidates,
         "parameters": sum(p.numel() for p in net.parameters()),
         "layer": loaded.layer,
         "classes": loaded.num_classes,
@@ -49,25 +50,27 @@ def describe_checkpoint(loaded: LoadedModel) -> dict:
         "hub_config": str(ck.config_path) if ck.config_path is not None else None,
         "effective_spec": loaded.spec.to_dict(),
         "image_defaults": loaded.image_defaults or None,
+        "preprocessing_sources": loaded.sources,
     }
 
 
 def inspect(loaded: LoadedModel, *, options: dict) -> Result:
     """The description of a loaded checkpoint; ``options`` (checkpoint, spec, arch, layer as given) go to the config."""
     summary = describe_checkpoint(loaded)
-    return Result("inspect", {**options, "versions": versions()}, summary, summary["linear_layers"])
+    return Result("inspect", {**options, "versions": versions()}, summary, summary["linear_layers"],
+                  notes=list(loaded.notes))
 
 
 def inspect_file(ref: str, error: FlatrobError, *, options: dict, located: tuple | None = None) -> Result:
     """What the checkpoint ``ref`` holds when loading it failed with ``error`` (an unknown or wrong architecture):
     ``summary`` has ``arch: null``, ``arch_error``, every tensor's name, shape and dtype, the 2-D weights as
-    ``linear_layers`` (also the rows) and ``arch_candidates``; the notes say why and what to try."""
+    ``linear_layers`` (also the rows) and ``arch_candidates``, all by name; the notes say why and what to try."""
     ck = ckpt.read(ref, located)
     state = strip_prefix(ck.state_dict)
     layers = [
         {"layer": key[: -len(".weight")], "in_features": int(value.shape[1]), "out_features": int(value.shape[0]),
          "bias": f"{key[: -len('.weight')]}.bias" in state, "head": False}
-        for key, value in state.items() if key.endswith(".weight") and value.dim() == 2
+        for key, value in sorted(state.items()) if key.endswith(".weight") and value.dim() == 2
     ]
     candidates = suggestions(state)
     summary = {
@@ -83,7 +86,7 @@ def inspect_file(ref: str, error: FlatrobError, *, options: dict, located: tuple
         "in_channels": infer_in_channels(state),
         "linear_layers": layers,
         "tensor_shapes": [{"name": k, "shape": list(v.shape), "dtype": str(v.dtype).removeprefix("torch.")}
-                          for k, v in ck.state_dict.items()],
+                          for k, v in sorted(ck.state_dict.items())],
         "embedded_spec": ck.metadata.get(METADATA_KEY),
         "hub_config": str(ck.config_path) if ck.config_path is not None else None,
     }
