@@ -6,7 +6,8 @@ and centre-crops ``crop`` (= H), as ``timm.data.create_transform(..., is_trainin
 torchvision's ``weights.transforms()`` names the same with ``resize_size`` and ``crop_size``. Either
 becomes the spec keys ``mean``, ``std``, ``resize``, ``crop`` and ``interpolation``; ``input_shape``
 only when the model takes one size alone (timm's ``fixed_input_size``: a ViT), since other networks
-run on the data's own size (a timm ResNet on 32x32 tensors).
+run on the data's own size (a timm ResNet on 32x32 tensors). These values describe the *pretrained*
+weights: :mod:`flatcli.models.loading` uses them only where no source the user wrote sets them, and says so.
 """
 
 from __future__ import annotations

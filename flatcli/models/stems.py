@@ -45,8 +45,8 @@ def build(arch: str, *, num_classes: int, in_channels: int, kwargs: dict | None 
     return net
 
 
-def adapt(arch: str, net: nn.Module, in_channels: int, *, stem_kernel: int = 7, stem_stride: int | None = None,
-          maxpool: bool = True) -> None:
+def adapt(arch: str, net: nn.Module, in_channels: int, *, stem_kernel: int | None = None,
+          stem_stride: int | None = None, maxpool: bool = True) -> None:
     """Replace ``net.conv1`` by a ``stem_kernel`` x ``stem_kernel`` convolution from ``in_channels`` channels, and
     ``net.maxpool`` by the identity unless ``maxpool``; :class:`SpecError` for anything but a torchvision ResNet."""
     import torchvision.models
@@ -54,13 +54,13 @@ def adapt(arch: str, net: nn.Module, in_channels: int, *, stem_kernel: int = 7, 
     if not (arch.startswith("torchvision:") and isinstance(net, torchvision.models.ResNet)):
         raise SpecError(f"arch_kwargs {', '.join(STEM_KWARGS)} adapt a torchvision ResNet's stem "
                         f"(torchvision:resnet18 ...), not {arch}; remove them")
-    stride = 1 if stem_stride is None else stem_stride
-    for name, value, top in (("stem_kernel", stem_kernel, MAX_KERNEL), ("stem_stride", stride, MAX_KERNEL)):
+    kernel = 7 if stem_kernel is None else stem_kernel
+    stride = stem_stride if stem_stride is not None else 2 if stem_kernel is None else 1
+    for name, value, top in (("stem_kernel", kernel, MAX_KERNEL), ("stem_stride", stride, MAX_KERNEL)):
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= top:
             raise SpecError(f"arch_kwargs {name} must be a whole number from 1 to {top}, got {value!r}")
     if not isinstance(maxpool, bool):
         raise SpecError(f"arch_kwargs maxpool must be true or false, got {maxpool!r}")
-    net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, stem_kernel, stride=stride, padding=stem_kernel // 2,
-                          bias=False)
+    net.conv1 = nn.Conv2d(in_channels, net.conv1.out_channels, kernel, stride=stride, padding=kernel // 2, bias=False)
     if not maxpool:
         net.maxpool = nn.Identity()

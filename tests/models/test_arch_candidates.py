@@ -110,3 +110,14 @@ def test_stem_kwargs_adapt_torchvision_resnets_only():
         stems.build("resnet18", num_classes=10, in_channels=1, kwargs={"maxpool": False})
     with pytest.raises(SpecError, match="stem_kernel must be a whole number from 1 to 15"):
         stems.build("torchvision:resnet18", num_classes=10, in_channels=1, kwargs={"stem_kernel": 0})
+
+
+def test_stem_kwargs_default_to_torchvisions_stem():
+    torch.manual_seed(0)
+    own = torchvision.models.resnet18(num_classes=10)
+    own.maxpool = torch.nn.Identity()
+    net = stems.build("torchvision:resnet18", num_classes=10, in_channels=3, kwargs={"maxpool": False}).eval()
+    net.load_state_dict(own.state_dict())
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), own.eval()(x))  # 7x7, stride 2, padding 3 kept
