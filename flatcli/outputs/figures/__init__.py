@@ -48,6 +48,14 @@ def pyplot():
     return plt
 
 
+def eps_text(eps: float) -> str:
+    """A radius below 1 as people write it: ``8/255`` when it is a whole number of 255ths, else ``0.025``."""
+    steps = eps * 255
+    if 0 < eps < 1 and abs(steps - round(steps)) < 1e-6 * max(steps, 1.0):
+        return f"{round(steps)}/255"
+    return f"{eps:.4g}"
+
+
 def save(fig, path: str | os.PathLike, fmt: str, dpi: int = 120) -> None:
     """Write ``fig`` to ``path`` (committed with the run's other outputs) in format ``fmt`` and close it."""
     import matplotlib.pyplot as plt

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from flatcli.core.trajectories import MIN_RISE, normalized_loss, takeoff
-from flatcli.outputs.figures import pyplot, save
+from flatcli.outputs.figures import eps_text, pyplot, save
 
 FIG2 = "fig2_loss_geometry.png"
 FIG13 = "fig13_unattackable.png"
@@ -37,8 +37,10 @@ def sweep_figures(outcome, directory: str | os.PathLike, *, title: str = "", tra
     """Draw both figures of a :class:`flatcli.runs.sweep.SweepOutcome` into ``directory``; return the paths."""
     pyplot()
     directory = Path(directory)
-    traj_text = f"PGD-{trajectory.norm} eps {trajectory.eps:g}, alpha {trajectory.alpha:g}, {trajectory.steps} steps" if trajectory else ""
-    atk_text = f"PGD-{attack.norm} eps {attack.eps:.4g}, alpha {attack.alpha:.4g}, {attack.steps} steps" if attack else ""
+    traj_text = (f"PGD-{trajectory.norm} eps {eps_text(trajectory.eps)}, alpha {eps_text(trajectory.alpha)}, "
+                 f"{trajectory.steps} steps") if trajectory else ""
+    atk_text = (f"PGD-{attack.norm} eps {eps_text(attack.eps)}, alpha {eps_text(attack.alpha)}, {attack.steps} steps"
+                if attack else "")
     paths = [directory / FIG2, directory / FIG13]
     _figure2(outcome, paths[0], f"{title}: fixed trajectories on s=1 ({traj_text})" if title else traj_text)
     _figure13(outcome, paths[1], f"{title}: per-scale attack ({atk_text})" if attack else f"{title}: per-scale attack skipped")
@@ -243,12 +245,13 @@ def _figure13(outcome, path: Path, title: str) -> None:
         ax_b.set_title("(b) robust accuracy under the per-scale attack")
         ax_b.legend(fontsize=8)
 
-        sc = ax_c.scatter(sharp_mean, robust, c=np.log10(s), cmap="viridis", s=30)
-        for x, yv, sv in zip(sharp_mean, robust, s):
+        # the median: the mean is ruled by near-ties, whose sharpness rises with s while the typical sample's falls
+        sc = ax_c.scatter(sharp_median, robust, c=np.log10(s), cmap="viridis", s=30)
+        for x, yv, sv in zip(sharp_median, robust, s):
             ax_c.annotate(f"s={sv:g}", (x, yv), textcoords="offset points", xytext=(4, 3), fontsize=7)
-        _log_if_positive(ax_c, sharp_mean, "x")
+        _log_if_positive(ax_c, sharp_median, "x")
         ax_c.set_ylim(-0.02, 1.02)
-        ax_c.set_xlabel("mean relative sharpness at the clean inputs")
+        ax_c.set_xlabel("median relative sharpness at the clean inputs")
         ax_c.set_ylabel("robust accuracy")
         ax_c.set_title("(c) sharpness vs robust accuracy")
         fig.colorbar(sc, ax=ax_c, label="log10 s")
