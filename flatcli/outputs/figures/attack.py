@@ -6,17 +6,27 @@ import os
 
 from flatcli.outputs.figures import check_plot_path, pyplot, save
 
+#: Panels per row: more layers wrap onto further rows instead of a long strip.
+MAX_COLUMNS = 3
+
 
 def attack_figure(summary: dict, path: str | os.PathLike, title: str = "", layers=()) -> None:
     """The paper's Fig. 3: mean (and +-1 std band) of loss and of relative sharpness against the PGD step;
     one more panel per entry of ``layers`` (``summary.layers``: the relative sharpness of an earlier layer, Fig. 14;
-    its band is +-1 std over samples, or +-1 standard error for Hutchinson estimates)."""
+    its band is +-1 std over samples, or +-1 standard error for Hutchinson estimates); at most
+    :data:`MAX_COLUMNS` panels a row."""
     fmt = check_plot_path(path)
     plt = pyplot()
     import numpy as np
 
     steps = np.arange(len(summary["mean_loss_by_step"]))
-    fig, axes = plt.subplots(1, 2 + len(layers), figsize=(5 * (2 + len(layers)), 3.6), constrained_layout=True)
+    count = 2 + len(layers)
+    columns = min(count, MAX_COLUMNS)
+    rows = -(-count // columns)
+    fig, grid = plt.subplots(rows, columns, figsize=(5 * columns, 3.6 * rows), constrained_layout=True, squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[count:]:  # the empty cells of the last row
+        ax.set_axis_off()
     panels = [
         (axes[0], summary, "mean_loss_by_step", "std_loss_by_step", "loss (cross-entropy)", "tab:red"),
         (axes[1], summary, "mean_sharpness_by_step", "std_sharpness_by_step", "relative sharpness (head)", "tab:blue"),
