@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flatcli.inputs.spec import MAX_SIDE
 from flatcli.options.base import Group, integer, numbers, switch, text
-
-#: The largest side (and channel count) ``input_shape`` takes, as the spec's ``input_shape:``.
-MAX_SIDE = 65536
 
 
 @dataclass(frozen=True)
