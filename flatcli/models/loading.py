@@ -46,6 +46,8 @@ from flatcli.models.registry import (data_defaults, default_head, infer_in_chann
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.
 MAX_EXTRA_BYTES = 64 * 1024 * 1024
+#: Layers a "no such layer" error names when none is close to the name given.
+MAX_NAMED = 20
 #: Spec keys of image preprocessing (see :attr:`LoadedModel.image_defaults`).
 IMAGE_KEYS = ("resize", "crop", "interpolation")
 #: Spec keys a pretrained data config gives (they describe pretrained weights, not necessarily this checkpoint).
@@ -417,7 +419,8 @@ def find_module(net: nn.Module, name: str) -> nn.Module:
     names = [n for n, _ in net.named_modules() if n]
     if name not in names:
         close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
-        hint = f"; closest: {', '.join(close)}" if close else f"; layers include: {', '.join(names[-5:])}"
+        more = f" (+{len(names) - MAX_NAMED} more: inspect lists them)" if len(names) > MAX_NAMED else ""
+        hint = f"; closest: {', '.join(close)}" if close else f"; layers: {', '.join(names[:MAX_NAMED])}{more}"
         raise LayerError(f"the network has no layer {name!r}{hint}")
     return net.get_submodule(name)
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from flatcli.errors import CheckpointError, SpecError
+from flatcli.errors import CheckpointError, LayerError, SpecError
 from flatcli.inputs.checkpoint import read
 from flatcli.models import loading, stems
 from flatcli.models.loading import effective_spec, load_model
@@ -99,3 +99,8 @@ def test_what_a_network_allocates_beyond_its_checkpoint_is_capped(tmp_path, trus
     ok = _checkpoint(tmp_path, SPEC + "arch_kwargs: {scratch: 1000}\n")
     assert load_model(str(ok), trust_embedded_code=True).model.net.scratch.numel() == 1000
     assert torch.get_default_device().type == "cpu"  # the meta build leaves no default device behind
+
+
+def test_an_unknown_layer_names_the_networks_layers():
+    with pytest.raises(LayerError, match=r"no layer 'zzz'; layers: conv1, bn1, .*fc"):
+        load_model(EXAMPLE, overrides={"layer": "zzz"})
