@@ -16,7 +16,6 @@ import functools
 import inspect
 from typing import Annotated, Any, Optional, get_type_hints
 
-import click
 import typer
 
 from flatcli.cli import complete
@@ -25,25 +24,15 @@ from flatcli.options.base import Group, Spec, flag_of
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "choice": str, "floats": str, "names": str}
 
 
-class _Choice(click.Choice):
-    """A choice whose names are read when needed (a registry's), so building the CLI imports nothing heavy."""
-
-    def __init__(self, allowed):
-        self._allowed = allowed
-        self.case_sensitive = True
-
-    @property
-    def choices(self):
-        return self._allowed()
-
-
 def typer_option(name: str, spec: Spec, default: Any):
     """The ``Annotated[type, typer.Option(...)]`` of one option."""
     flag = flag_of(name, spec)
     decls = [f"{flag}/--no-{flag[2:]}" if spec.negatable else flag] + ([spec.short] if spec.short else [])
     extra = {}
-    if spec.kind == "choice":
-        extra["click_type"] = _Choice(spec.allowed)
+    if spec.kind == "choice":  # checked by the group; a registry's names are read only when completing
+        extra["autocompletion"] = lambda incomplete: [c for c in spec.allowed() if c.startswith(incomplete)]
+        if not callable(spec.choices):
+            extra["metavar"] = f"[{'|'.join(spec.choices)}]"
     if spec.completion:
         extra["autocompletion"] = getattr(complete, spec.completion)
     if spec.metavar:
@@ -78,7 +67,8 @@ def expand(func):
 
     @functools.wraps(func)
     def command(**values):
-        made = {key: kind(**{name: values.pop(name) for name, _, _ in kind.options()}) for key, kind in groups.items()}
+        made = {key: kind(**{name: values.pop(name) for name, _, _ in kind.options() if name in values})
+                for key, kind in groups.items()}
         return func(**made, **values)
 
     command.__signature__ = inspect.Signature(params)

@@ -7,7 +7,7 @@ See :mod:`flatcli.options.base` for what an option is. The groups: :class:`Model
 :class:`TakeoffOptions`, :class:`OutputOptions`.
 """
 
-from flatcli.options.attack import AttackOptions
+from flatcli.options.attack import AttackOptions, PGDOptions
 from flatcli.options.base import Group, Spec, flag_of, gather
 from flatcli.options.curvature import HeadOptions, LayerOptions, ScalingOptions, TakeoffOptions, WeightNormOptions
 from flatcli.options.data import DataOptions
@@ -15,6 +15,6 @@ from flatcli.options.model import ModelOptions
 from flatcli.options.output import OutputOptions
 from flatcli.options.run import CheckpointListOptions, ResumeOptions, RunOptions, SpeedOptions
 
-__all__ = ["Group", "Spec", "flag_of", "gather", "AttackOptions", "HeadOptions", "ScalingOptions", "WeightNormOptions", "LayerOptions", "TakeoffOptions",
+__all__ = ["Group", "Spec", "flag_of", "gather", "AttackOptions", "PGDOptions", "HeadOptions", "ScalingOptions", "WeightNormOptions", "LayerOptions", "TakeoffOptions",
            "DataOptions", "ModelOptions", "OutputOptions", "CheckpointListOptions", "ResumeOptions", "RunOptions",
            "SpeedOptions"]

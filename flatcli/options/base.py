@@ -98,6 +98,8 @@ class Group:
 
     #: What the group is, for the docs (``"Model"``, ``"Data"``, ...).
     title: ClassVar[str] = ""
+    #: Its attribute in the groups of one call (:class:`flatcli.options.calls.Chosen`): ``chosen.model``, ...
+    key: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):

@@ -17,6 +17,7 @@ class WeightNormOptions(Group):
     """The weight norm of relative sharpness, ``||W||_F^2 * Tr(H)`` or ``||W||_F * Tr(H)``."""
 
     title = "Head"
+    key = "head"
 
     weight_norm: str | None = choice(None, "Relative sharpness uses ||W||_F^2 (squared, the paper's proofs; the "
                                      "default) or ||W||_F (plain, its code).", WEIGHT_NORMS)
@@ -45,6 +46,7 @@ class LayerOptions(Group):
     """Earlier layers whose trace and relative sharpness are measured too (paper Fig. 14)."""
 
     title = "Earlier layers"
+    key = "layers"
 
     layers: tuple[str, ...] | None = names(None, "Comma-separated earlier layers whose trace and relative sharpness "
                                            "to measure (Fig. 14; default: the spec's).")
@@ -61,5 +63,6 @@ class TakeoffOptions(Group):
     """The take-off point of a trajectory (§6.1): first step whose normalised loss reaches tau."""
 
     title = "Trajectories"
+    key = "takeoff"
 
     takeoff: float = number(0.1, "Take-off threshold tau on the normalised loss, in (0, 1].", above=0, maximum=1)

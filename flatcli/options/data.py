@@ -15,6 +15,7 @@ class DataOptions(Group):
     """The samples a command measures and how a ``--data`` string's images are read."""
 
     title = "Data"
+    key = "data"
 
     data: str | None = text(None, "digits, cifar10:ROOT, cifar100:ROOT, mnist:ROOT, fashionmnist:ROOT, kmnist:ROOT, "
                             "svhn:ROOT, stl10:ROOT, folder:DIR, npz:FILE, hf:PATH or tensors:FILE (default: spec, then "

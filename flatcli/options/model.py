@@ -12,6 +12,7 @@ class ModelOptions(Group):
     """How a checkpoint becomes a model (the spec's values, overridden by every option given)."""
 
     title = "Model"
+    key = "model"
 
     spec: str | None = text(None, "Layer spec (YAML); overrides the embedded spec.", metavar="FILE")
     arch: str | None = text(None, "Architecture: a built-in, torchvision:NAME, timm:NAME, robustbench:NAME or "

@@ -16,7 +16,7 @@ import platform
 
 from flatcli import __version__
 from flatcli.core.radius import RANGES
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError, UsageError
 from flatcli.inputs.text import read_text
 from flatcli.outputs.plan import plan_inputs
 from flatcli.runs.result import Result
@@ -109,15 +109,15 @@ def check_options(*, epsilon, grad, at_minimum: bool) -> None:
 
 
 def radius(given: dict[str, str | None], *, from_json: str | None = None, at_minimum: bool = False,
-           model_options: dict[str, bool] | None = None) -> Result:
+           model_options: list[str] | None = None) -> Result:
     """The bound without a model: from the numbers ``given`` (option name -> text, ``None`` when unset) or
-    from the sharpness document at ``from_json``. ``model_options`` (option -> whether it was given) are
-    options that need a model to measure; any of them is refused."""
+    from the sharpness document at ``from_json``. ``model_options`` names the options given that need a model
+    to measure; any of them is refused."""
     check_options(epsilon=given.get("epsilon"), grad=given.get("grad"), at_minimum=at_minimum)
-    used = [k for k, v in (model_options or {}).items() if v]
+    used = list(model_options or ())
     if used:
-        raise UsageError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} a checkpoint to measure; "
-                         "give one, e.g. flatrob bound example:digits-cnn --epsilon 0.1")
+        raise OptionError(tuple(used), ", ".join("{}" for _ in used) + f" need{'s' if len(used) == 1 else ''} a "
+                          "checkpoint to measure; give one, e.g. flatrob bound example:digits-cnn --epsilon 0.1")
     if from_json is not None:
         return from_sharpness_json(from_json, given, at_minimum=at_minimum)
     return from_numbers(given, at_minimum=at_minimum)

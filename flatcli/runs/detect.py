@@ -30,10 +30,11 @@ from flatcli.core import detectors as core
 from flatcli.core.curvature import WEIGHT_NORMS
 from flatcli.core.detection_features import SCORES, Probe
 from flatcli.core.attack_losses import check_loss
-from flatcli.core.attacks import Attack, describe_attack, make_attack
+from flatcli.core.attacks import Attack, describe_attack
 from flatcli.core.pgd import PRESETS
 from flatcli.core.statistics import describe
-from flatcli.errors import DetectorError, UsageError
+from flatcli.errors import DetectorError, OptionError, UsageError
+from flatcli.options.detect import ALL
 from flatcli.inputs.adversarial_file import attack_metadata, save_adversarials
 from flatcli.inputs.data import DataSource
 from flatcli.inputs.detector_file import save_detector
@@ -44,8 +45,6 @@ from flatcli.runtime.loop import RunContext, resumed_note, versions
 __all__ = ["SCORES", "DetectSettings", "DetectOutcome", "ScoreSet", "fit_detection", "fit", "apply", "check_detector",
            "score_inputs"]
 
-#: ``--method all``: every method of :data:`flatcli.core.detectors.METHODS` on the same folds, the best one kept.
-ALL = "all"
 #: Per-input rows of a fit: ``adversarial`` is the true class, ``used`` whether the input was in the
 #: balanced set, ``fold`` its held-out fold, ``oof_decision`` the decision value of the detector that
 #: did not see it, ``flagged`` the final detector's verdict.
@@ -104,38 +103,37 @@ class DetectSettings:
 
     def __post_init__(self) -> None:
         if self.method not in core.METHODS + (ALL,):
-            raise UsageError(f"unknown --method {self.method!r}; choose one of {', '.join(core.METHODS + (ALL,))}")
+            raise OptionError("method", f"unknown {{}} {self.method!r}; choose one of {', '.join(core.METHODS + (ALL,))}")
         if self.method == "stump":
             self.score = self.score or SCORES[0]
             if self.score not in SCORES:
-                raise UsageError(f"unknown --score {self.score!r}; choose one of {', '.join(SCORES)}")
+                raise OptionError("score", f"unknown {{}} {self.score!r}; choose one of {', '.join(SCORES)}")
         elif self.score not in (None, _FIXED_SCORE.get(self.method)):
             what = {"components": "the three factors of sharpness (sum_j p_j(1-p_j), ||phi||^2, ||W phi||^2)",
                     "mahalanobis": "the Mahalanobis score", "profile": "the curvature profile",
                     "ensemble": "every label-free feature", ALL: "every method's own"}[self.method]
-            raise UsageError(
-                f"--score {self.score} conflicts with --method {self.method}, which uses {what}; "
-                "drop --score or use --method stump"
-            )
+            raise OptionError(("score", "method", "score", "method"),
+                              f"{{}} {self.score} conflicts with {{}} {self.method}, which uses {what}; "
+                              "drop {} or use {} stump")
         else:
             self.score = _FIXED_SCORE.get(self.method)
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
-            raise UsageError(f"--folds must be an integer >= 2, got {self.folds!r}")
+            raise OptionError("folds", f"{{}} must be an integer >= 2, got {self.folds!r}")
         if self.weight_norm not in WEIGHT_NORMS:
-            raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+            raise OptionError("weight_norm", f"{{}} must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
         if self.uses_probe:
             self.probe = self.probe or Probe()
         elif self.probe is not None:
-            raise UsageError(
-                f"--probe-steps/--probe-size set the probes of the curvature profile, which --method {self.method} "
-                "does not use; drop them or use --method profile, ensemble or all"
-            )
+            raise OptionError(("probe_steps", "probe_size", "method"),
+                              f"{{}}/{{}} set the probes of the curvature profile, which {{}} {self.method} "
+                              "does not use; drop them or use method profile, ensemble or all")
         if self.adaptive and self.attack is None:
-            raise UsageError("--adaptive crafts adversarials against the fitted detector; it needs the attack options, "
-                             "not --adversarial")
+            raise OptionError(("adaptive", "adversarial"), "{} crafts adversarials against the fitted detector; it "
+                              "needs the attack options, not {}")
         w = self.adaptive_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or not 0 < w <= MAX_ADAPTIVE_WEIGHT:
-            raise UsageError(f"--adaptive-weight must be a finite number > 0 and at most {MAX_ADAPTIVE_WEIGHT:g}, got {w!r}")
+            raise OptionError("adaptive_weight", f"{{}} must be a finite number > 0 and at most "
+                              f"{MAX_ADAPTIVE_WEIGHT:g}, got {w!r}")
 
     @property
     def methods(self) -> tuple[str, ...]:
@@ -156,31 +154,29 @@ class DetectSettings:
         return Features(self.weight_norm, self.probe if self.uses_probe else None, mahalanobis)
 
     @classmethod
-    def from_options(cls, *, crafted: bool = True, preset: str | None = None, attack_kind=None, loss=None, norm=None,
-                     eps=None, alpha=None, steps=None, queries=None, random_start: bool = False, restarts: int = 1,
-                     method: str | None = None,
-                     folds: int | None = None, weight_norm: str | None = None, probe_steps: int | None = None,
-                     probe_size: float | None = None, adaptive: bool = False, adaptive_weight: float | None = None,
-                     **settings) -> "DetectSettings":
-        """The command's options; ``crafted`` is false when the adversarials come from a file (no attack)."""
-        attack = None
+    def from_groups(cls, chosen, *, crafted: bool = True) -> "DetectSettings":
+        """The settings of one call's option groups (:mod:`flatcli.options`); ``crafted`` is false when the
+        adversarials come from a file (no attack)."""
+        options = chosen.detection
+        attack = preset = None
         if crafted:
-            preset = preset or DEFAULT_PRESET
-            attack = make_attack(attack_kind, preset, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
-                                 random_start=random_start, restarts=restarts, loss=loss)
-            if adaptive and attack.kind != "pgd":
-                raise UsageError(f"--adaptive runs PGD on its own objective; drop --attack {attack.kind}")
-        if adaptive_weight is not None and not adaptive:
-            raise UsageError("--adaptive-weight weighs the detector in the adaptive attack; add --adaptive or drop it")
+            preset = chosen.attack.preset or DEFAULT_PRESET
+            attack = chosen.attack.make(preset)
+            if options.adaptive and attack.kind != "pgd":
+                raise OptionError(("adaptive", "attack"), f"{{}} runs PGD on its own objective; drop {{}} {attack.kind}")
+        if options.adaptive_weight is not None and not options.adaptive:
+            raise OptionError(("adaptive_weight", "adaptive"), "{} weighs the detector in the adaptive attack; add {} "
+                              "or drop it")
         probe = None
-        if probe_steps is not None or probe_size is not None:
+        if options.probe_steps is not None or options.probe_size is not None:
             default = Probe()
-            probe = Probe(default.steps if probe_steps is None else probe_steps,
-                          default.size if probe_size is None else probe_size)
-        return cls(method=method or "stump", folds=5 if folds is None else folds,
-                   weight_norm=weight_norm or "squared", attack=attack, preset=preset if crafted else None,
-                   probe=probe, adaptive=adaptive,
-                   adaptive_weight=DEFAULT_ADAPTIVE_WEIGHT if adaptive_weight is None else adaptive_weight, **settings)
+            probe = Probe(default.steps if options.probe_steps is None else options.probe_steps,
+                          default.size if options.probe_size is None else options.probe_size)
+        return cls(method=options.method or "stump", score=options.score,
+                   folds=5 if options.folds is None else options.folds, only_successful=options.only_successful,
+                   weight_norm=chosen.head.norm, attack=attack, preset=preset, probe=probe, adaptive=options.adaptive,
+                   adaptive_weight=DEFAULT_ADAPTIVE_WEIGHT if options.adaptive_weight is None else
+                   options.adaptive_weight)
 
     def config(self) -> dict:
         crafted = self.attack is not None
