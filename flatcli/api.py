@@ -33,7 +33,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from flatcli.core.head_scaling import Scaling
 from flatcli.errors import DataError, OptionError, UsageError
 from flatcli.inputs.data import FILE_FORMS, IMAGE_FILE_FORMS, DataSource, check_compatible, load_data, preprocessing
 from flatcli.models.loading import LoadedModel, from_module, load_model

@@ -20,6 +20,17 @@ def _number(flag: str, help: str, *short: str):
     return Annotated[Optional[str], typer.Option(flag, *short, help=help, show_default=False)]
 
 
+Epsilon = _number("--epsilon", "Allowed loss increase epsilon > 0; a comma-separated list gives one row each.")
+Kappa = _number("--kappa", "Relative sharpness ||W||_F^2 Tr(H) (numbers mode; list allowed).")
+Lipschitz = _number("--lipschitz", "Lipschitz constant of phi: a number (list allowed), or with a checkpoint upper "
+                    "(sound, default) or local (estimate).", "-L")
+R = _number("--r", "Lower bound r > 0 on ||phi(x)|| (numbers mode; list allowed).")
+Classes = _number("--classes", "Number of classes k (numbers mode; list allowed).", "-k")
+Features = _number("--features", "Feature dimension m (numbers mode; list allowed).", "-m")
+Grad = _number("--grad", "First-order term g = ||W||_F ||grad_W loss||_F >= 0 (default 0 in numbers mode; list "
+               "allowed).")
+
+
 @app.command()
 @expand
 def bound(
@@ -30,15 +41,13 @@ def bound(
     ] = None,
     checkpoints: CheckpointListOptions = None,
     plot: TrendPlot = None,
-    epsilon: _number("--epsilon", "Allowed loss increase epsilon > 0; a comma-separated list gives one row each.") = None,
-    kappa: _number("--kappa", "Relative sharpness ||W||_F^2 Tr(H) (numbers mode; list allowed).") = None,
-    lipschitz: _number("--lipschitz", "Lipschitz constant of phi: a number (list allowed), or with a checkpoint upper "
-                       "(sound, default) or local (estimate).", "-L") = None,
-    r: _number("--r", "Lower bound r > 0 on ||phi(x)|| (numbers mode; list allowed).") = None,
-    classes: _number("--classes", "Number of classes k (numbers mode; list allowed).", "-k") = None,
-    features: _number("--features", "Feature dimension m (numbers mode; list allowed).", "-m") = None,
-    grad: _number("--grad", "First-order term g = ||W||_F ||grad_W loss||_F >= 0 (default 0 in numbers mode; list "
-                  "allowed).") = None,
+    epsilon: Epsilon = None,
+    kappa: Kappa = None,
+    lipschitz: Lipschitz = None,
+    r: R = None,
+    classes: Classes = None,
+    features: Features = None,
+    grad: Grad = None,
     at_minimum: Annotated[bool, typer.Option("--at-minimum", help="Drop the first-order term, as the paper does (it "
                                              "assumes a minimum).")] = False,
     from_json: Annotated[Optional[str], typer.Option("--from-json", help="Take kappa, r, k, m (and g) from `flatrob "
@@ -57,17 +66,25 @@ def bound(
     flatrob sharpness m.safetensors --format json | flatrob bound --from-json - --lipschitz 12 --epsilon 0.1
     flatrob bound example:digits-cnn --epsilon 0.1 --check
     """
-    numbers_only = not checkpoint and checkpoints.checkpoints_from is None
+    given = {"kappa": kappa, "lipschitz": lipschitz, "r": r, "classes": classes, "features": features, "grad": grad,
+             "epsilon": epsilon}
+    if not checkpoint and checkpoints.checkpoints_from is None:  # numbers-only mode: no model, no torch
+        from flatcli.errors import OptionError
+        from flatcli.runs.bound_numbers import radius
 
-    def numbers_rows(out, result):
-        if numbers_only:
+        if plot is not None:
+            raise OptionError("plot", "{} draws the measures of several checkpoints; numbers-only mode has no figure")
+        common.check_outputs(output=output.output)
+        result = radius(given, from_json=from_json, at_minimum=at_minimum,
+                        model_options=[n for group in (model, data, run, checks) for n in group.given()])
+        common.notes(result, output.quiet)
+        with common.writer(output, command="bound", render_table=render_numbers) as out:
             out.rows(result.samples)
-
-    result = common.call("bound", checkpoint, checkpoints, output, render_numbers if numbers_only else render_checkpoint,
-                         model, data, run, checks, rows=not numbers_only, required=False, before_finish=numbers_rows,
-                         plot=plot, epsilon=epsilon, lipschitz=lipschitz, kappa=kappa, r=r, classes=classes,
-                         features=features, grad=grad, at_minimum=at_minimum, from_json=from_json)
-    for summary in common.summaries(result) if not numbers_only else []:
+            out.finish(result.config, result.summary)
+        return
+    result = common.call("bound", checkpoint, checkpoints, output, render_checkpoint, model, data, run, checks,
+                         plot=plot, from_json=from_json, at_minimum=at_minimum, **given)
+    for summary in common.summaries(result):
         _report_check(summary, output.quiet)
     common.exit_status(result)
 def _report_check(summary: dict, quiet: bool) -> None:

@@ -23,6 +23,20 @@ def _file(flag: str, help: str, metavar: str = "FILE"):
     return Annotated[Optional[str], typer.Option(flag, help=help, metavar=metavar)]
 
 
+Adversarial = _file("--adversarial", "Read the adversarials from a tensors safetensors FILE (as `attack --save-adv` "
+                    "writes) instead of attacking; --limit applies to it too.")
+FitData = _file("--fit-data", "Clean labelled data (a --data source, its train split) for the class means and "
+                "covariance of mahalanobis, ensemble and all (default: the train split of --data).",
+                "SOURCE")
+Save = _file("--save", "Write the fitted detector (JSON) to FILE (with several checkpoints a name with {stem} or "
+             "{index}).")
+Plot = _file("--plot", "Draw score histograms of clean vs adversarial inputs with the threshold, and the ROC curve, "
+             "to FILE (.png, .pdf, .svg); with several checkpoints, the summary measures against the checkpoint "
+             "order.")
+Detector = _file("--detector", "Apply a saved detector to --data: rows index, score, flagged and the flagged "
+                 "share.")
+
+
 @app.command()
 @expand
 def detect(
@@ -34,19 +48,12 @@ def detect(
     output: OutputOptions = None,
     detection: DetectOptions = None,
     attack: AttackOptions = None,
-    adversarial: _file("--adversarial", "Read the adversarials from a tensors safetensors FILE (as `attack --save-adv` "
-                       "writes) instead of attacking; --limit applies to it too.") = None,
-    fit_data: _file("--fit-data", "Clean labelled data (a --data source, its train split) for the class means and "
-                    "covariance of mahalanobis, ensemble and all (default: the train split of --data).",
-                    "SOURCE") = None,
-    save: _file("--save", "Write the fitted detector (JSON) to FILE (with several checkpoints a name with {stem} or "
-                "{index}).") = None,
+    adversarial: Adversarial = None,
+    fit_data: FitData = None,
+    save: Save = None,
     save_adv: SaveAdv = None,
-    plot: _file("--plot", "Draw score histograms of clean vs adversarial inputs with the threshold, and the ROC curve, "
-                "to FILE (.png, .pdf, .svg); with several checkpoints, the summary measures against the checkpoint "
-                "order.") = None,
-    detector: _file("--detector", "Apply a saved detector to --data: rows index, score, flagged and the flagged "
-                    "share.") = None,
+    plot: Plot = None,
+    detector: Detector = None,
     force: Annotated[bool, typer.Option("--force", help="Apply a detector fitted on another checkpoint or layer "
                                         "anyway.")] = False,
     head: WeightNormOptions = None,
