@@ -1,4 +1,4 @@
-"""Options shared by every command, declared once (DESIGN.md §4)."""
+"""Options shared by every command, declared once (docs/options.md)."""
 
 from __future__ import annotations
 
