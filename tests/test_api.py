@@ -1,6 +1,6 @@
-"""The Python API (flatcli.api): the README example runs, and every command gives the CLI's numbers.
+"""The Python API (flatcli.api): the manual's example runs, and every command gives the CLI's numbers.
 
-The README's example is written to a module and imported (so its ``Net`` class can also be named to the
+The example of docs/api.md is written to a module and imported (so its ``Net`` class can also be named to the
 CLI as ``--arch readme_example:Net``); its trained network is saved as a safetensors checkpoint and its
 data as a ``tensors:`` file, and each CLI command run on them must give the same summary and rows as the
 API did on the in-memory network and ``DataLoader``.
@@ -26,20 +26,20 @@ from flatcli.errors import DataError, DetectorError, LayerError, UsageError
 from flatcli.inputs.data import load_data
 from tests.conftest import EXAMPLE, invoke
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
 def readme_example() -> str:
-    """The Python block that follows the ``api-example`` marker in the README."""
-    text = README.read_text(encoding="utf-8")
+    """The Python block that follows the ``api-example`` marker in docs/api.md."""
+    text = API_PAGE.read_text(encoding="utf-8")
     found = re.search(r"<!-- api-example[^>]*-->\s*```python\n(.*?)```", text, re.S)
-    assert found, "the README lost its API example"
+    assert found, "docs/api.md lost its API example"
     return found.group(1)
 
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
-    """The README example imported as a module, plus its network and data as files for the CLI."""
+    """The manual's example imported as a module, plus its network and data as files for the CLI."""
     root = tmp_path_factory.mktemp("readme")
     (root / "readme_example.py").write_text(readme_example(), encoding="utf-8")
     sys.path.insert(0, str(root))

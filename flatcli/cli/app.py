@@ -12,7 +12,6 @@ import sys
 import traceback
 
 import typer
-from typer import _click as click
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit
 
@@ -35,7 +34,7 @@ class FlatrobGroup(TyperGroup):
             code = code if isinstance(code, int) else 0
         except Exit as e:
             code = e.exit_code
-        except click.exceptions.ClickException as e:
+        except typer.TyperException as e:  # typer's usage errors (its vendored click's ClickException)
             code = _fail(e.format_message(), e.exit_code)
         except Abort:
             code = _fail("aborted", 130)

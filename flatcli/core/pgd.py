@@ -1,6 +1,6 @@
 """Projected gradient descent (PGD-linf / PGD-l2), usable on any ``x -> (logits, phi)`` callable.
 
-Conventions (DESIGN.md §2, chosen to match torchattacks' ``PGD`` / ``PGDL2`` so results compare):
+Conventions (docs/commands/attack.md, chosen to match torchattacks' ``PGD`` / ``PGDL2`` so results compare):
 
 * inputs in [0, 1]; the model (normalisation inside) is in eval mode (see :func:`flatcli.core.classifier.eval_mode`);
 * the ascent direction is the gradient of the per-sample loss *summed* over the batch: the
@@ -48,7 +48,7 @@ MAX_STEPS = 1000
 #: The most ``--restarts``.
 MAX_RESTARTS = 100
 
-#: The paper's attack settings (DESIGN.md §2): explicit options override a preset.
+#: The paper's attack settings (docs/commands/attack.md, --preset): explicit options override a preset.
 PRESETS: dict[str, dict] = {
     "uncanny": {"norm": "linf", "eps": 8 / 255, "alpha": 2 / 255, "steps": 10},  # §6.2, Fig. 3
     "basin": {"norm": "l2", "eps": 0.025, "alpha": 0.001, "steps": 25},  # §6.1, Fig. 2

@@ -15,7 +15,7 @@ softmax output passes that test and logits do not.
 
 robustbench 1.1.1 imports ``autoattack``, which its dependency ``pyautoattack`` installs as
 ``pyautoattack``: when ``autoattack`` is missing, :func:`zoo` registers ``pyautoattack`` under that name
-before importing robustbench (see the README for installing it).
+before importing robustbench (docs/models.md, "Installing RobustBench", says how to install it).
 """
 
 from __future__ import annotations

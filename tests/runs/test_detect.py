@@ -35,7 +35,7 @@ def test_scores_are_label_free_and_match_the_closed_form(loaded):
         assert np.array_equal(a.values[k], b.values[k]), k
     with torch.no_grad():
         logits = loaded.model(ds.x)
-    # oracle: the factors multiply back to the scores (DESIGN.md §2)
+    # oracle: the factors multiply back to the scores (the formulas of docs/commands/sharpness.md)
     W = loaded.head.weight.detach().double()
     v = a.values
     assert np.allclose(v["trace_h"], v["p_var_sum"] * v["phi_norm_sq"], rtol=1e-12)
