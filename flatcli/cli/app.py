@@ -56,7 +56,10 @@ class FlatrobGroup(TyperGroup):
 
 
 def flag(option: str) -> str:
-    """The command-line flag of a library option name (``random_start`` -> ``--random-start``)."""
+    """The command-line flag of a library option name (``random_start`` -> ``--random-start``; ``!scale_bias``,
+    the option turned off, -> ``--no-scale-bias``)."""
+    if option.startswith("!"):
+        return "--no-" + option[1:].replace("_", "-")
     return "--" + option.replace("_", "-")
 
 

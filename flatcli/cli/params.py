@@ -24,13 +24,25 @@ from flatcli.options.base import Group, Spec, flag_of
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "choice": str, "floats": str, "names": str}
 
 
+def _choice_check(spec: Spec):
+    """Refuse a value outside the choices while the command line is parsed, as click does for its own."""
+
+    def check(value):
+        if value is not None and value not in spec.allowed():
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, spec.allowed()))}.")
+        return value
+
+    return check
+
+
 def typer_option(name: str, spec: Spec, default: Any):
     """The ``Annotated[type, typer.Option(...)]`` of one option."""
     flag = flag_of(name, spec)
     decls = [f"{flag}/--no-{flag[2:]}" if spec.negatable else flag] + ([spec.short] if spec.short else [])
     extra = {}
-    if spec.kind == "choice":  # checked by the group; a registry's names are read only when completing
+    if spec.kind == "choice":  # a registry's names are read only when the option is given or completed
         extra["autocompletion"] = lambda incomplete: [c for c in spec.allowed() if c.startswith(incomplete)]
+        extra["callback"] = _choice_check(spec)
         if not callable(spec.choices):
             extra["metavar"] = f"[{'|'.join(spec.choices)}]"
     if spec.completion:

@@ -172,7 +172,7 @@ def _bounded(name: str, spec: Spec, value):
     low, high, above = spec.minimum, spec.maximum, spec.above
     if above is not None and not value > above:
         bound = f"in ({_show(above)}, {_show(high)}]" if high is not None else \
-            "positive" if above == 0 else f"greater than {_show(above)}"
+            f"a number > {_show(above)}"
         raise OptionError(name, f"{{}} must be {bound}, got {value}")
     if low is not None and value < low or high is not None and value > high:
         if low is not None and high is not None:

@@ -141,8 +141,8 @@ class SweepSettings:
         if not (math.isfinite(self.masking_threshold) and 0 <= self.masking_threshold < 1):
             raise OptionError("masking_threshold", f"{{}} must be in [0, 1), got {self.masking_threshold}")
         if self.square is not None and self.attack is None:
-            raise OptionError(("square", "attack_each_scale"), "{} runs with the per-scale attack, which turning off "
-                              "{} skips; drop one or the other")
+            raise OptionError(("square", "!attack_each_scale"), "{} runs with the per-scale attack, which {} skips; "
+                              "drop one or the other")
         if not 0 < self.takeoff <= 1:
             raise OptionError("takeoff", f"{{}} must be in (0, 1], got {self.takeoff}")
         if self.weight_norm not in WEIGHT_NORMS:
@@ -163,8 +163,8 @@ class SweepSettings:
         if not sweep.attack_each_scale:
             named = [name for name in (*per_scale_options, "square") if name in sweep.given()]
             if named:
-                raise OptionError((*named, "attack_each_scale"), ", ".join("{}" for _ in named) +
-                                  " set the per-scale attack, which turning off {} skips; drop one or the other")
+                raise OptionError((*named, "!attack_each_scale"), ", ".join("{}" for _ in named) +
+                                  " set the per-scale attack, which {} skips; drop one or the other")
         preset = attack.preset or TRAJECTORY_PRESET
         trajectory = PGD.from_options(preset, norm=attack.norm, eps=attack.eps, alpha=attack.alpha, steps=attack.steps,
                                       random_start=attack.random_start, restarts=attack.restarts)
