@@ -4,7 +4,7 @@ A detection *method* is a subclass of :class:`Detector` registered with :func:`r
 attributes state what the registry's readers (the run, the CLI's choices, the docs) need to know:
 
 ``method``
-    the name (``--method`` on the command line, ``method=`` in Python);
+    the name, the value of the ``method`` option (command line and Python);
 ``summary``
     one line saying what it fits, for help texts and docs;
 ``conventions``
