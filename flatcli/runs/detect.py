@@ -70,8 +70,11 @@ _CONVENTIONS_AFTER = {
 
 
 def conventions() -> dict[str, str]:
-    """The conventions of a fit, with each registered method's own (:data:`flatcli.core.detectors.METHODS`)."""
-    return {**_CONVENTIONS_BEFORE, **{m: cls.conventions for m, cls in core.METHODS.items()}, **_CONVENTIONS_AFTER}
+    """The conventions of a fit, with each registered method's own (:data:`flatcli.core.detectors.METHODS`), the
+    options they name worded as flags."""
+    methods = {m: cls.conventions_worded(lambda name: "--" + name.replace("_", "-")) for m, cls in core.METHODS.items()}
+    return {**_CONVENTIONS_BEFORE, **methods, **_CONVENTIONS_AFTER}
+
 
 #: The attack that crafts the adversarials unless options say otherwise (§6.2: PGD-linf, 10 steps, 8/255, 2/255).
 DEFAULT_PRESET = "uncanny"

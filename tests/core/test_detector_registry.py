@@ -64,6 +64,8 @@ def test_each_method_states_its_columns_needs_scores_and_conventions():
         assert cls.summary and cls.conventions and "--" not in cls.conventions
         assert issubclass(cls, (core.ThresholdDetector, core.LogisticDetector))
     assert list(conventions())[3:8] == list(core.method_names())
+    assert "labelled --fit-data (Lee" in conventions()["mahalanobis"] and "{fit_data}" in core.MahalanobisStump.conventions
+    assert conventions()["profile"] == core.Profile.conventions  # x_{t-1} is no option
 
 
 def test_register_refuses_a_method_that_states_too_little_or_a_taken_name():
@@ -81,6 +83,8 @@ def test_register_refuses_a_method_that_states_too_little_or_a_taken_name():
 
     with pytest.raises(ValueError, match="already registered"):
         core.register(Again)
+    with pytest.raises(ValueError, match="concrete"):
+        core.register(core.ThresholdDetector)
     assert core.method_names() == ("stump", "components", "mahalanobis", "profile", "ensemble")
 
 

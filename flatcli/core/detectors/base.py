@@ -8,7 +8,8 @@ attributes state what the registry's readers (the run, the CLI's choices, the do
 ``summary``
     one line saying what it fits, for help texts and docs;
 ``conventions``
-    the exact rule, copied into every run's ``config.conventions``;
+    the exact rule, copied into every run's ``config.conventions``; an option it names is written
+    ``{option}`` and worded by the caller (:meth:`Detector.conventions_worded`);
 ``scores``
     the scores it may read, the first being the default (a threshold method may offer several; the
     others read one fixed set of columns, named by their one score);
@@ -30,12 +31,14 @@ validates the untrusted file and hands the class a :class:`ParameterReader`) and
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 
@@ -130,6 +133,12 @@ class Detector(ABC):
 
     # ---------------------------------------------------------------- shared
 
+    @classmethod
+    def conventions_worded(cls, word: Callable[[str], str]) -> str:
+        """:attr:`conventions` with each option it names (``{fit_data}``) replaced by ``word(name)``, as
+        :meth:`flatcli.errors.OptionError.worded` does (the CLI's ``--fit-data``)."""
+        return re.sub(r"\{([a-z_]+)\}", lambda m: word(m.group(1)), cls.conventions)
+
     def columns(self) -> tuple[str, ...]:
         """The feature columns :meth:`decision` reads, in order."""
         return self.columns_for(self.score, self.probe)
@@ -218,8 +227,10 @@ METHODS = MappingProxyType(_METHODS)
 
 
 def register(cls: type[Detector]) -> type[Detector]:
-    """Add the method ``cls`` to :data:`METHODS` (usable as a class decorator); ``ValueError`` when it
-    does not state what the registry needs or its name is taken."""
+    """Add the method ``cls`` to :data:`METHODS` (usable as a class decorator); ``ValueError`` when it is
+    not a concrete :class:`Detector`, does not state what the registry needs, or its name is taken."""
+    if not (isinstance(cls, type) and issubclass(cls, Detector)) or inspect.isabstract(cls):
+        raise ValueError(f"a detector method is a concrete subclass of Detector; {cls!r} is not")
     for attr in ("method", "summary", "conventions", "scores"):
         if not getattr(cls, attr, None):
             raise ValueError(f"a detector method states its {attr}; {cls.__name__} does not")

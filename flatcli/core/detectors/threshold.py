@@ -126,6 +126,6 @@ class MahalanobisStump(ThresholdDetector):
     method = "mahalanobis"
     summary = "threshold on the minimum Mahalanobis distance of phi to the class means of the fit data"
     conventions = ("stump on min_c (phi - mu_c)^T Sigma^+ (phi - mu_c); class means and the maximum-likelihood "
-                   "covariance of the class-centred features of the clean, labelled fit data (Lee et al. 2018)")
+                   "covariance of the class-centred features of the clean, labelled {fit_data} (Lee et al. 2018)")
     scores = (MAHALANOBIS,)
     needs_mahalanobis = True
