@@ -84,7 +84,7 @@ def test_register_refuses_a_method_that_states_too_little_or_a_taken_name():
     with pytest.raises(ValueError, match="already registered"):
         core.register(Again)
     with pytest.raises(ValueError, match="concrete"):
-        core.register(core.ThresholdDetector)
+        core.register(core.Detector)
     assert core.method_names() == ("stump", "components", "mahalanobis", "profile", "ensemble")
 
 
