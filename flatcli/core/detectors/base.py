@@ -26,7 +26,22 @@ Two kinds of method share most of their code: threshold methods
 Adding a method is one subclass and one :func:`register` call; :func:`fit`, cross-validation, saving
 (:meth:`Detector.to_json`), reading (:func:`flatcli.inputs.detector_file.detector_from_json`, which
 validates the untrusted file and hands the class a :class:`ParameterReader`) and the adaptive attack
-(:meth:`Detector.decision_tensor`) go through the class.
+(:meth:`Detector.decision_tensor`) go through the class. A method of an existing kind states only what
+it reads; to run under ``flatrob detect`` its columns must be ones the scoring passes compute
+(:func:`flatcli.core.detection_features.detection_features`)::
+
+    @dataclass(kw_only=True)
+    class Pair(LogisticDetector):
+        method = "pair"
+        summary = "logistic regression on the logs of relative sharpness and confidence"
+        conventions = "logistic regression like components on the logs of relative_sharpness and confidence"
+        scores = ("pair",)
+
+        @classmethod
+        def columns_for(cls, score, probe):
+            return ("relative_sharpness", "confidence")
+
+    register(Pair)
 """
 
 from __future__ import annotations
