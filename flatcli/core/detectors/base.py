@@ -151,7 +151,7 @@ class Detector(ABC):
     @classmethod
     def conventions_worded(cls, word: Callable[[str], str]) -> str:
         """:attr:`conventions` with each option it names (``{fit_data}``) replaced by ``word(name)``, as
-        :meth:`flatcli.errors.OptionError.worded` does (the CLI's ``--fit-data``)."""
+        :meth:`flatcli.errors.OptionError.worded` does (the CLI words them as flags)."""
         return re.sub(r"\{([a-z_]+)\}", lambda m: word(m.group(1)), cls.conventions)
 
     def columns(self) -> tuple[str, ...]:
