@@ -15,15 +15,17 @@ ALL = "all"
 
 
 def method_names() -> tuple[str, ...]:
-    from flatcli.core.detectors import METHODS
+    """The methods of the registry, then ``all``."""
+    from flatcli.core import detectors
 
-    return (*METHODS, ALL)
+    return (*detectors.method_names(), ALL)
 
 
 def score_names() -> tuple[str, ...]:
-    from flatcli.core.detection_features import SCORES
+    """The scores the stump thresholds (the other methods have their own fixed score)."""
+    from flatcli.core import detectors
 
-    return tuple(SCORES)
+    return tuple(detectors.Stump.scores)
 
 
 @dataclass(frozen=True)

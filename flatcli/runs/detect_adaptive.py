@@ -66,7 +66,7 @@ def adaptive_check(ctx: RunContext, settings, outcome, clean: ScoreSet) -> dict[
                                     weight=settings.adaptive_weight, scale=scales[m], weight_norm=settings.weight_norm)
                 res = settings.attack.run(split, x, y, generator=batch_generator(ctx.seed, b.number), loss=loss)
                 s = scorers[m](loss.adversarial(res.x_adv), index)
-                X = s.features(m, f.columns)
+                X = s.features(f.columns)
                 decision = np.zeros(len(s))
                 for k in np.unique(which):
                     decision[which == k] = dets[k].decision(X[which == k])

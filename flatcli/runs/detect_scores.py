@@ -45,10 +45,8 @@ class ScoreSet:
     def __len__(self) -> int:
         return len(self.index)
 
-    def features(self, method: str, columns: tuple[str, ...]) -> np.ndarray:
-        """What a detector takes: ``(n,)`` the score of a threshold method, ``(n, len(columns))`` otherwise."""
-        if method in core.THRESHOLD_METHODS:
-            return self.values[columns[0]]
+    def features(self, columns: tuple[str, ...]) -> np.ndarray:
+        """What a detector takes: ``(n, len(columns))``, one column per name of its ``columns()``."""
         return np.stack([self.values[c] for c in columns], axis=1)
 
     def take(self, keep: np.ndarray) -> "ScoreSet":

@@ -9,7 +9,7 @@ import torch
 from flatcli.inputs import data as datamod
 from flatcli.core import detectors as core
 from flatcli.core.detection_features import Probe, probe_path
-from flatcli.core.detectors import COMPONENT_NAMES, PROFILE_MEASURES, Detector
+from flatcli.core.detectors import COMPONENT_NAMES, PROFILE_MEASURES, MahalanobisStump, Stump
 from flatcli.models.head import HeadSplit
 from flatcli.runs.detect import SCORES, DetectSettings, ScoreSet, check_detector, fit_detection, score_inputs
 from flatcli.runs.detect_scores import Features, fit_mahalanobis
@@ -84,7 +84,7 @@ def test_settings_refuse_conflicts():
 
 
 def test_check_detector_refuses_other_checkpoint_and_layer(loaded):
-    det = Detector("stump", "relative_sharpness", threshold=1.0, direction="above",
+    det = Stump(score="relative_sharpness", threshold=1.0, direction="above",
                    meta={"checkpoint_sha256": loaded.checkpoint.sha256, "layer": "fc"})
     assert check_detector(det, loaded) == []
     det.meta["layer"] = "features.3"
@@ -190,13 +190,13 @@ def test_new_settings_refuse_conflicts():
     with pytest.raises(UsageError, match="--adaptive-weight must be"):
         DetectSettings.from_options(method="stump", adaptive=True, adaptive_weight=0.0)
     s = DetectSettings.from_options(method="all", probe_size=0.05)
-    assert s.methods == core.METHODS and s.probe == Probe(3, 0.05) and s.uses_mahalanobis
+    assert s.methods == core.method_names() and s.probe == Probe(3, 0.05) and s.uses_mahalanobis
     assert DetectSettings(method="profile").probe == Probe() and not DetectSettings(method="profile").uses_mahalanobis
 
 
 def test_check_detector_refuses_a_mahalanobis_model_of_another_shape(loaded):
     maha = core.MahalanobisModel(np.zeros((10, 16)), np.eye(16), np.ones(10, np.int64))
-    det = Detector("mahalanobis", "mahalanobis", threshold=1.0, direction="above", mahalanobis=maha,
+    det = MahalanobisStump(score="mahalanobis", threshold=1.0, direction="above", mahalanobis=maha,
                    meta={"checkpoint_sha256": loaded.checkpoint.sha256, "layer": "fc"})
     with pytest.raises(DetectorError, match="16 features"):
         check_detector(det, loaded, force=True)
