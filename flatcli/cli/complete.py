@@ -16,6 +16,7 @@ import os
 import typer
 
 from flatcli.inputs.data.forms import FORMS
+from flatcli.models.sources import SOURCES
 
 SPLITS = (("test", "test split"), ("train", "train split"), ("all", "every sample (digits)"))
 MAX_PATHS = 200
@@ -63,6 +64,12 @@ def data(incomplete: str) -> list[tuple[str, str]]:
     if sep and form is not None and form.completion != "none":
         return [(f"{name}:{p}", "") for p in paths(rest, files=form.completion == "file")]
     return [(form.prefix, form.help) for form in FORMS.values()]
+
+
+def arch(incomplete: str) -> list[tuple[str, str]]:
+    """The prefixes of the ``--arch`` sources (:data:`~flatcli.models.sources.SOURCES`); the names behind
+    them (built-ins, timm's and torchvision's registries) are listed by importing torch, which a <Tab> never does."""
+    return [(source.prefix, source.help) for source in SOURCES.values() if source.prefix]
 
 
 def split(incomplete: str) -> list[tuple[str, str]]:

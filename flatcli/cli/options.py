@@ -8,6 +8,8 @@ from typing import Annotated, Optional
 import typer
 
 from flatcli.cli import complete
+from flatcli.inputs.data.forms import data_help
+from flatcli.models.sources import arch_help
 
 
 def value(choice: Enum | None):
@@ -52,7 +54,7 @@ TrendPlot = Annotated[
 SpecFile = Annotated[Optional[str], typer.Option("--spec", help="Layer spec (YAML); overrides the embedded spec.")]
 Arch = Annotated[
     Optional[str],
-    typer.Option("--arch", help="Architecture: a built-in, torchvision:NAME or module.path:Class (default: spec, then detected)."),
+    typer.Option("--arch", help=arch_help(), autocompletion=complete.arch),
 ]
 TrustEmbeddedCode = Annotated[
     bool,
@@ -74,8 +76,7 @@ Data = Annotated[
     Optional[str],
     typer.Option(
         "--data",
-        help="digits, cifar10:ROOT, cifar100:ROOT, mnist:ROOT, fashionmnist:ROOT, kmnist:ROOT, svhn:ROOT, stl10:ROOT, "
-        "folder:DIR, npz:FILE, hf:PATH or tensors:FILE (default: spec, then digits).",
+        help=data_help(),
         autocompletion=complete.data,
     ),
 ]
