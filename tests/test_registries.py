@@ -1,10 +1,10 @@
-"""The ``--data`` forms and the architecture sources are each written once: a scan of flatcli/ for other lists.
+"""The ``--data`` forms and the architecture forms are each written once: a scan of flatcli/ for other lists.
 
 Every string literal (f-strings included, docstrings excepted) and every tuple, list, set or dict of strings
 in the package is read with :mod:`ast`; one that names three or more data forms, or two or more of the
 architecture prefixes, outside the two tables (:mod:`flatcli.inputs.data.forms` with the torchvision table
-it reads, :mod:`flatcli.models.sources`) is a second copy of a list, and fails the test. Help, errors and
-completion must derive theirs from the tables (``data_help()``, ``ACCEPTED_FORMS``, ``arch_forms()``).
+it reads, :mod:`flatcli.models.arch_forms`) is a second copy of a list, and fails the test. Help, errors and
+completion must derive theirs from the tables (``data_help()``, ``ACCEPTED_FORMS``, ``listing()``).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import re
 from pathlib import Path
 
 from flatcli.inputs.data.forms import FORMS
-from flatcli.models.sources import SOURCES
+from flatcli.models import arch_forms
 
 PACKAGE = Path(__file__).resolve().parent.parent / "flatcli"
-TABLES = {"inputs/data/forms.py", "inputs/data/torchvision_files.py", "models/sources.py"}
+TABLES = {"inputs/data/forms.py", "inputs/data/torchvision_files.py", "models/arch_forms.py"}
 DATA_FORM = re.compile(r"(?<![\w.-])(" + "|".join(re.escape(form.prefix) + ("" if form.metavar else r"(?![\w-])")
                                                     for form in FORMS.values()) + ")")
-ARCH_PREFIX = re.compile("|".join(re.escape(source.usage.split(":")[0] + ":") for source in SOURCES.values()
-                                  if ":" in source.usage))
+ARCH_PREFIX = re.compile("|".join(re.escape(form.usage.split(":")[0] + ":") for form in arch_forms.FORMS.values()
+                                  if ":" in form.usage))
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -94,7 +94,7 @@ def test_the_scan_finds_a_list_written_by_hand():
         'ERROR = f"unknown {arch!r}; or use torchvision:NAME, timm:NAME or module.path:ClassName"',
         'REGISTRIES = ("torchvision:", "timm:")',
     ]
-    for source in copies:
-        texts = [text for _, text in _texts(ast.parse(source))]
-        assert any(len(set(DATA_FORM.findall(t))) >= 3 or len(set(ARCH_PREFIX.findall(t))) >= 2 for t in texts), source
+    for code in copies:
+        texts = [text for _, text in _texts(ast.parse(code))]
+        assert any(len(set(DATA_FORM.findall(t))) >= 3 or len(set(ARCH_PREFIX.findall(t))) >= 2 for t in texts), code
     assert not any(DATA_FORM.findall(t) for _, t in _texts(ast.parse('"""digits, cifar10:ROOT, folder:DIR"""')))

@@ -16,7 +16,7 @@ import os
 import typer
 
 from flatcli.inputs.data.forms import FORMS
-from flatcli.models.sources import SOURCES
+from flatcli.models import arch_forms
 
 SPLITS = (("test", "test split"), ("train", "train split"), ("all", "every sample (digits)"))
 MAX_PATHS = 200
@@ -67,9 +67,9 @@ def data(incomplete: str) -> list[tuple[str, str]]:
 
 
 def arch(incomplete: str) -> list[tuple[str, str]]:
-    """The prefixes of the ``--arch`` sources (:data:`~flatcli.models.sources.SOURCES`); the names behind
+    """The prefixes of the ``--arch`` forms (:data:`~flatcli.models.arch_forms.FORMS`); the names behind
     them (built-ins, timm's and torchvision's registries) are listed by importing torch, which a <Tab> never does."""
-    return [(source.prefix, source.help) for source in SOURCES.values() if source.prefix]
+    return [(form.prefix, form.help) for form in arch_forms.FORMS.values() if form.prefix]
 
 
 def split(incomplete: str) -> list[tuple[str, str]]:

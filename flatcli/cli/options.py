@@ -9,7 +9,7 @@ import typer
 
 from flatcli.cli import complete
 from flatcli.inputs.data.forms import data_help
-from flatcli.models.sources import arch_help
+from flatcli.models.arch_forms import arch_help
 
 
 def value(choice: Enum | None):

@@ -30,10 +30,11 @@ from flatcli.core.classifier import Classifier
 from flatcli.errors import LayerError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
+from flatcli.models.arch_forms import names_code
 from flatcli.models.builtins import BUILTINS
 from flatcli.models.matching import check_fits, detect_arch, load_state, strip_prefix
 from flatcli.models.registry import (build_network, data_defaults, default_head, infer_in_channels, infer_num_classes,
-                                     known_head, kwargs_naming_code, names_code)
+                                     known_head, kwargs_naming_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.

@@ -1,6 +1,6 @@
 """Building a network from an architecture name, and reading sizes (classes, channels) off a state dict.
 
-The forms of a name are the table :data:`flatcli.models.sources.SOURCES` (built-ins, ``torchvision:NAME``,
+The forms of a name are the table :data:`flatcli.models.arch_forms.FORMS` (built-ins, ``torchvision:NAME``,
 ``timm:NAME``, ``robustbench:DATASET/THREAT/NAME``, ``module.path:ClassName``); each row names one
 :class:`Builder` below, which builds the network and knows its head and data config:
 
@@ -14,7 +14,7 @@ The forms of a name are the table :data:`flatcli.models.sources.SOURCES` (built-
 * :class:`ModulePath`: an ``nn.Module`` subclass, verified as such before it is called, imported from
   the installed packages and ``PYTHONPATH``, never from the current directory.
 
-Only the last form imports code a user names (:func:`~flatcli.models.sources.names_code`); the registries
+Only the last form imports code a user names (:func:`~flatcli.models.arch_forms.names_code`); the registries
 name entries of installed libraries, as built-ins do; :mod:`flatcli.models.loading` refuses it from a
 checkpoint's embedded spec unless the user trusts that spec. Every build runs
 :func:`flatcli.models.offline.offline`: nothing is downloaded and torch.hub's cache is never read.
@@ -39,7 +39,7 @@ from flatcli.inputs.preprocessing import from_torchvision
 from flatcli.models import robustbench_zoo, timm_models
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.offline import offline
-from flatcli.models.sources import ArchSource, arch_forms, names_code, source_of
+from flatcli.models.arch_forms import ArchForm, form_of, listing
 
 _RESERVED = ("num_classes", "in_channels")
 
@@ -63,19 +63,19 @@ def _build(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Mo
         raise SpecError(
             f"kwargs must not set {', '.join(reserved)}: they are passed separately (num_classes:, input shape)"
         )
-    source, builder = _builder(arch)
-    return builder.build(source.reference(arch), num_classes, in_channels, kwargs)
+    form, builder = _builder(arch)
+    return builder.build(form.reference(arch), num_classes, in_channels, kwargs)
 
 
-def _builder(arch: str) -> tuple[ArchSource, Builder]:
-    """The source ``arch`` is written in, and its builder."""
-    source = source_of(arch)
-    module, _, name = source.builder.partition(":")
-    return source, getattr(importlib.import_module(module), name)()
+def _builder(arch: str) -> tuple[ArchForm, Builder]:
+    """The form ``arch`` is written in, and its builder."""
+    form = form_of(arch)
+    module, _, name = form.builder.partition(":")
+    return form, getattr(importlib.import_module(module), name)()
 
 
 class Builder(abc.ABC):
-    """How one architecture source (a row of :data:`~flatcli.models.sources.SOURCES`) builds a network from
+    """How one architecture form (a row of :data:`~flatcli.models.arch_forms.FORMS`) builds a network from
     its reference (the name after the prefix) and what it knows of the network's head and data config."""
 
     @abc.abstractmethod
@@ -103,7 +103,7 @@ class Builtin(Builder):
             close = difflib.get_close_matches(ref, BUILTINS, n=3)
             hint = f"did you mean {' or '.join(close)}? " if close else ""
             raise SpecError(f"unknown architecture {ref!r}; {hint}built-ins: {', '.join(BUILTINS)}; "
-                            f"or use {arch_forms(but='builtin')}")
+                            f"or use {listing(but='builtin')}")
         builder = BUILTINS[ref].builder
         call = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
         _check_call(ref, builder, call)
@@ -290,16 +290,16 @@ def _import_attr(ref: str):
 
 
 def known_head(arch: str) -> str | None:
-    """The head layer's name that ``arch``'s source knows before building it (``None``: known once built)."""
-    source, builder = _builder(arch)
-    return builder.known_head(source.reference(arch))
+    """The head layer's name that ``arch``'s form knows before building it (``None``: known once built)."""
+    form, builder = _builder(arch)
+    return builder.known_head(form.reference(arch))
 
 
 def default_head(arch: str, net: nn.Module) -> str:
-    """The head its source names (a built-in's head, timm's classifier); otherwise the name of the last
+    """The head its form names (a built-in's head, timm's classifier); otherwise the name of the last
     ``nn.Linear`` in ``net.named_modules()``."""
-    source, builder = _builder(arch)
-    head = builder.head(source.reference(arch), net)
+    form, builder = _builder(arch)
+    head = builder.head(form.reference(arch), net)
     if head is not None:
         return head
     linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
@@ -312,8 +312,8 @@ def data_defaults(arch: str, net: nn.Module) -> dict:
     """Spec keys (mean, std, resize, crop, interpolation; input_shape for fixed-size models) that the
     architecture's own data config gives: timm's, or the torchvision builder's default weights' transforms
     (the metadata only: nothing is downloaded). A RobustBench network normalises inside: none."""
-    source, builder = _builder(arch)
-    return builder.data_defaults(source.reference(arch), net)
+    form, builder = _builder(arch)
+    return builder.data_defaults(form.reference(arch), net)
 
 
 def infer_num_classes(state_dict: StateDict, head: str) -> int:

@@ -90,7 +90,7 @@ def test_a_form_added_as_one_row_reaches_load_data_and_help(monkeypatch):
 
 def test_the_tables_are_read_without_torch():
     """Help and completion read both tables; neither may import torch (seconds) on the way."""
-    code = ("import sys\nimport flatcli.inputs.data.forms, flatcli.models.sources\n"
+    code = ("import sys\nimport flatcli.inputs.data.forms, flatcli.models.arch_forms\n"
             "from flatcli.inputs.data import FILE_FORMS, load_data\n"
             "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

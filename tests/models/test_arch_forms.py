@@ -1,5 +1,5 @@
-"""The architecture sources' table (:mod:`flatcli.models.sources`): which source claims a name, the help and
-errors derived from it, and a source added as one row and one builder class."""
+"""The architecture forms' table (:mod:`flatcli.models.arch_forms`): which form claims a name, the help and
+errors derived from it, and a form added as one row and one builder class."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from torch import nn
 from flatcli.cli import complete
 from flatcli.errors import LayerError, SpecError
 from flatcli.models.registry import Builder, build_network, data_defaults, default_head, known_head
-from flatcli.models.sources import SOURCES, ArchSource, arch_forms, arch_help, names_code, source_of
+from flatcli.models.arch_forms import FORMS, ArchForm, arch_help, form_of, listing, names_code
 
 
-@pytest.mark.parametrize("arch, source, ref", [
+@pytest.mark.parametrize("arch, form, ref", [
     ("resnet18", "builtin", "resnet18"),
     ("no-such-net", "builtin", "no-such-net"),
     ("torchvision:resnet50", "torchvision", "resnet50"),
@@ -23,28 +23,28 @@ from flatcli.models.sources import SOURCES, ArchSource, arch_forms, arch_help, n
     ("torch.nn:Linear", "module", "torch.nn:Linear"),
     ("timmy:Net", "module", "timmy:Net"),
 ])
-def test_each_name_has_one_source(arch, source, ref):
-    assert source_of(arch).name == source and source_of(arch).reference(arch) == ref
-    assert names_code(arch) == (source == "module")
-    assert sum(s.claims(arch) for s in SOURCES.values() if s.prefix) <= 1
+def test_each_name_has_one_form(arch, form, ref):
+    assert form_of(arch).name == form and form_of(arch).reference(arch) == ref
+    assert names_code(arch) == (form == "module")
+    assert sum(s.claims(arch) for s in FORMS.values() if s.prefix) <= 1
 
 
 def test_every_builder_is_a_builder():
-    for source in SOURCES.values():
-        module, _, name = source.builder.partition(":")
-        assert issubclass(getattr(importlib.import_module(module), name), Builder), source.name
+    for form in FORMS.values():
+        module, _, name = form.builder.partition(":")
+        assert issubclass(getattr(importlib.import_module(module), name), Builder), form.name
 
 
 def test_help_errors_and_completion_follow_the_table():
-    usages = [source.usage for source in SOURCES.values()]
+    usages = [form.usage for form in FORMS.values()]
     assert arch_help() == f"Architecture: {', '.join(usages[:-1])} or {usages[-1]} (default: spec, then detected)."
     assert "timm:NAME" in arch_help() and "robustbench:DATASET/THREAT/NAME" in arch_help()  # issue 25
-    assert complete.arch("") == [(s.prefix, s.help) for s in SOURCES.values() if s.prefix]
+    assert complete.arch("") == [(s.prefix, s.help) for s in FORMS.values() if s.prefix]
     assert [value for value, _ in complete.arch("")] == ["torchvision:", "timm:", "robustbench:"]
     with pytest.raises(SpecError, match=r"built-ins: resnet18, .*; or use torchvision:NAME, timm:NAME, "
                                         r"robustbench:DATASET/THREAT/NAME or module.path:ClassName$"):
         build_network("resnet81", num_classes=10, in_channels=3)
-    assert "a built-in" not in arch_forms(but="builtin")
+    assert "a built-in" not in listing(but="builtin")
 
 
 class ToyNet(nn.Module):
@@ -74,9 +74,9 @@ class ToyBuilder(Builder):
         return {"input_shape": [1, 2, 2]}
 
 
-def test_a_source_added_as_one_row_is_built_and_offered(monkeypatch):
-    toy = ArchSource("toy", "toy:WIDTH", "a toy network of WIDTH hidden units", f"{__name__}:ToyBuilder", prefix="toy:")
-    monkeypatch.setitem(SOURCES, "toy", toy)
+def test_a_form_added_as_one_row_is_built_and_offered(monkeypatch):
+    toy = ArchForm("toy", "toy:WIDTH", "a toy network of WIDTH hidden units", f"{__name__}:ToyBuilder", prefix="toy:")
+    monkeypatch.setitem(FORMS, "toy", toy)
     net = build_network("toy:6", num_classes=3, in_channels=1)
     assert isinstance(net, ToyNet) and net.out.weight.shape == (3, 6)
     assert default_head("toy:6", net) == "out" and known_head("toy:6") == "out"
@@ -85,7 +85,7 @@ def test_a_source_added_as_one_row_is_built_and_offered(monkeypatch):
     assert ("toy:", toy.help) in complete.arch("") and "toy:WIDTH" in arch_help()
 
 
-def test_default_head_without_the_sources_word_is_the_last_linear():
+def test_default_head_without_the_forms_word_is_the_last_linear():
     net = build_network("torch.nn:Sequential", num_classes=10, in_channels=1)
     with pytest.raises(LayerError, match="no nn.Linear"):
         default_head("torch.nn:Sequential", net)
