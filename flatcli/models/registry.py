@@ -37,9 +37,9 @@ from torch import nn
 from flatcli.errors import CheckpointError, LayerError, SpecError
 from flatcli.inputs.preprocessing import from_torchvision
 from flatcli.models import robustbench_zoo, timm_models
+from flatcli.models.arch_forms import ArchForm, form_of, listing
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.offline import offline
-from flatcli.models.arch_forms import ArchForm, form_of, listing
 
 _RESERVED = ("num_classes", "in_channels")
 
