@@ -107,16 +107,17 @@ FORMS: dict[str, DataForm] = {
     form.name: form
     for form in (
         DataForm("digits", "", "scikit-learn's bundled 8x8 digits", _digits),
-        *(DataForm(kind, "ROOT", entry.help, partial(_torchvision, kind), "dir",
-                   "the directory holding the data set") for kind, entry in SETS.items()),
-        DataForm("folder", "DIR", "an ImageFolder directory", _folder, "dir", "a directory", image_files=True),
-        DataForm("npz", "FILE", "numpy .npz with x (uint8 or float in [0, 1]; NCHW or NHWC) and y", _npz, "file",
-                 "a file"),
+        *(DataForm(kind, "ROOT", entry.help, partial(_torchvision, kind), completion="dir",
+                   argument="the directory holding the data set") for kind, entry in SETS.items()),
+        DataForm("folder", "DIR", "an ImageFolder directory", _folder, completion="dir", argument="a directory",
+                 image_files=True),
+        DataForm("npz", "FILE", "numpy .npz with x (uint8 or float in [0, 1]; NCHW or NHWC) and y", _npz,
+                 completion="file", argument="a file"),
         DataForm("hf", "PATH", "a Hugging Face datasets save_to_disk folder, a .parquet file or a folder of them", _hf,
-                 "file", "a path", "save_to_disk folder or parquet", image_files=True,
+                 completion="file", argument="a path", note="save_to_disk folder or parquet", image_files=True,
                  columns=True),
         DataForm("tensors", "FILE", "safetensors with x, y (as attack --save-adv writes); tensors:- reads stdin",
-                 _tensors, "file", "a file", "tensors:- reads stdin"),
+                 _tensors, completion="file", argument="a file", note="tensors:- reads stdin"),
     )
 }
 #: The form a run reads when neither the options nor the spec name one.
