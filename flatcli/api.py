@@ -34,7 +34,9 @@ import torch
 from torch import nn
 
 from flatcli.errors import DataError, OptionError, UsageError
-from flatcli.inputs.data import FILE_FORMS, IMAGE_FILE_FORMS, DataSource, check_compatible, load_data, preprocessing
+from flatcli.inputs.data import DataSource, check_compatible, load_data, preprocessing
+from flatcli.inputs.data.forms import DEFAULT as DEFAULT_DATA
+from flatcli.inputs.data.forms import parse as parse_data
 from flatcli.models.loading import LoadedModel, from_module, load_model
 from flatcli.options import (
     AttackOptions, DataOptions, HeadOptions, PGDOptions, LayerOptions, ModelOptions, RunOptions, ScalingOptions, SpeedOptions,
@@ -147,14 +149,14 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
     if data is None:
         if loaded.checkpoint is None:
             raise UsageError("pass data=: (x, y) tensors, a Dataset, a DataLoader or a --data string")
-        data = loaded.spec.data or "digits"
+        data = loaded.spec.data or DEFAULT_DATA
     if isinstance(data, str):
-        kind, _, path = data.strip().partition(":")
-        if kind in FILE_FORMS and path:
-            plan_inputs(**{role: path})
+        form, argument = parse_data(data)
+        if form.metavar:
+            plan_inputs(**{role: argument})
         reading = reading or {}
         spec = loaded.spec
-        guessed = loaded.image_defaults if kind in IMAGE_FILE_FORMS else {}  # files of any size only
+        guessed = loaded.image_defaults if form.image_files else {}  # files of any size only
 
         def first(key):
             return next((v for v in (reading.get(key), getattr(spec, key), guessed.get(key)) if v is not None), None)
@@ -380,7 +382,7 @@ def _fit_data(fit_data, data, ctx: RunContext, reading: dict) -> DataSource:
     """The Mahalanobis model's clean labelled data: ``fit_data``, or the training split of the ``data`` string;
     never the data being scored."""
     if fit_data is None:
-        source = data if data is not None else (ctx.loaded.spec.data or "digits")
+        source = data if data is not None else (ctx.loaded.spec.data or DEFAULT_DATA)
         if not isinstance(source, str):
             raise OptionError("fit_data", "the Mahalanobis model needs clean labelled training data: pass {} (the "
                               "forms of data=) when data is not a --data string")

@@ -51,7 +51,7 @@ def typer_option(name: str, spec: Spec, default: Any):
         extra["metavar"] = spec.metavar
     kind = _TYPES[spec.kind]
     shown = default if not isinstance(default, tuple) else ",".join(map(str, default))
-    info = typer.Option(*decls, help=spec.help, show_default=shown is not None and spec.kind != "bool" or spec.negatable,
+    info = typer.Option(*decls, help=spec.text(), show_default=shown is not None and spec.kind != "bool" or spec.negatable,
                         **extra)
     return Annotated[kind if default is not None else Optional[kind], info], shown
 

@@ -14,6 +14,7 @@ from torch import nn
 from flatcli.errors import CheckpointError
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.registry import infer_in_channels
+from flatcli.models import arch_forms
 
 #: A built-in is named as the closest match only when it shares at least this share of the keys.
 CLOSE = 0.5
@@ -138,8 +139,7 @@ def detect_arch(state_dict: StateDict) -> tuple[str, dict]:
         detail = f" ({', '.join(BUILTINS)}: none shares even half of its {len(state_dict)} tensors{_family(state_dict)})"
     raise CheckpointError(
         f"the checkpoint matches no built-in architecture{prefix}{detail}; name its architecture with --arch (or "
-        "arch: in the spec): a built-in, timm:NAME, torchvision:NAME, robustbench:DATASET/THREAT/NAME or "
-        "module.path:ClassName"
+        f"arch: in the spec): {arch_forms.listing()}"
     )
 
 

@@ -62,6 +62,6 @@ def accepts(*kinds: type[Group]):
 
 def _options_doc(kinds, fields: dict[str, Any]) -> str:
     """The options a function takes, for its docstring (one line each: name, default, help)."""
-    lines = [f"    ``{name}`` (default ``{default!r}``): {spec.help}" for name, (spec, default) in fields.items()]
+    lines = [f"    ``{name}`` (default ``{default!r}``): {spec.text()}" for name, (spec, default) in fields.items()]
     groups = ", ".join(kind.__name__ for kind in kinds)
     return f"\n\n    Options (keywords, or the groups {groups}):\n\n" + "\n".join(lines)
