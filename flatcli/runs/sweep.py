@@ -46,11 +46,10 @@ from torch import Tensor
 from flatcli.core.curvature import WEIGHT_NORMS, head_measures
 from flatcli.core.head_scaling import Scaling, evaluate_scales
 from flatcli.core.masking import DEFAULT_THRESHOLD, masking_verdict
-from flatcli.core.pgd import PGD, PRESETS, batch_generator
-from flatcli.core.square import DEFAULT_QUERIES, Square
+from flatcli.core.attacks import DEFAULT_QUERIES, PGD, PRESETS, Square, batch_generator
 from flatcli.core.statistics import censored_median, spearman
 from flatcli.core.trajectories import finite_samples
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError, UsageError
 from flatcli.models.head import HeadSplit
 from flatcli.runs.result import OnRows, Result, Rows
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
@@ -176,8 +175,8 @@ class SweepSettings:
             try:
                 per_scale = PGD.from_options(ATTACK_PRESET, norm=attack_norm, eps=attack_eps, alpha=attack_alpha,
                                              steps=attack_steps, loss=attack_loss)
-            except UsageError as exc:  # PGD names --eps, --steps, ...: here they are --attack-eps, ...
-                raise UsageError(str(exc).replace("--", "--attack-", 1)) from None
+            except OptionError as exc:  # PGD names eps, steps, ...: here they are attack_eps, ...
+                raise OptionError(tuple(f"attack_{name}" for name in exc.options), exc.problem) from None
         gradient_free = None
         if square and per_scale is not None:
             gradient_free = Square(norm=per_scale.norm, eps=per_scale.eps,
