@@ -105,7 +105,7 @@ class Attack:
     Invalid values raise :class:`flatcli.errors.OptionError` naming the option, on construction.
     """
 
-    #: The name the registry (and ``attack=`` / ``--attack``) gives this attack.
+    #: The name the registry (and the option ``attack``) gives this attack.
     kind: ClassVar[str]
     #: One line saying what the attack is (CLI help, docs).
     summary: ClassVar[str]

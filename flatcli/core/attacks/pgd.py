@@ -16,7 +16,7 @@ Conventions (DESIGN.md §2, chosen to match torchattacks' ``PGD`` / ``PGDL2`` so
 * ``zero_grad`` (B,): whether the input gradient of the first step is zero or underflows (every
   component below float's smallest normal number): the sign of gradient masking.
 
-``eps`` and ``alpha`` are floats or per-sample tensors of shape (B,) (``bound --check`` attacks each
+``eps`` and ``alpha`` are floats or per-sample tensors of shape (B,) (the bound command's check attacks each
 sample within its own radius). The callable is typically a :class:`flatcli.models.head.HeadSplit` (any scaling
 of the head), so the features ``phi`` of every iterate come from the very forward pass that gives the
 gradient: with ``record=True`` they are recorded (:mod:`flatcli.core.attacks.recording`), with the

@@ -27,7 +27,7 @@ def register(cls: type[Attack]) -> type[Attack]:
 
 
 def attack_kinds() -> tuple[str, ...]:
-    """The registered kinds, the default first (the CLI's ``--attack`` choices)."""
+    """The registered kinds, the default first (the choices of the option ``attack``)."""
     return tuple(ATTACKS)
 
 
