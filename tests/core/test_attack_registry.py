@@ -84,6 +84,8 @@ def test_a_registered_attack_is_a_choice_built_from_presets_and_options(toy):
         assert err.value.options == (option,)
     with pytest.raises(ValueError, match="twice"):
         register(SignNoise)
+    with pytest.raises(ValueError, match="summary"):
+        register(type("Nameless", (SignNoise,), {"kind": "nameless", "summary": ""}))
     assert "noise" not in ATTACKS  # the real registry is untouched
 
 

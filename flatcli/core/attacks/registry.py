@@ -19,7 +19,10 @@ ATTACKS: dict[str, type[Attack]] = {}
 
 
 def register(cls: type[Attack]) -> type[Attack]:
-    """Add the attack class ``cls`` under its ``kind`` (a name already taken is a programming error)."""
+    """Add the attack class ``cls`` under its ``kind``; a kind taken twice, or a class without its ``kind`` and
+    one-line ``summary``, is a programming error."""
+    if not (isinstance(getattr(cls, "kind", None), str) and getattr(cls, "summary", "")):
+        raise ValueError(f"{cls.__name__} needs a kind and a one-line summary to be registered")
     if cls.kind in ATTACKS:
         raise ValueError(f"attack kind {cls.kind!r} is registered twice")
     ATTACKS[cls.kind] = cls
