@@ -2,7 +2,7 @@
 
 A detector that is only tested on adversarials crafted without knowing it is not evaluated (Carlini &
 Wagner 2017, "Adversarial examples are not easily detected"; Athalye et al. 2018). The adaptive
-attacker knows the model and the fitted detector and runs PGD (:mod:`flatcli.core.pgd`, every
+attacker knows the model and the fitted detector and runs PGD (:mod:`flatcli.core.attacks.pgd`, every
 convention unchanged) on the per-sample objective
 
     obj(x) = CE(f(x), y)                              while the model still predicts y,
@@ -39,7 +39,7 @@ def decision(det: Detector, columns: dict[str, Tensor]) -> Tensor:
 
 
 class AdaptiveLoss:
-    """``loss(x, logits, phi)`` for :func:`flatcli.core.pgd.pgd`: the objective of the module docstring.
+    """``loss(x, logits, phi)`` for :func:`flatcli.core.attacks.pgd.pgd`: the objective of the module docstring.
 
     ``detectors`` are fitted with the same method and feature settings (e.g. the detectors of the
     cross-validation folds); sample ``i`` of the batch is attacked against ``detectors[which[i]]``.

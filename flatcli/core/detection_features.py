@@ -42,7 +42,7 @@ from flatcli.core.detectors import (
     MahalanobisModel,
     profile_names,
 )
-from flatcli.core.pgd import MAX_RADIUS
+from flatcli.core.attacks import MAX_RADIUS
 from flatcli.errors import OptionError
 
 

@@ -1,6 +1,6 @@
 """The attack options shared by attack, sweep-scale and detect: which attack, its threat model and budget.
 
-Values left unset come from ``preset`` (each command has its default preset; :data:`flatcli.core.pgd.PRESETS`);
+Values left unset come from ``preset`` (each command has its default preset; :data:`flatcli.core.attacks.PRESETS`);
 the attack itself checks the ranges of what it is given.
 """
 
@@ -17,9 +17,9 @@ LOSSES = ("ce", "cw", "dlr")
 
 def attack_kinds() -> tuple[str, ...]:
     """The attacks of the registry (:mod:`flatcli.core.attacks`), read when an option is checked."""
-    from flatcli.core.attacks import ATTACKS
+    from flatcli.core.attacks import attack_kinds as registered
 
-    return tuple(ATTACKS)
+    return tuple(registered())
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """``flatrob attack``: PGD (or APGD, Square) over a data set, recording loss and sharpness along every trajectory.
 
-Per batch, the attack (:func:`flatcli.core.pgd.pgd`, :mod:`flatcli.core.apgd` or :mod:`flatcli.core.square`,
-chosen by :func:`flatcli.core.attacks.make_attack`) runs with ``record=True``: the features of every iterate come
+Per batch, the attack (any of :mod:`flatcli.core.attacks`: PGD, APGD, Square, chosen by
+:func:`flatcli.core.attacks.make_attack`) runs with ``record=True``: the features of every iterate come
 from the forward pass that gives the gradient, plus one final forward for ``x_T``. One call of
 :func:`flatcli.core.curvature.head_measures` on all ``(T+1) * B`` feature vectors turns them into the
 closed-form measures (the same numbers ``flatrob sharpness`` gives on ``x_t``). Rows go out per batch
@@ -26,8 +26,7 @@ from flatcli.core.curvature import WEIGHT_NORMS, head_measures, weight_factor
 from flatcli.core.head_scaling import Scaling
 from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum, trace_estimates
 from flatcli.core.attack_losses import check_loss
-from flatcli.core.attacks import Attack, describe_attack
-from flatcli.core.pgd import PGD, PRESETS, batch_generator, least_likely
+from flatcli.core.attacks import PGD, PRESETS, Attack, batch_generator, least_likely
 from flatcli.core.statistics import describe, quantiles
 from flatcli.core.trajectories import (
     Takeoff, finite_samples, sharpness_peaks, takeoff, valley_mask, valley_of_mean,
@@ -120,8 +119,8 @@ class AttackSettings:
         if self.precision not in PRECISIONS:
             raise OptionError("precision", f"{{}} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.targeted = parse_targeted(self.targeted)
-        if self.targeted is not None and self.attack.kind == "square":
-            raise OptionError(("attack", "targeted"), "{} square is untargeted here; drop {}")
+        if self.targeted is not None and not self.attack.targets:
+            raise OptionError(("attack", "targeted"), f"{{}} {self.attack.kind} is untargeted here; drop {{}}")
         layer_run.check_method(self.layer_method, self.fisher_samples)
         if self.hutchinson < 0 or self.hutchinson == 1:
             raise OptionError("hutchinson", f"{{}} needs 0 (the default {layer_run.DEFAULT_PROBES}) or at least 2 "
@@ -278,7 +277,7 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
         if plot is not None:
             from flatcli.outputs.figures.attack import attack_figure
 
-            title = f"{loaded.name}: {describe_attack(settings.attack)}"
+            title = f"{loaded.name}: {settings.attack.describe()}"
             attack_figure(summary, plot, title=title, layers=summary.get("layers", ()))
         if traj is not None:
             traj.finish(config, summary)

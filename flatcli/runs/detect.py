@@ -30,8 +30,7 @@ from flatcli.core import detectors as core
 from flatcli.core.curvature import WEIGHT_NORMS
 from flatcli.core.detection_features import SCORES, Probe
 from flatcli.core.attack_losses import check_loss
-from flatcli.core.attacks import Attack, describe_attack
-from flatcli.core.pgd import PRESETS
+from flatcli.core.attacks import PRESETS, Attack
 from flatcli.core.statistics import describe
 from flatcli.errors import DetectorError, OptionError, UsageError
 from flatcli.options.detect import ALL
@@ -544,7 +543,7 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
     if plot is not None:
         from flatcli.outputs.figures.detect import detect_figure
 
-        what = (describe_attack(settings.attack) if settings.attack is not None
+        what = (settings.attack.describe() if settings.attack is not None
                 else f"adversarials from {adversarial_path}")
         detect_figure(outcome, plot, title=f"{loaded.name} ({ctx.data.name}): {what}")
     if save is not None:

@@ -25,7 +25,7 @@ import torch
 from flatcli.core import detectors as core
 from flatcli.core.adaptive import AdaptiveLoss
 from flatcli.core.detection_features import Probe
-from flatcli.core.pgd import batch_generator
+from flatcli.core.attacks import batch_generator
 from flatcli.models.head import HeadSplit
 from flatcli.runs.detect_scores import Features, Scorer, ScoreSet
 from flatcli.runtime.loop import RunContext, each_batch

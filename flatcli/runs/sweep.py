@@ -46,8 +46,7 @@ from torch import Tensor
 from flatcli.core.curvature import WEIGHT_NORMS, head_measures
 from flatcli.core.head_scaling import Scaling, evaluate_scales
 from flatcli.core.masking import DEFAULT_THRESHOLD, masking_verdict
-from flatcli.core.pgd import PGD, PRESETS, batch_generator
-from flatcli.core.square import DEFAULT_QUERIES, Square
+from flatcli.core.attacks import DEFAULT_QUERIES, PGD, PRESETS, Square, batch_generator
 from flatcli.core.statistics import censored_median, spearman
 from flatcli.core.trajectories import finite_samples
 from flatcli.errors import OptionError, UsageError
