@@ -65,3 +65,8 @@ def _options_doc(kinds, fields: dict[str, Any]) -> str:
     lines = [f"    ``{name}`` (default ``{default!r}``): {spec.text()}" for name, (spec, default) in fields.items()]
     groups = ", ".join(kind.__name__ for kind in kinds)
     return f"\n\n    Options (keywords, or the groups {groups}):\n\n" + "\n".join(lines)
+
+
+def chosen_of(keywords: dict[str, Any], *kinds: type[Group], command: str = "from_options") -> Chosen:
+    """The groups ``kinds`` made from keywords naming their fields (any other keyword is a ``TypeError``)."""
+    return Chosen(gather(keywords, (), *kinds, command=command))

@@ -32,6 +32,8 @@ from flatcli.core.trajectories import (
     Takeoff, finite_samples, sharpness_peaks, takeoff, valley_mask, valley_of_mean,
 )
 from flatcli.errors import OptionError
+from flatcli.options import AttackOptions, HeadOptions, LayerOptions, SpeedOptions, TakeoffOptions
+from flatcli.options.calls import chosen_of
 from flatcli.inputs.adversarial_file import save_adversarials
 from flatcli.models.head import HeadSplit
 from flatcli.outputs.writer import ResultWriter
@@ -134,6 +136,12 @@ class AttackSettings:
     def layer_config(self) -> dict:
         return {"layers": list(self.layers), "layer_method": self.layer_method, "fisher_samples": self.fisher_samples,
                 "hutchinson_probes": self.probes}
+
+    @classmethod
+    def from_options(cls, targeted=None, **options) -> "AttackSettings":
+        """The settings of keyword options, as the API takes them (``steps=3, eps=0.1, ...``)."""
+        return cls.from_groups(chosen_of(options, AttackOptions, HeadOptions, LayerOptions, SpeedOptions,
+                                         TakeoffOptions), targeted=targeted)
 
     @classmethod
     def from_groups(cls, chosen, targeted=None) -> "AttackSettings":

@@ -33,7 +33,9 @@ from flatcli.core.attack_losses import check_loss
 from flatcli.core.attacks import PRESETS, Attack
 from flatcli.core.statistics import describe
 from flatcli.errors import DetectorError, OptionError, UsageError
-from flatcli.options.detect import ALL
+from flatcli.options import AttackOptions, WeightNormOptions
+from flatcli.options.calls import chosen_of
+from flatcli.options.detect import ALL, DetectOptions
 from flatcli.inputs.adversarial_file import attack_metadata, save_adversarials
 from flatcli.inputs.data import DataSource
 from flatcli.inputs.detector_file import save_detector
@@ -150,6 +152,11 @@ class DetectSettings:
     def features(self, mahalanobis: core.MahalanobisModel | None = None) -> Features:
         """What the scoring passes compute for these methods."""
         return Features(self.weight_norm, self.probe if self.uses_probe else None, mahalanobis)
+
+    @classmethod
+    def from_options(cls, *, crafted: bool = True, **options) -> "DetectSettings":
+        """The settings of keyword options, as the API takes them (``method="stump", folds=3, ...``)."""
+        return cls.from_groups(chosen_of(options, AttackOptions, WeightNormOptions, DetectOptions), crafted=crafted)
 
     @classmethod
     def from_groups(cls, chosen, *, crafted: bool = True) -> "DetectSettings":

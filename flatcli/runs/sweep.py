@@ -50,7 +50,9 @@ from flatcli.core.attacks import DEFAULT_QUERIES, PGD, PRESETS, Square, batch_ge
 from flatcli.core.statistics import censored_median, spearman
 from flatcli.core.trajectories import finite_samples
 from flatcli.errors import OptionError, UsageError
-from flatcli.options.sweep import DEFAULT_SCALES
+from flatcli.options import PGDOptions, ScalingOptions, SpeedOptions, TakeoffOptions
+from flatcli.options.calls import chosen_of
+from flatcli.options.sweep import DEFAULT_SCALES, SweepOptions
 from flatcli.models.head import HeadSplit
 from flatcli.runs.result import OnRows, Result, Rows
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
@@ -150,6 +152,12 @@ class SweepSettings:
             raise OptionError("precision", f"{{}} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.examples < 0:
             raise UsageError(f"examples must be 0 or more, got {self.examples}")
+
+    @classmethod
+    def from_options(cls, **options) -> "SweepSettings":
+        """The settings of keyword options, as the API takes them (``scales="1,10", steps=3, ...``)."""
+        return cls.from_groups(chosen_of(options, PGDOptions, ScalingOptions, SpeedOptions, TakeoffOptions,
+                                         SweepOptions))
 
     @classmethod
     def from_groups(cls, chosen) -> "SweepSettings":

@@ -76,9 +76,9 @@ def test_only_successful_needs_the_clean_inputs():
 def test_settings_refuse_conflicts():
     with pytest.raises(UsageError, match="conflicts"):
         DetectSettings(method="components", score="trace_h")
-    with pytest.raises(UsageError, match="--folds"):
+    with pytest.raises(UsageError, match="folds="):
         DetectSettings(folds=1)
-    with pytest.raises(UsageError, match="--score"):
+    with pytest.raises(UsageError, match="score="):
         DetectSettings(score="loss")  # needs a label: not offered
     assert DetectSettings(method="components").score == "components"
 
@@ -179,15 +179,15 @@ def test_fit_and_scoring_keep_per_input_numbers_only():
 
 
 def test_new_settings_refuse_conflicts():
-    with pytest.raises(UsageError, match="--probe-steps/--probe-size"):
+    with pytest.raises(UsageError, match="probe_steps=/probe_size="):
         DetectSettings(method="components", probe=Probe())
-    with pytest.raises(UsageError, match="conflicts with --method mahalanobis"):
+    with pytest.raises(UsageError, match="conflicts with method= mahalanobis"):
         DetectSettings(method="mahalanobis", score="confidence")
-    with pytest.raises(UsageError, match="--adaptive"):
+    with pytest.raises(UsageError, match="adaptive="):
         DetectSettings(method="profile", adaptive=True)  # no attack: adversarials read from a file
-    with pytest.raises(UsageError, match="--adaptive-weight"):
+    with pytest.raises(UsageError, match="adaptive_weight="):
         DetectSettings.from_options(method="stump", adaptive_weight=2.0)
-    with pytest.raises(UsageError, match="--adaptive-weight must be"):
+    with pytest.raises(UsageError, match="adaptive_weight= must be"):
         DetectSettings.from_options(method="stump", adaptive=True, adaptive_weight=0.0)
     s = DetectSettings.from_options(method="all", probe_size=0.05)
     assert s.methods == core.method_names() and s.probe == Probe(3, 0.05) and s.uses_mahalanobis
