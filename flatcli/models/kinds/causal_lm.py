@@ -1,0 +1,96 @@
+"""Causal language models as a model kind: one row per token position, token ids perturbed.
+
+The head is the output projection (``lm_head``: k = vocabulary, m = hidden size); ``phi_t``, the input of
+the head at position t (after the final norm), is captured by a forward hook during the model's own forward
+pass, and the label of position t is the token at t + 1. A model whose logits are not the head's output
+(Gemma's soft-capping, Cohere's logit scale) breaks the closed form: the first forward pass compares the
+head's output with the model's logits and refuses such a model (:class:`LayerError`). A head tied to the
+input embeddings is measured as its own variable (the paper's split, features fixed); :attr:`tied` says so.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from flatcli.errors import LayerError
+from flatcli.models.kinds.base import HeadBatch, ModelKind
+
+#: |head(phi) - logits| allowed, in units of the dtype's eps times max(1, max |logits|).
+TRANSFORM_ULPS = 4
+
+
+class CausalLM(ModelKind):
+    """A ``transformers`` causal LM and its tokenizer, seen through the head."""
+
+    name = "causal-lm"
+    perturbs = "tokens"
+
+    def __init__(self, model: nn.Module, tokenizer=None, *, source: str | None = None):
+        head = model.get_output_embeddings()
+        if not isinstance(head, nn.Linear):
+            raise LayerError(f"the model's output embeddings are a {type(head).__name__}, not an nn.Linear head")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self._head = head
+        self._verified = False
+
+    @property
+    def head(self) -> nn.Linear:
+        return self._head
+
+    @property
+    def tied(self) -> bool:
+        """Whether the head shares its weight with the input embeddings."""
+        embed = self.model.get_input_embeddings()
+        return getattr(embed, "weight", None) is not None and embed.weight.data_ptr() == self._head.weight.data_ptr()
+
+    @property
+    def device(self) -> torch.device:
+        return self._head.weight.device
+
+    def features(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+                 attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(phi, logits)``, (B, L, m) and (B, L, k), from one forward pass; checks the head on the first."""
+        captured: list[tuple[Tensor, Tensor]] = []
+        handle = self._head.register_forward_hook(lambda module, args, out: captured.append((args[0], out)))
+        try:
+            logits = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                use_cache=False).logits
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise LayerError(f"the head ran {len(captured)} times in one forward pass; it must run exactly once")
+        phi, out = captured[0]
+        if not self._verified:
+            self._check(out, logits)
+            self._verified = True
+        return phi, logits
+
+    def _check(self, out: Tensor, logits: Tensor) -> None:
+        if out.shape != logits.shape:
+            raise LayerError(f"the model's logits {tuple(logits.shape)} are not its head's output {tuple(out.shape)}")
+        with torch.no_grad():
+            err = (out.double() - logits.double()).abs().max().item()
+            scale = max(1.0, logits.detach().double().abs().max().item())
+        if not err <= TRANSFORM_ULPS * torch.finfo(out.dtype).eps * scale:
+            raise LayerError(f"the model transforms its head's output (logits differ from lm_head by {err:.3g}: "
+                             "soft-capping or a logit scale); the closed form holds only for plain logits")
+
+    def head_batch(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> HeadBatch:
+        """Rows for every position of ``input_ids`` (B, L); labels the next tokens, ``-100`` at the end."""
+        phi, logits = self.features(input_ids, attention_mask=attention_mask)
+        b, length = input_ids.shape
+        labels = torch.full_like(input_ids, -100)
+        labels[:, :-1] = input_ids[:, 1:]
+        if attention_mask is not None:
+            labels[:, :-1][attention_mask[:, 1:] == 0] = -100
+        owner = torch.arange(b, device=input_ids.device).repeat_interleave(length)
+        return HeadBatch(logits.reshape(b * length, -1), phi.reshape(b * length, -1), labels.reshape(-1), owner)
+
+    def describe_inputs(self) -> dict:
+        head = self._head
+        return {"kind": self.name, "perturbs": self.perturbs, "vocabulary": head.out_features,
+                "hidden": head.in_features, "tied": self.tied, "dtype": str(head.weight.dtype).removeprefix("torch."),
+                "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
