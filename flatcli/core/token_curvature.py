@@ -26,6 +26,11 @@ def chunk_size(rows: int, vocabulary: int, values: int = CHUNK_VALUES) -> int:
     return max(1, min(vocabulary, values // max(rows, 1)))
 
 
+def weight_norm_sq(weight: torch.Tensor, rows: int = 4096) -> torch.Tensor:
+    """``||W||_F^2`` in float64, ``rows`` rows of ``W`` at a time."""
+    return sum((weight[i:i + rows].detach().double() ** 2).sum() for i in range(0, weight.shape[0], rows))
+
+
 def _chunks(weight: torch.Tensor, bias: torch.Tensor | None, phi: torch.Tensor, size: int):
     for start in range(0, weight.shape[0], size):
         z = phi @ weight[start:start + size].detach().double().T

@@ -36,6 +36,16 @@ class CausalLM(ModelKind):
         self._head = head
         self._verified = False
 
+    @classmethod
+    def from_folder(cls, path, *, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
+                    trust_embedded_code: bool = False) -> "CausalLM":
+        """The model and tokenizer of a Hugging Face folder (:func:`flatcli.models.kinds.hf_folder.load_folder`)."""
+        from flatcli.models.kinds.hf_folder import load_folder
+
+        model, tokenizer, folder = load_folder(path, dtype=dtype, device=device,
+                                               trust_embedded_code=trust_embedded_code)
+        return cls(model, tokenizer, source=str(folder.path))
+
     @property
     def head(self) -> nn.Linear:
         return self._head
@@ -88,6 +98,13 @@ class CausalLM(ModelKind):
             labels[:, :-1][attention_mask[:, 1:] == 0] = -100
         owner = torch.arange(b, device=input_ids.device).repeat_interleave(length)
         return HeadBatch(logits.reshape(b * length, -1), phi.reshape(b * length, -1), labels.reshape(-1), owner)
+
+    def describe(self) -> dict:
+        """Provenance for the ``config`` of an output: where the model came from and what its head is."""
+        import transformers
+
+        return {"checkpoint": self.source, "architecture": type(self.model).__name__, **self.describe_inputs(),
+                "transformers": transformers.__version__}
 
     def describe_inputs(self) -> dict:
         head = self._head

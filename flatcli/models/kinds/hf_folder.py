@@ -108,6 +108,7 @@ def load_folder(path: str | Path, *, dtype: str = "fp32", device: torch.device =
     if why is not None and not trust_embedded_code:
         raise CheckpointError(f"{why}; flatrob runs no code from a checkpoint unless trust_embedded_code is given")
     options = dict(local_files_only=True, trust_remote_code=trust_embedded_code)
+    transformers.utils.logging.disable_progress_bar()  # stderr carries flatrob's own progress only
 
     def check(event: str, args: tuple) -> str | None:
         return (f"loading {folder.path} tried to open a network connection ({event}); flatrob never downloads "

@@ -1,0 +1,129 @@
+"""Per-token head sharpness of a causal LM equals the float64 autograd Hessian of the mean target cross-entropy."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from flatcli.errors import CheckpointError, LayerError
+from flatcli.inputs.data.prompts import read_prompts
+from flatcli.models.kinds import CausalLM
+from flatcli.options.lm import PromptOptions, TokenHeadOptions
+from flatcli.runs.lm_sharpness import lm_sharpness
+
+
+def oracle_trace(model, ids: list[int], target_start: int) -> float:
+    """Tr of the Hessian w.r.t. the head of the mean target cross-entropy (features from the model's last
+    hidden state, held fixed), by ``torch.autograd.functional.hessian`` in float64."""
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        phi = model(input_ids=x, output_hidden_states=True).hidden_states[-1][0].double()
+    rows = slice(target_start - 1, len(ids) - 1)
+    targets = x[0, target_start:]
+    w0 = model.lm_head.weight.detach().double()
+
+    def loss(w):
+        return F.cross_entropy(phi[rows] @ w.T, targets)
+
+    h = torch.autograd.functional.hessian(loss, w0, vectorize=True)
+    n = w0.numel()
+    return float(h.reshape(n, n).diagonal().sum())
+
+
+@pytest.mark.parametrize("name", ["single", "sharded", "tied"])
+def test_trace_equals_autograd_hessian(lm_folders, prompts_csv, name):
+    kind = CausalLM.from_folder(lm_folders[name])
+    prompts = read_prompts(prompts_csv)
+    result = lm_sharpness(kind, prompts, prompt=PromptOptions(chat_template="vicuna"), keep_samples=True)
+    assert result.config["tied"] is (name == "tied")
+    for row in result.samples:
+        expected = oracle_trace(kind.model, row["input_ids"], row["target_start"])
+        assert row["trace_h"] == pytest.approx(expected, rel=1e-10)
+        norm_sq = float((kind.head.weight.detach().double() ** 2).sum())
+        assert row["relative_sharpness"] == pytest.approx(norm_sq * expected, rel=1e-10)
+    assert result.summary["n"] == 3 and result.summary["vocabulary"] == len(kind.tokenizer)
+
+
+def test_float32_model_within_1e6_of_float64_oracle(lm_folders, prompts_csv):
+    kind = CausalLM.from_folder(lm_folders["single"])
+    rows = lm_sharpness(kind, read_prompts(prompts_csv), prompt=PromptOptions(chat_template="llama-2"),
+                        keep_samples=True).samples
+    exact = CausalLM.from_folder(lm_folders["single"], dtype="fp64")
+    for row in rows:
+        assert row["trace_h"] == pytest.approx(oracle_trace(exact.model, row["input_ids"], row["target_start"]),
+                                               rel=1e-6)
+
+
+def test_sharded_equals_single_and_rows_recompute(lm_folders, prompts_jsonl):
+    assert (lm_folders["sharded"] / "model.safetensors.index.json").is_file()
+    prompts = read_prompts(prompts_jsonl)
+    results = [lm_sharpness(CausalLM.from_folder(lm_folders[n]), prompts, keep_samples=True) for n in ("single", "sharded")]
+    assert results[0].samples == results[1].samples
+    assert results[0].config["chat_template"] == "none"  # auto without a template of the tokenizer's own
+    model = CausalLM.from_folder(lm_folders["single"]).model
+    for row in results[0].samples:
+        x = torch.tensor([row["input_ids"]])
+        logits = model(input_ids=x).logits[0].double()
+        ts = row["target_start"]
+        assert row["loss"] == pytest.approx(float(F.cross_entropy(logits[ts - 1:-1], x[0, ts:])), rel=1e-5)
+
+
+def test_all_positions_without_weight_norm_is_the_authors_measure(lm_folders, prompts_csv):
+    kind = CausalLM.from_folder(lm_folders["single"])
+    prompts = read_prompts(prompts_csv)
+    rows = lm_sharpness(kind, prompts, head=TokenHeadOptions(positions="all", weight_norm="none"),
+                        keep_samples=True).samples
+    for row in rows:
+        x = torch.tensor([row["input_ids"]])
+        with torch.no_grad():
+            out = kind.model(input_ids=x, output_hidden_states=True)
+        p = torch.softmax(out.logits[0].double(), -1)
+        phi = out.hidden_states[-1][0].double()
+        expected = ((p * (1 - p)).sum(-1) * (phi * phi).sum(-1)).mean()
+        assert row["trace_h"] == row["relative_sharpness"] == pytest.approx(float(expected), rel=1e-6)
+        assert row["trace_h"] == row["trace_h_all_positions"]
+
+
+def test_logit_soft_capping_is_refused(tmp_path, tokenizer, prompts_csv):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                          num_attention_heads=2, num_key_value_heads=2, head_dim=4, final_logit_softcapping=0.5)
+    Gemma2ForCausalLM(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    with pytest.raises(LayerError, match="soft-capping"):
+        lm_sharpness(CausalLM.from_folder(tmp_path), read_prompts(prompts_csv))
+
+
+def test_remote_code_refused_and_never_imported(tmp_path, lm_folders):
+    folder = tmp_path / "remote"
+    folder.mkdir()
+    for f in lm_folders["single"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil_flatrob.EvilForCausalLM"}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "modeling_evil_flatrob.py").write_text("raise SystemExit('imported')\n")
+    with pytest.raises(CheckpointError, match="auto_map"):
+        CausalLM.from_folder(folder)
+    assert not any("modeling_evil_flatrob" in name for name in sys.modules)
+
+
+def test_unknown_architecture_and_pickles_refused(tmp_path, lm_folders):
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for f in lm_folders["single"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "architectures": ["EvilForCausalLM"]}))
+    with pytest.raises(CheckpointError, match="does not ship"):
+        CausalLM.from_folder(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match="pickle"):
+        CausalLM.from_folder(folder)
