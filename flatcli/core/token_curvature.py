@@ -84,3 +84,29 @@ def token_measures(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         out["loss"] = torch.where(y_top, torch.log1p(near), lse - z_y)
         out["p_true"] = torch.exp(z_y - lse)
     return out
+
+
+def target_measures(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor,
+                    target_start: int, *, values: int = CHUNK_VALUES) -> dict[str, torch.Tensor]:
+    """Per sequence of ``ids`` (B, L) with features ``phi`` (B, L, m), the target being ``ids[:, target_start:]``:
+    means over the positions that predict it (``target_start - 1 .. L - 2``) of the cross-entropy (``loss``, the
+    GCG objective), ``trace_h`` (the trace of that loss's Hessian w.r.t. the head), ``target_confidence``
+    (``p_y``) and ``feature_norm``; ``exact_match`` is True when every one of them predicts its target token
+    (greedy decoding reproduces the target)."""
+    b, length, m = phi.shape
+    rows = phi[:, target_start - 1:length - 1].reshape(-1, m)
+    targets = ids[:, target_start:].reshape(-1).to(phi.device)
+    tm = token_measures(rows, weight, bias, targets, values=values)
+    tm = {k: v.reshape(b, -1) for k, v in tm.items()}
+    return {"loss": tm["loss"].mean(1), "trace_h": tm["trace_h"].mean(1), "target_confidence": tm["p_true"].mean(1),
+            "feature_norm": tm["feature_norm"].mean(1),
+            "exact_match": (tm["pred"] == targets.reshape(b, -1)).all(1)}
+
+
+def all_positions_measures(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *,
+                           values: int = CHUNK_VALUES) -> dict[str, torch.Tensor]:
+    """Per sequence (``phi`` (B, L, m)): ``trace_h`` and ``feature_norm`` averaged over every position (the
+    authors' LLM measure, without its weight factor)."""
+    b, length, m = phi.shape
+    tm = token_measures(phi.reshape(-1, m), weight, bias, values=values)
+    return {k: tm[k].reshape(b, length).mean(1) for k in ("trace_h", "feature_norm")}

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from flatcli.core.statistics import describe_columns
-from flatcli.core.token_curvature import token_measures, weight_norm_sq
+from flatcli.core.token_curvature import all_positions_measures, target_measures, weight_norm_sq
 from flatcli.inputs.data.prompts import Layout, Prompt, layout
 from flatcli.models.kinds.causal_lm import CausalLM
 from flatcli.options.lm import PromptOptions, TokenHeadOptions
@@ -49,30 +49,17 @@ def effective_template(kind: CausalLM, chat_template: str) -> str:
 
 def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, factor: float,
                       positions: str) -> list[dict]:
-    """Per sequence of ``ids`` (B, L), all with the target at ``target_start``: the measures of a row.
-
-    Position t predicts token t + 1, so the target's positions are ``target_start - 1 .. L - 2``.
-    """
+    """Per sequence of ``ids`` (B, L), all with the target at ``target_start``: the measures of a row, from one
+    forward pass (:func:`target_measures`, :func:`all_positions_measures`)."""
     with torch.no_grad():
         phi, _ = kind.features(ids.to(kind.device))
-    b, length, m = phi.shape
-    nxt = torch.zeros_like(ids)
-    nxt[:, :-1] = ids[:, 1:]
-    tm = token_measures(phi.reshape(b * length, m), kind.head.weight, kind.head.bias, nxt.reshape(-1).to(phi.device))
-    tm = {k: v.reshape(b, length) for k, v in tm.items()}
-    tgt = slice(target_start - 1, length - 1)
-    chosen = tgt if positions == "target" else slice(0, length)
-    trace_h = tm["trace_h"][:, chosen].mean(1)
-    out = {
-        "exact_match": (tm["pred"][:, tgt] == nxt[:, tgt].to(phi.device)).all(1),
-        "loss": tm["loss"][:, tgt].mean(1),
-        "target_confidence": tm["p_true"][:, tgt].mean(1),
-        "trace_h": trace_h,
-        "trace_h_all_positions": tm["trace_h"].mean(1),
-        "relative_sharpness": factor * trace_h,
-        "feature_norm": tm["feature_norm"][:, chosen].mean(1),
-    }
-    return [{k: v[i].item() for k, v in out.items()} for i in range(b)]
+    weight, bias = kind.head.weight, kind.head.bias
+    target = target_measures(phi, weight, bias, ids, target_start)
+    every = all_positions_measures(phi, weight, bias)
+    chosen = target if positions == "target" else every
+    out = {**target, "trace_h": chosen["trace_h"], "trace_h_all_positions": every["trace_h"],
+           "relative_sharpness": factor * chosen["trace_h"], "feature_norm": chosen["feature_norm"]}
+    return [{k: out[k][i].item() for k in ("exact_match", *MEASURES)} for i in range(len(ids))]
 
 
 def prompt_layouts(kind: CausalLM, prompts: list[Prompt], options: PromptOptions) -> list[Layout]:
