@@ -36,6 +36,14 @@ class TokenHeadOptions(Group):
                             "GCG's objective) or over all positions (the authors' code).", POSITIONS)
     weight_norm: str = choice("squared", "Relative sharpness uses ||W||_F^2 (squared), ||W||_F (plain) or no weight "
                               "factor (none; with --positions all, the authors' LLM measure).", LM_WEIGHT_NORMS)
+
+
+@dataclass(frozen=True)
+class LanguageModelOptions(Group):
+    """How a causal language model's weights are loaded."""
+
+    title = "Language model"
+
     dtype: str = choice("fp32", "Precision the language model's weights are loaded in; the closed forms stay "
                         "float64.", LM_DTYPES)
 

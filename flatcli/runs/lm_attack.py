@@ -25,7 +25,7 @@ from flatcli.inputs.data.prompts import Prompt, layout
 from flatcli.models.kinds.causal_lm import CausalLM
 from flatcli.options.attack import AttackOptions
 from flatcli.options.lm import GCGOptions, PromptOptions, TokenHeadOptions
-from flatcli.runs.lm_sharpness import effective_template, lm_config, weight_factor
+from flatcli.runs.lm_sharpness import effective_template, lm_config, template_notes, weight_factor
 from flatcli.runs.result import OnRows, Result, Rows
 
 #: The authors' number of GCG steps (``steps`` left unset).
@@ -105,11 +105,12 @@ def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", a
                            "suffix": trajectory[-1]["suffix"]})
         curves.append([r["relative_sharpness"] for r in trajectory])
     config = {**lm_config(kind, data, prompt, head, kind.device, seed), "attack": "gcg", "steps": steps,
-              **{k: v for k, v in gcg.values().items()}}
-    return Result("attack", config, trajectory_summary(per_prompt, curves, steps), rows.kept)
+              **gcg.values()}
+    return Result("attack", config, trajectory_summary(per_prompt, curves), rows.kept,
+                  notes=template_notes(kind, prompt))
 
 
-def trajectory_summary(per_prompt: list[dict], curves: list[list[float]], steps: int) -> dict:
+def trajectory_summary(per_prompt: list[dict], curves: list[list[float]]) -> dict:
     """Overall figures and the uncanny-valley statistics of the sharpness curves (early stops padded)."""
     length = max(len(c) for c in curves)
     sharp = torch.tensor([c + [c[-1]] * (length - len(c)) for c in curves], dtype=torch.float64).T  # (T+1, B)

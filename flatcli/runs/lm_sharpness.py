@@ -71,7 +71,7 @@ def lm_config(kind: CausalLM, data: str, prompt: PromptOptions, head: TokenHeadO
     """The ``config`` entries of every language-model run."""
     return {**kind.describe(), "data": data, "chat_template": effective_template(kind, prompt.chat_template),
             "system": prompt.system, "positions": head.positions, "weight_norm": head.weight_norm,
-            "dtype": head.dtype, "device": str(device), "seed": seed, "versions": versions()}
+            "device": str(device), "seed": seed, "versions": versions()}
 
 
 def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", prompt: PromptOptions = PromptOptions(),
@@ -100,4 +100,12 @@ def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts"
         "feature_norm_min": float(np.min(columns["feature_norm"])),
         **describe_columns({k: np.asarray(v) for k, v in columns.items()}),
     }
-    return Result("sharpness", config, summary, rows.kept)
+    return Result("sharpness", config, summary, rows.kept, notes=template_notes(kind, prompt))
+
+
+def template_notes(kind: CausalLM, prompt: PromptOptions) -> list[str]:
+    """Lines for people: the chat template fell back to none."""
+    if effective_template(kind, prompt.chat_template) != prompt.chat_template:
+        return ["the tokenizer has no chat template: prompts are plain text (chat_template none); give vicuna, "
+                "llama-2 or a .jinja file for a chat model"]
+    return []

@@ -128,3 +128,21 @@ def test_unknown_architecture_and_pickles_refused(tmp_path, lm_folders):
     (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pickle"):
         CausalLM.from_folder(folder)
+
+
+def test_in_memory_model_and_folder_dispatch(lm_folders, tokenizer, prompts_csv, tmp_path):
+    from flatcli.errors import UsageError
+    from flatcli.models.kinds.hf_folder import is_causal_lm_folder
+
+    from .conftest import tiny_llama
+
+    assert is_causal_lm_folder(lm_folders["single"]) and not is_causal_lm_folder(tmp_path)
+    model = tiny_llama(len(tokenizer))
+    with pytest.raises(UsageError, match="tokenizer"):
+        CausalLM.open(model)
+    result = lm_sharpness(CausalLM.open(model, tokenizer), read_prompts(prompts_csv), keep_samples=True)
+    on_disk = lm_sharpness(CausalLM.open(lm_folders["single"]), read_prompts(prompts_csv), keep_samples=True)
+    for a, b in zip(result.samples, on_disk.samples):  # sdpa in memory, eager from the folder
+        assert a["input_ids"] == b["input_ids"] and a["trace_h"] == pytest.approx(b["trace_h"], rel=1e-5)
+    assert result.notes and "no chat template" in result.notes[0]
+    assert result.config["checkpoint"] == "in-memory LlamaForCausalLM"

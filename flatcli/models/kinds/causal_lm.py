@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from flatcli.errors import LayerError
+from flatcli.errors import LayerError, UsageError
 from flatcli.models.kinds.base import HeadBatch, ModelKind
 
 #: |head(phi) - logits| allowed, in units of the dtype's eps times max(1, max |logits|).
@@ -45,6 +45,17 @@ class CausalLM(ModelKind):
         model, tokenizer, folder = load_folder(path, dtype=dtype, device=device,
                                                trust_embedded_code=trust_embedded_code)
         return cls(model, tokenizer, source=str(folder.path))
+
+    @classmethod
+    def open(cls, model, tokenizer=None, *, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
+             trust_embedded_code: bool = False) -> "CausalLM":
+        """A folder path (loaded), or an in-memory ``transformers`` causal LM with its ``tokenizer`` (used as it is,
+        in eval mode; ``dtype``/``device`` apply to folders only)."""
+        if isinstance(model, nn.Module):
+            if tokenizer is None:
+                raise UsageError("an in-memory language model needs its tokenizer (tokenizer=...)")
+            return cls(model.eval(), tokenizer, source=f"in-memory {type(model).__name__}")
+        return cls.from_folder(model, dtype=dtype, device=device, trust_embedded_code=trust_embedded_code)
 
     @property
     def head(self) -> nn.Linear:

@@ -66,6 +66,17 @@ def read_folder(path: str | Path) -> FolderConfig:
                         "auto_map" in config, weights)
 
 
+def is_causal_lm_folder(path) -> bool:
+    """Whether ``path`` is a folder whose ``config.json`` names a causal LM (for dispatching a model argument;
+    :func:`read_folder` says what else is wrong with it)."""
+    try:
+        config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
+    except (OSError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    names = config.get("architectures") if isinstance(config, dict) else None
+    return bool(names) and isinstance(names, list) and str(names[0]).endswith(("ForCausalLM", "LMHeadModel"))
+
+
 def needs_trust(folder: FolderConfig) -> str | None:
     """Why loading ``folder`` would run code it ships (``auto_map``, an architecture transformers lacks), or None.
 
