@@ -64,5 +64,6 @@ class GCGOptions(Group):
                                    "prompt's own 'suffix' wins).")
     allow_non_ascii: bool = switch(False, "Let candidates use tokens that are not printable ASCII.")
     early_stop: bool = switch(False, "Stop a prompt once greedy decoding reproduces its target.")
-    candidate_batch: int = integer(128, "Candidates per forward pass (memory; the numbers do not depend on it).",
-                                   minimum=1)
+    candidate_batch: int = integer(128, "Candidates per forward pass (bounds memory).", minimum=1)
+    prefix_cache: bool = switch(True, "Run the tokens before the suffix once and reuse their key/value cache (dropped, "
+                                "with a note, when it changes the loss).", negatable=True)

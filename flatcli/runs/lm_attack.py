@@ -8,7 +8,8 @@ cross-entropy ``loss``, ``trace_h`` over the target positions, ``relative_sharpn
 positions as in :mod:`flatcli.runs.lm_sharpness`), ``trace_h_all_positions``, ``target_confidence`` and
 ``exact_match`` (greedy decoding reproduces the target). Candidates use printable-ASCII tokens only unless
 ``allow_non_ascii``, never special tokens, and must survive decoding and encoding (nanoGCG's filter). Each
-prompt draws its candidates from its own generator, seeded by ``(seed, prompt index)``. The summary gives
+prompt draws its candidates from its own generator, seeded by ``(seed, prompt index)``. The tokens before
+the suffix run once and their key/value cache is reused (``prefix_cache``; checked at step 0). The summary gives
 per prompt the initial and final loss and success, and the uncanny-valley statistics of the image attack
 (paper Fig. 15): peak step and final/peak of the mean sharpness curve, share of valley-shaped trajectories
 (a trajectory stopped early keeps its last value).
@@ -83,12 +84,13 @@ def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", a
     not_allowed = special_tokens(tokenizer) if gcg.allow_non_ascii else not_allowed_tokens(tokenizer)
     keep = survives_retokenizing(tokenizer)
     rows = Rows(on_rows, keep_samples)
-    per_prompt, curves = [], []
+    per_prompt, curves, dropped = [], [], 0
     for index, p in enumerate(prompts):
         suffix = initial_suffix(tokenizer, p, gcg)
         lay = layout(p, tokenizer, template, prompt.system, suffix="")
         attack_run = GCG(kind.features, kind.head, kind.model.get_input_embeddings(), lay.before,
-                         lay.after, lay.target, search, not_allowed=not_allowed, keep=keep)
+                         lay.after, lay.target, search, not_allowed=not_allowed, keep=keep,
+                         prefix=kind.prefix if gcg.prefix_cache else None)
         trajectory = []
         for s in attack_run.run(suffix, steps, prompt_generator(seed, index), early_stop=gcg.early_stop):
             m = s.measures
@@ -104,10 +106,12 @@ def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", a
                            "best_loss": min(r["loss"] for r in trajectory), "success": trajectory[-1]["exact_match"],
                            "suffix": trajectory[-1]["suffix"]})
         curves.append([r["relative_sharpness"] for r in trajectory])
+        dropped += attack_run.prefix_dropped
     config = {**lm_config(kind, data, prompt, head, kind.device, seed), "attack": "gcg", "steps": steps,
               **gcg.values()}
-    return Result("attack", config, trajectory_summary(per_prompt, curves), rows.kept,
-                  notes=template_notes(kind, prompt))
+    notes = template_notes(kind, prompt) + ([f"the prefix cache changed the loss on {dropped} prompt(s); they ran "
+                                             "without it"] if dropped else [])
+    return Result("attack", config, trajectory_summary(per_prompt, curves), rows.kept, notes=notes)
 
 
 def trajectory_summary(per_prompt: list[dict], curves: list[list[float]]) -> dict:

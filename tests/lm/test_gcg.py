@@ -88,3 +88,13 @@ def test_candidates_replace_within_topk(tokenizer):
         assert len(changed) <= 2
         assert all(int(c[i]) in top[i].tolist() for i in changed)
         assert not set(c.tolist()) & set(banned.tolist()) - set(suffix.tolist())
+
+
+def test_prefix_cache_gives_the_same_trajectory(kind, run):
+    full = lm_attack(kind, PROMPTS, attack=AttackOptions(steps=5), gcg=GCGOptions(**{**SMALL.values(), "prefix_cache": False}),
+                     seed=3, keep_samples=True)
+    assert not any("prefix" in note for note in run.notes)
+    for a, b in zip(run.samples, full.samples):
+        assert a["suffix_ids"] == b["suffix_ids"] and a["input_ids"] == b["input_ids"]
+        for key in ("loss", "trace_h", "trace_h_all_positions", "target_confidence"):
+            assert a[key] == pytest.approx(b[key], rel=1e-5)

@@ -10,6 +10,9 @@ input embeddings is measured as its own variable (the paper's split, features fi
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import torch
 from torch import Tensor, nn
 
@@ -72,13 +75,15 @@ class CausalLM(ModelKind):
         return self._head.weight.device
 
     def features(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
-                 attention_mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``(phi, logits)``, (B, L, m) and (B, L, k), from one forward pass; checks the head on the first."""
+                 attention_mask: Tensor | None = None, past_key_values=None) -> tuple[Tensor, Tensor]:
+        """``(phi, logits)``, (B, L, m) and (B, L, k), from one forward pass (after the cached tokens of
+        ``past_key_values``, when given); checks the head on the first."""
         captured: list[tuple[Tensor, Tensor]] = []
+        cache = {self._cache_keyword: past_key_values} if past_key_values is not None else {}
         handle = self._head.register_forward_hook(lambda module, args, out: captured.append((args[0], out)))
         try:
             logits = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                use_cache=False).logits
+                                use_cache=past_key_values is not None, **cache).logits
         finally:
             handle.remove()
         if len(captured) != 1:
@@ -88,6 +93,18 @@ class CausalLM(ModelKind):
             self._check(out, logits)
             self._verified = True
         return phi, logits
+
+    def prefix(self, ids: Tensor) -> "CachedPrefix":
+        """Token ids (P,) run once: their head features and key/value cache (:class:`flatcli.core.gcg.Prefix`)."""
+        with torch.no_grad():
+            phi, _ = self.features(ids.to(self.device)[None])
+            out = self.model(input_ids=ids.to(self.device)[None], use_cache=True)
+        return CachedPrefix(int(ids.numel()), phi[0], out[self._cache_keyword])
+
+    @property
+    def _cache_keyword(self) -> str:
+        """What the model calls its key/value cache: ``cache`` (transformers >= 5.25) or ``past_key_values``."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
     def _check(self, out: Tensor, logits: Tensor) -> None:
         if out.shape != logits.shape:
@@ -122,3 +139,17 @@ class CausalLM(ModelKind):
         return {"kind": self.name, "perturbs": self.perturbs, "vocabulary": head.out_features,
                 "hidden": head.in_features, "tied": self.tied, "dtype": str(head.weight.dtype).removeprefix("torch."),
                 "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
+
+
+class CachedPrefix:
+    """Tokens run once: ``length``, their head features ``phi`` (length, m), and their key/value cache."""
+
+    def __init__(self, length: int, phi: Tensor, cache):
+        self.length, self.phi, self._cache = length, phi, cache
+
+    def cache(self, b: int):
+        """A fresh copy of the cache for a batch of ``b`` sequences (the model appends to what it is given)."""
+        fresh = copy.deepcopy(self._cache)
+        if b > 1:
+            fresh.batch_repeat_interleave(b)
+        return fresh
