@@ -146,3 +146,26 @@ def test_in_memory_model_and_folder_dispatch(lm_folders, tokenizer, prompts_csv,
         assert a["input_ids"] == b["input_ids"] and a["trace_h"] == pytest.approx(b["trace_h"], rel=1e-5)
     assert result.notes and "no chat template" in result.notes[0]
     assert result.config["checkpoint"] == "in-memory LlamaForCausalLM"
+
+
+def test_hub_reference_from_the_local_cache_only(lm_folders, tmp_path):
+    from flatcli.models.kinds.hf_folder import resolve
+
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    for f in lm_folders["single"].iterdir():
+        (snapshot / f.name).write_bytes(f.read_bytes())
+    (tmp_path / "models--org--tiny" / "refs").mkdir()
+    (tmp_path / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
+    assert resolve("hf-hub:org/tiny", cache_dir=tmp_path) == snapshot
+    with pytest.raises(CheckpointError, match="local hub cache"):
+        resolve("hf-hub:org/absent", cache_dir=tmp_path)
+
+
+def test_inspect_reports_the_head(lm_folders):
+    info = CausalLM.from_folder(lm_folders["tied"]).inspect()
+    weight = CausalLM.from_folder(lm_folders["tied"]).model.get_input_embeddings().weight.detach().double()
+    assert info["tied"] is True and info["chat_template"] is False and info["dtype"] == "float32"
+    assert (info["vocabulary"], info["hidden"]) == tuple(weight.shape)
+    assert info["head_weight_norm"] == pytest.approx(float(weight.norm()), rel=1e-12)
+    assert info["architecture"] == "LlamaForCausalLM"

@@ -134,6 +134,12 @@ class CausalLM(ModelKind):
         return {"checkpoint": self.source, "architecture": type(self.model).__name__, **self.describe_inputs(),
                 "transformers": transformers.__version__}
 
+    def inspect(self) -> dict:
+        """What ``flatrob inspect`` reports of a language model: :meth:`describe` and ``||W||_F`` of the head."""
+        from flatcli.core.token_curvature import weight_norm_sq
+
+        return {**self.describe(), "head_weight_norm": float(weight_norm_sq(self._head.weight)) ** 0.5}
+
     def describe_inputs(self) -> dict:
         head = self._head
         return {"kind": self.name, "perturbs": self.perturbs, "vocabulary": head.out_features,

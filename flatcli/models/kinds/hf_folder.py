@@ -1,6 +1,6 @@
 """Reading a causal language model from a Hugging Face folder: safetensors only, no download, no remote code.
 
-A folder holds ``config.json`` (``architectures`` naming a ``*ForCausalLM``), the weights as
+A folder (or ``hf-hub:ORG/NAME[@REV]``, a folder of the hub's local cache) holds ``config.json`` (``architectures`` naming a ``*ForCausalLM``), the weights as
 ``model.safetensors`` or shards listed in ``model.safetensors.index.json``, and the tokenizer's files.
 Everything is checked from the files before ``transformers`` is imported: a config that asks for code of its
 own (``auto_map``) is refused unless ``trust_embedded_code``; an architecture ``transformers`` does not ship
@@ -23,6 +23,7 @@ from flatcli.inputs.audit import NETWORK_EVENTS, refusing
 #: ``--dtype`` names and the torch dtypes the weights are loaded in.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "fp64": torch.float64}
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
+HUB_PREFIX = "hf-hub:"
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,27 @@ class FolderConfig:
     model_type: str | None
     remote_code: bool
     weights: str  # model.safetensors or model.safetensors.index.json
+
+
+def resolve(ref: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The folder of ``ref``: a path, or ``hf-hub:ORG/NAME[@REV]`` found in the hub's local cache (never
+    downloaded; ``cache_dir`` defaults to the hub's, ``HF_HUB_CACHE``)."""
+    text = str(ref)
+    if not text.startswith(HUB_PREFIX):
+        return Path(text).expanduser()
+    repo, _, revision = text[len(HUB_PREFIX):].partition("@")
+    try:
+        import huggingface_hub
+        from huggingface_hub import errors
+    except ImportError:
+        raise MissingExtraError("hf-hub: language models need huggingface_hub: pip install 'flatrob[hub]'") from None
+    try:
+        return Path(huggingface_hub.snapshot_download(repo, revision=revision or None, cache_dir=cache_dir,
+                                                      local_files_only=True))
+    except (errors.LocalEntryNotFoundError, errors.HFValidationError, FileNotFoundError, ValueError) as exc:
+        raise CheckpointError(f"{text} is not in the local hub cache ({' '.join(str(exc).split())[:160]}); flatrob "
+                              "reads language models from the cache only: download the folder once with hf download"
+                              ) from None
 
 
 def read_folder(path: str | Path) -> FolderConfig:
@@ -70,8 +92,8 @@ def is_causal_lm_folder(path) -> bool:
     """Whether ``path`` is a folder whose ``config.json`` names a causal LM (for dispatching a model argument;
     :func:`read_folder` says what else is wrong with it)."""
     try:
-        config = json.loads((Path(path).expanduser() / "config.json").read_text(encoding="utf-8"))
-    except (OSError, TypeError, UnicodeDecodeError, json.JSONDecodeError):
+        config = json.loads((resolve(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, TypeError, UnicodeDecodeError, json.JSONDecodeError, CheckpointError, MissingExtraError):
         return False
     names = config.get("architectures") if isinstance(config, dict) else None
     return bool(names) and isinstance(names, list) and str(names[0]).endswith(("ForCausalLM", "LMHeadModel"))
@@ -110,7 +132,7 @@ def load_folder(path: str | Path, *, dtype: str = "fp32", device: torch.device =
     """
     if dtype not in DTYPES:
         raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
-    folder = read_folder(path)
+    folder = read_folder(resolve(path))
     if not trust_embedded_code and folder.remote_code:
         raise CheckpointError(f"{needs_trust(folder)}; flatrob runs no code from a checkpoint unless "
                               "trust_embedded_code is given")
