@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from flatcli.core.statistics import describe_columns
-from flatcli.core.token_curvature import all_positions_measures, target_measures, weight_norm_sq
+from flatcli.core.token_curvature import sequence_means, weight_norm_sq
 from flatcli.inputs.data.prompts import Layout, Prompt, layout
 from flatcli.models.kinds.causal_lm import CausalLM
 from flatcli.options.lm import PromptOptions, TokenHeadOptions
@@ -50,12 +50,10 @@ def effective_template(kind: CausalLM, chat_template: str) -> str:
 def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, factor: float,
                       positions: str) -> list[dict]:
     """Per sequence of ``ids`` (B, L), all with the target at ``target_start``: the measures of a row, from one
-    forward pass (:func:`target_measures`, :func:`all_positions_measures`)."""
+    forward pass (:func:`flatcli.core.token_curvature.sequence_means`)."""
     with torch.no_grad():
         phi, _ = kind.features(ids.to(kind.device))
-    weight, bias = kind.head.weight, kind.head.bias
-    target = target_measures(phi, weight, bias, ids, target_start)
-    every = all_positions_measures(phi, weight, bias)
+    target, every = sequence_means(phi, kind.head.weight, kind.head.bias, ids, target_start)
     chosen = target if positions == "target" else every
     out = {**target, "trace_h": chosen["trace_h"], "trace_h_all_positions": every["trace_h"],
            "relative_sharpness": factor * chosen["trace_h"], "feature_norm": chosen["feature_norm"]}

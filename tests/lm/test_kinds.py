@@ -43,3 +43,17 @@ def test_token_measures_in_chunks_equal_the_whole_head():
         for key in ("trace_h", "prob_term", "confidence", "loss", "p_true", "feature_norm"):
             torch.testing.assert_close(chunked[key], whole[key], rtol=1e-12, atol=0)
         assert chunked["pred"].tolist() == whole["pred"].tolist()
+
+
+def test_sequence_means_equal_target_and_all_position_measures():
+    from flatcli.core.token_curvature import all_positions_measures, sequence_means, target_measures
+
+    torch.manual_seed(2)
+    phi, w = torch.randn(3, 9, 5), torch.randn(31, 5) * 2
+    ids = torch.randint(0, 31, (3, 9))
+    target, every = sequence_means(phi, w, None, ids, 6, values=50)
+    expected = target_measures(phi, w, None, ids, 6)
+    for key, value in expected.items():
+        torch.testing.assert_close(target[key], value, rtol=1e-12, atol=0)
+    for key, value in all_positions_measures(phi, w, None).items():
+        torch.testing.assert_close(every[key], value, rtol=1e-12, atol=0)
