@@ -107,11 +107,13 @@ def all_positions_measures(phi: torch.Tensor, weight: torch.Tensor, bias: torch.
 
 def sequence_means(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor,
                    target_start: int, *, values: int = CHUNK_VALUES) -> tuple[dict, dict]:
-    """:func:`target_measures` and :func:`all_positions_measures` from one pass over every position."""
+    """:func:`target_measures` (with ``trace_h_tokens``, (B, T): ``trace_h`` at each target position) and
+    :func:`all_positions_measures`, from one pass over every position."""
     b, length, m = phi.shape
     ids = ids.to(phi.device)
     following = ids.roll(-1, dims=1)  # the next token; the last position's is never used
     tm = token_measures(phi.reshape(-1, m), weight, bias, following.reshape(-1), values=values)
     tm = {k: v.reshape(b, length) for k, v in tm.items()}
-    target = _target_means({k: v[:, target_start - 1:length - 1] for k, v in tm.items()}, ids[:, target_start:])
+    at_target = {k: v[:, target_start - 1:length - 1] for k, v in tm.items()}
+    target = {**_target_means(at_target, ids[:, target_start:]), "trace_h_tokens": at_target["trace_h"]}
     return target, {k: tm[k].mean(1) for k in ("trace_h", "feature_norm")}

@@ -5,9 +5,10 @@ One forward pass per prompt captures ``phi_t`` (the head's input) at every posit
 ``trace_h_t = (sum_j p_tj (1 - p_tj)) ||phi_t||^2`` and the cross-entropy of the next token. A prompt's row
 averages over the positions that predict the target (``positions="target"``: the Hessian of GCG's objective,
 the mean target cross-entropy, w.r.t. the head) or over every position (``"all"``: the authors' code, with
-``weight_norm="none"``); ``loss`` is the mean target cross-entropy, ``target_confidence`` the mean probability
-of the target tokens, ``exact_match`` whether every target position's arg max is the target token (greedy
-decoding reproduces the target); ``relative_sharpness = ||W||_F^2 trace_h`` (``plain``: ``||W||_F``; ``none``: 1).
+``weight_norm="none"``); ``trace_h_tokens`` holds the trace at each target position, ``loss`` is the mean
+target cross-entropy, ``target_confidence`` the mean probability of the target tokens, ``exact_match`` whether
+every target position's arg max is its target token (greedy decoding reproduces the target);
+``relative_sharpness = ||W||_F^2 trace_h`` (``plain``: ``||W||_F``; ``none``: 1).
 A head tied to the input embeddings is measured as its own variable (features fixed); ``config.tied`` says so.
 """
 
@@ -29,7 +30,7 @@ from flatcli.runtime.loop import versions
 #: Numeric columns of a row, summarised over prompts.
 MEASURES = ("loss", "target_confidence", "trace_h", "trace_h_all_positions", "relative_sharpness", "feature_norm")
 #: Keys of the per-prompt rows, in order.
-ROW_KEYS = ("index", "goal", "target_start", "target_length", "input_ids", "exact_match") + MEASURES
+ROW_KEYS = ("index", "goal", "target_start", "target_length", "input_ids", "exact_match", *MEASURES, "trace_h_tokens")
 
 
 def weight_factor(kind: CausalLM, weight_norm: str) -> float:
@@ -57,7 +58,7 @@ def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, fact
     chosen = target if positions == "target" else every
     out = {**target, "trace_h": chosen["trace_h"], "trace_h_all_positions": every["trace_h"],
            "relative_sharpness": factor * chosen["trace_h"], "feature_norm": chosen["feature_norm"]}
-    return [{k: out[k][i].item() for k in ("exact_match", *MEASURES)} for i in range(len(ids))]
+    return [{k: out[k][i].tolist() for k in ("exact_match", *MEASURES, "trace_h_tokens")} for i in range(len(ids))]
 
 
 def prompt_layouts(kind: CausalLM, prompts: list[Prompt], options: PromptOptions) -> list[Layout]:
@@ -78,7 +79,7 @@ def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts"
     """One row per prompt (streamed to ``on_rows``, kept with ``keep_samples``) and their summary."""
     rows = Rows(on_rows, keep_samples)
     factor = weight_factor(kind, head.weight_norm)
-    columns: dict[str, list] = {k: [] for k in (*MEASURES, "exact_match")}
+    columns: dict[str, list] = {k: [] for k in (*MEASURES, "exact_match")}  # per prompt, for the summary
     for index, (p, lay) in enumerate(zip(prompts, prompt_layouts(kind, prompts, prompt))):
         ids = torch.tensor([lay.ids()])
         values = sequence_measures(kind, ids, lay.target_start, factor, head.positions)[0]

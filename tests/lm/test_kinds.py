@@ -57,3 +57,22 @@ def test_sequence_means_equal_target_and_all_position_measures():
         torch.testing.assert_close(target[key], value, rtol=1e-12, atol=0)
     for key, value in all_positions_measures(phi, w, None).items():
         torch.testing.assert_close(every[key], value, rtol=1e-12, atol=0)
+
+
+def test_causal_lm_rows_are_token_positions(tokenizer):
+    """A causal LM's rows: one per position, labels the next tokens; the image closed form applies unchanged."""
+    from .conftest import tiny_llama
+
+    kind = CausalLM(tiny_llama(len(tokenizer)), tokenizer)
+    ids = torch.tensor([[1, 5, 9, 14], [1, 7, 7, 30]])
+    with torch.no_grad():
+        rows = kind.head_batch(ids)
+        logits = kind.model(input_ids=ids).logits
+    torch.testing.assert_close(rows.logits, logits.reshape(8, -1))
+    assert rows.labels.tolist() == [5, 9, 14, -100, 7, 7, 30, -100] and rows.owner.tolist() == [0] * 4 + [1] * 4
+    keep = rows.labels >= 0
+    whole = head_measures(rows.features[keep], kind.head.weight, None, rows.labels[keep])
+    chunked = token_measures(rows.features[keep], kind.head.weight, None, rows.labels[keep], values=30)
+    torch.testing.assert_close(chunked["trace_h"], whole["trace_h"], rtol=1e-12, atol=0)
+    torch.testing.assert_close(chunked["loss"], whole["loss"], rtol=1e-12, atol=0)
+    assert kind.describe_inputs()["perturbs"] == "tokens"

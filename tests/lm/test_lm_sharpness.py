@@ -16,14 +16,15 @@ from flatcli.options.lm import PromptOptions, TokenHeadOptions
 from flatcli.runs.lm_sharpness import lm_sharpness
 
 
-def oracle_trace(model, ids: list[int], target_start: int) -> float:
-    """Tr of the Hessian w.r.t. the head of the mean target cross-entropy (features from the model's last
-    hidden state, held fixed), by ``torch.autograd.functional.hessian`` in float64."""
+def oracle_trace(model, ids: list[int], target_start: int, position: int | None = None) -> float:
+    """Tr of the Hessian w.r.t. the head of the mean target cross-entropy (of the target token at ``position``
+    only, when given), features from the model's last hidden state held fixed, by
+    ``torch.autograd.functional.hessian`` in float64."""
     x = torch.tensor([ids])
     with torch.no_grad():
         phi = model(input_ids=x, output_hidden_states=True).hidden_states[-1][0].double()
-    rows = slice(target_start - 1, len(ids) - 1)
-    targets = x[0, target_start:]
+    rows = slice(target_start - 1, len(ids) - 1) if position is None else slice(position - 1, position)
+    targets = x[0, target_start:] if position is None else x[0, position:position + 1]
     w0 = model.lm_head.weight.detach().double()
 
     def loss(w):
@@ -46,6 +47,12 @@ def test_trace_equals_autograd_hessian(lm_folders, prompts_csv, name):
         norm_sq = float((kind.head.weight.detach().double() ** 2).sum())
         assert row["relative_sharpness"] == pytest.approx(norm_sq * expected, rel=1e-10)
     assert result.summary["n"] == 3 and result.summary["vocabulary"] == len(kind.tokenizer)
+    row = result.samples[0]
+    assert len(row["trace_h_tokens"]) == row["target_length"]
+    for t, value in enumerate(row["trace_h_tokens"]):
+        position = row["target_start"] + t
+        assert value == pytest.approx(oracle_trace(kind.model, row["input_ids"], row["target_start"], position),
+                                      rel=1e-10)
 
 
 def test_float32_model_within_1e6_of_float64_oracle(lm_folders, prompts_csv):
