@@ -1,4 +1,4 @@
-"""``flatrob attack MODEL --attack gcg --data prompts:FILE``: GCG per prompt, recording loss and head curvature per step.
+"""``flatrob attack MODEL --attack gcg --data prompts:FILE``: GCG per prompt, recording loss and head curvature.
 
 Each prompt is attacked on its own (:class:`flatcli.core.gcg.GCG`) from its initial suffix: the prompt's own
 ``suffix``, else ``suffix_init``, else ``suffix_length`` copies of the token of ``!`` (the authors' 20). A

@@ -14,7 +14,6 @@ A head tied to the input embeddings is measured as its own variable (features fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -73,9 +72,9 @@ def lm_config(kind: CausalLM, data: str, prompt: PromptOptions, head: TokenHeadO
             "device": str(device), "seed": seed, "versions": versions()}
 
 
-def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", prompt: PromptOptions = PromptOptions(),
-                 head: TokenHeadOptions = TokenHeadOptions(), seed: int = 0, on_rows: OnRows | None = None,
-                 keep_samples: bool = False) -> Result:
+def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts",
+                 prompt: PromptOptions = PromptOptions(), head: TokenHeadOptions = TokenHeadOptions(), seed: int = 0,
+                 on_rows: OnRows | None = None, keep_samples: bool = False) -> Result:
     """One row per prompt (streamed to ``on_rows``, kept with ``keep_samples``) and their summary."""
     rows = Rows(on_rows, keep_samples)
     factor = weight_factor(kind, head.weight_norm)

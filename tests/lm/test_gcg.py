@@ -91,8 +91,8 @@ def test_candidates_replace_within_topk(tokenizer):
 
 
 def test_prefix_cache_gives_the_same_trajectory(kind, run):
-    full = lm_attack(kind, PROMPTS, attack=AttackOptions(steps=5), gcg=GCGOptions(**{**SMALL.values(), "prefix_cache": False}),
-                     seed=3, keep_samples=True)
+    without = GCGOptions(**{**SMALL.values(), "prefix_cache": False})
+    full = lm_attack(kind, PROMPTS, attack=AttackOptions(steps=5), gcg=without, seed=3, keep_samples=True)
     assert not any("prefix" in note for note in run.notes)
     for a, b in zip(run.samples, full.samples):
         assert a["suffix_ids"] == b["suffix_ids"] and a["input_ids"] == b["input_ids"]

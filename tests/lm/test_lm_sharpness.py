@@ -68,7 +68,8 @@ def test_float32_model_within_1e6_of_float64_oracle(lm_folders, prompts_csv):
 def test_sharded_equals_single_and_rows_recompute(lm_folders, prompts_jsonl):
     assert (lm_folders["sharded"] / "model.safetensors.index.json").is_file()
     prompts = read_prompts(prompts_jsonl)
-    results = [lm_sharpness(CausalLM.from_folder(lm_folders[n]), prompts, keep_samples=True) for n in ("single", "sharded")]
+    results = [lm_sharpness(CausalLM.from_folder(lm_folders[n]), prompts, keep_samples=True)
+               for n in ("single", "sharded")]
     assert results[0].samples == results[1].samples
     assert results[0].config["chat_template"] == "none"  # auto without a template of the tokenizer's own
     model = CausalLM.from_folder(lm_folders["single"]).model

@@ -1,6 +1,7 @@
 """Reading a causal language model from a Hugging Face folder: safetensors only, no download, no remote code.
 
-A folder (or ``hf-hub:ORG/NAME[@REV]``, a folder of the hub's local cache) holds ``config.json`` (``architectures`` naming a ``*ForCausalLM``), the weights as
+A folder (or ``hf-hub:ORG/NAME[@REV]``, a folder of the hub's local cache) holds ``config.json``
+(``architectures`` naming a ``*ForCausalLM``), the weights as
 ``model.safetensors`` or shards listed in ``model.safetensors.index.json``, and the tokenizer's files.
 Everything is checked from the files before ``transformers`` is imported: a config that asks for code of its
 own (``auto_map``) is refused unless ``trust_embedded_code``; an architecture ``transformers`` does not ship
@@ -80,7 +81,8 @@ def read_folder(path: str | Path) -> FolderConfig:
         raise CheckpointError(f"{folder} holds a {architecture}, not a causal language model (*ForCausalLM)")
     weights = next((name for name in WEIGHT_FILES if (folder / name).is_file()), None)
     if weights is None:
-        pickled = " (pytorch_model.bin is a pickle flatrob never reads)" if (folder / "pytorch_model.bin").exists() else ""
+        pickled = " (pytorch_model.bin is a pickle flatrob never reads)" \
+            if (folder / "pytorch_model.bin").exists() else ""
         raise CheckpointError(f"{folder} has no model.safetensors or model.safetensors.index.json{pickled}; "
                               "save the model with safe_serialization (save_pretrained does by default)")
     model_type = config.get("model_type")
@@ -110,7 +112,8 @@ def needs_trust(folder: FolderConfig) -> str | None:
 
     known = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
     if folder.model_type not in known or folder.architecture not in set(known.values()):
-        return f"{folder.path} holds a {folder.architecture} (model_type {folder.model_type!r}) that transformers does not ship"
+        return (f"{folder.path} holds a {folder.architecture} (model_type {folder.model_type!r}) that transformers "
+                "does not ship")
     return None
 
 
