@@ -14,7 +14,6 @@ A head tied to the input embeddings is measured as its own variable (features fi
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
