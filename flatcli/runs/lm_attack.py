@@ -4,8 +4,8 @@ Each prompt is attacked on its own (:class:`flatcli.core.gcg.GCG`) from its init
 ``suffix``, else ``suffix_init``, else ``suffix_length`` copies of the token of ``!`` (the authors' 20). A
 trajectory row per prompt and step (step 0 = the initial suffix) holds the suffix (text and ids), the whole
 sequence (``input_ids``, ``target_start``) so that every number can be recomputed, the mean target
-cross-entropy ``loss``, ``trace_h`` over the target positions, ``relative_sharpness`` (its weight factor and
-positions as in :mod:`flatcli.runs.lm_sharpness`), ``trace_h_all_positions``, ``target_confidence`` and
+cross-entropy ``loss``, ``trace_h`` and ``relative_sharpness`` (over the target positions or all of them, with
+the weight factor, as in :mod:`flatcli.runs.lm_sharpness`), ``trace_h_all_positions``, ``target_confidence`` and
 ``exact_match`` (greedy decoding reproduces the target). Candidates use printable-ASCII tokens only unless
 ``allow_non_ascii``, never special tokens, and must survive decoding and encoding (nanoGCG's filter). Each
 prompt draws its candidates from its own generator, seeded by ``(seed, prompt index)``. The tokens before
@@ -28,6 +28,7 @@ from flatcli.options.attack import AttackOptions
 from flatcli.options.lm import GCGOptions, PromptOptions, TokenHeadOptions
 from flatcli.runs.lm_sharpness import effective_template, lm_config, template_notes, weight_factor
 from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runtime.loop import Progress
 
 #: The authors' number of GCG steps (``steps`` left unset).
 DEFAULT_STEPS = 100
@@ -74,8 +75,9 @@ def prompt_generator(seed: int, index: int) -> torch.Generator:
 def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", attack: AttackOptions = AttackOptions(),
               gcg: GCGOptions = GCGOptions(), prompt: PromptOptions = PromptOptions(),
               head: TokenHeadOptions = TokenHeadOptions(), seed: int = 0, on_rows: OnRows | None = None,
-              keep_samples: bool = False) -> Result:
-    """GCG on every prompt; trajectory rows streamed to ``on_rows`` (kept with ``keep_samples``)."""
+              keep_samples: bool = False, progress: Progress | None = None) -> Result:
+    """GCG on every prompt; trajectory rows streamed to ``on_rows`` (kept with ``keep_samples``); ``progress(done,
+    total)`` after each step, counted in steps of all prompts."""
     steps = DEFAULT_STEPS if attack.steps is None else attack.steps
     tokenizer = kind.tokenizer
     template = effective_template(kind, prompt.chat_template)
@@ -96,9 +98,11 @@ def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", a
             m = s.measures
             trace = m["trace_h"] if head.positions == "target" else m["trace_h_all_positions"]
             row = {"sample": index, "step": s.step, "suffix": tokenizer.decode(s.suffix), "suffix_ids": s.suffix,
-                   "input_ids": lay.ids(s.suffix), "target_start": attack_run.target_start, **m,
+                   "input_ids": lay.ids(s.suffix), "target_start": attack_run.target_start, **m, "trace_h": trace,
                    "relative_sharpness": factor * trace, "candidates": s.candidates}
             trajectory.append(row)
+            if progress is not None:
+                progress(index * steps + s.step, len(prompts) * steps)
             if rows.wanted:
                 rows([{k: row[k] for k in ROW_KEYS}])
         per_prompt.append({"sample": index, "goal": p.goal, "steps": trajectory[-1]["step"],

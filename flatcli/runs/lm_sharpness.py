@@ -23,7 +23,7 @@ from flatcli.inputs.data.prompts import Layout, Prompt, layout
 from flatcli.models.kinds.causal_lm import CausalLM
 from flatcli.options.lm import PromptOptions, TokenHeadOptions
 from flatcli.runs.result import OnRows, Result, Rows
-from flatcli.runtime.loop import versions
+from flatcli.runtime.loop import Progress, versions
 
 #: Numeric columns of a row, summarised over prompts.
 MEASURES = ("loss", "target_confidence", "trace_h", "trace_h_all_positions", "relative_sharpness", "feature_norm")
@@ -73,8 +73,9 @@ def lm_config(kind: CausalLM, data: str, prompt: PromptOptions, head: TokenHeadO
 
 def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts",
                  prompt: PromptOptions = PromptOptions(), head: TokenHeadOptions = TokenHeadOptions(), seed: int = 0,
-                 on_rows: OnRows | None = None, keep_samples: bool = False) -> Result:
-    """One row per prompt (streamed to ``on_rows``, kept with ``keep_samples``) and their summary."""
+                 on_rows: OnRows | None = None, keep_samples: bool = False, progress: Progress | None = None) -> Result:
+    """One row per prompt (streamed to ``on_rows``, kept with ``keep_samples``) and their summary;
+    ``progress(done, total)`` after each prompt."""
     rows = Rows(on_rows, keep_samples)
     factor = weight_factor(kind, head.weight_norm)
     columns: dict[str, list] = {k: [] for k in (*MEASURES, "exact_match")}  # per prompt, for the summary
@@ -83,6 +84,8 @@ def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts"
         values = sequence_measures(kind, ids, lay.target_start, factor, head.positions)[0]
         for k in columns:
             columns[k].append(values[k])
+        if progress is not None:
+            progress(index + 1, len(prompts))
         if rows.wanted:
             row = {"index": index, "goal": p.goal, "target_start": lay.target_start, "target_length": len(lay.target),
                    "input_ids": lay.ids(), **values}

@@ -10,7 +10,7 @@ from flatcli.core.gcg import GCG, Search, sample_candidates
 from flatcli.inputs.data.prompts import Prompt
 from flatcli.models.kinds import CausalLM
 from flatcli.options.attack import AttackOptions
-from flatcli.options.lm import GCGOptions
+from flatcli.options.lm import GCGOptions, TokenHeadOptions
 from flatcli.runs.lm_attack import ROW_KEYS, lm_attack, not_allowed_tokens
 
 from .conftest import GOALS, tiny_llama
@@ -98,3 +98,12 @@ def test_prefix_cache_gives_the_same_trajectory(kind, run):
         assert a["suffix_ids"] == b["suffix_ids"] and a["input_ids"] == b["input_ids"]
         for key in ("loss", "trace_h", "trace_h_all_positions", "target_confidence"):
             assert a[key] == pytest.approx(b[key], rel=1e-5)
+
+
+def test_all_positions_and_progress(kind):
+    seen = []
+    r = lm_attack(kind, PROMPTS[:1], attack=AttackOptions(steps=2), gcg=SMALL, keep_samples=True,
+                  head=TokenHeadOptions(positions="all", weight_norm="none"), progress=lambda *a: seen.append(a))
+    assert seen == [(0, 2), (1, 2), (2, 2)]
+    for row in r.samples:
+        assert row["trace_h"] == row["relative_sharpness"] == row["trace_h_all_positions"]
