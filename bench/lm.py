@@ -13,7 +13,8 @@ On a random Llama (``--vocab``, ``--hidden``, ``--layers``; eager attention) and
 It also prints the float64 values one vocabulary chunk of the closed form holds (the memory bound,
 :data:`flatcli.core.token_curvature.CHUNK_VALUES`) at the GCG batch's rows.
 
-Usage: ``python bench/lm.py [--device cpu|cuda] [--repeats 3]``. Prints a table and ratios.
+Usage: ``python bench/lm.py [--device cpu|cuda] [--repeats 3]``. Prints a table and ratios. A 7B-shaped Llama on a
+GPU: ``--device cuda --vocab 32000 --hidden 4096 --layers 32 --dtype bf16 --search-width 512``.
 """
 
 from __future__ import annotations
@@ -33,14 +34,17 @@ from flatcli.models.kinds.causal_lm import CausalLM  # noqa: E402
 from flatcli.runs.lm_sharpness import sequence_measures  # noqa: E402
 
 
-def random_llama(vocab: int, hidden: int, layers: int, device) -> CausalLM:
+def random_llama(vocab: int, hidden: int, layers: int, device, dtype: torch.dtype) -> CausalLM:
+    """Llama-shaped (intermediate 2.6875 x hidden, heads of 128 above 1024 hidden), random weights, seed 0."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                         num_attention_heads=max(1, hidden // 64), max_position_embeddings=1024,
-                         attn_implementation="eager")
-    return CausalLM(LlamaForCausalLM(config).eval().to(device))
+    config = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=int(2.6875 * hidden),
+                         num_hidden_layers=layers, num_attention_heads=max(1, hidden // (128 if hidden > 1024 else 64)),
+                         max_position_embeddings=1024, attn_implementation="eager")
+    with torch.device(device):
+        model = LlamaForCausalLM(config).to(dtype)
+    return CausalLM(model.eval())
 
 
 def main() -> None:
@@ -55,10 +59,12 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=12)
     parser.add_argument("--suffix", type=int, default=20)
     parser.add_argument("--search-width", type=int, default=128)
+    parser.add_argument("--dtype", choices=("fp32", "bf16", "fp16"), default="fp32")
     args = parser.parse_args()
     device = torch.device(args.device)
     clock = "wall" if device.type == "cuda" else "cpu"  # process CPU time: steadier on a shared machine
-    kind = random_llama(args.vocab, args.hidden, args.layers, device)
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    kind = random_llama(args.vocab, args.hidden, args.layers, device, dtype)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(3, args.vocab, (1, args.length), generator=g) for _ in range(args.prompts)]
     start = args.length - args.target

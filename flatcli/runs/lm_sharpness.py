@@ -19,7 +19,8 @@ import torch
 
 from flatcli.core.statistics import describe_columns
 from flatcli.core.token_curvature import sequence_means, weight_norm_sq
-from flatcli.inputs.data.prompts import Layout, Prompt, layout
+from flatcli.errors import OptionError
+from flatcli.inputs.data.prompts import Layout, Prompt, layout, prompts_path, read_prompts
 from flatcli.models.kinds.causal_lm import CausalLM
 from flatcli.options.lm import PromptOptions, TokenHeadOptions
 from flatcli.runs.result import OnRows, Result, Rows
@@ -57,6 +58,17 @@ def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, fact
     out = {**target, "trace_h": chosen["trace_h"], "trace_h_all_positions": every["trace_h"],
            "relative_sharpness": factor * chosen["trace_h"], "feature_norm": chosen["feature_norm"]}
     return [{k: out[k][i].tolist() for k in ("exact_match", *MEASURES, "trace_h_tokens")} for i in range(len(ids))]
+
+
+def open_run(model, data: str, *, tokenizer=None, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
+             trust_embedded_code: bool = False, limit: int | None = None) -> tuple[CausalLM, list[Prompt]]:
+    """The language model (a folder, ``hf-hub:`` reference or in-memory model with ``tokenizer``) and the prompts
+    of ``data`` (``prompts:FILE``) of a run."""
+    path = prompts_path(data)
+    if path is None:
+        raise OptionError("data", f"a language model reads prompts: give {{}} prompts:FILE, got {data!r}")
+    prompts = read_prompts(path, limit)
+    return CausalLM.open(model, tokenizer, dtype=dtype, device=device, trust_embedded_code=trust_embedded_code), prompts
 
 
 def prompt_layouts(kind: CausalLM, prompts: list[Prompt], options: PromptOptions) -> list[Layout]:

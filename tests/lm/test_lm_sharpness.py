@@ -177,3 +177,13 @@ def test_inspect_reports_the_head(lm_folders):
     assert (info["vocabulary"], info["hidden"]) == tuple(weight.shape)
     assert info["head_weight_norm"] == pytest.approx(float(weight.norm()), rel=1e-12)
     assert info["architecture"] == "LlamaForCausalLM"
+
+
+def test_open_run_reads_model_and_prompts(lm_folders, prompts_csv):
+    from flatcli.errors import OptionError
+    from flatcli.runs.lm_sharpness import open_run
+
+    kind, prompts = open_run(str(lm_folders["single"]), f"prompts:{prompts_csv}", limit=2)
+    assert len(prompts) == 2 and kind.head.out_features == len(kind.tokenizer)
+    with pytest.raises(OptionError, match="data= prompts:FILE"):
+        open_run(str(lm_folders["single"]), "digits")
