@@ -1,7 +1,7 @@
 """Greedy coordinate gradient (GCG, Zou et al. 2023) that measures the head's curvature of every candidate.
 
 A prompt is ``before + suffix + after + target`` token ids; GCG minimises the mean cross-entropy of the
-target tokens over the suffix. Each step (nanoGCG's algorithm, without its prefix cache and buffer):
+target tokens over the suffix. Each step (nanoGCG's algorithm, without its buffer of suffixes and mellowmax loss):
 
 1. the gradient of the loss w.r.t. the one-hot suffix ``e`` (n x k), through ``e @ E`` (E the input
    embeddings);

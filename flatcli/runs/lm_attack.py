@@ -37,15 +37,18 @@ ROW_KEYS = ("sample", "step", "suffix", "suffix_ids", "input_ids", "target_start
             "relative_sharpness", "trace_h_all_positions", "target_confidence", "exact_match", "candidates")
 
 
-def not_allowed_tokens(tokenizer) -> torch.Tensor:
-    """Ids of tokens that do not decode to printable ASCII, and the special tokens (nanoGCG's set)."""
-    bad = [i for i in range(len(tokenizer)) if not (lambda s: s.isascii() and s.isprintable())(tokenizer.decode([i]))]
-    bad += [i for i in tokenizer.all_special_ids]
-    return torch.tensor(sorted(set(bad)), dtype=torch.long)
+def not_allowed_tokens(tokenizer, rows: int, allow_non_ascii: bool = False) -> torch.Tensor:
+    """Ids a candidate may not use: the special tokens, the embedding rows beyond the tokenizer's vocabulary
+    (``rows`` of them in all: padding) and, unless ``allow_non_ascii``, tokens that do not decode to printable
+    ASCII (nanoGCG's set)."""
+    bad = set(tokenizer.all_special_ids) | set(range(len(tokenizer), rows))
+    if not allow_non_ascii:
+        bad |= {i for i in range(len(tokenizer)) if not _printable_ascii(tokenizer.decode([i]))}
+    return torch.tensor(sorted(bad), dtype=torch.long)
 
 
-def special_tokens(tokenizer) -> torch.Tensor:
-    return torch.tensor(sorted(set(tokenizer.all_special_ids)), dtype=torch.long)
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
 
 
 def survives_retokenizing(tokenizer):
@@ -83,14 +86,15 @@ def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", a
     template = effective_template(kind, prompt.chat_template)
     factor = weight_factor(kind, head.weight_norm)
     search = Search(gcg.search_width, gcg.topk, gcg.n_replace, gcg.candidate_batch)
-    not_allowed = special_tokens(tokenizer) if gcg.allow_non_ascii else not_allowed_tokens(tokenizer)
+    embedding = kind.model.get_input_embeddings()
+    not_allowed = not_allowed_tokens(tokenizer, embedding.weight.shape[0], gcg.allow_non_ascii)
     keep = survives_retokenizing(tokenizer)
     rows = Rows(on_rows, keep_samples)
     per_prompt, curves, dropped = [], [], 0
     for index, p in enumerate(prompts):
         suffix = initial_suffix(tokenizer, p, gcg)
         lay = layout(p, tokenizer, template, prompt.system, suffix="")
-        attack_run = GCG(kind.features, kind.head, kind.model.get_input_embeddings(), lay.before,
+        attack_run = GCG(kind.features, kind.head, embedding, lay.before,
                          lay.after, lay.target, search, not_allowed=not_allowed, keep=keep,
                          prefix=kind.prefix if gcg.prefix_cache else None)
         trajectory = []

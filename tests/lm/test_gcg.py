@@ -77,8 +77,10 @@ def test_early_stop_when_greedy_reproduces_target(kind, tokenizer):
 def test_candidates_replace_within_topk(tokenizer):
     g = torch.Generator().manual_seed(0)
     suffix = torch.tensor([5, 6, 7, 8])
-    grad = torch.randn(4, len(tokenizer))
-    banned = not_allowed_tokens(tokenizer)
+    grad = torch.randn(4, len(tokenizer) + 8)
+    banned = not_allowed_tokens(tokenizer, len(tokenizer) + 8)
+    assert set(range(len(tokenizer), len(tokenizer) + 8)) <= set(banned.tolist())
+    assert set(banned.tolist()) >= set(not_allowed_tokens(tokenizer, len(tokenizer), True).tolist())
     cands = sample_candidates(suffix, grad, Search(search_width=30, topk=5, n_replace=2), g, banned)
     masked = grad.clone()
     masked[:, banned] = torch.inf
