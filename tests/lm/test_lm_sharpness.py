@@ -187,3 +187,14 @@ def test_open_run_reads_model_and_prompts(lm_folders, prompts_csv):
     assert len(prompts) == 2 and kind.head.out_features == len(kind.tokenizer)
     with pytest.raises(OptionError, match="data= prompts:FILE"):
         open_run(str(lm_folders["single"]), "digits")
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_half_precision_models(lm_folders, prompts_csv, dtype):
+    """Weights in half precision: the closed form still runs in float64 on the captured features, near fp32's."""
+    prompts = read_prompts(prompts_csv)
+    half = lm_sharpness(CausalLM.from_folder(lm_folders["single"], dtype=dtype), prompts, keep_samples=True)
+    full = lm_sharpness(CausalLM.from_folder(lm_folders["single"]), prompts, keep_samples=True)
+    assert half.config["dtype"] == {"bf16": "bfloat16", "fp16": "float16"}[dtype]
+    for a, b in zip(half.samples, full.samples):
+        assert a["trace_h"] == pytest.approx(b["trace_h"], rel=5e-2)
