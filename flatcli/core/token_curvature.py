@@ -117,3 +117,19 @@ def sequence_means(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     at_target = {k: v[:, target_start - 1:length - 1] for k, v in tm.items()}
     target = {**_target_means(at_target, ids[:, target_start:]), "trace_h_tokens": at_target["trace_h"]}
     return target, {k: tm[k].mean(1) for k in ("trace_h", "feature_norm")}
+
+
+def prompt_means(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor, *,
+                 values: int = CHUNK_VALUES) -> dict[str, torch.Tensor]:
+    """Label-free measures of prompts ``ids`` (B, L) with features ``phi`` (B, L, m), nothing of a target needed:
+    ``log_perplexity``, the mean cross-entropy of each prompt token given those before it (positions 0 .. L - 2
+    predicting tokens 1 .. L - 1; the perplexity filter of Jain et al. 2023), ``trace_h_prompt`` the mean trace
+    over the same positions, and ``trace_h_last`` the trace at the last position (the one predicting the answer).
+    """
+    b, length, m = phi.shape
+    ids = ids.to(phi.device)
+    following = ids.roll(-1, dims=1)
+    tm = token_measures(phi.reshape(-1, m), weight, bias, following.reshape(-1), values=values)
+    tm = {k: v.reshape(b, length) for k, v in tm.items()}
+    return {"log_perplexity": tm["loss"][:, :-1].mean(1), "trace_h_prompt": tm["trace_h"][:, :-1].mean(1),
+            "trace_h_last": tm["trace_h"][:, -1]}

@@ -112,7 +112,7 @@ def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", a
         per_prompt.append({"sample": index, "goal": p.goal, "steps": trajectory[-1]["step"],
                            "initial_loss": trajectory[0]["loss"], "final_loss": trajectory[-1]["loss"],
                            "best_loss": min(r["loss"] for r in trajectory), "success": trajectory[-1]["exact_match"],
-                           "suffix": trajectory[-1]["suffix"]})
+                           "suffix": trajectory[-1]["suffix"], "suffix_ids": trajectory[-1]["suffix_ids"]})
         curves.append([r["relative_sharpness"] for r in trajectory])
         dropped += attack_run.prefix_dropped
     config = {**lm_config(kind, data, prompt, head, kind.device, seed), "attack": "gcg", "steps": steps,

@@ -60,8 +60,9 @@ class Layout:
         """The whole sequence, with another suffix of the same length when given."""
         return [*self.before, *(self.suffix if suffix is None else suffix), *self.after, *self.target]
 
-    def with_suffix(self, suffix) -> "Layout":
-        return Layout(self.before, tuple(int(t) for t in suffix), self.after, self.target)
+    def prompt_ids(self, suffix: tuple[int, ...] | list[int] | None = None) -> list[int]:
+        """The sequence up to the target (what a model is asked), with another suffix when given."""
+        return [*self.before, *(self.suffix if suffix is None else suffix), *self.after]
 
 
 def prompts_path(data: str) -> Path | None:
