@@ -47,6 +47,7 @@ def test_templates_place_suffix_and_target(tokenizer):
         assert lay.ids()[lay.target_start:] == list(lay.target)
     with_system = render(template_source("llama-2", tokenizer), chat(prompt, "be brief"), tokenizer)
     assert with_system == "<s>[INST] <<SYS>>\nbe brief\n<</SYS>>\n\ntell me a story{optim_str} [/INST]"
+    assert render(None, chat(prompt, "be brief"), tokenizer) == "be brief\ntell me a story{optim_str}"
 
 
 def test_template_file_and_refusals(tmp_path, tokenizer):

@@ -7,9 +7,9 @@ where the suffix goes). Without ``messages`` the chat is one user turn, ``goal +
 convention: the suffix's own tokens carry its leading space), after a system turn when a system prompt is
 given.
 
-A chat template (``auto``: the tokenizer's own; ``none``: the user turn as plain text; ``vicuna``,
-``llama-2``: the fastchat conversation templates the paper's authors used, shipped as Jinja files since
-those checkpoints carry none; or a ``.jinja`` file) renders the chat with the generation prompt; the text is
+A chat template (``auto``: the tokenizer's own; ``none``: the system prompt and user turns as plain text, one
+a line; ``vicuna``, ``llama-2``: the fastchat conversation templates the paper's authors used, shipped as
+Jinja files since those checkpoints carry none; or a ``.jinja`` file) renders the chat with the generation prompt; the text is
 split at the placeholder and each part tokenized alone, as GCG does, so a suffix is a list of token ids that
 never merges with its neighbours. The target follows the generation prompt, after a space when the prompt
 ends in a non-space character (``ASSISTANT:``, ``[/INST]``).
@@ -156,9 +156,9 @@ def chat(prompt: Prompt, system: str | None) -> list[dict]:
 
 
 def render(source: str | None, messages: list[dict], tokenizer) -> str:
-    """The chat as text up to the generation prompt (``none``: the user turns, joined by newlines)."""
+    """The chat as text up to the generation prompt (``none``: the system and user turns, joined by newlines)."""
     if source is None:
-        return "\n".join(m["content"] for m in messages if m["role"] == "user")
+        return "\n".join(m["content"] for m in messages if m["role"] in ("system", "user"))
     from jinja2 import TemplateError
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
