@@ -20,9 +20,9 @@ class PromptOptions(Group):
 
     title = "Prompts"
 
-    chat_template: str = text("auto", "Chat template: auto (the tokenizer's), none (goal, suffix, target as plain "
-                              "text), vicuna or llama-2 (the fastchat templates the paper's authors used), or a "
-                              ".jinja file.", metavar="NAME|FILE")
+    chat_template: str = text("auto", "Chat template: auto (the tokenizer's, else none), none (system, goal + "
+                              "suffix, target as plain text), vicuna or llama-2 (the fastchat templates the paper's "
+                              "authors used), or a .jinja file.", metavar="NAME|FILE")
     system: str | None = text(None, "System prompt placed before the user turn (default: the template's own).")
 
 
