@@ -125,6 +125,13 @@ def _transformers():
     return transformers
 
 
+def _dtype_keyword(transformers) -> str:
+    """``dtype`` (transformers >= 4.56) or ``torch_dtype`` (before): what ``from_pretrained`` calls it."""
+    from packaging.version import Version
+
+    return "dtype" if Version(transformers.__version__) >= Version("4.56") else "torch_dtype"
+
+
 def load_folder(path: str | Path, *, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
                 trust_embedded_code: bool = False):
     """``(model, tokenizer, folder)`` from a Hugging Face folder, in eval mode on ``device``.
@@ -152,8 +159,9 @@ def load_folder(path: str | Path, *, dtype: str = "fp32", device: torch.device =
 
     with refusing(check, CheckpointError):
         try:
+            precision = {_dtype_keyword(transformers): DTYPES[dtype]}
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                folder.path, use_safetensors=True, dtype=DTYPES[dtype], attn_implementation="eager", **options)
+                folder.path, use_safetensors=True, attn_implementation="eager", **precision, **options)
             tokenizer = transformers.AutoTokenizer.from_pretrained(folder.path, **options)
         except (OSError, ValueError, KeyError) as exc:
             words = " ".join(str(exc).split())[:300]
