@@ -82,7 +82,7 @@ def sample_candidates(suffix: Tensor, grad: Tensor, search: Search, generator: t
 class GCG:
     """GCG on one prompt layout; :meth:`run` yields a :class:`Step` per step, step 0 first.
 
-    With ``prefix`` (``prefix(before) -> Prefix``, e.g. :meth:`flatcli.models.kinds.causal_lm.CausalLM.prefix`)
+    With ``prefix`` (``prefix(before) -> Prefix``, or None where the model cannot cache, e.g. :meth:`flatcli.models.kinds.causal_lm.CausalLM.prefix`)
     the tokens before the suffix run once: their keys and values are cached and their features kept (causal
     attention: no later token changes them), and each candidate runs only from its suffix on. Step 0 checks that
     the cached and the full forward pass agree (:data:`PREFIX_RTOL`) and drops the cache otherwise
@@ -91,7 +91,8 @@ class GCG:
 
     def __init__(self, features: Features, head: nn.Linear, embedding: nn.Embedding, before: Tensor, after: Tensor,
                  target: Tensor, search: Search = Search(), *, not_allowed: Tensor | None = None,
-                 keep: Callable[[Tensor], Tensor] | None = None, prefix: Callable[[Tensor], "Prefix"] | None = None):
+                 keep: Callable[[Tensor], Tensor] | None = None,
+                 prefix: Callable[[Tensor], "Prefix | None"] | None = None):
         """``before``/``after``/``target``: 1-D token ids around the suffix; ``keep(candidates)`` a bool mask of
         the candidates to evaluate (when it keeps none, all are evaluated)."""
         self.features, self.head, self.embedding, self.search = features, head, embedding, search

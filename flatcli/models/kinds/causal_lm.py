@@ -94,12 +94,14 @@ class CausalLM(ModelKind):
             self._verified = True
         return phi, logits
 
-    def prefix(self, ids: Tensor) -> "CachedPrefix":
-        """Token ids (P,) run once: their head features and key/value cache (:class:`flatcli.core.gcg.Prefix`)."""
+    def prefix(self, ids: Tensor) -> "CachedPrefix | None":
+        """Token ids (P,) run once: their head features and key/value cache (:class:`flatcli.core.gcg.Prefix`);
+        None when the model's cache cannot be copied for a batch (a legacy tuple cache)."""
         with torch.no_grad():
             phi, _ = self.features(ids.to(self.device)[None])
             out = self.model(input_ids=ids.to(self.device)[None], use_cache=True)
-        return CachedPrefix(int(ids.numel()), phi[0], out[self._cache_keyword])
+        cache = out[self._cache_keyword]
+        return CachedPrefix(int(ids.numel()), phi[0], cache) if hasattr(cache, "batch_repeat_interleave") else None
 
     @property
     def _cache_keyword(self) -> str:
