@@ -139,15 +139,17 @@ def test_unknown_architecture_and_pickles_refused(tmp_path, lm_folders):
 
 
 def test_in_memory_model_and_folder_dispatch(lm_folders, tokenizer, prompts_csv, tmp_path):
-    from flatcli.errors import UsageError
+    from flatcli.errors import OptionError
     from flatcli.models.kinds.hf_folder import is_causal_lm_folder
 
     from .conftest import tiny_llama
 
     assert is_causal_lm_folder(lm_folders["single"]) and not is_causal_lm_folder(tmp_path)
     model = tiny_llama(len(tokenizer))
-    with pytest.raises(UsageError, match="tokenizer"):
+    with pytest.raises(OptionError, match="give tokenizer="):
         CausalLM.open(model)
+    with pytest.raises(OptionError, match="dtype= must be one of"):
+        CausalLM.open(lm_folders["single"], dtype="fp8")
     result = lm_sharpness(CausalLM.open(model, tokenizer), read_prompts(prompts_csv), keep_samples=True)
     on_disk = lm_sharpness(CausalLM.open(lm_folders["single"]), read_prompts(prompts_csv), keep_samples=True)
     for a, b in zip(result.samples, on_disk.samples):  # sdpa in memory, eager from the folder

@@ -16,7 +16,7 @@ import inspect
 import torch
 from torch import Tensor, nn
 
-from flatcli.errors import LayerError, UsageError
+from flatcli.errors import LayerError, OptionError
 from flatcli.models.kinds.base import HeadBatch, ModelKind
 
 #: |head(phi) - logits| allowed, in units of the dtype's eps times max(1, max |logits|).
@@ -56,7 +56,7 @@ class CausalLM(ModelKind):
         in eval mode; ``dtype``/``device`` apply to folders only)."""
         if isinstance(model, nn.Module):
             if tokenizer is None:
-                raise UsageError("an in-memory language model needs its tokenizer (tokenizer=...)")
+                raise OptionError("tokenizer", "an in-memory language model needs its tokenizer: give {}")
             return cls(model.eval(), tokenizer, source=f"in-memory {type(model).__name__}")
         return cls.from_folder(model, dtype=dtype, device=device, trust_embedded_code=trust_embedded_code)
 

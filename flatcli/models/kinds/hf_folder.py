@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from flatcli.errors import CheckpointError, MissingExtraError, UsageError
+from flatcli.errors import CheckpointError, MissingExtraError, OptionError
 from flatcli.inputs.audit import NETWORK_EVENTS, refusing
 
 #: ``--dtype`` names and the torch dtypes the weights are loaded in.
@@ -141,7 +141,7 @@ def load_folder(path: str | Path, *, dtype: str = "fp32", device: torch.device =
     ``trust_embedded_code``.
     """
     if dtype not in DTYPES:
-        raise UsageError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        raise OptionError("dtype", f"{{}} must be one of {', '.join(DTYPES)}, got {dtype!r}")
     folder = read_folder(resolve(path))
     if not trust_embedded_code and folder.remote_code:
         raise CheckpointError(f"{needs_trust(folder)}; flatrob runs no code from a checkpoint unless "
