@@ -109,12 +109,17 @@ def test_logit_soft_capping_is_refused(tmp_path, tokenizer, prompts_csv):
         lm_sharpness(CausalLM.from_folder(tmp_path), read_prompts(prompts_csv))
 
 
+def copied(source, folder) -> dict:
+    """A copy of the model folder ``source`` at ``folder``; its config."""
+    folder.mkdir(parents=True)
+    for f in source.iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    return json.loads((folder / "config.json").read_text())
+
+
 def test_remote_code_refused_and_never_imported(tmp_path, lm_folders):
     folder = tmp_path / "remote"
-    folder.mkdir()
-    for f in lm_folders["single"].iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    config = json.loads((folder / "config.json").read_text())
+    config = copied(lm_folders["single"], folder)
     config["auto_map"] = {"AutoModelForCausalLM": "modeling_evil_flatrob.EvilForCausalLM"}
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "modeling_evil_flatrob.py").write_text("raise SystemExit('imported')\n")
@@ -125,10 +130,7 @@ def test_remote_code_refused_and_never_imported(tmp_path, lm_folders):
 
 def test_unknown_architecture_and_pickles_refused(tmp_path, lm_folders):
     folder = tmp_path / "odd"
-    folder.mkdir()
-    for f in lm_folders["single"].iterdir():
-        (folder / f.name).write_bytes(f.read_bytes())
-    config = json.loads((folder / "config.json").read_text())
+    config = copied(lm_folders["single"], folder)
     (folder / "config.json").write_text(json.dumps({**config, "architectures": ["EvilForCausalLM"]}))
     with pytest.raises(CheckpointError, match="does not ship"):
         CausalLM.from_folder(folder)
@@ -162,9 +164,7 @@ def test_hub_reference_from_the_local_cache_only(lm_folders, tmp_path):
     from flatcli.models.kinds.hf_folder import resolve
 
     snapshot = tmp_path / "models--org--tiny" / "snapshots" / ("a" * 40)
-    snapshot.mkdir(parents=True)
-    for f in lm_folders["single"].iterdir():
-        (snapshot / f.name).write_bytes(f.read_bytes())
+    copied(lm_folders["single"], snapshot)
     (tmp_path / "models--org--tiny" / "refs").mkdir()
     (tmp_path / "models--org--tiny" / "refs" / "main").write_text("a" * 40)
     assert resolve("hf-hub:org/tiny", cache_dir=tmp_path) == snapshot
