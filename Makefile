@@ -1,5 +1,5 @@
 # make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up (with the extras the tests
-# use: timm, hub, robustbench, hf, docs), then the suite; make docs: same set-up, then the manual (docs/) as a
+# use: timm, hub, robustbench, hf, llm, docs), then the suite; make docs: same set-up, then the manual (docs/) as a
 # website in site/, any warning an error; make gpu-check: the CUDA tests and throughput figures (says so and
 # succeeds on a machine without CUDA).
 PYTHON ?= python3
@@ -15,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/pip install -q -e ".[test,plot,hf,timm,hub,robustbench,docs]"
+	$(BIN)/pip install -q -e ".[test,plot,hf,timm,hub,robustbench,llm,docs]"
 	# torchattacks 3.5.1 pins requests~=2.25.1, which datasets/huggingface_hub outgrew (the pin is stale: it
 	# only downloads weights with it); its real needs (torch, scipy, numpy, tqdm) are installed above.
 	$(BIN)/pip install -q --no-deps "torchattacks>=3.5"
