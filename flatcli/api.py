@@ -25,9 +25,12 @@ available); its train/eval mode is restored after each call.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import inspect as _inspect
+import os
+import sys
 from typing import Any
 
 import torch
@@ -45,6 +48,8 @@ from flatcli.options import (
 from flatcli.options.bound import BoundChecks
 from flatcli.options.calls import Chosen, accepts
 from flatcli.options.detect import DetectOptions
+from flatcli.core.gcg import KIND as GCG_KIND
+from flatcli.options.lm import GCGOptions, LanguageModelOptions, PositionOptions, PromptOptions, TokenHeadOptions
 from flatcli.options.sweep import SweepOptions
 from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
 from flatcli.runs import attack as attack_run
@@ -220,19 +225,71 @@ def _spec_layers(chosen: Chosen, ctx: RunContext) -> tuple[str, ...]:
 
 
 COMMON = (ModelOptions, DataOptions, RunOptions)
+#: What a causal language model reads beyond the common options (:mod:`flatcli.options.lm`).
+LANGUAGE = (PromptOptions, PositionOptions, LanguageModelOptions)
+
+
+def _language_model(model, data) -> bool:
+    """Whether a call measures a causal language model (the model-kind seam, :mod:`flatcli.models.kinds`):
+    ``prompts:`` data, a Hugging Face causal-LM folder or ``hf-hub:`` reference, or an in-memory transformers
+    model."""
+    if isinstance(data, str) and data.strip().startswith("prompts:"):
+        return True
+    if isinstance(model, nn.Module):
+        transformers = sys.modules.get("transformers")
+        return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+    if isinstance(model, (str, os.PathLike)):
+        from flatcli.models.kinds.hf_folder import is_causal_lm_folder
+
+        return is_causal_lm_folder(model)
+    return False
+
+
+def _only_for(chosen: Chosen, kinds: tuple, what: str, but: tuple[str, ...] = ()) -> None:
+    """Refuse the options of groups ``kinds`` that were given (except ``but``): they do not apply to ``what``."""
+    given = [name for kind in kinds if hasattr(chosen, kind.key) and isinstance(getattr(chosen, kind.key), kind)
+             for name in getattr(chosen, kind.key).given() if name not in but]
+    if given:
+        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + f" do not apply to {what}; drop them")
+
+
+def _open_language_model(model, data, chosen: Chosen, tokenizer):
+    """The causal language model and the prompts of a call, the options for images refused."""
+    from flatcli.runs.lm_sharpness import open_run
+
+    _only_for(chosen, (ModelOptions, DataOptions, SpeedOptions, LayerOptions, HeadOptions, TakeoffOptions),
+              "a language model", but=("trust_embedded_code", "limit", "data", "weight_norm"))
+    torch.manual_seed(chosen.run.seed)
+    return open_run(model, data, tokenizer=tokenizer, dtype=chosen.lm.dtype, device=device_for(chosen.run.device),
+                    trust_embedded_code=chosen.model.trust_embedded_code, limit=chosen.data.limit)
+
+
+def _token_head(chosen: Chosen) -> TokenHeadOptions:
+    return TokenHeadOptions(positions=chosen.positions.positions, weight_norm=chosen.head.weight_norm)
 
 
 @_one_plan
-@accepts(*COMMON, SpeedOptions, HeadOptions, LayerOptions)
+@accepts(*COMMON, SpeedOptions, HeadOptions, LayerOptions, *LANGUAGE)
 @_each_checkpoint
-def sharpness(model, data=None, *, chosen: Chosen, samples: bool = True, on_rows: OnRows | None = None,
-              progress: Progress | None = None) -> Result:
+def sharpness(model, data=None, *, chosen: Chosen, tokenizer=None, samples: bool = True,
+              on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob sharpness``: the closed-form relative sharpness of the head, per sample and per data set.
 
     ``layers`` (names, or a comma-separated string; default the spec's) adds the traces of earlier
     layers, measured by ``layer_method`` (``auto``: exact per sample where the network is piecewise linear
     in the layer, else Hutchinson; see :mod:`flatcli.runs.layers`); ``hutchinson`` probes the head too.
+
+    A causal language model (a Hugging Face folder, ``hf-hub:`` reference, or an in-memory transformers
+    model with its ``tokenizer``) on ``prompts:FILE`` data gets one row per prompt: the head's curvature per
+    token, averaged over the ``positions`` that predict the target (:mod:`flatcli.runs.lm_sharpness`).
     """
+    if _language_model(model, data):
+        from flatcli.runs.lm_sharpness import lm_sharpness
+
+        kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+        return lm_sharpness(kind, prompts, data=data, prompt=chosen.prompt, head=_token_head(chosen),
+                            seed=chosen.run.seed, on_rows=on_rows, keep_samples=samples, progress=progress)
+    _only_for(chosen, LANGUAGE, "an image classifier (they are for language models and prompts: data)")
     settings = sharpness_run.SharpnessSettings.from_groups(chosen)
     ctx = _context(model, data, chosen, progress=progress)
     settings.layers = _spec_layers(chosen, ctx)
@@ -240,10 +297,10 @@ def sharpness(model, data=None, *, chosen: Chosen, samples: bool = True, on_rows
 
 
 @_one_plan
-@accepts(*COMMON, SpeedOptions, AttackOptions, HeadOptions, LayerOptions, TakeoffOptions)
+@accepts(*COMMON, SpeedOptions, AttackOptions, HeadOptions, LayerOptions, TakeoffOptions, *LANGUAGE, GCGOptions)
 @_each_checkpoint
 def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, save_adv=None, plot=None,
-           resume=None, samples: bool = True, on_rows: OnRows | None = None,
+           resume=None, tokenizer=None, samples: bool = True, on_rows: OnRows | None = None,
            progress: Progress | None = None) -> Result:
     """``flatrob attack``: PGD recording loss and sharpness along every trajectory (uncanny valley, take-off).
 
@@ -253,7 +310,15 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
     names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
     at every step too (``layer_method``, ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
+
+    On a causal language model with ``prompts:FILE`` data the attack is GCG (``attack="gcg"``, the GCG options;
+    :mod:`flatcli.runs.lm_attack`): one trajectory row per prompt and step, streamed to ``trajectory``.
     """
+    if _language_model(model, data) or chosen.attack.attack == GCG_KIND:
+        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, refused={
+            "targeted": targeted, "save_adv": save_adv, "plot": plot, "resume": resume}, samples=samples,
+            on_rows=on_rows, progress=progress)
+    _only_for(chosen, (*LANGUAGE, GCGOptions), "an image classifier (they are for language models and prompts: data)")
     settings = attack_run.AttackSettings.from_groups(chosen, targeted=targeted)
     attack_run.trajectory_format(trajectory)
     if save_adv == "-":
@@ -264,6 +329,44 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     settings.layers = _spec_layers(chosen, ctx)
     return attack_run.attack(ctx, settings, trajectory=trajectory, save_adv=save_adv, plot=plot, on_rows=on_rows,
                              keep_samples=samples)
+
+
+def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, refused: dict, samples, on_rows, progress) -> Result:
+    """GCG on a causal language model's prompts, its trajectory rows streamed to ``trajectory`` (and ``on_rows``)."""
+    from flatcli.outputs.writer import ResultWriter
+    from flatcli.runs.lm_attack import lm_attack
+
+    if not _language_model(model, data):
+        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
+                          "model and {} prompts:FILE")
+    if chosen.attack.attack not in (None, GCG_KIND):
+        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model is attacked by "
+                          f"{GCG_KIND}")
+    given = [name for name, value in refused.items() if value is not None]
+    given += [name for name in chosen.attack.given() if name not in ("attack", "steps")]
+    if given:
+        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to GCG on a language model; "
+                          "drop them")
+    fmt = attack_run.trajectory_format(trajectory)
+    check_outputs(trajectory=trajectory)
+    kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+    writer = ResultWriter(fmt, trajectory, command="attack") if trajectory else None
+
+    def both(rows):
+        if writer is not None:
+            writer.rows(rows)
+        if on_rows is not None:
+            on_rows(rows)
+
+    with writer if writer is not None else contextlib.nullcontext():
+        result = lm_attack(kind, prompts, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
+                           head=_token_head(chosen), seed=chosen.run.seed,
+                           on_rows=both if writer is not None or on_rows is not None else None,
+                           keep_samples=samples, progress=progress)
+        result.config["trajectory"] = trajectory
+        if writer is not None:
+            writer.finish(result.config, result.summary)
+    return result
 
 
 @_one_plan
@@ -416,6 +519,12 @@ def _apply(model, data, detector, chosen: Chosen, *, force, samples, on_rows, pr
 def inspect(model, *, chosen: Chosen) -> Result:
     """``flatrob inspect``: what a checkpoint holds (architecture, parameters, linear layers, specs)."""
     options = chosen.model
+    if _language_model(model, None):
+        from flatcli.models.kinds.causal_lm import CausalLM
+        from flatcli.runtime.loop import versions
+
+        summary = CausalLM.open(model, trust_embedded_code=options.trust_embedded_code).inspect()
+        return Result("inspect", {"checkpoint": str(model), "versions": versions()}, summary, [])
     loaded = _load(model, options, torch.device("cpu"), False)
     if loaded.checkpoint is None:
         raise UsageError("inspect describes a checkpoint file; pass its path or example:NAME")

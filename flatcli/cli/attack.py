@@ -15,6 +15,7 @@ from flatcli.options import (
     AttackOptions, CheckpointListOptions, DataOptions, HeadOptions, LayerOptions, ModelOptions, OutputOptions,
     ResumeOptions, RunOptions, SpeedOptions, TakeoffOptions,
 )
+from flatcli.options.lm import GCGOptions, LanguageModelOptions, PositionOptions, PromptOptions
 
 Targeted = Annotated[Optional[str], typer.Option(
     "--targeted", help="Targeted attack towards class CLASS, or least-likely (the lowest clean logit).",
@@ -33,10 +34,13 @@ def attack(checkpoint: Checkpoints = None, checkpoints: CheckpointListOptions = 
            data: DataOptions = None, run: RunOptions = None, output: OutputOptions = None,
            attack: AttackOptions = None, targeted: Targeted = None, takeoff: TakeoffOptions = None,
            trajectory: Trajectory = None, save_adv: SaveAdv = None, plot: Plot = None, head: HeadOptions = None,
-           speed: SpeedOptions = None, resume: ResumeOptions = None, layers: LayerOptions = None) -> None:
-    """PGD-linf / PGD-l2 (or APGD, Square) recording loss, sharpness and confidence at every step (uncanny valley, take-off)."""
+           speed: SpeedOptions = None, resume: ResumeOptions = None, layers: LayerOptions = None,
+           gcg: GCGOptions = None, prompt: PromptOptions = None, positions: PositionOptions = None,
+           lm: LanguageModelOptions = None) -> None:
+    """PGD-linf / PGD-l2 (or APGD, Square) recording loss, sharpness and confidence at every step (uncanny valley,
+    take-off); GCG on a causal language model's prompts."""
     rows = output.per_sample or output.format in ("jsonl", "csv")
     result = common.call("attack", checkpoint, checkpoints, output, render, model, data, run, speed, attack, head,
-                         layers, takeoff, rows=rows, targeted=targeted, trajectory=trajectory, save_adv=save_adv,
+                         layers, takeoff, gcg, prompt, positions, lm, rows=rows, targeted=targeted, trajectory=trajectory, save_adv=save_adv,
                          plot=plot, resume=resume.resume)
     common.exit_status(result)

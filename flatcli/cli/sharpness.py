@@ -11,14 +11,17 @@ from flatcli.options import (
     CheckpointListOptions, DataOptions, HeadOptions, LayerOptions, ModelOptions, OutputOptions, RunOptions,
     SpeedOptions,
 )
+from flatcli.options.lm import LanguageModelOptions, PositionOptions, PromptOptions
 
 
 @app.command()
 @expand
 def sharpness(checkpoint: Checkpoints = None, checkpoints: CheckpointListOptions = None, model: ModelOptions = None,
               data: DataOptions = None, run: RunOptions = None, output: OutputOptions = None, head: HeadOptions = None,
-              layers: LayerOptions = None, speed: SpeedOptions = None, plot: TrendPlot = None) -> None:
-    """Relative sharpness of the head layer, per sample and per data set (closed form)."""
+              layers: LayerOptions = None, speed: SpeedOptions = None, plot: TrendPlot = None,
+              prompt: PromptOptions = None, positions: PositionOptions = None, lm: LanguageModelOptions = None) -> None:
+    """Relative sharpness of the head layer, per sample and per data set (closed form); per prompt and token for a
+    causal language model on prompts: data."""
     result = common.call("sharpness", checkpoint, checkpoints, output, render, model, data, run, speed, head, layers,
-                         plot=plot)
+                         prompt, positions, lm, plot=plot)
     common.exit_status(result)

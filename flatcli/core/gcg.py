@@ -79,6 +79,10 @@ def sample_candidates(suffix: Tensor, grad: Tensor, search: Search, generator: t
     return suffix.cpu().repeat(width, 1).scatter_(1, positions, values)
 
 
+#: The name ``attack="gcg"`` gives this attack (it perturbs token ids, so it is not in the image registry).
+KIND = "gcg"
+
+
 class GCG:
     """GCG on one prompt layout; :meth:`run` yields a :class:`Step` per step, step 0 first.
 

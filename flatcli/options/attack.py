@@ -16,10 +16,12 @@ LOSSES = ("ce", "cw", "dlr")
 
 
 def attack_kinds() -> tuple[str, ...]:
-    """The attacks of the registry (:mod:`flatcli.core.attacks`), read when an option is checked."""
+    """The attacks of the registry (:mod:`flatcli.core.attacks`), then GCG on language models
+    (:mod:`flatcli.core.gcg`), read when an option is checked."""
     from flatcli.core.attacks import attack_kinds as registered
+    from flatcli.core.gcg import KIND
 
-    return tuple(registered())
+    return (*registered(), KIND)
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,9 @@ class PGDOptions(Group):
 class AttackOptions(PGDOptions):
     """Which attack, from which preset, with which of its values overridden."""
 
-    attack: str | None = choice(None, "pgd (default), apgd (Auto-PGD: step-size halving, momentum) or square "
-                                "(gradient-free, torchattacks' Square; --queries sets its budget).", attack_kinds)
+    attack: str | None = choice(None, "pgd (default), apgd (Auto-PGD: step-size halving, momentum), square "
+                                "(gradient-free, torchattacks' Square; --queries sets its budget), or gcg (a language "
+                                "model's prompts: GCG, Zou et al. 2023; the GCG options).", attack_kinds)
     loss: str | None = choice(None, "Loss the attack ascends: ce (cross-entropy), cw (logit margin) or dlr (Croce & "
                               "Hein's difference-of-logits ratio); default ce, cw for square. Recording always "
                               "reports the cross-entropy.", LOSSES)

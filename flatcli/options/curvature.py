@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from flatcli.options.base import Group, choice, integer, names, number, switch
 
-#: ``||W||_F^2`` (the paper's proofs) or ``||W||_F`` (its code).
-WEIGHT_NORMS = ("squared", "plain")
+#: ``||W||_F^2`` (the paper's proofs), ``||W||_F`` (its code), or none (the authors' language-model code).
+WEIGHT_NORMS = ("squared", "plain", "none")
 #: How earlier layers are measured (:mod:`flatcli.runs.layers`).
 LAYER_METHODS = ("auto", "exact", "fisher-mc", "hutchinson")
 
@@ -20,7 +20,8 @@ class WeightNormOptions(Group):
     key = "head"
 
     weight_norm: str | None = choice(None, "Relative sharpness uses ||W||_F^2 (squared, the paper's proofs; the "
-                                     "default) or ||W||_F (plain, its code).", WEIGHT_NORMS)
+                                     "default) or ||W||_F (plain, its code); none (no weight factor, the authors' "
+                                     "language-model measure) for language models only.", WEIGHT_NORMS)
 
     @property
     def norm(self) -> str:

@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flatcli.options.base import Group, choice, integer, switch, text
+from flatcli.options.curvature import WeightNormOptions
 
 #: Positions whose head curvature is averaged: those predicting the target (GCG's objective), or every one.
 POSITIONS = ("target", "all")
-#: Relative sharpness per token: ||W||_F^2 (squared), ||W||_F (plain) or no weight factor (none, the authors' LLM code).
-LM_WEIGHT_NORMS = ("squared", "plain", "none")
 #: Precisions a language model's weights are loaded in.
 LM_DTYPES = ("fp32", "bf16", "fp16")
 
@@ -19,6 +18,7 @@ class PromptOptions(Group):
     """How each prompt becomes tokens: the chat template and the system prompt."""
 
     title = "Prompts"
+    key = "prompt"
 
     chat_template: str = text("auto", "Chat template: auto (the tokenizer's, else none), none (system, goal + "
                               "suffix, target as plain text), vicuna or llama-2 (the fastchat templates the paper's "
@@ -27,15 +27,20 @@ class PromptOptions(Group):
 
 
 @dataclass(frozen=True)
-class TokenHeadOptions(Group):
-    """Which token positions the head's curvature is averaged over, and the weight factor of relative sharpness."""
+class PositionOptions(Group):
+    """Which token positions of a language model the head's curvature is averaged over."""
 
     title = "Language-model head"
+    key = "positions"
 
     positions: str = choice("target", "Average trace_h over the positions that predict the target (the Hessian of "
                             "GCG's objective) or over all positions (the authors' code).", POSITIONS)
-    weight_norm: str = choice("squared", "Relative sharpness uses ||W||_F^2 (squared), ||W||_F (plain) or no weight "
-                              "factor (none; with --positions all, the authors' LLM measure).", LM_WEIGHT_NORMS)
+
+
+@dataclass(frozen=True)
+class TokenHeadOptions(PositionOptions, WeightNormOptions):
+    """What a language-model run measures: the positions, and the weight factor of relative sharpness
+    (``none``, with ``positions="all"``, is the authors' LLM measure)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +48,7 @@ class LanguageModelOptions(Group):
     """How a causal language model's weights are loaded."""
 
     title = "Language model"
+    key = "lm"
 
     dtype: str = choice("fp32", "Precision the language model's weights are loaded in; the closed forms stay "
                         "float64.", LM_DTYPES)
@@ -53,6 +59,7 @@ class GCGOptions(Group):
     """Greedy coordinate gradient (Zou et al. 2023): candidates from the token gradient, the best one kept."""
 
     title = "GCG"
+    key = "gcg"
 
     search_width: int = integer(512, "Candidate suffixes evaluated per step.", minimum=1)
     topk: int = integer(256, "Tokens per suffix position taken from the gradient's most negative entries.",

@@ -79,7 +79,7 @@ def prompt_layouts(kind: CausalLM, prompts: list[Prompt], options: PromptOptions
 def lm_config(kind: CausalLM, data: str, prompt: PromptOptions, head: TokenHeadOptions, device, seed: int) -> dict:
     """The ``config`` entries of every language-model run."""
     return {**kind.describe(), "data": data, "chat_template": effective_template(kind, prompt.chat_template),
-            "system": prompt.system, "positions": head.positions, "weight_norm": head.weight_norm,
+            "system": prompt.system, "positions": head.positions, "weight_norm": head.norm,
             "device": str(device), "seed": seed, "versions": versions()}
 
 
@@ -89,7 +89,7 @@ def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts"
     """One row per prompt (streamed to ``on_rows``, kept with ``keep_samples``) and their summary;
     ``progress(done, total)`` after each prompt."""
     rows = Rows(on_rows, keep_samples)
-    factor = weight_factor(kind, head.weight_norm)
+    factor = weight_factor(kind, head.norm)
     columns: dict[str, list] = {k: [] for k in (*MEASURES, "exact_match")}  # per prompt, for the summary
     for index, (p, lay) in enumerate(zip(prompts, prompt_layouts(kind, prompts, prompt))):
         ids = torch.tensor([lay.ids()])
