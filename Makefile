@@ -1,12 +1,13 @@
 # make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up (with the extras the tests
-# use: timm, hub, robustbench, hf), then the suite; make gpu-check: the CUDA tests and throughput figures (says
-# so and succeeds on a machine without CUDA).
+# use: timm, hub, robustbench, hf, llm, docs), then the suite; make docs: same set-up, then the manual (docs/) as a
+# website in site/, any warning an error; make gpu-check: the CUDA tests and throughput figures (says so and
+# succeeds on a machine without CUDA).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install clean gpu-check
+.PHONY: demo test docs install clean gpu-check
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +15,7 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1 || $(BIN)/pip install -q "torch>=2.4" "torchvision>=0.19"
-	$(BIN)/pip install -q -e ".[test,plot,hf,timm,hub,robustbench]"
+	$(BIN)/pip install -q -e ".[test,plot,hf,timm,hub,robustbench,llm,docs]"
 	# torchattacks 3.5.1 pins requests~=2.25.1, which datasets/huggingface_hub outgrew (the pin is stale: it
 	# only downloads weights with it); its real needs (torch, scipy, numpy, tqdm) are installed above.
 	$(BIN)/pip install -q --no-deps "torchattacks>=3.5"
@@ -29,8 +30,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --site-dir site
+
 gpu-check: $(STAMP)
 	$(BIN)/python scripts/gpu-check
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build site *.egg-info

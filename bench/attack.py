@@ -6,7 +6,7 @@ For each case (the bundled digits CNN on the digits test split with the paper's 
 inputs and batches, interleaved over ``--repeats`` rounds so that load on the machine hits every
 variant alike:
 
-* plain:    ``flatcli.core.pgd.PGD.run(split, x, y)``: the attack alone, nothing recorded;
+* plain:    ``flatcli.core.attacks.PGD.run(split, x, y)``: the attack alone, nothing recorded;
 * plain + eval: the same plus one forward on the adversarials for robust accuracy (what any attack
             evaluation pays, and what recording needs for ``x_T``);
 * record:   ``flatcli.runs.attack.attack`` without writers: the attack with ``record=True`` (features
@@ -41,8 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import configure, resnet_case, timed, timing_parser  # noqa: E402
 
-from flatcli.core.apgd import APGD  # noqa: E402
-from flatcli.core.pgd import PGD, PRESETS  # noqa: E402
+from flatcli.core.attacks import APGD, PGD, PRESETS  # noqa: E402
 from flatcli.inputs.data import DataSource, load_data  # noqa: E402
 from flatcli.models.head import HeadSplit  # noqa: E402
 from flatcli.models.loading import LoadedModel, load_model  # noqa: E402

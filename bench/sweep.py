@@ -37,7 +37,7 @@ from common import CLOCK, configure, resnet_case, timed, timing_parser  # noqa: 
 import flatcli.runs.sweep as sweepmod  # noqa: E402
 from flatcli.core.classifier import eval_mode  # noqa: E402
 from flatcli.core.head_scaling import evaluate_scale, evaluate_scales  # noqa: E402
-from flatcli.core.pgd import PGD, PRESETS  # noqa: E402
+from flatcli.core.attacks import PGD, PRESETS  # noqa: E402
 from flatcli.inputs.data import DataSource, load_data  # noqa: E402
 from flatcli.models.head import HeadSplit  # noqa: E402
 from flatcli.models.loading import LoadedModel, load_model  # noqa: E402

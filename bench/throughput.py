@@ -2,7 +2,7 @@
 """Images per second of `sharpness` and of one PGD step on a CIFAR-shaped ResNet-18.
 
 Random weights and random inputs (nothing to download), per device and precision, measured in one
-run: ``flatcli.api.sharpness`` (closed form over the data) and ``flatcli.core.pgd.pgd``
+run: ``flatcli.api.sharpness`` (closed form over the data) and ``flatcli.core.attacks.pgd``
 (linf, recording on and off; images/s counts one image-step per image and step), plus
 torchattacks' ``PGD`` on the same model and inputs when torchattacks is installed.
 
@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import resnet_case, timed  # noqa: E402
 
 from flatcli import api  # noqa: E402
-from flatcli.core.pgd import PGD  # noqa: E402
+from flatcli.core.attacks import PGD  # noqa: E402
 from flatcli.models.head import HeadSplit  # noqa: E402
 from flatcli.runtime.precision import autocast  # noqa: E402
 

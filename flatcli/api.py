@@ -9,7 +9,9 @@ network's last ``nn.Linear``), a checkpoint path, ``example:NAME``, or what :fun
 ``data`` is an ``(x, y)`` pair of tensors (or arrays; x float NCHW in [0, 1]), a torch ``Dataset`` or
 ``DataLoader`` yielding ``(x, y)``, a ``--data`` string (``digits``, ``cifar10:ROOT``, ...), or, for a
 checkpoint, ``None`` (its spec's data, else digits). Keyword arguments mirror the command-line options
-(``--batch-size`` is ``batch_size``). Every function returns a :class:`~flatcli.runs.result.Result`
+(``--batch-size`` is ``batch_size``); the shared ones may also come as option groups
+(:mod:`flatcli.options`: ``fr.attack(net, data, AttackOptions(steps=5), DataOptions(batch_size=64))``), and
+an out-of-range one raises :class:`~flatcli.errors.OptionError` naming it (``steps=``). Every function returns a :class:`~flatcli.runs.result.Result`
 with ``.summary`` and ``.config`` (the JSON document's), ``.samples`` (the per-sample rows, a list of
 dicts; ``samples=False`` keeps none) and ``.to_json()``. The CLI calls these same functions, so both
 give the same numbers. ``on_rows`` receives each batch's rows as they are ready and ``progress(done,
@@ -23,17 +25,33 @@ available); its train/eval mode is restored after each call.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import inspect as _inspect
+import os
+import sys
 from typing import Any
 
 import torch
 from torch import nn
 
-from flatcli.core.head_scaling import Scaling
-from flatcli.errors import DataError, UsageError
-from flatcli.inputs.data import FILE_FORMS, IMAGE_FILE_FORMS, DataSource, check_compatible, load_data, preprocessing
+from flatcli.errors import CheckpointError, DataError, OptionError, UsageError
+from flatcli.inputs.data import DataSource, check_compatible, load_data
+from flatcli.inputs.data.images import resolve_preprocessing
+from flatcli.inputs.data.forms import DEFAULT as DEFAULT_DATA
+from flatcli.inputs.data.forms import parse as parse_data
 from flatcli.models.loading import LoadedModel, from_module, load_model
+from flatcli.options import (
+    AttackOptions, DataOptions, HeadOptions, PGDOptions, LayerOptions, ModelOptions, RunOptions, ScalingOptions, SpeedOptions,
+    TakeoffOptions, WeightNormOptions,
+)
+from flatcli.options.bound import BoundChecks
+from flatcli.options.calls import Chosen, accepts
+from flatcli.options.detect import DetectOptions
+from flatcli.core.gcg import KIND as GCG_KIND
+from flatcli.options.lm import GCGOptions, LanguageModelOptions, PositionOptions, PromptOptions, TokenHeadOptions
+from flatcli.options.sweep import SweepOptions
 from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
 from flatcli.runs import attack as attack_run
 from flatcli.runs import bound as bound_run
@@ -50,10 +68,6 @@ from flatcli.runtime.distributed import from_environment
 from flatcli.runtime.loop import Progress, RunContext
 
 __all__ = ["Result", "ManyResult", "load", "sharpness", "attack", "sweep_scale", "bound", "detect", "inspect", "convert"]
-
-#: Seeds every command accepts: what torch, numpy's RandomState and scikit-learn all take.
-SEED_RANGE = (0, 2**32 - 1)
-
 
 def _one_plan(command):
     """Run ``command`` inside one output plan: its files are checked against its inputs before any work and
@@ -79,40 +93,47 @@ def _each_checkpoint(command):
             kwargs["plot"] = plot
         if not many.is_many(model, checkpoints_from):
             if plot is not None and not has_plot:
-                raise UsageError(f"--plot draws the measures of several checkpoints; {name} of one has no figure")
+                raise OptionError("plot", f"{{}} draws the measures of several checkpoints; {name} of one has no figure")
             return command(model, data, **kwargs)
         kwargs.pop("plot", None)
         return many.each_checkpoint(name, command, many.checkpoint_list(model, checkpoints_from),
                                     kwargs=dict(kwargs, data=data), checkpoints_from=checkpoints_from,
                                     fail_fast=fail_fast, plot=plot, on_error=on_error)
 
+    own = _inspect.signature(command).parameters
+    extra = [_inspect.Parameter(n, _inspect.Parameter.KEYWORD_ONLY, default=d) for n, d in
+             (("checkpoints_from", None), ("fail_fast", False), ("on_error", None), ("plot", None)) if n not in own]
+    each.__signature__ = _inspect.Signature([*own.values(), *extra])
     return each
 
 
-def load(model: Any, *, spec: str | None = None, arch: str | None = None, layer: str | None = None,
-         mean=None, std=None, device: str | torch.device = "auto", channels_last: bool = False,
-         trust_embedded_code: bool = False) -> LoadedModel:
+@accepts(ModelOptions)
+def load(model: Any, *, chosen: Chosen, device: str | torch.device = "auto", channels_last: bool = False) -> LoadedModel:
     """The model every function measures: a checkpoint (path or ``example:NAME``, with an optional
     ``spec`` file and overrides) or an ``nn.Module``; already loaded models pass through.
 
-    ``trust_embedded_code`` (``--trust-embedded-code``) lets the checkpoint's embedded spec name a
-    ``module.path:Class`` to import; without it only ``arch=`` or the ``spec`` file may name code."""
-    dev = device_for(device)
+    ``trust_embedded_code`` lets the checkpoint's embedded spec name a ``module.path:Class`` to import;
+    without it only ``arch=`` or the ``spec`` file may name code."""
+    return _load(model, chosen.model, device_for(device), channels_last)
+
+
+def _load(model: Any, options: ModelOptions, dev: torch.device, channels_last: bool) -> LoadedModel:
     if isinstance(model, LoadedModel):
         loaded = model
         loaded.model.to(dev)
     elif isinstance(model, nn.Module):
-        if spec is not None or arch is not None:
-            raise UsageError("spec and arch describe a checkpoint; an nn.Module is used as it is")
-        loaded = from_module(model, layer=layer, mean=mean, std=std, device=dev)
+        if options.spec is not None or options.arch is not None:
+            raise OptionError(("spec", "arch"), "{} and {} describe a checkpoint; an nn.Module is used as it is")
+        loaded = from_module(model, layer=options.layer, mean=options.mean, std=options.std, device=dev)
     elif isinstance(model, str) or hasattr(model, "__fspath__"):
         from flatcli.inputs.checkpoint import locate
 
         located = locate(str(model))  # a hub checkpoint: its config.json and model.safetensors (fetched if need be)
-        plan_inputs(checkpoint=located[0], hub_config=located[1], spec=spec)
-        overrides = {"arch": arch, "layer": layer, "mean": _floats(mean), "std": _floats(std)}
-        loaded = load_model(str(model), spec_file=spec, overrides=overrides, device=dev,
-                            trust_embedded_code=trust_embedded_code, located=located)
+        plan_inputs(checkpoint=located[0], hub_config=located[1], spec=options.spec)
+        overrides = {"arch": options.arch, "layer": options.layer, "mean": options.mean, "std": options.std,
+                     "num_classes": options.num_classes, "input_shape": options.input_shape}
+        loaded = load_model(str(model), spec_file=options.spec, overrides=overrides, device=dev,
+                            trust_embedded_code=options.trust_embedded_code, located=located)
     else:
         raise UsageError(f"model must be an nn.Module, a checkpoint path or example:NAME, got {type(model).__name__}")
     if channels_last:
@@ -120,60 +141,39 @@ def load(model: Any, *, spec: str | None = None, arch: str | None = None, layer:
     return loaded
 
 
-def check_seed(seed) -> None:
-    """``--seed`` is a whole number in :data:`SEED_RANGE` (torch, numpy and scikit-learn all take it)."""
-    low, high = SEED_RANGE
-    if isinstance(seed, bool) or not isinstance(seed, int) or not low <= seed <= high:
-        raise UsageError(f"--seed must be a whole number from {low} to {high} (2^32 - 1), got {seed!r}")
-
-
 def device_for(device: str | torch.device) -> torch.device:
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under torchrun, ``cuda`` is this rank's GPU)."""
     return local_device(resolve_device(device) if isinstance(device, str) else torch.device(device))
-
-
-def _floats(values) -> tuple[float, ...] | None:
-    if values is None:
-        return None
-    if isinstance(values, (int, float)):
-        return (float(values),)
-    return tuple(float(v) for v in values)
 
 
 def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, *, role: str = "data",
           reading: dict | None = None) -> DataSource:
     """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms); the file or
     directory a ``--data`` string names is an input of the run under ``role`` (``data``, ``fit_data``).
-    ``reading`` holds the options of :func:`_reading` (resize, crop, interpolation, columns)."""
+    ``reading`` holds :meth:`DataOptions.reading` (resize, crop, interpolation, columns)."""
     from torch.utils.data import DataLoader, Dataset
 
-    if limit is not None and limit < 0:
-        raise UsageError(f"--limit must be 0 or more, got {limit}")
     if data is None:
         if loaded.checkpoint is None:
             raise UsageError("pass data=: (x, y) tensors, a Dataset, a DataLoader or a --data string")
-        data = loaded.spec.data or "digits"
+        data = loaded.spec.data or DEFAULT_DATA
     if isinstance(data, str):
-        kind, _, path = data.strip().partition(":")
-        if kind in FILE_FORMS and path:
-            plan_inputs(**{role: path})
+        form, argument = parse_data(data)
+        if form.metavar:
+            plan_inputs(**{role: argument})
         reading = reading or {}
-        spec = loaded.spec
-        guessed = loaded.image_defaults if kind in IMAGE_FILE_FORMS else {}  # files of any size only
-
-        def first(key):
-            return next((v for v in (reading.get(key), getattr(spec, key), guessed.get(key)) if v is not None), None)
-
-        preprocess = preprocessing(spec.input_shape, *(first(k) for k in ("resize", "crop", "interpolation")))
+        pretrained = loaded.image_defaults if form.image_files else {}  # files of any size only
+        preprocess = resolve_preprocessing(reading, loaded.spec, pretrained)
         columns = (reading.get("image_column"), reading.get("label_column"))
         ds = many.shared(  # read once for many checkpoints: keyed by everything that shapes the tensors
             ("data", role, data, split, limit, loaded.num_classes, preprocess, columns),
             lambda: load_data(data, split or "test", limit, num_classes=loaded.num_classes, preprocess=preprocess,
                               image_column=columns[0], label_column=columns[1]))
     else:
-        given = [f"{k}=" for k, v in (reading or {}).items() if v is not None]
+        given = [k for k, v in (reading or {}).items() if v is not None]
         if given:
-            raise UsageError(f"{', '.join(given)} apply to a --data string; {type(data).__name__} data is used as it is")
+            raise OptionError(tuple(given), ", ".join("{}" for _ in given) +
+                              f" apply to a --data string; {type(data).__name__} data is used as it is")
         if isinstance(data, DataSource):
             ds = data
         elif isinstance(data, DataLoader):
@@ -199,76 +199,107 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
     return ds
 
 
-def _reading(resize=None, crop=None, interpolation=None, image_column=None, label_column=None) -> dict:
-    """How a ``--data`` string's images are read (``--resize``, ``--crop``, ``--interpolation``, ``--image-column``,
-    ``--label-column``; ``None``: the spec's, then the defaults of :func:`flatcli.inputs.data.preprocessing`)."""
-    return {"resize": resize, "crop": crop, "interpolation": interpolation, "image_column": image_column,
-            "label_column": label_column}
-
-
-def _context(model, data, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-             batch_size=256, device="auto", seed=0, channels_last=False, resume=None, trust_embedded_code=False,
-             progress: Progress | None = None, reading: dict | None = None) -> RunContext:
-    """Model, data, device and torchrun placement of one call, checked before any work."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    check_seed(seed)
-    torch.manual_seed(seed)
-    dev = device_for(device)
-    loaded = load(model, spec=spec, arch=arch, layer=layer, mean=mean, std=std, device=dev,
-                  channels_last=channels_last, trust_embedded_code=trust_embedded_code)
+def _context(model, data, chosen: Chosen, *, resume=None, layer=None, progress: Progress | None = None) -> RunContext:
+    """Model, data, device and torchrun placement of one call, checked before any work (``layer``: the head
+    when the model options name none)."""
+    run, options, reading = chosen.run, chosen.model, chosen.data
+    speed = getattr(chosen, "speed", SpeedOptions())
+    torch.manual_seed(run.seed)
+    dev = device_for(run.device)
+    if layer is not None and options.layer is None:
+        options = dataclasses.replace(options, layer=layer)
+    loaded = _load(model, options, dev, speed.channels_last)
     many.track(loaded)  # released before the next checkpoint of a many-checkpoint call
-    ds = _data(data, loaded, split, limit, reading=reading)
-    return RunContext(loaded=loaded, data=ds, device=dev, dist=from_environment(dev), batch_size=batch_size,
-                      seed=seed, split=split, limit=limit, resume=resume, progress=progress)
+    ds = _data(data, loaded, reading.split, reading.limit, reading=reading.reading())
+    return RunContext(loaded=loaded, data=ds, device=dev, dist=from_environment(dev), batch_size=reading.batch_size,
+                      seed=run.seed, split=reading.split, limit=reading.limit, resume=resume, progress=progress,
+                      strict=run.strict)
+
+
+def _spec_layers(chosen: Chosen, ctx: RunContext) -> tuple[str, ...]:
+    """The earlier layers to measure: those given, else the spec's."""
+    given = chosen.layers.layers
+    return tuple(given) if given is not None else tuple(ctx.loaded.spec.layers or ())
+
+
+COMMON = (ModelOptions, DataOptions, RunOptions)
+#: What a causal language model reads beyond the common options (:mod:`flatcli.options.lm`).
+LANGUAGE = (PromptOptions, PositionOptions, LanguageModelOptions)
+
+
+def _language_model(model, data) -> bool:
+    """Whether a call measures a causal language model (the model-kind seam, :mod:`flatcli.models.kinds`):
+    ``prompts:`` data, a Hugging Face causal-LM folder or ``hf-hub:`` reference, or an in-memory transformers
+    model."""
+    if isinstance(data, str) and data.strip().startswith("prompts:"):
+        return True
+    if isinstance(model, nn.Module):
+        transformers = sys.modules.get("transformers")
+        return transformers is not None and isinstance(model, transformers.PreTrainedModel)
+    if isinstance(model, (str, os.PathLike)):
+        from flatcli.models.kinds.hf_folder import is_causal_lm_folder
+
+        return is_causal_lm_folder(model)
+    return False
+
+
+def _only_for(chosen: Chosen, kinds: tuple, what: str, but: tuple[str, ...] = ()) -> None:
+    """Refuse the options of groups ``kinds`` that were given (except ``but``): they do not apply to ``what``."""
+    given = [name for kind in kinds if hasattr(chosen, kind.key) and isinstance(getattr(chosen, kind.key), kind)
+             for name in getattr(chosen, kind.key).given() if name not in but]
+    if given:
+        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + f" do not apply to {what}; drop them")
+
+
+def _open_language_model(model, data, chosen: Chosen, tokenizer):
+    """The causal language model and the prompts of a call, the options for images refused."""
+    from flatcli.runs.lm_sharpness import open_run
+
+    _only_for(chosen, (ModelOptions, DataOptions, SpeedOptions, LayerOptions, HeadOptions, TakeoffOptions),
+              "a language model", but=("trust_embedded_code", "limit", "data", "weight_norm"))
+    torch.manual_seed(chosen.run.seed)
+    return open_run(model, data, tokenizer=tokenizer, dtype=chosen.lm.dtype, device=device_for(chosen.run.device),
+                    trust_embedded_code=chosen.model.trust_embedded_code, limit=chosen.data.limit)
+
+
+def _token_head(chosen: Chosen) -> TokenHeadOptions:
+    return TokenHeadOptions(positions=chosen.positions.positions, weight_norm=chosen.head.weight_norm)
 
 
 @_one_plan
+@accepts(*COMMON, SpeedOptions, HeadOptions, LayerOptions, *LANGUAGE)
 @_each_checkpoint
-def sharpness(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-              batch_size=256, device="auto", seed=0,
-              resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
-              weight_norm="squared", scale=1.0, scale_bias=True,
-              hutchinson=0, layers=None, layer_method="auto", fisher_samples=2, precision="fp32",
-              channels_last=False, trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
-              progress: Progress | None = None) -> Result:
+def sharpness(model, data=None, *, chosen: Chosen, tokenizer=None, samples: bool = True,
+              on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob sharpness``: the closed-form relative sharpness of the head, per sample and per data set.
 
     ``layers`` (names, or a comma-separated string; default the spec's) adds the traces of earlier
     layers, measured by ``layer_method`` (``auto``: exact per sample where the network is piecewise linear
     in the layer, else Hutchinson; see :mod:`flatcli.runs.layers`); ``hutchinson`` probes the head too.
+
+    A causal language model (a Hugging Face folder, ``hf-hub:`` reference, or an in-memory transformers
+    model with its ``tokenizer``) on ``prompts:FILE`` data gets one row per prompt: the head's curvature per
+    token, averaged over the ``positions`` that predict the target (:mod:`flatcli.runs.lm_sharpness`).
     """
-    layers = _layer_names(layers)
-    settings = sharpness_run.SharpnessSettings(
-        scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, hutchinson=hutchinson, layers=layers or (),
-        layer_method=layer_method, fisher_samples=fisher_samples, precision=precision, channels_last=channels_last,
-    )
-    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
-                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
-                   batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, progress=progress,
-                   trust_embedded_code=trust_embedded_code)
-    if layers is None and ctx.loaded.spec.layers:
-        settings.layers = tuple(ctx.loaded.spec.layers)
+    if _language_model(model, data):
+        from flatcli.runs.lm_sharpness import lm_sharpness
+
+        kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+        return lm_sharpness(kind, prompts, data=data, prompt=chosen.prompt, head=_token_head(chosen),
+                            seed=chosen.run.seed, on_rows=on_rows, keep_samples=samples, progress=progress)
+    _only_for(chosen, LANGUAGE, "an image classifier (they are for language models and prompts: data)")
+    settings = sharpness_run.SharpnessSettings.from_groups(chosen)
+    ctx = _context(model, data, chosen, progress=progress)
+    settings.layers = _spec_layers(chosen, ctx)
     return sharpness_run.sharpness(ctx, settings, on_rows=on_rows, keep_samples=samples)
 
 
-def _layer_names(layers) -> tuple[str, ...] | None:
-    """``layers`` as a tuple of names (a comma-separated string is split); ``None`` stays (the spec's)."""
-    if isinstance(layers, str):
-        return tuple(n.strip() for n in layers.split(",") if n.strip())
-    return None if layers is None else tuple(layers)
-
-
 @_one_plan
+@accepts(*COMMON, SpeedOptions, AttackOptions, HeadOptions, LayerOptions, TakeoffOptions, *LANGUAGE, GCGOptions)
 @_each_checkpoint
-def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-           batch_size=256, device="auto", seed=0,
-           resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
-           preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
-           random_start=False, restarts=1, targeted=None, takeoff=0.1, trajectory=None, save_adv=None, plot=None,
-           weight_norm="squared", scale=1.0, scale_bias=True, precision="fp32", channels_last=False, resume=None,
-           layers=None, layer_method="auto", fisher_samples=2, hutchinson=0, trust_embedded_code=False,
-           samples: bool = True, on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
+def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, save_adv=None, plot=None,
+           resume=None, tokenizer=None, samples: bool = True, on_rows: OnRows | None = None,
+           progress: Progress | None = None) -> Result:
     """``flatrob attack``: PGD recording loss and sharpness along every trajectory (uncanny valley, take-off).
 
     ``attack`` is ``"pgd"`` (default), ``"apgd"`` or ``"square"`` (``queries`` its budget), ``loss`` the loss it
@@ -277,53 +308,77 @@ def attack(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
     names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
     at every step too (``layer_method``, ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
+
+    On a causal language model with ``prompts:FILE`` data the attack is GCG (``attack="gcg"``, the GCG options;
+    :mod:`flatcli.runs.lm_attack`): one trajectory row per prompt and step, streamed to ``trajectory``.
     """
-    layers = _layer_names(layers)
-    settings = attack_run.AttackSettings.from_options(
-        preset, attack=attack, loss=loss, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
-        random_start=random_start, restarts=restarts,
-        scaling=Scaling(scale, scale_bias), weight_norm=weight_norm, takeoff=takeoff, targeted=targeted,
-        precision=precision, channels_last=channels_last, layers=layers or (), layer_method=layer_method,
-        fisher_samples=fisher_samples, hutchinson=hutchinson,
-    )
+    if _language_model(model, data) or chosen.attack.attack == GCG_KIND:
+        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, refused={
+            "targeted": targeted, "save_adv": save_adv, "plot": plot, "resume": resume}, samples=samples,
+            on_rows=on_rows, progress=progress)
+    _only_for(chosen, (*LANGUAGE, GCGOptions), "an image classifier (they are for language models and prompts: data)")
+    settings = attack_run.AttackSettings.from_groups(chosen, targeted=targeted)
     attack_run.trajectory_format(trajectory)
+    if save_adv == "-":
+        raise OptionError("save_adv", "{} needs a file name (stdout carries the result)")
     _check_plot(plot)
     check_outputs(trajectory=trajectory, save_adv=save_adv, plot=plot)
-    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
-                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
-                   batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
-                   progress=progress, trust_embedded_code=trust_embedded_code)
-    if layers is None and ctx.loaded.spec.layers:
-        settings.layers = tuple(ctx.loaded.spec.layers)
+    ctx = _context(model, data, chosen, resume=resume, progress=progress)
+    settings.layers = _spec_layers(chosen, ctx)
     return attack_run.attack(ctx, settings, trajectory=trajectory, save_adv=save_adv, plot=plot, on_rows=on_rows,
                              keep_samples=samples)
 
 
+def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, refused: dict, samples, on_rows, progress) -> Result:
+    """GCG on a causal language model's prompts, its trajectory rows streamed to ``trajectory`` (and ``on_rows``)."""
+    from flatcli.outputs.writer import ResultWriter
+    from flatcli.runs.lm_attack import lm_attack
+
+    if not _language_model(model, data):
+        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
+                          "model and {} prompts:FILE")
+    if chosen.attack.attack not in (None, GCG_KIND):
+        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model is attacked by "
+                          f"{GCG_KIND}")
+    given = [name for name, value in refused.items() if value is not None]
+    given += [name for name in chosen.attack.given() if name not in ("attack", "steps")]
+    if given:
+        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to GCG on a language model; "
+                          "drop them")
+    fmt = attack_run.trajectory_format(trajectory)
+    check_outputs(trajectory=trajectory)
+    kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+    writer = ResultWriter(fmt, trajectory, command="attack") if trajectory else None
+
+    def both(rows):
+        if writer is not None:
+            writer.rows(rows)
+        if on_rows is not None:
+            on_rows(rows)
+
+    with writer if writer is not None else contextlib.nullcontext():
+        result = lm_attack(kind, prompts, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
+                           head=_token_head(chosen), seed=chosen.run.seed,
+                           on_rows=both if writer is not None or on_rows is not None else None,
+                           keep_samples=samples, progress=progress)
+        result.config["trajectory"] = trajectory
+        if writer is not None:
+            writer.finish(result.config, result.summary)
+    return result
+
+
 @_one_plan
+@accepts(*COMMON, SpeedOptions, PGDOptions, ScalingOptions, TakeoffOptions, SweepOptions)
 @_each_checkpoint
-def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None, arch=None, layer=None, mean=None,
-                std=None, split="test", limit=None, batch_size=256, device="auto", seed=0,
-                resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
-                preset=None, norm=None,
-                eps=None, alpha=None, steps=None, random_start=False, restarts=1, takeoff=0.1,
-                attack_each_scale=True, attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None,
-                attack_loss=None, square=False, queries=None, masking_threshold=0.05, scale_bias=True,
-                weight_norm="squared", plot=None, precision="fp32", channels_last=False, resume=None,
-                trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
-                progress: Progress | None = None) -> Result:
+def sweep_scale(model, data=None, *, chosen: Chosen, plot=None, resume=None, samples: bool = True,
+                on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob sweep-scale``: scale the head by each s; loss increase, basin widths, robust accuracy, transfer.
 
     ``scales`` is a list or a comma-separated string; ``plot`` a directory for the Fig. 2 / Fig. 13 PNGs.
     ``attack_loss`` drives the per-scale attack (``"ce"``, ``"cw"``, ``"dlr"``); ``square`` adds torchattacks'
     Square per scale (``queries`` per restart); ``masking_threshold`` is the verdict's margin.
     """
-    settings = sweep_run.SweepSettings.from_options(
-        scales, preset=preset, norm=norm, eps=eps, alpha=alpha, steps=steps, random_start=random_start,
-        restarts=restarts, attack_each_scale=attack_each_scale, attack_norm=attack_norm, attack_eps=attack_eps,
-        attack_alpha=attack_alpha, attack_steps=attack_steps, attack_loss=attack_loss, square=square, queries=queries,
-        masking_threshold=masking_threshold, scale_bias=scale_bias, weight_norm=weight_norm, takeoff=takeoff,
-        precision=precision, channels_last=channels_last,
-    )
+    settings = sweep_run.SweepSettings.from_groups(chosen)
     if plot is not None:
         from flatcli.outputs.figures import require_matplotlib
         from flatcli.outputs.figures.sweep import FIGURES
@@ -331,22 +386,16 @@ def sweep_scale(model, data=None, *, scales="0.25,0.5,1,2.5,5,10,50", spec=None,
         directory = sweep_run.plot_directory(plot)
         require_matplotlib()
         check_outputs(plot=[directory / name for name in FIGURES])
-    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
-                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split, limit=limit,
-                   batch_size=batch_size, device=device, seed=seed, channels_last=channels_last, resume=resume,
-                   progress=progress, trust_embedded_code=trust_embedded_code)
+    ctx = _context(model, data, chosen, resume=resume, progress=progress)
     return sweep_run.sweep_scale(ctx, settings, plot=plot, on_rows=on_rows, keep_samples=samples)
 
 
 @_one_plan
+@accepts(*COMMON, BoundChecks)
 @_each_checkpoint
-def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None, features=None,
-          grad=None, at_minimum=False, from_json=None, check=False, check_steps=None, local_iters=None, loss=None, spec=None,
-          arch=None, layer=None, mean=None, std=None, split=None, limit=None, batch_size=None, device="auto",
-          seed=0,
-          resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
-          trust_embedded_code=False, samples: bool = True, on_rows: OnRows | None = None,
-          progress: Progress | None = None) -> Result:
+def bound(model=None, data=None, *, chosen: Chosen, epsilon=None, lipschitz=None, kappa=None, r=None, classes=None,
+          features=None, grad=None, at_minimum=False, from_json=None, samples: bool = True,
+          on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob bound``: the certified radius of Prop. 8/9, from numbers (``model=None``; every number may
     be a comma-separated list, giving one row per combination), from sharpness JSON (``from_json``), or
     measured from a model (then ``check`` attacks every sample inside its radius)."""
@@ -354,43 +403,28 @@ def bound(model=None, data=None, *, epsilon=None, lipschitz=None, kappa=None, r=
              "epsilon": epsilon}
     given = {k: _number_text(v) for k, v in given.items()}
     if model is None:
-        model_options = {
-            "--check": check, "--check-steps": check_steps is not None, "--local-iters": local_iters is not None,
-            "--loss": loss is not None, "--spec": spec, "--arch": arch, "--layer": layer, "--data": data is not None, "--split": split,
-            "--limit": limit is not None, "--batch-size": batch_size is not None,
-            "--trust-embedded-code": trust_embedded_code, "--resize": resize, "--crop": crop,
-            "--interpolation": interpolation, "--image-column": image_column, "--label-column": label_column,
-        }
-        return bound_numbers.radius(given, from_json=from_json, at_minimum=at_minimum,
-                                    model_options={k: bool(v) for k, v in model_options.items()})
+        used = [*chosen.model.given(), *chosen.data.given(), *chosen.checks.given(), *(["data"] if data else [])]
+        return bound_numbers.radius(given, from_json=from_json, at_minimum=at_minimum, model_options=used)
     if from_json is not None:
-        raise UsageError("give either a checkpoint or --from-json, not both")
+        raise OptionError("from_json", "give either a checkpoint or {}, not both")
     bound_numbers.check_options(epsilon=epsilon, grad=grad, at_minimum=at_minimum)
-    conflicting = [f"--{k}" for k in (*bound_numbers.MEASURED, "grad") if given[k] is not None]
+    conflicting = [k for k in (*bound_numbers.MEASURED, "grad") if given[k] is not None]
     if conflicting:
         them = "them" if len(conflicting) > 1 else "it"
-        raise UsageError(f"{', '.join(conflicting)} cannot be combined with a checkpoint, which measures {them}; "
-                         f"drop {them} or leave out the checkpoint for numbers-only mode")
-    settings = bound_run.BoundSettings.from_options(epsilon, lipschitz=lipschitz, at_minimum=at_minimum, check=check,
-                                                    check_steps=check_steps, local_iters=local_iters, loss=loss)
-    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
-                   spec=spec, arch=arch, layer=layer, mean=mean, std=std, split=split or "test",
-                   limit=limit, batch_size=256 if batch_size is None else batch_size, device=device, seed=seed,
-                   progress=progress, trust_embedded_code=trust_embedded_code)
+        raise OptionError(tuple(conflicting), ", ".join("{}" for _ in conflicting) +
+                          f" cannot be combined with a checkpoint, which measures {them}; drop {them} or leave out "
+                          "the checkpoint for numbers-only mode")
+    settings = bound_run.BoundSettings.from_options(epsilon, lipschitz=lipschitz, at_minimum=at_minimum,
+                                                    **chosen.checks.values())
+    ctx = _context(model, data, chosen, progress=progress)
     return bound_run.bound(ctx, settings, on_rows=on_rows, keep_samples=samples)
 
 
 @_one_plan
+@accepts(*COMMON, AttackOptions, WeightNormOptions, DetectOptions)
 @_each_checkpoint
-def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std=None, split="test", limit=None,
-           batch_size=256, device="auto", seed=0,
-           resize=None, crop=None, interpolation=None, image_column=None, label_column=None,
-           method=None, score=None, folds=None, only_successful=False,
-           preset=None, attack=None, loss=None, norm=None, eps=None, alpha=None, steps=None, queries=None,
-           random_start=False, restarts=1, adversarial=None, fit_data=None, probe_steps=None, probe_size=None,
-           adaptive=False, adaptive_weight=None, save=None, save_adv=None, plot=None, detector=None, force=False,
-           weight_norm=None, resume=None, trust_embedded_code=False, samples: bool = True,
-           on_rows: OnRows | None = None,
+def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None, save=None, save_adv=None, plot=None,
+           detector=None, force=False, resume=None, samples: bool = True, on_rows: OnRows | None = None,
            progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
     ``detector`` (a file or a fitted :class:`~flatcli.core.detectors.Detector`) apply a saved one.
@@ -400,60 +434,47 @@ def detect(model, data=None, *, spec=None, arch=None, layer=None, mean=None, std
     Mahalanobis model is fitted on (``method`` ``mahalanobis``, ``ensemble``, ``all``; default: the
     training split of a ``data`` string). The fitted detector is ``result.artifacts["detector"]``.
     """
-    attack_given = [k for k, v in {"--preset": preset, "--attack": attack, "--loss": loss, "--queries": queries,
-                                   "--norm": norm, "--eps": eps, "--alpha": alpha,
-                                   "--steps": steps, "--random-start": random_start or None,
-                                   "--restarts": restarts if restarts != 1 else None}.items() if v is not None]
+    attack_given = tuple(chosen.attack.given())
     if detector is not None:
-        clash = [k for k, v in {"--method": method, "--score": score, "--folds": folds,
-                                "--only-successful": only_successful or None, "--adversarial": adversarial,
-                                "--fit-data": fit_data, "--probe-steps": probe_steps, "--probe-size": probe_size,
-                                "--adaptive": adaptive or None, "--adaptive-weight": adaptive_weight,
-                                "--save": save, "--save-adv": save_adv, "--plot": plot}.items() if v is not None]
-        clash += attack_given + (["--resume"] if resume else [])
+        fitting = {"adversarial": adversarial, "fit_data": fit_data, "save": save, "save_adv": save_adv, "plot": plot,
+                   "resume": resume}
+        clash = (*chosen.detection.given(), *(k for k, v in fitting.items() if v is not None), *attack_given)
         if clash:
-            raise UsageError(f"--detector applies a saved detector, but {', '.join(clash)} belong to fitting one; "
-                             "drop them, or drop --detector to fit")
-        return _apply(model, data, detector, reading=_reading(resize, crop, interpolation, image_column, label_column),
-                      force=force, weight_norm=weight_norm, spec=spec, arch=arch, layer=layer,
-                      mean=mean, std=std, split=split, limit=limit, batch_size=batch_size, device=device, seed=seed,
-                      trust_embedded_code=trust_embedded_code, samples=samples, on_rows=on_rows, progress=progress)
+            raise OptionError(("detector", *clash), "{} applies a saved detector, but " +
+                              ", ".join("{}" for _ in clash) + " belong to fitting one; drop them, or drop {} to fit"
+                              .replace("drop {} to fit", "drop the detector to fit"))
+        return _apply(model, data, detector, chosen, force=force, samples=samples, on_rows=on_rows,
+                      progress=progress)
     if force:
-        raise UsageError("--force only applies with --detector (applying a saved detector)")
+        raise OptionError(("force", "detector"), "{} only applies with {} (applying a saved detector)")
     if adversarial is not None:
         if attack_given:
-            raise UsageError(f"--adversarial reads ready adversarials; {', '.join(attack_given)} would be ignored: drop them")
+            raise OptionError(("adversarial", *attack_given), "{} reads ready adversarials; " +
+                              ", ".join("{}" for _ in attack_given) + " would be ignored: drop them")
         if save_adv is not None:
-            raise UsageError("--adversarial reads ready adversarials; --save-adv would only copy them: drop it")
+            raise OptionError(("adversarial", "save_adv"), "{} reads ready adversarials; {} would only copy them: "
+                              "drop it")
         if adversarial in ("", "-"):
-            raise UsageError("--adversarial needs a file name")
+            raise OptionError("adversarial", "{} needs a file name")
         if resume is not None:
-            raise UsageError("--resume keeps the crafted adversarials of a run; with --adversarial nothing is crafted: drop it")
-        if adaptive:
-            raise UsageError("--adaptive crafts adversarials against the fitted detector; with --adversarial nothing "
-                             "is crafted: drop one of them")
+            raise OptionError(("resume", "adversarial"), "{} keeps the crafted adversarials of a run; with {} nothing "
+                              "is crafted: drop it")
+        if chosen.detection.adaptive:
+            raise OptionError(("adaptive", "adversarial"), "{} crafts adversarials against the fitted detector; with "
+                              "{} nothing is crafted: drop one of them")
     _check_plot(plot)
     check_outputs(save=save, save_adv=save_adv, plot=plot)
-    settings = detect_run.DetectSettings.from_options(
-        crafted=adversarial is None, preset=preset, attack_kind=attack, loss=loss, norm=norm, eps=eps, alpha=alpha,
-        steps=steps, queries=queries, random_start=random_start, restarts=restarts, method=method, score=score,
-        folds=folds, only_successful=only_successful, weight_norm=weight_norm, probe_steps=probe_steps,
-        probe_size=probe_size, adaptive=adaptive, adaptive_weight=adaptive_weight,
-    )
+    settings = detect_run.DetectSettings.from_groups(chosen, crafted=adversarial is None)
     if fit_data is not None and not settings.uses_mahalanobis:
-        raise UsageError(f"--fit-data holds the data of the Mahalanobis model, which --method {settings.method} does "
-                         "not use; drop it or use --method mahalanobis, ensemble or all")
+        raise OptionError(("fit_data", "method"), "{} holds the data of the Mahalanobis model, which {} "
+                          f"{settings.method} does not use; drop it or use mahalanobis, ensemble or all")
     plan_inputs(adversarial=adversarial)
-    ctx = _context(model, data, reading=_reading(resize, crop, interpolation, image_column, label_column),
-                   spec=spec, trust_embedded_code=trust_embedded_code, arch=arch, layer=layer, mean=mean,
-                   std=std, split=split, limit=limit, batch_size=batch_size, device=device, seed=seed, resume=resume,
-                   progress=progress)
+    ctx = _context(model, data, chosen, resume=resume, progress=progress)
     adv_ds = None
     if adversarial is not None:
-        adv_ds = load_data(f"tensors:{adversarial}", split, limit)
+        adv_ds = load_data(f"tensors:{adversarial}", chosen.data.split, chosen.data.limit)
         check_compatible(adv_ds, ctx.loaded.spec.input_shape, ctx.loaded.num_classes)
-    fit_ds = (_fit_data(fit_data, data, ctx, _reading(resize, crop, interpolation, image_column, label_column))
-              if settings.uses_mahalanobis else None)
+    fit_ds = _fit_data(fit_data, data, ctx, chosen.data.reading()) if settings.uses_mahalanobis else None
     return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, fit_data=fit_ds, save=save,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
 
@@ -462,20 +483,19 @@ def _fit_data(fit_data, data, ctx: RunContext, reading: dict) -> DataSource:
     """The Mahalanobis model's clean labelled data: ``fit_data``, or the training split of the ``data`` string;
     never the data being scored."""
     if fit_data is None:
-        source = data if data is not None else (ctx.loaded.spec.data or "digits")
+        source = data if data is not None else (ctx.loaded.spec.data or DEFAULT_DATA)
         if not isinstance(source, str):
-            raise UsageError("the Mahalanobis model needs clean labelled training data: pass fit_data= (the forms of "
-                             "data=) when data is not a --data string")
+            raise OptionError("fit_data", "the Mahalanobis model needs clean labelled training data: pass {} (the "
+                              "forms of data=) when data is not a --data string")
         fit_data = source
     ds = _data(fit_data, ctx.loaded, "train", None, role="fit_data", reading=reading)
     if ds.name == ctx.data.name:
-        raise UsageError(f"--fit-data would be {ds.name}, the very data the detector is tested on; pass --fit-data "
-                         "with other clean labelled inputs (e.g. a training split)")
+        raise OptionError("fit_data", f"{{}} would be {ds.name}, the very data the detector is tested on; pass other "
+                          "clean labelled inputs (e.g. a training split)")
     return ds
 
 
-def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows, progress, reading,
-           **common) -> Result:
+def _apply(model, data, detector, chosen: Chosen, *, force, samples, on_rows, progress) -> Result:
     from flatcli.core.detectors import Detector
     from flatcli.inputs.detector_file import load_detector
 
@@ -483,21 +503,34 @@ def _apply(model, data, detector, *, force, weight_norm, layer, samples, on_rows
         plan_inputs(detector=detector)
     det = detector if isinstance(detector, Detector) else load_detector(detector)  # garbage fails before loading
     det_wn = det.meta.get("weight_norm", "squared")
+    weight_norm = chosen.head.weight_norm
     if weight_norm is not None and weight_norm != det_wn:
-        raise UsageError(f"--weight-norm {weight_norm} conflicts with the detector, fitted with --weight-norm {det_wn}; "
-                         "drop it")
-    ctx = _context(model, data, layer=layer or det.meta.get("layer"), progress=progress, reading=reading, **common)
+        raise OptionError("weight_norm", f"{{}} {weight_norm} conflicts with the detector, fitted with {det_wn}; "
+                          "drop it")
+    ctx = _context(model, data, chosen, layer=det.meta.get("layer"), progress=progress)
     path = None if isinstance(detector, Detector) else str(detector)
     return detect_run.apply(ctx, det, detector_path=path, force=force, on_rows=on_rows, keep_samples=samples)
 
 
 @_one_plan
-def inspect(model, *, spec=None, arch=None, layer=None, trust_embedded_code=False) -> Result:
+@accepts(ModelOptions)
+def inspect(model, *, chosen: Chosen) -> Result:
     """``flatrob inspect``: what a checkpoint holds (architecture, parameters, linear layers, specs)."""
-    loaded = load(model, spec=spec, arch=arch, layer=layer, device="cpu", trust_embedded_code=trust_embedded_code)
-    if loaded.checkpoint is None:
+    options = chosen.model
+    described = {"checkpoint": str(model), "spec": options.spec, "arch": options.arch, "layer": options.layer}
+    if _language_model(model, None):
+        from flatcli.models.kinds.causal_lm import CausalLM
+        from flatcli.runtime.loop import versions
+
+        summary = CausalLM.open(model, trust_embedded_code=options.trust_embedded_code).inspect()
+        return Result("inspect", {"checkpoint": str(model), "versions": versions()}, summary, [])
+    if isinstance(model, nn.Module):
         raise UsageError("inspect describes a checkpoint file; pass its path or example:NAME")
-    return inspect_run.inspect(loaded, options={"checkpoint": str(model), "spec": spec, "arch": arch, "layer": layer})
+    try:
+        loaded = _load(model, options, torch.device("cpu"), False)
+    except CheckpointError as exc:  # an unknown or wrong architecture: still show what the file holds
+        return inspect_run.inspect_file(str(model), exc, options=described)
+    return inspect_run.inspect(loaded, options=described)
 
 
 def _number_text(value) -> str | None:

@@ -24,7 +24,8 @@ class OptionError(UsageError):
 
     ``problem`` holds one ``{}`` per name in ``options``. ``str(error)`` words each as a Python keyword
     (``steps=``), the way the API is called; the CLI words them as flags (``--steps``) through
-    :meth:`worded`. So the library never speaks CLI, and each caller is told in its own terms::
+    :meth:`worded`. A name starting with ``!`` is the option turned off (``attack_each_scale=False``,
+    ``--no-attack-each-scale``). So the library never speaks CLI, and each caller is told in its own terms::
 
         raise OptionError("steps", "{} must be at least 1, got -1")          # steps= must be ...
         raise OptionError(("detector", "method"), "{} applies a saved detector; {} fits one")
@@ -33,14 +34,19 @@ class OptionError(UsageError):
     def __init__(self, options: str | tuple[str, ...], problem: str):
         self.options = (options,) if isinstance(options, str) else tuple(options)
         self.problem = problem
-        super().__init__(self.worded(lambda name: f"{name}="))
+        super().__init__(self.worded(keyword))
 
     def worded(self, word) -> str:
         """The message with each option name ``n`` replaced by ``word(n)`` (e.g. the CLI's ``--flag``)."""
         return self.problem.format(*(word(name) for name in self.options))
 
     def __str__(self) -> str:
-        return self.worded(lambda name: f"{name}=")
+        return self.worded(keyword)
+
+
+def keyword(option: str) -> str:
+    """How a Python caller names an option: ``steps=``, or ``flag=False`` for ``!flag``."""
+    return f"{option[1:]}=False" if option.startswith("!") else f"{option}="
 
 
 class CheckpointError(FlatrobError):

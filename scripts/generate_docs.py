@@ -7,8 +7,8 @@
 
 Writes ``completions/flatrob.{bash,zsh,fish}`` (Typer's scripts, as ``flatrob --show-completion SHELL``
 prints them; they call ``flatrob`` back with ``_FLATROB_COMPLETE`` set), ``man/flatrob.1`` (roff)
-and ``docs/cli.md``. The output depends only on the command tree, README.md's examples and the
-version: no dates, no terminal width, no paths of this machine. ``tests/test_shell.py`` fails when the
+and ``docs/cli.md``. The output depends only on the command tree, the examples of README.md and of the
+manual's pages (``docs/``, in the order of ``mkdocs.yml``'s nav) and the version: no dates, no terminal width, no paths of this machine. ``tests/test_shell.py`` fails when the
 committed files differ from what this script writes.
 """
 
@@ -66,7 +66,7 @@ FILES = (
     ("~/.bash_completions/flatrob.sh, ~/.zfunc/_flatrob, ~/.config/fish/completions/flatrob.fish",
      "Where flatrob --install-completion puts the completion script for bash, zsh and fish."),
 )
-SEE_ALSO = "jq(1), torchrun(1); README.md and docs/cli.md in the flatrob sources."
+SEE_ALSO = "jq(1), torchrun(1); README.md and the manual under docs/ (a MkDocs site: mkdocs build) in the flatrob sources."
 
 
 # ---------------------------------------------------------------------------------------------- tree
@@ -156,18 +156,17 @@ def _synopsis(command, ctx) -> str:
 def command_tree() -> tuple[Cmd, list[Cmd]]:
     """The root and its commands, in registration order."""
     import typer
-    from typer import _click as click
 
     from flatcli.cli import app
 
     root = typer.main.get_command(app)
-    rctx = click.Context(root, info_name=PROG, **root.context_settings)
+    rctx = typer.Context(root, info_name=PROG, **root.context_settings)
     top = Cmd(PROG, paragraphs(root.help), "COMMAND [ARGS]...", [x for x in (_param(p, rctx) for p in root.get_params(rctx)) if x])
     cmds = []
     for name, sub in root.commands.items():
         if sub.hidden:
             continue
-        sctx = click.Context(sub, info_name=name, parent=rctx, **sub.context_settings)
+        sctx = typer.Context(sub, info_name=name, parent=rctx, **sub.context_settings)
         params = [x for x in (_param(p, sctx) for p in sub.get_params(sctx)) if x]
         cmds.append(Cmd(f"{PROG} {name}", paragraphs(sub.help), _synopsis(sub, sctx), params))
     return top, cmds
@@ -190,7 +189,7 @@ def completion_script(shell: str) -> str:
     return script + "\n"
 
 
-# ---------------------------------------------------------------------------------- README examples
+# ------------------------------------------------------------------------------ examples of the docs
 
 
 @dataclass
@@ -199,13 +198,39 @@ class Example:
     comment: str
 
 
-def readme_examples(readme: str) -> list[Example]:
-    """``flatrob ...`` lines of README.md's bash code blocks (continuations joined), with their comments."""
+def doc_pages(root: Path = ROOT) -> list[Path]:
+    """README.md, then the manual's pages in the order of ``mkdocs.yml``'s nav, less the generated reference."""
+    import yaml
+
+    def flat(items) -> list[str]:
+        out = []
+        for item in items:
+            value = next(iter(item.values())) if isinstance(item, dict) else item
+            out += flat(value) if isinstance(value, list) else [value]
+        return out
+
+    nav = yaml.safe_load((root / "mkdocs.yml").read_text(encoding="utf-8"))["nav"]
+    return [root / "README.md", *(root / "docs" / page for page in flat(nav) if page != "cli.md")]
+
+
+def doc_examples(pages: list[Path]) -> list[Example]:
+    """The ``flatrob ...`` examples of ``pages``, each command once, in order."""
     out: list[Example] = []
-    seen = set()
+    seen: set[str] = set()
+    for page in pages:
+        for ex in shell_examples(page.read_text(encoding="utf-8")):
+            if ex.command not in seen:
+                seen.add(ex.command)
+                out.append(ex)
+    return out
+
+
+def shell_examples(markdown: str) -> list[Example]:
+    """``flatrob ...`` lines of a Markdown text's bash code blocks (continuations joined), with their comments."""
+    out: list[Example] = []
     fence = None
     pending = ""
-    for line in readme.splitlines():
+    for line in markdown.splitlines():
         stripped = line.strip()
         if stripped.startswith("```"):
             fence = None if fence is not None else stripped[3:].strip().lower()
@@ -224,10 +249,7 @@ def readme_examples(readme: str) -> list[Example]:
             continue
         m = re.match(r"^(?P<cmd>.*?)\s+#\s(?P<comment>.*)$", text)
         command, comment = (m.group("cmd"), m.group("comment").strip()) if m else (text.rstrip(), "")
-        command = " ".join(command.split())
-        if command not in seen:
-            seen.add(command)
-            out.append(Example(command, comment))
+        out.append(Example(" ".join(command.split()), comment))
     return out
 
 
@@ -429,7 +451,7 @@ def cli_reference(top: Cmd, cmds: list[Cmd], examples: list[Example], version: s
     lines += [f"| {md_code(name)} | {md(text, cell=True)} |" for name, text in ENVIRONMENT]
     lines += ["", "## Files", "", "| file | what |", "|---|---|"]
     lines += [f"| {md_code(name)} | {md(text, cell=True)} |" for name, text in FILES]
-    lines += ["", "## Examples", "", "From README.md:", "", "```bash"]
+    lines += ["", "## Examples", "", "From README.md and the manual:", "", "```bash"]
     lines += [f"{ex.command}  # {ex.comment}" if ex.comment else ex.command for ex in examples]
     lines += ["```", ""]
     return "\n".join(lines)
@@ -445,7 +467,7 @@ def render() -> dict[str, str]:
     with _plain_environment():
         top, cmds = command_tree()
         files = {f"completions/{PROG}.{shell}": completion_script(shell) for shell in SHELLS}
-    examples = readme_examples((ROOT / "README.md").read_text(encoding="utf-8"))
+    examples = doc_examples(doc_pages())
     files[f"man/{PROG}.1"] = man_page(top, cmds, examples, __version__)
     files["docs/cli.md"] = cli_reference(top, cmds, examples, __version__)
     return files

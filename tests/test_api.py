@@ -1,6 +1,6 @@
-"""The Python API (flatcli.api): the README example runs, and every command gives the CLI's numbers.
+"""The Python API (flatcli.api): the manual's example runs, and every command gives the CLI's numbers.
 
-The README's example is written to a module and imported (so its ``Net`` class can also be named to the
+The example of docs/api.md is written to a module and imported (so its ``Net`` class can also be named to the
 CLI as ``--arch readme_example:Net``); its trained network is saved as a safetensors checkpoint and its
 data as a ``tensors:`` file, and each CLI command run on them must give the same summary and rows as the
 API did on the in-memory network and ``DataLoader``.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import inspect
 import re
 import sys
 from pathlib import Path
@@ -22,24 +23,24 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import flatcli.api as fr
-from flatcli.errors import DataError, DetectorError, LayerError, UsageError
+from flatcli.errors import DataError, DetectorError, LayerError, OptionError, UsageError
 from flatcli.inputs.data import load_data
 from tests.conftest import EXAMPLE, invoke
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+API_PAGE = Path(__file__).resolve().parents[1] / "docs" / "api.md"
 
 
 def readme_example() -> str:
-    """The Python block that follows the ``api-example`` marker in the README."""
-    text = README.read_text(encoding="utf-8")
+    """The Python block that follows the ``api-example`` marker in docs/api.md."""
+    text = API_PAGE.read_text(encoding="utf-8")
     found = re.search(r"<!-- api-example[^>]*-->\s*```python\n(.*?)```", text, re.S)
-    assert found, "the README lost its API example"
+    assert found, "docs/api.md lost its API example"
     return found.group(1)
 
 
 @pytest.fixture(scope="module")
 def example(tmp_path_factory):
-    """The README example imported as a module, plus its network and data as files for the CLI."""
+    """The manual's example imported as a module, plus its network and data as files for the CLI."""
     root = tmp_path_factory.mktemp("readme")
     (root / "readme_example.py").write_text(readme_example(), encoding="utf-8")
     sys.path.insert(0, str(root))
@@ -192,10 +193,28 @@ def flat_net() -> nn.Module:
         (lambda: fr.sharpness(flat_net(), (torch.rand(4, 64), torch.zeros(4))), DataError, "4 dimensions"),
         (lambda: fr.sharpness(flat_net(), TensorDataset(torch.rand(4, 1, 8, 8) * 3, torch.zeros(4).long())),
          DataError, "outside [0, 1]"),
-        (lambda: fr.sharpness(EXAMPLE, "digits", batch_size=0), UsageError, "--batch-size"),
-        (lambda: fr.bound(epsilon=0.1), UsageError, "--kappa"),
+        (lambda: fr.sharpness(EXAMPLE, "digits", batch_size=0), OptionError, "batch_size= must be at least 1"),
+        (lambda: fr.bound(epsilon=0.1), OptionError, "kappa="),
+        (lambda: fr.attack(EXAMPLE, "digits", steps=-1), OptionError, "steps="),
+        (lambda: fr.attack(EXAMPLE, "digits", stepz=3), TypeError, "unexpected keyword argument 'stepz'"),
     ],
 )
 def test_bad_input_raises_the_library_errors(call, error, fragment):
     with pytest.raises(error, match=re.escape(fragment)):
         call()
+
+
+def test_options_come_as_groups_or_keywords_and_errors_name_the_option():
+    """The API takes an option group or its fields as keywords (the keywords apply over the group); an option out
+    of range is named as a keyword, never as a flag; the signature lists every option."""
+    from flatcli.options import AttackOptions, DataOptions
+
+    net = flat_net()
+    data = (torch.rand(6, 1, 8, 8), torch.arange(6) % 10)
+    by_keywords = fr.attack(net, data, steps=2, eps=0.1, alpha=0.05, batch_size=4)
+    by_groups = fr.attack(net, data, AttackOptions(steps=2, eps=0.1), DataOptions(batch_size=4), alpha=0.05)
+    assert json.dumps(by_keywords.summary) == json.dumps(by_groups.summary)  # NaN where no sample is censored
+    with pytest.raises(OptionError) as caught:
+        fr.attack(net, data, AttackOptions(steps=2), takeoff=2.0)
+    assert "takeoff=" in str(caught.value) and "--" not in str(caught.value)
+    assert {"steps", "batch_size", "takeoff", "seed"} <= set(inspect.signature(fr.attack).parameters)

@@ -121,7 +121,7 @@ def test_sweep_scale_flags_nan_on_the_fixed_trajectories(poisoned_model):
 def test_sweep_scale_flags_nan_of_one_scales_attack_at_that_scale_only(monkeypatch):
     import dataclasses
 
-    from flatcli.core.pgd import PGD
+    from flatcli.core.attacks import PGD
 
     real = PGD.run
 

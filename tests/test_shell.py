@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import typer
-from typer import _click as click
+from typer.core import TyperCommand, TyperGroup
 from typer.testing import CliRunner
 
 from flatcli.cli import app, complete
@@ -49,7 +49,7 @@ def _env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _commands() -> dict[str, click.Command]:
+def _commands() -> dict[str, TyperCommand]:
     return dict(typer.main.get_command(app).commands)
 
 
@@ -224,9 +224,10 @@ def test_man_page_names_every_command_and_option():
                 assert re.search(rf"(?<![\w-]){re.escape(opt)}(?![\w-])", by_command[name]), f"{name} {opt}"
 
 
-def test_man_page_examples_come_from_the_readme():
-    examples = gen.readme_examples((ROOT / "README.md").read_text())
-    assert examples, "README.md has no flatrob examples in bash blocks"
+def test_man_page_examples_come_from_the_docs():
+    examples = gen.doc_examples(gen.doc_pages())
+    assert gen.shell_examples((ROOT / "README.md").read_text()), "README.md has no flatrob examples in bash blocks"
+    assert len(examples) > 20, "the manual lost its flatrob examples"
     roff = (ROOT / "man/flatrob.1").read_text()
     for ex in examples:
         assert gen.roff(gen.wrap_command(ex.command)[0]) in roff
@@ -235,7 +236,7 @@ def test_man_page_examples_come_from_the_readme():
 # ------------------------------------------------------------------------------------ help text
 
 
-def _walk(command: click.Command, path: str):
+def _walk(command: TyperGroup | TyperCommand, path: str):
     yield path, command
     for name, sub in getattr(command, "commands", {}).items():
         yield from _walk(sub, f"{path} {name}")

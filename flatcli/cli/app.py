@@ -12,7 +12,6 @@ import sys
 import traceback
 
 import typer
-from typer import _click as click
 from typer.core import TyperGroup
 from typer.exceptions import Abort, Exit
 
@@ -35,7 +34,7 @@ class FlatrobGroup(TyperGroup):
             code = code if isinstance(code, int) else 0
         except Exit as e:
             code = e.exit_code
-        except click.exceptions.ClickException as e:
+        except typer.TyperException as e:  # typer's usage errors (its vendored click's ClickException)
             code = _fail(e.format_message(), e.exit_code)
         except Abort:
             code = _fail("aborted", 130)
@@ -57,7 +56,10 @@ class FlatrobGroup(TyperGroup):
 
 
 def flag(option: str) -> str:
-    """The command-line flag of a library option name (``random_start`` -> ``--random-start``)."""
+    """The command-line flag of a library option name (``random_start`` -> ``--random-start``; ``!scale_bias``,
+    the option turned off, -> ``--no-scale-bias``)."""
+    if option.startswith("!"):
+        return "--no-" + option[1:].replace("_", "-")
     return "--" + option.replace("_", "-")
 
 

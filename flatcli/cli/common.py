@@ -10,17 +10,32 @@ from flatcli.errors import UsageError
 from flatcli.outputs.plan import check_outputs
 from flatcli.outputs.writer import ResultWriter
 
-__all__ = ["check_common", "check_outputs", "progress_bar", "note", "notes", "writer", "is_main", "models",
+__all__ = ["call", "check_outputs", "progress_bar", "note", "notes", "writer", "is_main", "models",
            "checkpoint_error", "finish", "exit_status", "summaries", "summary_rows"]
 
 
-def check_common(*, limit: int | None = None, batch_size: int | None = None, output: str | None = None) -> None:
-    """Reject out-of-range shared options (and an output path that cannot be written) before any work."""
-    check_outputs(output=output)
-    if limit is not None and limit < 0:
-        raise UsageError(f"--limit must be 0 or more, got {limit}")
-    if batch_size is not None and batch_size < 1:
-        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+def call(command: str, checkpoint: list[str] | None, checkpoints, output, render_table, *groups, rows: bool = True,
+         required: bool = True, before_finish=None, **keywords):
+    """The one library call of a command: ``api.<command>`` on the checkpoint(s) with the option groups and
+    keywords, its rows streamed to the writer (``rows``), a progress bar on stderr, then the document or
+    table (``before_finish(out, result)`` may add rows first). Returns the result."""
+    from flatcli import api
+    from flatcli.options import DataOptions
+
+    files = {k: v for k, v in keywords.items() if k in ("trajectory", "save_adv", "save", "plot") and v is not None}
+    check_outputs(output=output.output, **files)
+    data = next((g.data for g in groups if isinstance(g, DataOptions)), None)
+    function = getattr(api, command.replace("-", "_"))
+    with writer(output, command=command, render_table=render_table) as out:
+        with progress_bar(command, output.quiet) as progress:
+            result = function(models(checkpoint, checkpoints.checkpoints_from, required=required), data, *groups,
+                              checkpoints_from=checkpoints.checkpoints_from, fail_fast=checkpoints.fail_fast,
+                              on_error=checkpoint_error, samples=False, on_rows=out.rows if rows else None,
+                              progress=progress, **keywords)
+        if before_finish is not None:
+            before_finish(out, result)
+        finish(out, result, output.quiet)
+    return result
 
 
 def is_main() -> bool:
@@ -59,11 +74,10 @@ def notes(result, quiet: bool) -> None:
         note(line, quiet)
 
 
-def writer(fmt, output: str | None, *, command: str, per_sample: bool, render_table) -> ResultWriter:
-    """The result writer; under torchrun ranks other than 0 write nothing anywhere."""
-    return ResultWriter(
-        fmt.value, output, command=command, per_sample=per_sample, render_table=render_table, enabled=is_main()
-    )
+def writer(output, *, command: str, render_table) -> ResultWriter:
+    """The result writer of the output options; under torchrun ranks other than 0 write nothing anywhere."""
+    return ResultWriter(output.format, output.output, command=command, per_sample=output.per_sample,
+                        render_table=render_table, enabled=is_main())
 
 
 def models(checkpoint: list[str] | None, checkpoints_from: str | None, *, required: bool = True):

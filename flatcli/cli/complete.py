@@ -15,21 +15,9 @@ import os
 
 import typer
 
-# (prefix, help) for --data; the prefixes ending in ":" take a path.
-DATA_SOURCES = (
-    ("digits", "scikit-learn's bundled 8x8 digits"),
-    ("cifar10:", "CIFAR-10 under ROOT (torchvision files, never downloaded)"),
-    ("cifar100:", "CIFAR-100 under ROOT (torchvision files, never downloaded)"),
-    ("mnist:", "MNIST idx files under ROOT/MNIST/raw (torchvision, never downloaded)"),
-    ("fashionmnist:", "Fashion-MNIST idx files under ROOT/FashionMNIST/raw (torchvision)"),
-    ("kmnist:", "KMNIST idx files under ROOT/KMNIST/raw (torchvision)"),
-    ("svhn:", "SVHN's {train,test,extra}_32x32.mat under ROOT (torchvision)"),
-    ("stl10:", "STL-10 binaries under ROOT/stl10_binary (torchvision)"),
-    ("folder:", "an ImageFolder directory"),
-    ("npz:", "numpy .npz with x (uint8 or float in [0, 1]; NCHW or NHWC) and y"),
-    ("hf:", "a Hugging Face datasets save_to_disk folder, a .parquet file or a folder of them"),
-    ("tensors:", "safetensors with x, y (as attack --save-adv writes); tensors:- reads stdin"),
-)
+from flatcli.inputs.data.forms import FORMS
+from flatcli.models import arch_forms
+
 SPLITS = (("test", "test split"), ("train", "train split"), ("all", "every sample (digits)"))
 MAX_PATHS = 200
 
@@ -69,12 +57,19 @@ def gpu_count() -> int:
 
 
 def data(incomplete: str) -> list[tuple[str, str]]:
-    """The ``--data`` source prefixes; after ``prefix:`` (zsh, fish) the paths that fit the prefix."""
-    prefix, sep, rest = incomplete.partition(":")
-    if sep and f"{prefix}:" in dict(DATA_SOURCES):
-        want_files = prefix in ("tensors", "npz", "hf")
-        return [(f"{prefix}:{p}", "") for p in paths(rest, files=want_files)]
-    return list(DATA_SOURCES)
+    """The ``--data`` forms (:data:`~flatcli.inputs.data.forms.FORMS`); after ``form:`` (zsh, fish) the
+    paths its completion kind offers (directories, or files and directories)."""
+    name, sep, rest = incomplete.partition(":")
+    form = FORMS.get(name)
+    if sep and form is not None and form.completion != "none":
+        return [(f"{name}:{p}", "") for p in paths(rest, files=form.completion == "file")]
+    return [(form.prefix, form.help) for form in FORMS.values()]
+
+
+def arch(incomplete: str) -> list[tuple[str, str]]:
+    """The prefixes of the ``--arch`` forms (:data:`~flatcli.models.arch_forms.FORMS`); the names behind
+    them (built-ins, timm's and torchvision's registries) are listed by importing torch, which a <Tab> never does."""
+    return [(form.prefix, form.help) for form in arch_forms.FORMS.values() if form.prefix]
 
 
 def split(incomplete: str) -> list[tuple[str, str]]:

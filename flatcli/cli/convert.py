@@ -9,8 +9,9 @@ import typer
 
 from flatcli.cli import common, tables
 from flatcli.cli.app import app
-from flatcli.cli.options import Format, FormatOpt, Quiet, SpecFile
+from flatcli.cli.params import expand
 from flatcli.errors import UsageError
+from flatcli.options import OutputOptions
 
 
 class Weights(str, Enum):
@@ -23,6 +24,7 @@ def render_table(stream, summary: dict, samples) -> None:
 
 
 @app.command()
+@expand
 def convert(
     source: Annotated[str, typer.Argument(help="PyTorch file (.pt/.pth/.ckpt) holding a state dict.", show_default=False)],
     dest: Annotated[str, typer.Argument(help="The safetensors file to write.", show_default=False)],
@@ -35,10 +37,9 @@ def convert(
     strip_prefix: Annotated[
         Optional[str], typer.Option("--strip-prefix", help="Keep only the keys under this prefix, without it (a LightningModule's net.); default: module., _orig_mod. and model. wrappers are removed.")
     ] = None,
-    spec: SpecFile = None,
+    spec: Annotated[Optional[str], typer.Option("--spec", help="Layer spec (YAML) to embed in the metadata.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace DEST if it exists.")] = False,
-    format: FormatOpt = Format.table,
-    quiet: Quiet = False,
+    output: OutputOptions = None,
 ) -> None:
     """Convert a .pt/.pth state dict to safetensors with torch.load(weights_only=True): nothing in it is executed.
 
@@ -52,6 +53,6 @@ def convert(
         raise UsageError("--key and --weights ema both choose the weights; give one")
     result = api.convert(source, dest, key=key, spec=spec, force=force, weights=weights.value,
                          strip_prefix=strip_prefix)
-    common.notes(result, quiet)
-    with common.writer(format, None, command="convert", per_sample=False, render_table=render_table) as out:
+    common.notes(result, output.quiet)
+    with common.writer(output, command="convert", render_table=render_table) as out:
         out.finish(result.config, result.summary)

@@ -4,25 +4,21 @@ from __future__ import annotations
 
 from flatcli.cli import common
 from flatcli.cli.app import app
-from flatcli.cli.options import Arch, Checkpoint, Format, FormatOpt, Layer, Output, SpecFile, TrustEmbeddedCode
+from flatcli.cli.options import Checkpoint
+from flatcli.cli.params import expand
 from flatcli.cli.tables.inspect import render
+from flatcli.options import ModelOptions, OutputOptions
 
 
 @app.command()
-def inspect(
-    checkpoint: Checkpoint,
-    spec: SpecFile = None,
-    arch: Arch = None,
-    trust_embedded_code: TrustEmbeddedCode = False,
-    layer: Layer = None,
-    format: FormatOpt = Format.table,
-    output: Output = None,
-) -> None:
+@expand
+def inspect(checkpoint: Checkpoint, model: ModelOptions = None, output: OutputOptions = None) -> None:
     """Show a checkpoint's architecture, parameter count, linear layers and spec."""
-    common.check_outputs(output=output)
+    common.check_outputs(output=output.output)
     from flatcli import api
 
-    result = api.inspect(checkpoint, spec=spec, arch=arch, layer=layer, trust_embedded_code=trust_embedded_code)
-    with common.writer(format, output, command="inspect", per_sample=False, render_table=render) as out:
+    result = api.inspect(checkpoint, model)
+    common.notes(result, output.quiet)
+    with common.writer(output, command="inspect", render_table=render) as out:
         out.rows(result.samples)
         out.finish(result.config, result.summary)

@@ -16,7 +16,6 @@ import functools
 import inspect
 from typing import Annotated, Any, Optional, get_type_hints
 
-import click
 import typer
 
 from flatcli.cli import complete
@@ -25,16 +24,15 @@ from flatcli.options.base import Group, Spec, flag_of
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "choice": str, "floats": str, "names": str}
 
 
-class _Choice(click.Choice):
-    """A choice whose names are read when needed (a registry's), so building the CLI imports nothing heavy."""
+def _choice_check(spec: Spec):
+    """Refuse a value outside the choices while the command line is parsed, as click does for its own."""
 
-    def __init__(self, allowed):
-        self._allowed = allowed
-        self.case_sensitive = True
+    def check(value):
+        if value is not None and value not in spec.allowed():
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(map(repr, spec.allowed()))}.")
+        return value
 
-    @property
-    def choices(self):
-        return self._allowed()
+    return check
 
 
 def typer_option(name: str, spec: Spec, default: Any):
@@ -42,15 +40,18 @@ def typer_option(name: str, spec: Spec, default: Any):
     flag = flag_of(name, spec)
     decls = [f"{flag}/--no-{flag[2:]}" if spec.negatable else flag] + ([spec.short] if spec.short else [])
     extra = {}
-    if spec.kind == "choice":
-        extra["click_type"] = _Choice(spec.allowed)
+    if spec.kind == "choice":  # a registry's names are read only when the option is given or completed
+        extra["autocompletion"] = lambda incomplete: [c for c in spec.allowed() if c.startswith(incomplete)]
+        extra["callback"] = _choice_check(spec)
+        if not callable(spec.choices):
+            extra["metavar"] = f"[{'|'.join(spec.choices)}]"
     if spec.completion:
         extra["autocompletion"] = getattr(complete, spec.completion)
     if spec.metavar:
         extra["metavar"] = spec.metavar
     kind = _TYPES[spec.kind]
     shown = default if not isinstance(default, tuple) else ",".join(map(str, default))
-    info = typer.Option(*decls, help=spec.help, show_default=shown is not None and spec.kind != "bool" or spec.negatable,
+    info = typer.Option(*decls, help=spec.text(), show_default=shown is not None and spec.kind != "bool" or spec.negatable,
                         **extra)
     return Annotated[kind if default is not None else Optional[kind], info], shown
 
@@ -78,7 +79,8 @@ def expand(func):
 
     @functools.wraps(func)
     def command(**values):
-        made = {key: kind(**{name: values.pop(name) for name, _, _ in kind.options()}) for key, kind in groups.items()}
+        made = {key: kind(**{name: values.pop(name) for name, _, _ in kind.options() if name in values})
+                for key, kind in groups.items()}
         return func(**made, **values)
 
     command.__signature__ = inspect.Signature(params)

@@ -2,7 +2,7 @@
 
 A detector that is only tested on adversarials crafted without knowing it is not evaluated (Carlini &
 Wagner 2017, "Adversarial examples are not easily detected"; Athalye et al. 2018). The adaptive
-attacker knows the model and the fitted detector and runs PGD (:mod:`flatcli.core.pgd`, every
+attacker knows the model and the fitted detector and runs PGD (:mod:`flatcli.core.attacks.pgd`, every
 convention unchanged) on the per-sample objective
 
     obj(x) = CE(f(x), y)                              while the model still predicts y,
@@ -29,22 +29,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from flatcli.core.detection_features import Probe, detection_features, mahalanobis_tensors
-from flatcli.core.detectors import LOG_FLOOR, THRESHOLD_METHODS, Detector
+from flatcli.core.detectors import Detector
 
 
 def decision(det: Detector, columns: dict[str, Tensor]) -> Tensor:
-    """:meth:`Detector.decision` in torch (float64, differentiable) on named feature ``columns``."""
-    if det.method in THRESHOLD_METHODS:
-        s = columns[det.score]
-        return s - det.threshold if det.direction == "above" else det.threshold - s
-    X = torch.stack([columns[n] for n in det.columns()], dim=-1)
-    like = dict(dtype=torch.float64, device=X.device)
-    Z = (torch.log(torch.clamp(X, min=LOG_FLOOR)) - torch.tensor(det.mean, **like)) / torch.tensor(det.scale, **like)
-    return Z @ torch.tensor(det.coef, **like) + float(det.intercept)
+    """:meth:`Detector.decision` in torch (float64, differentiable) on named feature ``columns``
+    (:meth:`Detector.decision_tensor` on the detector's columns)."""
+    return det.decision_tensor(torch.stack([columns[n] for n in det.columns()], dim=-1))
 
 
 class AdaptiveLoss:
-    """``loss(x, logits, phi)`` for :func:`flatcli.core.pgd.pgd`: the objective of the module docstring.
+    """``loss(x, logits, phi)`` for :func:`flatcli.core.attacks.pgd.pgd`: the objective of the module docstring.
 
     ``detectors`` are fitted with the same method and feature settings (e.g. the detectors of the
     cross-validation folds); sample ``i`` of the batch is attacked against ``detectors[which[i]]``.

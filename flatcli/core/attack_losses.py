@@ -1,4 +1,4 @@
-"""The per-sample losses an attack ascends (``--loss ce|cw|dlr``), untargeted and targeted.
+"""The per-sample losses an attack ascends (option ``loss``: ce, cw, dlr), untargeted and targeted.
 
 ``z`` are the logits (B, k), ``y`` the true labels, ``t`` the targets; every loss is per sample, and
 the attack increases its sum over the batch:
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError
 
 LOSSES = ("ce", "cw", "dlr")
 #: Smallest number of classes each loss needs, untargeted and targeted (the DLR denominators).
@@ -32,15 +32,17 @@ DLR_TINY = 1e-12
 
 
 def check_loss(loss: str, classes: int | None = None, targeted: bool = False) -> None:
-    """Fail with :class:`UsageError` for an unknown loss, or one the number of classes cannot support."""
+    """Fail with :class:`OptionError` (naming ``loss``) for an unknown loss, or one the number of classes cannot
+    support."""
     if loss not in LOSSES:
-        raise UsageError(f"unknown loss {loss!r}; use --loss ce, cw or dlr")
+        shown = repr(loss).replace("{", "{{").replace("}", "}}")
+        raise OptionError("loss", f"unknown loss {shown}; {{}} takes {', '.join(LOSSES)}")
     if classes is not None:
         need = MIN_CLASSES[loss][1 if targeted else 0]
         if classes < need:
             kind = "targeted " if targeted else ""
-            raise UsageError(f"--loss {loss} ({kind}) needs at least {need} classes; the model has {classes}: "
-                             "use --loss ce or cw")
+            raise OptionError(("loss", "loss"), f"{{}} {loss} ({kind}) needs at least {need} classes; the model "
+                                                f"has {classes}: use {{}} ce or cw")
 
 
 def _others_max(z: Tensor, cls: Tensor) -> Tensor:

@@ -38,14 +38,12 @@ from flatcli.core.detectors import (
     MAHALANOBIS,
     MAX_PROBE_STEPS,
     PROFILE_MEASURES,
+    SCORES,
     MahalanobisModel,
     profile_names,
 )
-from flatcli.core.pgd import MAX_RADIUS
-from flatcli.errors import UsageError
-
-#: Label-free measures a stump can threshold (``--score``); the first is the default.
-SCORES = ("relative_sharpness", "trace_h", "confidence", "relative_flatness_full")
+from flatcli.core.attacks import MAX_RADIUS
+from flatcli.errors import OptionError
 
 
 @dataclass(frozen=True)
@@ -57,9 +55,10 @@ class Probe:
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= MAX_PROBE_STEPS:
-            raise UsageError(f"--probe-steps must be an integer from 1 to {MAX_PROBE_STEPS}, got {self.steps!r}")
+            raise OptionError("probe_steps", f"{{}} must be an integer from 1 to {MAX_PROBE_STEPS}, got {self.steps!r}")
         if not (isinstance(self.size, (int, float)) and math.isfinite(self.size) and 0 < self.size <= MAX_RADIUS):
-            raise UsageError(f"--probe-size must be a finite number > 0 and at most {MAX_RADIUS:g}, got {self.size!r}")
+            raise OptionError("probe_size",
+                              f"{{}} must be a finite number > 0 and at most {MAX_RADIUS:g}, got {self.size!r}")
 
     def config(self) -> dict:
         """The detector's ``probe`` entry (and the run's config)."""

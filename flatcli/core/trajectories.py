@@ -43,7 +43,7 @@ class Takeoff:
 
 
 def takeoff(losses: Tensor, dist_l2: Tensor, tau: float = 0.1, min_rise: float = MIN_RISE) -> Takeoff:
-    """Take-off point and basin width (paper §6.1, Fig. 2; DESIGN.md §2).
+    """Take-off point and basin width (paper §6.1, Fig. 2; docs/commands/attack.md).
 
     ``t* = min{t : n_t >= tau}`` on the normalised loss; the width is the distance reached just before
     take-off, ``dist_l2[t* - 1]`` (``dist_l2[t] = ||x_t - x_0||_2``, shape (T+1, B)). Since ``n_0 = 0 < tau``

@@ -37,11 +37,12 @@ from flatcli.core.classifier import Classifier
 from flatcli.errors import LayerError, OptionError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
-from flatcli.models import stems, timm_models
+from flatcli.models import stems
+from flatcli.models.arch_forms import names_code
 from flatcli.models.builtins import BUILTINS
 from flatcli.models.matching import check_fits, describe_candidates, detect, load_state, strip_prefix
 from flatcli.models.registry import (data_defaults, default_head, infer_in_channels, infer_num_classes,
-                                     kwargs_naming_code, names_code)
+                                     known_head, kwargs_naming_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.
@@ -231,7 +232,7 @@ def load_model(
         kwargs = {**detected_kwargs, **kwargs}
         arch_source = "keys" if others else "detected"
     in_channels = spec.input_shape[0] if spec.input_shape else infer_in_channels(state)
-    head_name = spec.layer or _builtin_head(arch)
+    head_name = spec.layer or known_head(arch)
     num_classes = spec.num_classes
     if num_classes is None:
         head_name = head_name or _skeleton_head(arch, in_channels, kwargs)
@@ -404,14 +405,6 @@ def _skeleton_head(arch: str, in_channels: int, kwargs: dict) -> str | None:
         return default_head(arch, skeleton)
     except (LayerError, RuntimeError, NotImplementedError, TypeError, ValueError):
         return None
-
-
-def _builtin_head(arch: str) -> str | None:
-    """The head a built-in or a timm model names before it is built (``None``: known once built)."""
-    if arch.startswith(timm_models.PREFIX):
-        return timm_models.registered_head(arch.partition(":")[2])
-    info = BUILTINS.get(arch)
-    return info.head if info else None
 
 
 def find_module(net: nn.Module, name: str) -> nn.Module:

@@ -17,6 +17,7 @@ from torch import nn
 from flatcli.errors import CheckpointError, FlatrobError
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.registry import infer_in_channels
+from flatcli.models import arch_forms
 from flatcli.models.stems import build as build_adapted
 
 #: An architecture with its kwargs, as the spec's ``arch`` and ``arch_kwargs`` name it.
@@ -156,8 +157,7 @@ def detect(state_dict: StateDict) -> tuple[str, dict, list[Candidate]]:
         detail = f" ({', '.join(BUILTINS)}: none shares even half of its {len(state_dict)} tensors{_family(state_dict)})"
     raise CheckpointError(
         f"the checkpoint matches no built-in architecture{prefix}{detail}; name its architecture with --arch (or "
-        "arch: in the spec): a built-in, timm:NAME, torchvision:NAME, robustbench:DATASET/THREAT/NAME or "
-        "module.path:ClassName"
+        f"arch: in the spec): {arch_forms.listing()}"
     )
 
 

@@ -1,26 +1,28 @@
 """Building a network from an architecture name, and reading sizes (classes, channels) off a state dict.
 
-An architecture name is one of:
+The forms of a name are the table :data:`flatcli.models.arch_forms.FORMS` (built-ins, ``torchvision:NAME``,
+``timm:NAME``, ``robustbench:DATASET/THREAT/NAME``, ``module.path:ClassName``); each row names one
+:class:`Builder` below, which builds the network and knows its head and data config:
 
-* a built-in (:data:`BUILTINS`): ``resnet18``, ``wrn28-4``, ``vgg11-bn``, ``densenet121``, ``small-cnn``, ``mlp``;
-* ``torchvision:NAME``: a ``torchvision.models`` classification builder, called with ``num_classes=``, the
+* :class:`Builtin`: a name of :data:`BUILTINS` (``resnet18``, ``wrn28-4``, ``vgg11-bn``, ...);
+* :class:`Torchvision`: a ``torchvision.models`` classification builder, called with ``num_classes=``, the
   kwargs and every ``weights*`` keyword set to ``None`` (detection, segmentation, video, optical-flow and
   quantized builders are refused: their defaults fetch backbone weights);
-* ``timm:NAME``: a model of timm's registry, ``timm.create_model(NAME, pretrained=False, ...)``
+* :class:`Timm`: a model of timm's registry, ``timm.create_model(NAME, pretrained=False, ...)``
   (:mod:`flatcli.models.timm_models`);
-* ``robustbench:DATASET/THREAT/NAME``: a RobustBench model zoo entry's constructor
-  (:mod:`flatcli.models.robustbench_zoo`);
-* ``module.path:ClassName``: an ``nn.Module`` subclass, verified as such before it is called, imported from
+* :class:`RobustBench`: a RobustBench model zoo entry's constructor (:mod:`flatcli.models.robustbench_zoo`);
+* :class:`ModulePath`: an ``nn.Module`` subclass, verified as such before it is called, imported from
   the installed packages and ``PYTHONPATH``, never from the current directory.
 
-Only the last form imports code a user names (:func:`names_code`); the registries name entries of installed
-libraries, as built-ins do; :mod:`flatcli.models.loading` refuses it
-from a checkpoint's embedded spec unless the user trusts that spec. Every build runs
+Only the last form imports code a user names (:func:`~flatcli.models.arch_forms.names_code`); the registries
+name entries of installed libraries, as built-ins do; :mod:`flatcli.models.loading` refuses it from a
+checkpoint's embedded spec unless the user trusts that spec. Every build runs
 :func:`flatcli.models.offline.offline`: nothing is downloaded and torch.hub's cache is never read.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import difflib
 import importlib
@@ -35,23 +37,15 @@ from torch import nn
 from flatcli.errors import CheckpointError, LayerError, SpecError
 from flatcli.inputs.preprocessing import from_torchvision
 from flatcli.models import robustbench_zoo, timm_models
+from flatcli.models.arch_forms import ArchForm, form_of, listing
 from flatcli.models.builtins import BUILTINS, StateDict
 from flatcli.models.offline import offline
 
 _RESERVED = ("num_classes", "in_channels")
 
 
-#: Architecture prefixes naming an entry of an installed library's registry, not a module to import.
-REGISTRIES = ("torchvision:", timm_models.PREFIX, robustbench_zoo.PREFIX)
-
-
-def names_code(arch: str | None) -> bool:
-    """Whether ``arch`` is a ``module.path:ClassName``: building it imports (and so runs) that module."""
-    return bool(arch) and ":" in arch and not arch.startswith(REGISTRIES)
-
-
 def build_network(arch: str, *, num_classes: int, in_channels: int, kwargs: dict | None = None) -> nn.Module:
-    """A freshly initialised network for ``arch`` (see the module docstring for the three forms), built offline.
+    """A freshly initialised network for ``arch`` (see the module docstring for the forms), built offline.
 
     ``in_channels`` reaches built-ins, timm (``in_chans``), and a ``module.path:ClassName`` only if its
     ``__init__`` names an ``in_channels`` parameter; torchvision builders always take 3 channels, and a
@@ -69,30 +63,61 @@ def _build(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Mo
         raise SpecError(
             f"kwargs must not set {', '.join(reserved)}: they are passed separately (num_classes:, input shape)"
         )
-    if arch in BUILTINS:
-        builder = BUILTINS[arch].builder
+    form, builder = _builder(arch)
+    return builder.build(form.reference(arch), num_classes, in_channels, kwargs)
+
+
+def _builder(arch: str) -> tuple[ArchForm, Builder]:
+    """The form ``arch`` is written in, and its builder."""
+    form = form_of(arch)
+    module, _, name = form.builder.partition(":")
+    return form, getattr(importlib.import_module(module), name)()
+
+
+class Builder(abc.ABC):
+    """How one architecture form (a row of :data:`~flatcli.models.arch_forms.FORMS`) builds a network from
+    its reference (the name after the prefix) and what it knows of the network's head and data config."""
+
+    @abc.abstractmethod
+    def build(self, ref: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+        """A freshly initialised network (see :func:`build_network`)."""
+
+    def known_head(self, ref: str) -> str | None:
+        """The head layer's name before the network is built (``None``: known once built)."""
+        return None
+
+    def head(self, ref: str, net: nn.Module) -> str | None:
+        """The head layer's name in the built ``net`` (``None``: the last ``nn.Linear``)."""
+        return None
+
+    def data_defaults(self, ref: str, net: nn.Module) -> dict:
+        """Spec keys (mean, std, resize, crop, interpolation; input_shape) of the architecture's own data config."""
+        return {}
+
+
+class Builtin(Builder):
+    """A built-in (:data:`BUILTINS`), called with ``num_classes``, ``in_channels`` and the kwargs."""
+
+    def build(self, ref: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+        if ref not in BUILTINS:
+            close = difflib.get_close_matches(ref, BUILTINS, n=3)
+            hint = f"did you mean {' or '.join(close)}? " if close else ""
+            raise SpecError(f"unknown architecture {ref!r}; {hint}built-ins: {', '.join(BUILTINS)}; "
+                            f"or use {listing(but='builtin')}")
+        builder = BUILTINS[ref].builder
         call = {"num_classes": num_classes, "in_channels": in_channels, **kwargs}
-        _check_call(arch, builder, call)
+        _check_call(ref, builder, call)
         try:
             return builder(**call)
         except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
-            raise SpecError(f"cannot build {arch} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
-    if arch.startswith("torchvision:"):
-        return _build_torchvision(arch.partition(":")[2], num_classes, kwargs)
-    if arch.startswith(timm_models.PREFIX):
-        return timm_models.build(arch.partition(":")[2], num_classes, in_channels, kwargs)
-    if arch.startswith(robustbench_zoo.PREFIX):
-        if kwargs:
-            raise SpecError(f"{arch} takes no arch_kwargs (a zoo entry is one fixed network); remove them")
-        return robustbench_zoo.build(arch.partition(":")[2])
-    if ":" in arch:
-        return _build_class(arch, num_classes, in_channels, kwargs)
-    close = difflib.get_close_matches(arch, BUILTINS, n=3)
-    hint = f"did you mean {' or '.join(close)}? " if close else ""
-    raise SpecError(
-        f"unknown architecture {arch!r}; {hint}built-ins: {', '.join(BUILTINS)}; "
-        "or use torchvision:NAME, timm:NAME, robustbench:DATASET/THREAT/NAME or module.path:ClassName"
-    )
+            raise SpecError(f"cannot build {ref} with kwargs {kwargs}: {exc}; fix kwargs: in the spec") from None
+
+    def known_head(self, ref: str) -> str | None:
+        info = BUILTINS.get(ref)
+        return info.head if info else None
+
+    def head(self, ref: str, net: nn.Module) -> str | None:
+        return self.known_head(ref)
 
 
 def _check_call(arch: str, factory: Callable[..., nn.Module], call: dict) -> None:
@@ -103,34 +128,81 @@ def _check_call(arch: str, factory: Callable[..., nn.Module], call: dict) -> Non
         raise SpecError(f"cannot build {arch}: {exc}; fix kwargs: in the spec") from None
 
 
-def _build_torchvision(name: str, num_classes: int, kwargs: dict) -> nn.Module:
+class Torchvision(Builder):
     """``torchvision.models.<name>(num_classes=num_classes, weights=None, **kwargs)``, classification builders only."""
-    import torchvision.models
 
-    fetching = sorted(key for key in kwargs if key.startswith(("weights", "pretrained")) and kwargs[key] not in (None, False))
-    if fetching:
-        raise SpecError(
-            f"torchvision:{name} with {', '.join(fetching)} would download pretrained weights; flatrob never "
-            f"downloads: remove {', '.join(fetching)} from arch_kwargs (the checkpoint supplies the weights)"
-        )
-    classifiers = torchvision.models.list_models(module=torchvision.models)
-    if name not in classifiers:
-        if name in torchvision.models.list_models():
+    def build(self, name: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+        import torchvision.models
+
+        fetching = sorted(key for key in kwargs
+                          if key.startswith(("weights", "pretrained")) and kwargs[key] not in (None, False))
+        if fetching:
             raise SpecError(
-                f"torchvision:{name} is not a classification model (flatrob measures image classifiers, and "
-                "detection/segmentation/video builders fetch backbone weights); use a builder of "
-                "torchvision.models.list_models(module=torchvision.models)"
+                f"torchvision:{name} with {', '.join(fetching)} would download pretrained weights; flatrob never "
+                f"downloads: remove {', '.join(fetching)} from arch_kwargs (the checkpoint supplies the weights)"
             )
-        close = difflib.get_close_matches(name, classifiers, n=3)
-        hint = f"did you mean {', '.join('torchvision:' + c for c in close)}? " if close else ""
-        raise SpecError(f"torchvision has no classification model {name!r}; {hint}see "
-                        "torchvision.models.list_models(module=torchvision.models)")
-    builder = torchvision.models.get_model_builder(name)
-    no_weights = {key: None for key in inspect.signature(builder).parameters if key.startswith("weights")}
-    try:
-        return builder(**{**kwargs, **no_weights, "num_classes": num_classes})
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"cannot build torchvision:{name}: {exc}; fix kwargs: in the spec") from None
+        classifiers = torchvision.models.list_models(module=torchvision.models)
+        if name not in classifiers:
+            if name in torchvision.models.list_models():
+                raise SpecError(
+                    f"torchvision:{name} is not a classification model (flatrob measures image classifiers, and "
+                    "detection/segmentation/video builders fetch backbone weights); use a builder of "
+                    "torchvision.models.list_models(module=torchvision.models)"
+                )
+            close = difflib.get_close_matches(name, classifiers, n=3)
+            hint = f"did you mean {', '.join('torchvision:' + c for c in close)}? " if close else ""
+            raise SpecError(f"torchvision has no classification model {name!r}; {hint}see "
+                            "torchvision.models.list_models(module=torchvision.models)")
+        builder = torchvision.models.get_model_builder(name)
+        no_weights = {key: None for key in inspect.signature(builder).parameters if key.startswith("weights")}
+        try:
+            return builder(**{**kwargs, **no_weights, "num_classes": num_classes})
+        except (TypeError, ValueError) as exc:
+            raise SpecError(f"cannot build torchvision:{name}: {exc}; fix kwargs: in the spec") from None
+
+    def data_defaults(self, name: str, net: nn.Module) -> dict:
+        """The builder's default weights' transforms (their metadata only: nothing is downloaded)."""
+        import torchvision.models
+
+        try:
+            weights = torchvision.models.get_model_weights(name)
+        except (ValueError, KeyError):
+            return {}
+        default = getattr(weights, "DEFAULT", None)
+        return from_torchvision(default.transforms()) if default is not None else {}
+
+
+class Timm(Builder):
+    """``timm.create_model(NAME, pretrained=False, ...)`` (:mod:`flatcli.models.timm_models`)."""
+
+    def build(self, ref: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+        return timm_models.build(ref, num_classes, in_channels, kwargs)
+
+    def known_head(self, ref: str) -> str | None:
+        return timm_models.registered_head(ref)
+
+    def head(self, ref: str, net: nn.Module) -> str | None:
+        return timm_models.head_name(net)
+
+    def data_defaults(self, ref: str, net: nn.Module) -> dict:
+        return timm_models.data_defaults(net)
+
+
+class RobustBench(Builder):
+    """A RobustBench zoo entry's constructor (:mod:`flatcli.models.robustbench_zoo`); it normalises inside,
+    so it has no data config, and it takes its own channels and classes."""
+
+    def build(self, ref: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+        if kwargs:
+            raise SpecError(f"robustbench:{ref} takes no arch_kwargs (a zoo entry is one fixed network); remove them")
+        return robustbench_zoo.build(ref)
+
+
+class ModulePath(Builder):
+    """``module.path:ClassName``: an ``nn.Module`` subclass, imported and verified before it is called."""
+
+    def build(self, ref: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
+        return _build_class(ref, num_classes, in_channels, kwargs)
 
 
 @contextlib.contextmanager
@@ -217,15 +289,19 @@ def _import_attr(ref: str):
     return obj
 
 
+def known_head(arch: str) -> str | None:
+    """The head layer's name that ``arch``'s form knows before building it (``None``: known once built)."""
+    form, builder = _builder(arch)
+    return builder.known_head(form.reference(arch))
+
+
 def default_head(arch: str, net: nn.Module) -> str:
-    """The built-in's head name, timm's classifier; otherwise the name of the last ``nn.Linear`` in
-    ``net.named_modules()``."""
-    if arch in BUILTINS:
-        return BUILTINS[arch].head
-    if arch.startswith(timm_models.PREFIX):
-        head = timm_models.head_name(net)
-        if head is not None:
-            return head
+    """The head its form names (a built-in's head, timm's classifier); otherwise the name of the last
+    ``nn.Linear`` in ``net.named_modules()``."""
+    form, builder = _builder(arch)
+    head = builder.head(form.reference(arch), net)
+    if head is not None:
+        return head
     linears = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise LayerError(f"{arch} has no nn.Linear layer to use as the head; name the head layer with --layer or head:")
@@ -236,18 +312,8 @@ def data_defaults(arch: str, net: nn.Module) -> dict:
     """Spec keys (mean, std, resize, crop, interpolation; input_shape for fixed-size models) that the
     architecture's own data config gives: timm's, or the torchvision builder's default weights' transforms
     (the metadata only: nothing is downloaded). A RobustBench network normalises inside: none."""
-    if arch.startswith(timm_models.PREFIX):
-        return timm_models.data_defaults(net)
-    if arch.startswith("torchvision:"):
-        import torchvision.models
-
-        try:
-            weights = torchvision.models.get_model_weights(arch.partition(":")[2])
-        except (ValueError, KeyError):
-            return {}
-        default = getattr(weights, "DEFAULT", None)
-        return from_torchvision(default.transforms()) if default is not None else {}
-    return {}
+    form, builder = _builder(arch)
+    return builder.data_defaults(form.reference(arch), net)
 
 
 def infer_num_classes(state_dict: StateDict, head: str) -> int:

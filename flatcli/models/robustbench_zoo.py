@@ -15,7 +15,7 @@ softmax output passes that test and logits do not.
 
 robustbench 1.1.1 imports ``autoattack``, which its dependency ``pyautoattack`` installs as
 ``pyautoattack``: when ``autoattack`` is missing, :func:`zoo` registers ``pyautoattack`` under that name
-before importing robustbench (see the README for installing it).
+before importing robustbench (docs/models.md, "Installing RobustBench", says how to install it).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from torch import nn
 
 from flatcli.errors import SpecError
 
-PREFIX = "robustbench:"
 #: Input size of one image of each RobustBench data set (C, H, W).
 INPUT_SIZES = {"cifar10": (3, 32, 32), "cifar100": (3, 32, 32), "imagenet": (3, 224, 224)}
 INSTALL = ("robustbench: architectures need robustbench 1.1.1, whose published requirements do not install: "

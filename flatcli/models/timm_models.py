@@ -20,7 +20,6 @@ from torch import nn
 from flatcli.errors import SpecError
 from flatcli.inputs.preprocessing import from_timm
 
-PREFIX = "timm:"
 #: Keyword arguments of ``timm.create_model`` that would load weights (from the hub, a URL or a file).
 FETCHING = ("pretrained", "checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir")
 
@@ -38,7 +37,7 @@ def check_name(name: str) -> None:
     timm = _timm()
     if not name or not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=3)
-        hint = f"did you mean {', '.join(PREFIX + c for c in close)}? " if close else ""
+        hint = f"did you mean {', '.join('timm:' + c for c in close)}? " if close else ""
         raise SpecError(f"timm has no model {name!r}; {hint}see timm.list_models()")
 
 

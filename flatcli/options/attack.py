@@ -1,6 +1,6 @@
 """The attack options shared by attack, sweep-scale and detect: which attack, its threat model and budget.
 
-Values left unset come from ``preset`` (each command has its default preset; :data:`flatcli.core.pgd.PRESETS`);
+Values left unset come from ``preset`` (each command has its default preset; :data:`flatcli.core.attacks.PRESETS`);
 the attack itself checks the ranges of what it is given.
 """
 
@@ -16,26 +16,24 @@ LOSSES = ("ce", "cw", "dlr")
 
 
 def attack_kinds() -> tuple[str, ...]:
-    """The attacks of the registry (:mod:`flatcli.core.attacks`), read when an option is checked."""
-    from flatcli.core.attacks import ATTACKS
+    """The attacks of the registry (:mod:`flatcli.core.attacks`), then GCG on language models
+    (:mod:`flatcli.core.gcg`), read when an option is checked."""
+    from flatcli.core.attacks import attack_kinds as registered
+    from flatcli.core.gcg import KIND
 
-    return tuple(ATTACKS)
+    return (*registered(), KIND)
 
 
 @dataclass(frozen=True)
-class AttackOptions(Group):
-    """Which attack, from which preset, with which of its values overridden."""
+class PGDOptions(Group):
+    """A PGD attack from a preset, with which of its values overridden (and Square's query budget)."""
 
     title = "Attack"
+    key = "attack"
 
     preset: str | None = choice(None, "Paper settings: uncanny (PGD-linf, 10 steps, eps 8/255, alpha 2/255; §6.2), "
                                 "basin (PGD-l2, 25 steps, eps 0.025, alpha 0.001; §6.1), robust (PGD-l2, 50 steps, eps "
                                 "0.5, alpha 0.01; D.2). Explicit options override it.", PRESET_NAMES)
-    attack: str | None = choice(None, "pgd (default), apgd (Auto-PGD: step-size halving, momentum) or square "
-                                "(gradient-free, torchattacks' Square; --queries sets its budget).", attack_kinds)
-    loss: str | None = choice(None, "Loss the attack ascends: ce (cross-entropy), cw (logit margin) or dlr (Croce & "
-                              "Hein's difference-of-logits ratio); default ce, cw for square. Recording always "
-                              "reports the cross-entropy.", LOSSES)
     norm: str | None = choice(None, "Threat model: linf or l2 (default: from --preset).", NORMS)
     eps: float | None = number(None, "Radius of the eps-ball around each input (default: from --preset).")
     alpha: float | None = number(None, "Step size (default: from --preset).")
@@ -44,6 +42,18 @@ class AttackOptions(Group):
     random_start: bool = switch(False, "Start from a uniform point of the eps-ball (linf: box, l2: volume).",
                                 negatable=True)
     restarts: int = integer(1, "Random restarts; per sample the one with the highest final loss is kept.")
+
+
+@dataclass(frozen=True)
+class AttackOptions(PGDOptions):
+    """Which attack, from which preset, with which of its values overridden."""
+
+    attack: str | None = choice(None, "pgd (default), apgd (Auto-PGD: step-size halving, momentum), square "
+                                "(gradient-free, torchattacks' Square; --queries sets its budget), or gcg (a language "
+                                "model's prompts: GCG, Zou et al. 2023; the GCG options).", attack_kinds)
+    loss: str | None = choice(None, "Loss the attack ascends: ce (cross-entropy), cw (logit margin) or dlr (Croce & "
+                              "Hein's difference-of-logits ratio); default ce, cw for square. Recording always "
+                              "reports the cross-entropy.", LOSSES)
 
     def make(self, default_preset: str):
         """The attack these options name (:func:`flatcli.core.attacks.make_attack`), unset values from the preset."""

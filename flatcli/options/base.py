@@ -23,13 +23,14 @@ from flatcli.errors import OptionError
 
 @dataclass(frozen=True)
 class Spec:
-    """Everything said about one option. ``kind``: int, float, str, bool, choice, floats or names.
+    """Everything said about one option. ``kind``: int, float, str, bool, choice, floats or names. ``help`` is
+    text, or a function giving it (a registry's listing: :meth:`text`).
     ``minimum``/``maximum`` bound it (inclusive), ``above`` from below (exclusive); ``choices`` is a tuple
     or a function giving one (a registry's names); ``completion`` names a function of
     :mod:`flatcli.cli.complete`; ``negatable`` gives a bool a ``--no-`` form; ``short`` e.g. ``-o``."""
 
     kind: str
-    help: str
+    help: str | Callable[[], str]
     flag: str | None = None
     metavar: str | None = None
     choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None
@@ -39,6 +40,10 @@ class Spec:
     completion: str | None = None
     negatable: bool = False
     short: str | None = None
+
+    def text(self) -> str:
+        """The help text."""
+        return self.help() if callable(self.help) else self.help
 
     def allowed(self) -> tuple[str, ...]:
         return tuple(self.choices() if callable(self.choices) else self.choices or ())
@@ -98,6 +103,8 @@ class Group:
 
     #: What the group is, for the docs (``"Model"``, ``"Data"``, ...).
     title: ClassVar[str] = ""
+    #: Its attribute in the groups of one call (:class:`flatcli.options.calls.Chosen`): ``chosen.model``, ...
+    key: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -170,7 +177,7 @@ def _bounded(name: str, spec: Spec, value):
     low, high, above = spec.minimum, spec.maximum, spec.above
     if above is not None and not value > above:
         bound = f"in ({_show(above)}, {_show(high)}]" if high is not None else \
-            "positive" if above == 0 else f"greater than {_show(above)}"
+            f"a number > {_show(above)}"
         raise OptionError(name, f"{{}} must be {bound}, got {value}")
     if low is not None and value < low or high is not None and value > high:
         if low is not None and high is not None:

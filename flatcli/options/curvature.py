@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 from flatcli.options.base import Group, choice, integer, names, number, switch
 
-#: ``||W||_F^2`` (the paper's proofs) or ``||W||_F`` (its code).
-WEIGHT_NORMS = ("squared", "plain")
+#: ``||W||_F^2`` (the paper's proofs), ``||W||_F`` (its code), or none (the authors' language-model code).
+WEIGHT_NORMS = ("squared", "plain", "none")
 #: How earlier layers are measured (:mod:`flatcli.runs.layers`).
 LAYER_METHODS = ("auto", "exact", "fisher-mc", "hutchinson")
 
@@ -17,9 +17,11 @@ class WeightNormOptions(Group):
     """The weight norm of relative sharpness, ``||W||_F^2 * Tr(H)`` or ``||W||_F * Tr(H)``."""
 
     title = "Head"
+    key = "head"
 
     weight_norm: str | None = choice(None, "Relative sharpness uses ||W||_F^2 (squared, the paper's proofs; the "
-                                     "default) or ||W||_F (plain, its code).", WEIGHT_NORMS)
+                                     "default) or ||W||_F (plain, its code); none (no weight factor, the authors' "
+                                     "language-model measure) for language models only.", WEIGHT_NORMS)
 
     @property
     def norm(self) -> str:
@@ -45,6 +47,7 @@ class LayerOptions(Group):
     """Earlier layers whose trace and relative sharpness are measured too (paper Fig. 14)."""
 
     title = "Earlier layers"
+    key = "layers"
 
     layers: tuple[str, ...] | None = names(None, "Comma-separated earlier layers whose trace and relative sharpness "
                                            "to measure (Fig. 14; default: the spec's).")
@@ -61,5 +64,6 @@ class TakeoffOptions(Group):
     """The take-off point of a trajectory (§6.1): first step whose normalised loss reaches tau."""
 
     title = "Trajectories"
+    key = "takeoff"
 
     takeoff: float = number(0.1, "Take-off threshold tau on the normalised loss, in (0, 1].", above=0, maximum=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flatcli.inputs.data.forms import data_help
 from flatcli.options.base import Group, choice, integer, text
 
 #: Resizing filters of ``interpolation`` (torchvision's InterpolationMode by name).
@@ -15,10 +16,9 @@ class DataOptions(Group):
     """The samples a command measures and how a ``--data`` string's images are read."""
 
     title = "Data"
+    key = "data"
 
-    data: str | None = text(None, "digits, cifar10:ROOT, cifar100:ROOT, mnist:ROOT, fashionmnist:ROOT, kmnist:ROOT, "
-                            "svhn:ROOT, stl10:ROOT, folder:DIR, npz:FILE, hf:PATH or tensors:FILE (default: spec, then "
-                            "digits).", completion="data")
+    data: str | None = text(None, data_help, completion="data")
     split: str = text("test", "Data split: train, test or all (digits).", completion="split")
     limit: int | None = integer(None, "Use only the first N samples of the split.", minimum=0)
     batch_size: int = integer(256, "Samples per batch; memory is bounded by it.", minimum=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flatcli.inputs.spec import MAX_SIDE
+from flatcli.models.arch_forms import arch_help
 from flatcli.options.base import Group, integer, numbers, switch, text
 
 
@@ -13,10 +14,10 @@ class ModelOptions(Group):
     """How a checkpoint becomes a model (the spec's values, overridden by every option given)."""
 
     title = "Model"
+    key = "model"
 
     spec: str | None = text(None, "Layer spec (YAML); overrides the embedded spec.", metavar="FILE")
-    arch: str | None = text(None, "Architecture: a built-in, torchvision:NAME, timm:NAME, robustbench:NAME or "
-                            "module.path:Class (default: spec, then detected).")
+    arch: str | None = text(None, arch_help, completion="arch")
     layer: str | None = text(None, "Head layer (an nn.Linear), e.g. fc (default: spec, then the built-in's head).",
                              completion="layer")
     mean: tuple[float, ...] | None = numbers(None, "Per-channel mean the model normalises its inputs with, e.g. "

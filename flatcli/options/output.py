@@ -14,6 +14,7 @@ class OutputOptions(Group):
     """The result: stdout carries only it; notes and progress go to stderr."""
 
     title = "Output"
+    key = "output"
 
     format: str = choice("table", "Output format: table, json, jsonl or csv.", FORMATS, short="-f")
     output: str | None = text(None, "Write the result to FILE (atomically); - is stdout.", metavar="FILE", short="-o")

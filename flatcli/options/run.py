@@ -14,12 +14,16 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 
 @dataclass(frozen=True)
 class RunOptions(Group):
-    """Device and seed: same seed, same numbers, on any device."""
+    """Device and seed (same seed, same numbers, on any device), and whether a model read wrong is an error."""
 
     title = "Run"
+    key = "run"
 
     device: str = text("auto", "auto, cpu, cuda or cuda:N.", completion="device")
     seed: int = integer(0, "Random seed: same seed, same numbers.", minimum=SEED_RANGE[0], maximum=SEED_RANGE[1])
+    strict: bool = switch(False, "Exit 2 instead of a note when the clean accuracy is at or below chance (+ a "
+                          "margin): a model read with the wrong normalisation, architecture, preprocessing or label "
+                          "order.")
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class SpeedOptions(Group):
     """How fast the network's passes run (the closed-form measures stay float64)."""
 
     title = "Speed"
+    key = "speed"
 
     precision: str = choice("fp32", "Forward pass precision (torch.autocast); closed-form measures stay float64.",
                             PRECISIONS)
@@ -38,6 +43,7 @@ class ResumeOptions(Group):
     """Finished batches kept on disk, so an interrupted run continues where it stopped."""
 
     title = "Resume"
+    key = "resume"
 
     resume: str | None = text(None, "Keep finished batches in DIR (created if missing); rerunning with the same "
                               "settings continues there and gives the same output as an uninterrupted run.",
@@ -49,6 +55,7 @@ class CheckpointListOptions(Group):
     """Several checkpoints in one call: one summary each."""
 
     title = "Checkpoints"
+    key = "checkpoints"
 
     checkpoints_from: str | None = text(None, "More checkpoints, one path per line (blank lines and # comments "
                                         "skipped); - reads stdin.", metavar="FILE")

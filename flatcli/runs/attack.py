@@ -1,7 +1,7 @@
 """``flatrob attack``: PGD (or APGD, Square) over a data set, recording loss and sharpness along every trajectory.
 
-Per batch, the attack (:func:`flatcli.core.pgd.pgd`, :mod:`flatcli.core.apgd` or :mod:`flatcli.core.square`,
-chosen by :func:`flatcli.core.attacks.make_attack`) runs with ``record=True``: the features of every iterate come
+Per batch, the attack (any of :mod:`flatcli.core.attacks`: PGD, APGD, Square, chosen by
+:func:`flatcli.core.attacks.make_attack`) runs with ``record=True``: the features of every iterate come
 from the forward pass that gives the gradient, plus one final forward for ``x_T``. One call of
 :func:`flatcli.core.curvature.head_measures` on all ``(T+1) * B`` feature vectors turns them into the
 closed-form measures (the same numbers ``flatrob sharpness`` gives on ``x_t``). Rows go out per batch
@@ -26,13 +26,14 @@ from flatcli.core.curvature import WEIGHT_NORMS, head_measures, weight_factor
 from flatcli.core.head_scaling import Scaling
 from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum, trace_estimates
 from flatcli.core.attack_losses import check_loss
-from flatcli.core.attacks import Attack, describe_attack, make_attack
-from flatcli.core.pgd import PGD, PRESETS, batch_generator, least_likely
+from flatcli.core.attacks import PGD, PRESETS, Attack, batch_generator, least_likely
 from flatcli.core.statistics import describe, quantiles
 from flatcli.core.trajectories import (
     Takeoff, finite_samples, sharpness_peaks, takeoff, valley_mask, valley_of_mean,
 )
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError
+from flatcli.options import AttackOptions, HeadOptions, LayerOptions, SpeedOptions, TakeoffOptions
+from flatcli.options.calls import chosen_of
 from flatcli.inputs.adversarial_file import save_adversarials
 from flatcli.models.head import HeadSplit
 from flatcli.outputs.writer import ResultWriter
@@ -77,10 +78,10 @@ TRAJECTORY_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
 
 def parse_targeted(value) -> int | str | None:
-    """``--targeted``: a class number, ``least-likely`` (also ``ll``), or ``None`` for untargeted."""
+    """``targeted``: a class number, ``least-likely`` (also ``ll``), or ``None`` for untargeted."""
     if value is None or isinstance(value, int) and not isinstance(value, bool):
         if isinstance(value, int) and value < 0:
-            raise UsageError(f"--targeted {value}: class numbers start at 0")
+            raise OptionError("targeted", f"{{}} {value}: class numbers start at 0")
         return value
     text = str(value).strip().lower()
     if text in ("least-likely", "ll", "least_likely"):
@@ -88,15 +89,15 @@ def parse_targeted(value) -> int | str | None:
     try:
         cls = int(text)
     except ValueError:
-        raise UsageError(f"--targeted takes a class number or least-likely, got {value!r}") from None
+        raise OptionError("targeted", f"{{}} takes a class number or least-likely, got {value!r}") from None
     if cls < 0:
-        raise UsageError(f"--targeted {cls}: class numbers start at 0")
+        raise OptionError("targeted", f"{{}} {cls}: class numbers start at 0")
     return cls
 
 
 @dataclass
 class AttackSettings:
-    """What ``flatrob attack`` runs; ranges are checked on construction (:meth:`from_options` applies a preset)."""
+    """What ``flatrob attack`` runs; ranges are checked on construction (:meth:`from_groups` applies a preset)."""
 
     attack: Attack = field(default_factory=PGD)
     preset: str = "uncanny"  # the preset the unset attack options came from (recorded in the config)
@@ -113,20 +114,20 @@ class AttackSettings:
 
     def __post_init__(self) -> None:
         if not 0 < self.takeoff <= 1:
-            raise UsageError(f"--takeoff must be in (0, 1], got {self.takeoff}")
+            raise OptionError("takeoff", f"{{}} must be in (0, 1], got {self.takeoff}")
         if not self.scaling.scale > 0:
-            raise UsageError(f"--scale must be positive, got {self.scaling.scale}")
+            raise OptionError("scale", f"{{}} must be positive, got {self.scaling.scale}")
         if self.weight_norm not in WEIGHT_NORMS:
-            raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+            raise OptionError("weight_norm", f"{{}} must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
         if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise OptionError("precision", f"{{}} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         self.targeted = parse_targeted(self.targeted)
-        if self.targeted is not None and self.attack.kind == "square":
-            raise UsageError("--attack square is untargeted here; drop --targeted")
+        if self.targeted is not None and not self.attack.targets:
+            raise OptionError(("attack", "targeted"), f"{{}} {self.attack.kind} is untargeted here; drop {{}}")
         layer_run.check_method(self.layer_method, self.fisher_samples)
         if self.hutchinson < 0 or self.hutchinson == 1:
-            raise UsageError(f"--hutchinson needs 0 (the default {layer_run.DEFAULT_PROBES}) or at least 2 probes, "
-                             f"got {self.hutchinson}")
+            raise OptionError("hutchinson", f"{{}} needs 0 (the default {layer_run.DEFAULT_PROBES}) or at least 2 "
+                              f"probes, got {self.hutchinson}")
         self.layers = tuple(self.layers)
 
     @property
@@ -138,14 +139,22 @@ class AttackSettings:
                 "hutchinson_probes": self.probes}
 
     @classmethod
-    def from_options(cls, preset: str | None = None, *, attack: str | None = None, loss=None, norm=None, eps=None,
-                     alpha=None, steps=None, queries=None, random_start: bool = False, restarts: int = 1,
-                     **settings) -> "AttackSettings":
-        """The preset's (default ``uncanny``) attack ``attack`` (default PGD) with every given option applied."""
-        preset = preset or "uncanny"
-        chosen = make_attack(attack, preset, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
-                             random_start=random_start, restarts=restarts, loss=loss)
-        return cls(attack=chosen, preset=preset, **settings)
+    def from_options(cls, targeted=None, **options) -> "AttackSettings":
+        """The settings of keyword options, as the API takes them (``steps=3, eps=0.1, ...``)."""
+        return cls.from_groups(chosen_of(options, AttackOptions, HeadOptions, LayerOptions, SpeedOptions,
+                                         TakeoffOptions), targeted=targeted)
+
+    @classmethod
+    def from_groups(cls, chosen, targeted=None) -> "AttackSettings":
+        """The settings of one call's option groups (:mod:`flatcli.options`): the preset's (default ``uncanny``)
+        attack with every given option applied."""
+        head, layers, speed, attack = chosen.head, chosen.layers, chosen.speed, chosen.attack
+        preset = attack.preset or "uncanny"
+        return cls(attack=attack.make(preset), preset=preset, scaling=Scaling(head.scale, head.scale_bias),
+                   weight_norm=head.norm, takeoff=chosen.takeoff.takeoff, targeted=targeted,
+                   precision=speed.precision, channels_last=speed.channels_last, layers=layers.layers or (),
+                   layer_method=layers.layer_method, fisher_samples=layers.fisher_samples,
+                   hutchinson=layers.hutchinson)
 
     def identity(self) -> dict:
         """What the per-batch numbers depend on (the resume identity)."""
@@ -174,10 +183,10 @@ def trajectory_format(path: str | None) -> str | None:
     if path is None:
         return None
     if path == "-":
-        raise UsageError("--trajectory needs a file name (stdout carries the result)")
+        raise OptionError("trajectory", "{} needs a file name (stdout carries the result)")
     fmt = TRAJECTORY_FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
-        raise UsageError(f"--trajectory {path}: use a .csv or .jsonl file name")
+        raise OptionError("trajectory", f"{{}} {path}: use a .csv or .jsonl file name")
     return fmt
 
 
@@ -236,7 +245,7 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
     loaded = ctx.loaded
     k = loaded.num_classes
     if isinstance(settings.targeted, int) and not 0 <= settings.targeted < k:
-        raise UsageError(f"--targeted {settings.targeted}: the model has classes 0..{k - 1}")
+        raise OptionError("targeted", f"{{}} {settings.targeted}: the model has classes 0..{k - 1}")
     check_loss(settings.attack.loss, k, settings.targeted is not None)
     traj_format = trajectory_format(trajectory)
     plans = layer_run.plan_layers(loaded, settings.layers, settings.layer_method)
@@ -277,7 +286,7 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
         if plot is not None:
             from flatcli.outputs.figures.attack import attack_figure
 
-            title = f"{loaded.name}: {describe_attack(settings.attack)}"
+            title = f"{loaded.name}: {settings.attack.describe()}"
             attack_figure(summary, plot, title=title, layers=summary.get("layers", ()))
         if traj is not None:
             traj.finish(config, summary)

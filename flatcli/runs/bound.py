@@ -37,7 +37,7 @@ import torch
 
 from flatcli.core.attack_losses import check_loss
 from flatcli.core.curvature import cross_entropy, head_measures, weight_factor
-from flatcli.core.pgd import MAX_STEPS, pgd
+from flatcli.core.attacks import MAX_STEPS, pgd
 from flatcli.core.radius import certified_radius
 from flatcli.core.statistics import describe
 from flatcli.errors import DataError, UsageError

@@ -16,7 +16,7 @@ import platform
 
 from flatcli import __version__
 from flatcli.core.radius import RANGES
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError, UsageError
 from flatcli.inputs.text import read_text
 from flatcli.outputs.plan import plan_inputs
 from flatcli.runs.result import Result
@@ -42,23 +42,25 @@ def parse_list(name: str, text: str | None) -> list[float] | None:
         return None
     parts = [p.strip() for p in text.split(",")]
     if not parts or any(p == "" for p in parts):
-        raise UsageError(f"--{name} needs a number or a comma-separated list of numbers, got {text!r}")
+        raise OptionError(name, f"{{}} needs a number or a comma-separated list of numbers, got {text!r}")
     values = []
     for p in parts:
         try:
             v = float(p)
         except ValueError:
-            raise UsageError(f"--{name}: {p!r} is not a number") from None
-        values.append(checked_number(name, v, p, f"--{name}"))
+            raise OptionError(name, f"{{}}: {p!r} is not a number") from None
+        values.append(checked_number(name, v, p))
     return values
 
 
-def checked_number(name: str, value: float, shown, where: str) -> float | int:
+def checked_number(name: str, value: float, shown, where: str | None = None) -> float | int:
     """``value`` if it is finite and in :data:`RANGES` ``[name]`` (whole numbers as ``int``); else one
-    :class:`UsageError` naming ``where`` (the option, or the JSON key it was read from)."""
+    :class:`OptionError` naming the option, or ``where`` in the ``from_json`` document it was read from."""
     what, holds, _ = RANGES[name]
     if not math.isfinite(value) or not holds(value):
-        raise UsageError(f"{where} must be {what}, got {shown}")
+        if where is None:
+            raise OptionError(name, f"{{}} must be {what}, got {shown}")
+        raise OptionError("from_json", f"{{}}: {where} must be {what}, got {shown}")
     return int(value) if name in ("classes", "features") else value
 
 
@@ -90,34 +92,35 @@ def number_rows(values: dict[str, list[float]]) -> list[dict]:
 
 
 def lipschitz_numbers(text: str | None, mode: str) -> list[float]:
-    """``--lipschitz`` as numbers (``upper``/``local`` need a checkpoint to compute L from)."""
+    """``lipschitz`` as numbers (``upper``/``local`` need a checkpoint to compute L from)."""
     if text is None:
-        raise UsageError(f"{mode} needs --lipschitz VALUE (the Lipschitz constant of phi); "
-                         "upper/local need a checkpoint")
+        raise OptionError("lipschitz", f"{mode} needs {{}} VALUE (the Lipschitz constant of phi); upper/local need "
+                          "a checkpoint")
     if text.strip() in ("upper", "local"):
-        raise UsageError(f"--lipschitz {text.strip()} needs a checkpoint to compute L from; "
-                         "give a checkpoint or a number")
+        raise OptionError("lipschitz", f"{{}} {text.strip()} needs a checkpoint to compute L from; give a checkpoint "
+                          "or a number")
     return parse_list("lipschitz", text)
 
 
 def check_options(*, epsilon, grad, at_minimum: bool) -> None:
     """What every mode of the bound refuses: no epsilon, or a gradient term with ``--at-minimum``."""
     if grad is not None and at_minimum:
-        raise UsageError("--grad and --at-minimum contradict each other (--at-minimum sets g = 0); drop one")
+        raise OptionError(("grad", "at_minimum", "at_minimum"), "{} and {} contradict each other ({} sets g = 0); "
+                          "drop one")
     if epsilon is None:
-        raise UsageError("--epsilon is required: the allowed loss increase, e.g. --epsilon 0.1 (or a list 0.01,0.1,1)")
+        raise OptionError("epsilon", "{} is required: the allowed loss increase, e.g. 0.1 (or a list 0.01,0.1,1)")
 
 
 def radius(given: dict[str, str | None], *, from_json: str | None = None, at_minimum: bool = False,
-           model_options: dict[str, bool] | None = None) -> Result:
+           model_options: list[str] | None = None) -> Result:
     """The bound without a model: from the numbers ``given`` (option name -> text, ``None`` when unset) or
-    from the sharpness document at ``from_json``. ``model_options`` (option -> whether it was given) are
-    options that need a model to measure; any of them is refused."""
+    from the sharpness document at ``from_json``. ``model_options`` names the options given that need a model
+    to measure; any of them is refused."""
     check_options(epsilon=given.get("epsilon"), grad=given.get("grad"), at_minimum=at_minimum)
-    used = [k for k, v in (model_options or {}).items() if v]
+    used = list(model_options or ())
     if used:
-        raise UsageError(f"{', '.join(used)} need{'s' if len(used) == 1 else ''} a checkpoint to measure; "
-                         "give one, e.g. flatrob bound example:digits-cnn --epsilon 0.1")
+        raise OptionError(tuple(used), ", ".join("{}" for _ in used) + f" need{'s' if len(used) == 1 else ''} a "
+                          "checkpoint to measure; give one, e.g. flatrob bound example:digits-cnn --epsilon 0.1")
     if from_json is not None:
         return from_sharpness_json(from_json, given, at_minimum=at_minimum)
     return from_numbers(given, at_minimum=at_minimum)
@@ -125,12 +128,10 @@ def radius(given: dict[str, str | None], *, from_json: str | None = None, at_min
 
 def from_numbers(given: dict[str, str | None], *, at_minimum: bool = False) -> Result:
     """The radius for every combination of the numbers ``given`` (option name -> text, ``None`` when unset)."""
-    missing = [f"--{k}" for k in ("kappa", "lipschitz", "r", "classes", "features") if given.get(k) is None]
+    missing = [k for k in ("kappa", "lipschitz", "r", "classes", "features") if given.get(k) is None]
     if missing:
-        raise UsageError(
-            f"numbers-only mode needs {', '.join(missing)} (missing); "
-            "or give a checkpoint to measure them, or --from-json FILE"
-        )
+        raise OptionError((*missing, "from_json"), "numbers-only mode needs " + ", ".join("{}" for _ in missing) +
+                          " (missing); or give a checkpoint to measure them, or {} FILE")
     values = {k: parse_list(k, given[k]) for k in NUMBER_OPTIONS if k != "lipschitz" and given.get(k) is not None}
     values["lipschitz"] = lipschitz_numbers(given["lipschitz"], "numbers-only mode")
     values["grad"] = [0.0] if at_minimum or given.get("grad") is None else values["grad"]
@@ -152,23 +153,22 @@ def read_sharpness_json(source: str) -> tuple[dict, str]:
     At most :data:`MAX_JSON_BYTES` are read, whatever the file is (``/dev/zero`` too)."""
     name = "stdin" if source == "-" else source
     plan_inputs(from_json=source)
-    text = read_text(source, limit=MAX_JSON_BYTES, what="--from-json file", error=UsageError)
+    text = read_text(source, limit=MAX_JSON_BYTES, what="sharpness JSON file", error=UsageError)
     if not text.strip():
-        raise UsageError(f"--from-json: {name} is empty; pipe in `flatrob sharpness ... --format json`")
+        raise OptionError("from_json", f"{{}}: {name} is empty; pipe in `flatrob sharpness ... --format json`")
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"--from-json: {name} is not JSON ({exc.msg} at line {exc.lineno}); "
-            "use `flatrob sharpness ... --format json` (not jsonl/csv/table)"
-        ) from None
+        raise OptionError("from_json", f"{{}}: {name} is not JSON ({exc.msg} at line {exc.lineno}); use `flatrob "
+                          "sharpness ... --format json` (not jsonl/csv/table)") from None
     except RecursionError:
-        raise UsageError(f"--from-json: {name} is not sharpness JSON (nested too deeply to read)") from None
+        raise OptionError("from_json", f"{{}}: {name} is not sharpness JSON (nested too deeply to read)") from None
     except ValueError as exc:  # e.g. an integer of more than 4300 digits
-        raise UsageError(f"--from-json: {name} is not sharpness JSON ({str(exc)[:80]})") from None
+        raise OptionError("from_json", f"{{}}: {name} is not sharpness JSON ({str(exc)[:80]})") from None
     if not isinstance(doc, dict) or doc.get("command") != "sharpness":
         got = doc.get("command") if isinstance(doc, dict) else type(doc).__name__
-        raise UsageError(f"--from-json: {name} is not `flatrob sharpness --format json` output (command: {got!r})")
+        raise OptionError("from_json", f"{{}}: {name} is not `flatrob sharpness --format json` output (command: "
+                          f"{got!r})")
     return doc, name
 
 
@@ -181,31 +181,29 @@ def values_from_sharpness(doc: dict, name: str) -> tuple[dict, dict]:
     """
     summary, config = doc.get("summary") or {}, doc.get("config") or {}
     if not isinstance(summary, dict) or not isinstance(config, dict):
-        raise UsageError(f"--from-json: {name}: summary and config must be JSON objects; is it "
-                         "`flatrob sharpness --format json` output?")
+        raise OptionError("from_json", f"{{}}: {name}: summary and config must be JSON objects; is it "
+                          "`flatrob sharpness --format json` output?")
 
     def get(name_in_range: str, *path):
         """``summary.<path>``: a JSON number (not a boolean), checked as the option ``name_in_range`` is."""
         node = summary
         for p in path:
             if not isinstance(node, dict) or p not in node or node[p] is None:
-                raise UsageError(
-                    f"--from-json: {name} lacks summary.{'.'.join(path)}; "
-                    "is it `flatrob sharpness --format json` output of this version?"
-                )
+                raise OptionError("from_json", f"{{}}: {name} lacks summary.{'.'.join(path)}; is it `flatrob sharpness "
+                                  "--format json` output of this version?")
             node = node[p]
-        where = f"--from-json: {name}: summary.{'.'.join(path)}"
+        where = f"{name}: summary.{'.'.join(path)}"
         if isinstance(node, bool) or not isinstance(node, (int, float)):
-            raise UsageError(f"{where} must be a number, got {json.dumps(node)[:40]}")
+            raise OptionError("from_json", f"{{}}: {where} must be a number, got {json.dumps(node)[:40]}")
         try:
             value = float(node)
         except OverflowError:
-            raise UsageError(f"{where} is too large a number ({str(node)[:20]}...)") from None
+            raise OptionError("from_json", f"{{}}: {where} is too large a number ({str(node)[:20]}...)") from None
         return checked_number(name_in_range, value, json.dumps(node)[:40], where)
 
     convention = config.get("weight_norm", "squared")
     if convention not in ("squared", "plain"):
-        raise UsageError(f"--from-json: {name} has unknown config.weight_norm {json.dumps(convention)[:40]}")
+        raise OptionError("from_json", f"{{}}: {name} has unknown config.weight_norm {json.dumps(convention)[:40]}")
     kappa = get("kappa", "relative_sharpness", "mean")
     wn = get("kappa", "weight_norm")  # a norm: >= 0, finite
     provenance = {
@@ -220,7 +218,7 @@ def values_from_sharpness(doc: dict, name: str) -> tuple[dict, dict]:
         "kappa_from": "summary.relative_sharpness.mean",
     }
     if convention == "plain":
-        kappa = checked_number("kappa", kappa * wn, kappa * wn, f"--from-json: {name}: kappa (converted to squared)")
+        kappa = checked_number("kappa", kappa * wn, kappa * wn, f"{name}: kappa (converted to squared)")
         provenance["kappa_from"] += " * summary.weight_norm (converted from --weight-norm plain to squared)"
     values = {
         "kappa": kappa,
@@ -235,11 +233,12 @@ def values_from_sharpness(doc: dict, name: str) -> tuple[dict, dict]:
 
 def from_sharpness_json(source: str, given: dict[str, str | None], *, at_minimum: bool = False) -> Result:
     """The radius from a sharpness document at ``source`` (``-``: stdin), for the given L, epsilon (and g)."""
-    conflicting = [f"--{k}" for k in MEASURED if given.get(k) is not None]
+    conflicting = [k for k in MEASURED if given.get(k) is not None]
     if conflicting:
-        raise UsageError(f"--from-json takes kappa, r, classes and features from the JSON; drop {', '.join(conflicting)}")
+        raise OptionError(("from_json", *conflicting), "{} takes kappa, r, classes and features from the JSON; drop " +
+                          ", ".join("{}" for _ in conflicting))
     epsilons = parse_list("epsilon", given["epsilon"])
-    lips = lipschitz_numbers(given.get("lipschitz"), "--from-json")
+    lips = lipschitz_numbers(given.get("lipschitz"), "the sharpness JSON mode")
     grads = parse_list("grad", given.get("grad"))
     doc, name = read_sharpness_json(source)
     v, provenance = values_from_sharpness(doc, name)

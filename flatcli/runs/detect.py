@@ -30,10 +30,12 @@ from flatcli.core import detectors as core
 from flatcli.core.curvature import WEIGHT_NORMS
 from flatcli.core.detection_features import SCORES, Probe
 from flatcli.core.attack_losses import check_loss
-from flatcli.core.attacks import Attack, describe_attack, make_attack
-from flatcli.core.pgd import PRESETS
+from flatcli.core.attacks import PRESETS, Attack
 from flatcli.core.statistics import describe
-from flatcli.errors import DetectorError, UsageError
+from flatcli.errors import DetectorError, OptionError, UsageError
+from flatcli.options import AttackOptions, WeightNormOptions
+from flatcli.options.calls import chosen_of
+from flatcli.options.detect import ALL, DetectOptions
 from flatcli.inputs.adversarial_file import attack_metadata, save_adversarials
 from flatcli.inputs.data import DataSource
 from flatcli.inputs.detector_file import save_detector
@@ -45,27 +47,18 @@ from flatcli.runtime.loop import RunContext, resumed_note, versions
 __all__ = ["SCORES", "DetectSettings", "DetectOutcome", "ScoreSet", "fit_detection", "fit", "apply", "check_detector",
            "score_inputs"]
 
-#: ``--method all``: every method of :data:`flatcli.core.detectors.METHODS` on the same folds, the best one kept.
-ALL = "all"
 #: Per-input rows of a fit: ``adversarial`` is the true class, ``used`` whether the input was in the
 #: balanced set, ``fold`` its held-out fold, ``oof_decision`` the decision value of the detector that
 #: did not see it, ``flagged`` the final detector's verdict.
 FIT_ROW_KEYS = ("index", "adversarial", "used", "fold", "score", "oof_decision", "flagged")
 APPLY_ROW_KEYS = ("index", "score", "flagged")
 
-CONVENTIONS = {
+_CONVENTIONS_BEFORE = {
     "labels": "0 = clean input, 1 = adversarial input; scores are label-free (the attack alone uses labels)",
     "balance": "the larger class is subsampled to the smaller one with numpy default_rng(seed)",
     "folds": "StratifiedKFold(folds, shuffle=True, random_state=seed); accuracy per held-out fold, std with ddof=0",
-    "stump": "exact threshold search maximising balanced accuracy; flags score > threshold (above) or < (below)",
-    "components": "logistic regression (class_weight=balanced) on standardised logs of sum_j p_j(1-p_j), "
-    "||phi||^2, ||W phi||^2; flags logit > 0",
-    "mahalanobis": "stump on min_c (phi - mu_c)^T Sigma^+ (phi - mu_c); class means and the maximum-likelihood "
-    "covariance of the class-centred features of the clean, labelled --fit-data (Lee et al. 2018)",
-    "profile": "logistic regression like components on the logs of relative sharpness, loss w.r.t. the predicted "
-    "class, confidence and ||phi|| at x_0 = x and x_t = clamp(x_{t-1} + size sign(grad CE(x_{t-1}, pred)), 0, 1)",
-    "ensemble": "logistic regression like components on the logs of the components, the profile and the "
-    "Mahalanobis score",
+}
+_CONVENTIONS_AFTER = {
     "all": "every method on the same balanced inputs and folds; the best mean CV accuracy (then AUC) is kept",
     "score_column": "the value the detector thresholds: the score (stump, mahalanobis) or the logit (the others)",
     "auc": "ROC-AUC of the pooled out-of-fold decisions; tpr_at_5fpr the best TPR at an FPR <= 0.05 on that curve",
@@ -76,14 +69,20 @@ CONVENTIONS = {
     "iterate that is misclassified with d < 0, else the final one, scored by that detector",
 }
 
+
+def conventions() -> dict[str, str]:
+    """The conventions of a fit, with each registered method's own (:data:`flatcli.core.detectors.METHODS`), the
+    options they name worded as flags."""
+    methods = {m: cls.conventions_worded(lambda name: "--" + name.replace("_", "-")) for m, cls in core.METHODS.items()}
+    return {**_CONVENTIONS_BEFORE, **methods, **_CONVENTIONS_AFTER}
+
+
 #: The attack that crafts the adversarials unless options say otherwise (§6.2: PGD-linf, 10 steps, 8/255, 2/255).
 DEFAULT_PRESET = "uncanny"
 #: ``--adaptive-weight``: the weight of the detector's (normalised) decision in the adaptive objective.
 DEFAULT_ADAPTIVE_WEIGHT = 3.0
 #: The largest --adaptive-weight (the penalty is a logistic score: beyond this the attack ignores the loss).
 MAX_ADAPTIVE_WEIGHT = 1e6
-_FIXED_SCORE = {"components": "components", "mahalanobis": core.MAHALANOBIS, "profile": "profile",
-                "ensemble": "ensemble"}
 
 
 @dataclass
@@ -93,7 +92,7 @@ class DetectSettings:
     from a file). Ranges and conflicts are checked here."""
 
     method: str = "stump"
-    score: str | None = None  # stump: one of SCORES (default relative_sharpness); others: fixed
+    score: str | None = None  # one of the method's scores (the stump's: SCORES, default relative_sharpness)
     folds: int = 5
     only_successful: bool = False
     weight_norm: str = "squared"
@@ -104,84 +103,86 @@ class DetectSettings:
     adaptive_weight: float = DEFAULT_ADAPTIVE_WEIGHT
 
     def __post_init__(self) -> None:
-        if self.method not in core.METHODS + (ALL,):
-            raise UsageError(f"unknown --method {self.method!r}; choose one of {', '.join(core.METHODS + (ALL,))}")
-        if self.method == "stump":
-            self.score = self.score or SCORES[0]
-            if self.score not in SCORES:
-                raise UsageError(f"unknown --score {self.score!r}; choose one of {', '.join(SCORES)}")
-        elif self.score not in (None, _FIXED_SCORE.get(self.method)):
-            what = {"components": "the three factors of sharpness (sum_j p_j(1-p_j), ||phi||^2, ||W phi||^2)",
-                    "mahalanobis": "the Mahalanobis score", "profile": "the curvature profile",
-                    "ensemble": "every label-free feature", ALL: "every method's own"}[self.method]
-            raise UsageError(
-                f"--score {self.score} conflicts with --method {self.method}, which uses {what}; "
-                "drop --score or use --method stump"
-            )
+        if self.method not in core.method_names() + (ALL,):
+            raise OptionError("method", f"unknown {{}} {self.method!r}; choose one of "
+                              f"{', '.join(core.method_names() + (ALL,))}")
+        scores = core.METHODS[self.method].scores if self.method != ALL else (None,)
+        if len(scores) > 1:
+            self.score = self.score or scores[0]
+            if self.score not in scores:
+                raise OptionError("score", f"unknown {{}} {self.score!r}; choose one of {', '.join(scores)}")
+        elif self.score not in (None, scores[0]):
+            what = core.METHODS[self.method].summary if self.method != ALL else "every method's own score"
+            raise OptionError(("score", "method", "score", "method"),
+                              f"{{}} {self.score} conflicts with {{}} {self.method} ({what}); drop {{}} or use {{}} stump")
         else:
-            self.score = _FIXED_SCORE.get(self.method)
+            self.score = scores[0]
         if isinstance(self.folds, bool) or not isinstance(self.folds, int) or self.folds < 2:
-            raise UsageError(f"--folds must be an integer >= 2, got {self.folds!r}")
+            raise OptionError("folds", f"{{}} must be an integer >= 2, got {self.folds!r}")
         if self.weight_norm not in WEIGHT_NORMS:
-            raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+            raise OptionError("weight_norm", f"{{}} must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
         if self.uses_probe:
             self.probe = self.probe or Probe()
         elif self.probe is not None:
-            raise UsageError(
-                f"--probe-steps/--probe-size set the probes of the curvature profile, which --method {self.method} "
-                "does not use; drop them or use --method profile, ensemble or all"
-            )
+            probing = ", ".join(m for m, cls in core.METHODS.items() if cls.needs_probe)
+            raise OptionError(("probe_steps", "probe_size", "method"),
+                              f"{{}}/{{}} set the probes of the curvature profile, which {{}} {self.method} "
+                              f"does not use; drop them or use method {probing} or all")
         if self.adaptive and self.attack is None:
-            raise UsageError("--adaptive crafts adversarials against the fitted detector; it needs the attack options, "
-                             "not --adversarial")
+            raise OptionError(("adaptive", "adversarial"), "{} crafts adversarials against the fitted detector; it "
+                              "needs the attack options, not {}")
         w = self.adaptive_weight
         if isinstance(w, bool) or not isinstance(w, (int, float)) or not np.isfinite(w) or not 0 < w <= MAX_ADAPTIVE_WEIGHT:
-            raise UsageError(f"--adaptive-weight must be a finite number > 0 and at most {MAX_ADAPTIVE_WEIGHT:g}, got {w!r}")
+            raise OptionError("adaptive_weight", f"{{}} must be a finite number > 0 and at most "
+                              f"{MAX_ADAPTIVE_WEIGHT:g}, got {w!r}")
 
     @property
     def methods(self) -> tuple[str, ...]:
         """The methods cross-validated: the one asked for, or all of them."""
-        return core.METHODS if self.method == ALL else (self.method,)
+        return core.method_names() if self.method == ALL else (self.method,)
 
     @property
     def uses_probe(self) -> bool:
-        return any(m in ("profile", "ensemble") for m in self.methods)
+        return any(core.METHODS[m].needs_probe for m in self.methods)
 
     @property
     def uses_mahalanobis(self) -> bool:
         """Whether the class statistics of ``--fit-data`` are needed."""
-        return any(m in ("mahalanobis", "ensemble") for m in self.methods)
+        return any(core.METHODS[m].needs_mahalanobis for m in self.methods)
 
     def features(self, mahalanobis: core.MahalanobisModel | None = None) -> Features:
         """What the scoring passes compute for these methods."""
         return Features(self.weight_norm, self.probe if self.uses_probe else None, mahalanobis)
 
     @classmethod
-    def from_options(cls, *, crafted: bool = True, preset: str | None = None, attack_kind=None, loss=None, norm=None,
-                     eps=None, alpha=None, steps=None, queries=None, random_start: bool = False, restarts: int = 1,
-                     method: str | None = None,
-                     folds: int | None = None, weight_norm: str | None = None, probe_steps: int | None = None,
-                     probe_size: float | None = None, adaptive: bool = False, adaptive_weight: float | None = None,
-                     **settings) -> "DetectSettings":
-        """The command's options; ``crafted`` is false when the adversarials come from a file (no attack)."""
-        attack = None
+    def from_options(cls, *, crafted: bool = True, **options) -> "DetectSettings":
+        """The settings of keyword options, as the API takes them (``method="stump", folds=3, ...``)."""
+        return cls.from_groups(chosen_of(options, AttackOptions, WeightNormOptions, DetectOptions), crafted=crafted)
+
+    @classmethod
+    def from_groups(cls, chosen, *, crafted: bool = True) -> "DetectSettings":
+        """The settings of one call's option groups (:mod:`flatcli.options`); ``crafted`` is false when the
+        adversarials come from a file (no attack)."""
+        options = chosen.detection
+        attack = preset = None
         if crafted:
-            preset = preset or DEFAULT_PRESET
-            attack = make_attack(attack_kind, preset, norm=norm, eps=eps, alpha=alpha, steps=steps, queries=queries,
-                                 random_start=random_start, restarts=restarts, loss=loss)
-            if adaptive and attack.kind != "pgd":
-                raise UsageError(f"--adaptive runs PGD on its own objective; drop --attack {attack.kind}")
-        if adaptive_weight is not None and not adaptive:
-            raise UsageError("--adaptive-weight weighs the detector in the adaptive attack; add --adaptive or drop it")
+            preset = chosen.attack.preset or DEFAULT_PRESET
+            attack = chosen.attack.make(preset)
+            if options.adaptive and attack.kind != "pgd":
+                raise OptionError(("adaptive", "attack"), f"{{}} runs PGD on its own objective; drop {{}} {attack.kind}")
+        if options.adaptive_weight is not None and not options.adaptive:
+            raise OptionError(("adaptive_weight", "adaptive"), "{} weighs the detector in the adaptive attack; add {} "
+                              "or drop it")
         probe = None
-        if probe_steps is not None or probe_size is not None:
+        if options.probe_steps is not None or options.probe_size is not None:
             default = Probe()
-            probe = Probe(default.steps if probe_steps is None else probe_steps,
-                          default.size if probe_size is None else probe_size)
-        return cls(method=method or "stump", folds=5 if folds is None else folds,
-                   weight_norm=weight_norm or "squared", attack=attack, preset=preset if crafted else None,
-                   probe=probe, adaptive=adaptive,
-                   adaptive_weight=DEFAULT_ADAPTIVE_WEIGHT if adaptive_weight is None else adaptive_weight, **settings)
+            probe = Probe(default.steps if options.probe_steps is None else options.probe_steps,
+                          default.size if options.probe_size is None else options.probe_size)
+        return cls(method=options.method or "stump", score=options.score,
+                   folds=5 if options.folds is None else options.folds, only_successful=options.only_successful,
+                   weight_norm=chosen.head.norm, attack=attack, preset=preset, probe=probe, adaptive=options.adaptive,
+                   adaptive_weight=DEFAULT_ADAPTIVE_WEIGHT if options.adaptive_weight is None else
+                   options.adaptive_weight)
 
     def config(self) -> dict:
         crafted = self.attack is not None
@@ -254,20 +255,15 @@ def successful(clean: ScoreSet, adv: ScoreSet) -> np.ndarray:
     return adv.pred != clean_pred
 
 
-def thresholded(det: core.Detector, X: np.ndarray) -> np.ndarray:
-    """The value the detector compares with its threshold: the score (stump, mahalanobis) or the logit."""
-    if det.method in core.THRESHOLD_METHODS:
-        return np.asarray(X, dtype=np.float64)
-    return det.decision(X)
+def score_of(method: str, settings: DetectSettings) -> str:
+    """The score ``method`` reads under ``settings``: the one asked for, or the method's default (``all``)."""
+    cls = core.METHODS[method]
+    return cls.check_score(settings.score if settings.method == method else None)
 
 
-def columns_for(method: str, settings: DetectSettings) -> tuple[str, ...]:
-    """The feature columns ``method`` reads under ``settings`` (the score of a threshold method)."""
-    if method == "stump":
-        return (settings.score if settings.method == "stump" else SCORES[0],)
-    if method == "mahalanobis":
-        return (core.MAHALANOBIS,)
-    return core.feature_names(method, settings.probe.steps if settings.probe is not None else None)
+def probe_of(method: str, settings: DetectSettings) -> dict | None:
+    """The probe settings ``method`` needs under ``settings`` (``None`` when it needs none)."""
+    return settings.probe.config() if core.METHODS[method].needs_probe else None
 
 
 def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed: int = 0,
@@ -321,16 +317,15 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
 
     fits: dict[str, MethodFit] = {}
     for method in settings.methods:
-        columns = columns_for(method, settings)
-        X = np.concatenate([clean.features(method, columns), adv_used.features(method, columns)])[row_ids]
+        score, probe = score_of(method, settings), probe_of(method, settings)
+        columns = core.METHODS[method].columns_for(score, probe)
+        X = np.concatenate([clean.features(columns), adv_used.features(columns)])[row_ids]
         cv = core.cross_validate(
-            X, y, folds=settings.folds, method=method, seed=seed, score=columns[0] if method == "stump" else None,
-            mahalanobis=mahalanobis if method in ("mahalanobis", "ensemble") else None,
-            probe=settings.probe.config() if method in ("profile", "ensemble") else None,
+            X, y, folds=settings.folds, method=method, seed=seed, score=score,
+            mahalanobis=mahalanobis if core.METHODS[method].needs_mahalanobis else None, probe=probe,
         )
         evaded = float(np.mean(changed_used[y == 1] & (cv.oof_decision[y == 1] <= 0)))
-        fits[method] = MethodFit(method, columns, X, cv, _method_summary(method, cv, X, y, settings, counts,
-                                                                          mahalanobis), evaded)
+        fits[method] = MethodFit(method, columns, X, cv, _method_summary(method, cv, X, y, settings, counts), evaded)
     best = max(settings.methods, key=lambda m: (fits[m].cv.accuracy_mean, fits[m].cv.auc,
                                                 -settings.methods.index(m)))
     chosen = fits[best]
@@ -355,9 +350,9 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
                               for m, f in fits.items()}
 
     det, cv, X = chosen.cv.detector, chosen.cv, chosen.X
-    value_used = thresholded(det, X)
+    value_used = det.thresholded(X)
     # Per-input rows: every clean input, every adversarial (used or not), clean first.
-    Xc, Xa = clean.features(best, chosen.columns), adv.features(best, chosen.columns)
+    Xc, Xa = clean.features(chosen.columns), adv.features(chosen.columns)
     fold = np.full(len(y_all), -1, np.int64)
     oof = np.full(len(y_all), np.nan)
     fold[row_ids] = cv.fold_index
@@ -368,8 +363,8 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
     oof_adv = np.full(len(adv), np.nan)
     fold_adv[adv_pos] = fold[len(clean):]
     oof_adv[adv_pos] = oof[len(clean):]
-    rows = _rows(clean.index, False, fold[: len(clean)], thresholded(det, Xc), oof[: len(clean)], det.predict(Xc))
-    rows += _rows(adv.index, True, fold_adv, thresholded(det, Xa), oof_adv, det.predict(Xa))
+    rows = _rows(clean.index, False, fold[: len(clean)], det.thresholded(Xc), oof[: len(clean)], det.predict(Xc))
+    rows += _rows(adv.index, True, fold_adv, det.thresholded(Xa), oof_adv, det.predict(Xa))
 
     det.meta["score_clean"] = summary["score_clean"]
     det.meta["score_adversarial"] = summary["score_adversarial"]
@@ -381,12 +376,12 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
 
 
 def _method_summary(method: str, cv: core.CVResult, X: np.ndarray, y: np.ndarray, settings: DetectSettings,
-                    counts: dict, mahalanobis: core.MahalanobisModel | None) -> dict:
+                    counts: dict) -> dict:
     """The fit summary of one method (the keys of :func:`fit_detection`, the baseline and ``best`` aside)."""
     det = cv.detector
-    value = thresholded(det, X)
-    threshold_method = method in core.THRESHOLD_METHODS
-    summary = {
+    value = det.thresholded(X)
+    threshold, direction = det.operating_point()
+    return {
         "method": method,
         "score": det.score,
         "folds": settings.folds,
@@ -395,29 +390,14 @@ def _method_summary(method: str, cv: core.CVResult, X: np.ndarray, y: np.ndarray
         "accuracy_std": cv.accuracy_std,
         "auc": cv.auc,
         "tpr_at_5fpr": cv.tpr_at_5fpr,
-        "threshold": det.threshold if threshold_method else 0.0,
-        "direction": det.direction if threshold_method else "above",
+        "threshold": threshold,
+        "direction": direction,
         **counts,
         "train_accuracy": float(np.mean(det.predict(X) == (y == 1))),
         "score_clean": describe(value[y == 0]),
         "score_adversarial": describe(value[y == 1]),
+        **det.parameters(),
     }
-    if method in core.LOGISTIC_METHODS:
-        names = det.columns()
-        summary["components" if method == "components" else "logistic"] = {
-            "features": list(names),
-            "coef": dict(zip(names, det.coef)),
-            "intercept": det.intercept,
-            "log_mean": dict(zip(names, det.mean)),
-            "log_scale": dict(zip(names, det.scale)),
-        }
-    if method in ("profile", "ensemble"):
-        summary["probe"] = dict(det.probe)
-    if method in ("mahalanobis", "ensemble"):
-        summary["mahalanobis"] = {"classes": mahalanobis.num_classes, "features": mahalanobis.dim,
-                                  "n_fit": int(mahalanobis.counts.sum()),
-                                  "covariance": "maximum likelihood of the class-centred features, pseudo-inverse"}
-    return summary
 
 
 def _matched_clean_pred(clean: ScoreSet, adv: ScoreSet) -> tuple[np.ndarray, bool]:
@@ -474,7 +454,7 @@ def check_detector(det: core.Detector, loaded, *, force: bool = False) -> list[s
                 f"the detector was fitted on layer {layer!r}, not {loaded.layer!r}; drop --layer or pass --force"
             )
         notes.append(f"note: --force: the detector was fitted on layer {layer!r}, applied to {loaded.layer!r}")
-    if det.method == "stump" and det.score not in SCORES:
+    if det.score not in det.scores:
         raise DetectorError(f"the detector thresholds an unknown score {det.score!r}; re-create it")
     maha = det.mahalanobis
     if maha is not None and (maha.num_classes, maha.dim) != (loaded.num_classes, loaded.head.in_features):
@@ -514,7 +494,7 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
                      f"(sha256 {made_on[:12]}...): a transfer attack")
     config = {**ctx.describe(), **settings.config(), "fit_data": fit_data.name if fit_data is not None else None,
               "adversarial": adversarial_path, "adversarial_metadata": adv_meta, "save": save, "save_adv": save_adv,
-              "plot": plot, "conventions": CONVENTIONS}
+              "plot": plot, "conventions": conventions()}
     scored = len(ctx.data) * (1 + settings.adaptive) + (len(adversarial) if adversarial is not None else 0)
     ctx.expect(scored + (2 * len(fit_data) if fit_data is not None else 0))
     mahalanobis = fit_mahalanobis(ctx.with_data(fit_data)) if fit_data is not None else None
@@ -571,7 +551,7 @@ def fit(ctx: RunContext, settings: DetectSettings, *, adversarial: DataSource | 
     if plot is not None:
         from flatcli.outputs.figures.detect import detect_figure
 
-        what = (describe_attack(settings.attack) if settings.attack is not None
+        what = (settings.attack.describe() if settings.attack is not None
                 else f"adversarials from {adversarial_path}")
         detect_figure(outcome, plot, title=f"{loaded.name} ({ctx.data.name}): {what}")
     if save is not None:
@@ -601,18 +581,17 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
         "score": det.score,
         "weight_norm": features.weight_norm,
         "probe": det.probe,
-        "conventions": {k: CONVENTIONS[k] for k in ("stump", det.method, "score_column")},
+        "conventions": {k: conventions()[k] for k in ("stump", det.method, "score_column")},
     }
     ctx.expect(len(ctx.data))
     rows = Rows(on_rows, keep_samples)
     values: list[np.ndarray] = []
     n = flagged_total = 0
     columns = det.columns()
-    threshold_method = det.method in core.THRESHOLD_METHODS
     for s in each_score(ctx, features):
-        X = s.features(det.method, columns)
+        X = s.features(columns)
         with np.errstate(all="ignore"):  # a tampered detector overflows: refused below, not warned about
-            value, decision = thresholded(det, X), det.decision(X)
+            value, decision = det.thresholded(X), det.decision(X)
         bad = ~(np.isfinite(value) & np.isfinite(decision))
         if bad.any():
             raise DetectorError(
@@ -633,8 +612,8 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
         "flagged_share": flagged_total / n if n else float("nan"),
         "method": det.method,
         "score": det.score,
-        "threshold": det.threshold if threshold_method else 0.0,
-        "direction": det.direction if threshold_method else "above",
+        "threshold": det.operating_point()[0],
+        "direction": det.operating_point()[1],
         "score_stats": describe(np.concatenate(values) if values else np.zeros(0)),
         "checkpoint_match": det.meta.get(key) == have,
     }

@@ -25,7 +25,7 @@ import torch
 from flatcli.core import detectors as core
 from flatcli.core.adaptive import AdaptiveLoss
 from flatcli.core.detection_features import Probe
-from flatcli.core.pgd import batch_generator
+from flatcli.core.attacks import batch_generator
 from flatcli.models.head import HeadSplit
 from flatcli.runs.detect_scores import Features, Scorer, ScoreSet
 from flatcli.runtime.loop import RunContext, each_batch
@@ -66,7 +66,7 @@ def adaptive_check(ctx: RunContext, settings, outcome, clean: ScoreSet) -> dict[
                                     weight=settings.adaptive_weight, scale=scales[m], weight_norm=settings.weight_norm)
                 res = settings.attack.run(split, x, y, generator=batch_generator(ctx.seed, b.number), loss=loss)
                 s = scorers[m](loss.adversarial(res.x_adv), index)
-                X = s.features(m, f.columns)
+                X = s.features(f.columns)
                 decision = np.zeros(len(s))
                 for k in np.unique(which):
                     decision[which == k] = dets[k].decision(X[which == k])

@@ -24,8 +24,7 @@ import torch
 
 from flatcli.core import detectors as core
 from flatcli.core.detection_features import Probe, detection_features, mahalanobis_tensors
-from flatcli.core.attacks import Attack
-from flatcli.core.pgd import batch_generator
+from flatcli.core.attacks import Attack, batch_generator
 from flatcli.models.head import HeadSplit
 from flatcli.runtime.loop import RunContext, each_batch
 
@@ -45,10 +44,8 @@ class ScoreSet:
     def __len__(self) -> int:
         return len(self.index)
 
-    def features(self, method: str, columns: tuple[str, ...]) -> np.ndarray:
-        """What a detector takes: ``(n,)`` the score of a threshold method, ``(n, len(columns))`` otherwise."""
-        if method in core.THRESHOLD_METHODS:
-            return self.values[columns[0]]
+    def features(self, columns: tuple[str, ...]) -> np.ndarray:
+        """What a detector takes: ``(n, len(columns))``, one column per name of its ``columns()``."""
         return np.stack([self.values[c] for c in columns], axis=1)
 
     def take(self, keep: np.ndarray) -> "ScoreSet":
@@ -151,7 +148,7 @@ def attack_and_score(ctx: RunContext, attack: Attack, features: Features | None 
     """Craft one adversarial per input of ``ctx.data`` and score the clean and the adversarial inputs.
 
     The attack uses the labels (it maximises the cross-entropy); the scores do not. Random starts
-    come from :func:`flatcli.core.pgd.batch_generator` per batch, as in ``flatrob attack``, so
+    come from :func:`flatcli.core.attacks.batch_generator` per batch, as in ``flatrob attack``, so
     ``flatrob attack --save-adv`` with the same options and seed writes the very same adversarials.
     Without a probe the features come from the attack's own recorded forward passes. Returns
     ``(clean, adversarial, adv)`` where ``adv`` is ``(x, y, index)`` on the CPU when ``keep_adv`` (for

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from flatcli.core.curvature import weight_factor
 from flatcli.core.layer_curvature import layer_traces, unsupported
 from flatcli.core.layer_linearity import linearity
-from flatcli.errors import LayerError, UsageError
+from flatcli.errors import LayerError, OptionError
 from flatcli.models.loading import find_module
 
 LAYER_METHODS = ("auto", "exact", "fisher-mc", "hutchinson")
@@ -79,12 +79,12 @@ class LayerPlan:
 
 
 def check_method(method: str, fisher_samples: int) -> None:
-    """Range checks of ``--layer-method`` and ``--fisher-samples`` (settings call it on construction)."""
+    """Range checks of ``layer_method`` and ``fisher_samples`` (settings call it on construction)."""
     if method not in LAYER_METHODS:
-        raise UsageError(f"--layer-method must be one of {', '.join(LAYER_METHODS)}, got {method!r}")
+        raise OptionError("layer_method", f"{{}} must be one of {', '.join(LAYER_METHODS)}, got {method!r}")
     if not 2 <= fisher_samples <= MAX_FISHER_SAMPLES:
-        raise UsageError(f"--fisher-samples needs 2 to {MAX_FISHER_SAMPLES:,} draws per sample (at least 2 for a "
-                         f"standard error; each costs a backward pass), got {fisher_samples}")
+        raise OptionError("fisher_samples", f"{{}} needs 2 to {MAX_FISHER_SAMPLES:,} draws per sample (at least 2 "
+                          f"for a standard error; each costs a backward pass), got {fisher_samples}")
 
 
 def plan_layers(loaded, names: Sequence[str], method: str) -> list[LayerPlan]:
@@ -106,7 +106,8 @@ def plan_layers(loaded, names: Sequence[str], method: str) -> list[LayerPlan]:
         else:
             chosen = method
         if chosen in ("exact", "fisher-mc") and no_norm is not None:
-            raise UsageError(f"--layer-method {chosen}: layer {name}: {no_norm}; use --layer-method hutchinson")
+            raise OptionError(("layer_method", "layer_method"), f"{{}} {chosen}: layer {name}: {no_norm}; use {{}} "
+                              "hutchinson")
         curvature = "gauss-newton" if chosen != "hutchinson" and not lin.piecewise_linear else "hessian"
         reason = lin.reason if not lin.piecewise_linear else (no_norm if chosen == "hutchinson" and method == "auto" else None)
         plans.append(LayerPlan(name, module, chosen, curvature, lin.piecewise_linear, reason))

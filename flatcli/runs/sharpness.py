@@ -19,7 +19,7 @@ from flatcli.core.curvature import MEASURES, WEIGHT_NORMS, head_measures, weight
 from flatcli.core.head_scaling import Scaling
 from flatcli.core.hutchinson import MAX_PROBES, HutchinsonTraces, batch_loss_sum
 from flatcli.core.statistics import describe_columns
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError
 from flatcli.models.head import HeadSplit
 from flatcli.runs import layers as layer_run
 from flatcli.runs.result import OnRows, Result, Rows
@@ -46,15 +46,23 @@ class SharpnessSettings:
 
     def __post_init__(self) -> None:
         if not self.scaling.scale > 0:
-            raise UsageError(f"--scale must be positive, got {self.scaling.scale}")
+            raise OptionError("scale", f"{{}} must be positive, got {self.scaling.scale}")
         if self.weight_norm not in WEIGHT_NORMS:
-            raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+            raise OptionError("weight_norm", f"{{}} must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
         if self.hutchinson < 0 or self.hutchinson == 1 or self.hutchinson > MAX_PROBES:
-            raise UsageError(f"--hutchinson needs 0 (off) or 2 to {MAX_PROBES} probes, got {self.hutchinson}")
+            raise OptionError("hutchinson", f"{{}} needs 0 (off) or 2 to {MAX_PROBES} probes, got {self.hutchinson}")
         if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise OptionError("precision", f"{{}} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         layer_run.check_method(self.layer_method, self.fisher_samples)
         self.layers = tuple(self.layers)
+
+    @classmethod
+    def from_groups(cls, chosen) -> "SharpnessSettings":
+        """The settings of one call's option groups (:mod:`flatcli.options`)."""
+        head, layers, speed = chosen.head, chosen.layers, chosen.speed
+        return cls(scaling=Scaling(head.scale, head.scale_bias), weight_norm=head.norm, hutchinson=layers.hutchinson,
+                   layers=layers.layers or (), layer_method=layers.layer_method, fisher_samples=layers.fisher_samples,
+                   precision=speed.precision, channels_last=speed.channels_last)
 
     def config(self) -> dict:
         return {

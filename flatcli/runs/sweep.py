@@ -46,11 +46,13 @@ from torch import Tensor
 from flatcli.core.curvature import WEIGHT_NORMS, head_measures
 from flatcli.core.head_scaling import Scaling, evaluate_scales
 from flatcli.core.masking import DEFAULT_THRESHOLD, masking_verdict
-from flatcli.core.pgd import PGD, PRESETS, batch_generator
-from flatcli.core.square import DEFAULT_QUERIES, Square
+from flatcli.core.attacks import DEFAULT_QUERIES, PGD, PRESETS, Square, batch_generator
 from flatcli.core.statistics import censored_median, spearman
 from flatcli.core.trajectories import finite_samples
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError, UsageError
+from flatcli.options import PGDOptions, ScalingOptions, SpeedOptions, TakeoffOptions
+from flatcli.options.calls import chosen_of
+from flatcli.options.sweep import DEFAULT_SCALES, SweepOptions
 from flatcli.models.head import HeadSplit
 from flatcli.runs.result import OnRows, Result, Rows
 from flatcli.runs.sanity import checked
@@ -58,7 +60,6 @@ from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
 
 #: The paper's §6.1 scales (Fig. 2).
-DEFAULT_SCALES = (0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 50.0)
 
 #: Keys of each record of ``summary["scales"]`` (pinned by a contract test).
 SCALE_KEYS = (
@@ -140,53 +141,56 @@ class SweepSettings:
     def __post_init__(self) -> None:
         self.scales = check_scales(self.scales)
         if not (math.isfinite(self.masking_threshold) and 0 <= self.masking_threshold < 1):
-            raise UsageError(f"--masking-threshold must be in [0, 1), got {self.masking_threshold}")
+            raise OptionError("masking_threshold", f"{{}} must be in [0, 1), got {self.masking_threshold}")
         if self.square is not None and self.attack is None:
-            raise UsageError("--square runs with the per-scale attack, which --no-attack-each-scale skips; "
-                             "drop one or the other")
+            raise OptionError(("square", "!attack_each_scale"), "{} runs with the per-scale attack, which {} skips; "
+                              "drop one or the other")
         if not 0 < self.takeoff <= 1:
-            raise UsageError(f"--takeoff must be in (0, 1], got {self.takeoff}")
+            raise OptionError("takeoff", f"{{}} must be in (0, 1], got {self.takeoff}")
         if self.weight_norm not in WEIGHT_NORMS:
-            raise UsageError(f"--weight-norm must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
+            raise OptionError("weight_norm", f"{{}} must be one of {', '.join(WEIGHT_NORMS)}, got {self.weight_norm!r}")
         if self.precision not in PRECISIONS:
-            raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+            raise OptionError("precision", f"{{}} must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.examples < 0:
             raise UsageError(f"examples must be 0 or more, got {self.examples}")
 
     @classmethod
-    def from_options(cls, scales=DEFAULT_SCALES, *, preset: str | None = None, norm=None, eps=None, alpha=None,
-                     steps=None, random_start: bool = False, restarts: int = 1, attack_each_scale: bool = True,
-                     attack_norm=None, attack_eps=None, attack_alpha=None, attack_steps=None, attack_loss=None,
-                     square: bool = False, queries=None, **settings) -> "SweepSettings":
-        """Both attacks from their presets with every given option applied; ``scales`` may be ``"0.25,1,10"``.
-        ``square`` adds the Square attack per scale (``queries`` per restart)."""
-        given = {"--attack-norm": attack_norm, "--attack-eps": attack_eps, "--attack-alpha": attack_alpha,
-                 "--attack-steps": attack_steps, "--attack-loss": attack_loss, "--square": square or None}
-        if queries is not None and not square:
-            raise UsageError("--queries is the budget of --square; add --square or drop --queries")
-        if not attack_each_scale:
-            named = [opt for opt, v in given.items() if v is not None]
+    def from_options(cls, **options) -> "SweepSettings":
+        """The settings of keyword options, as the API takes them (``scales="1,10", steps=3, ...``)."""
+        return cls.from_groups(chosen_of(options, PGDOptions, ScalingOptions, SpeedOptions, TakeoffOptions,
+                                         SweepOptions))
+
+    @classmethod
+    def from_groups(cls, chosen) -> "SweepSettings":
+        """The settings of one call's option groups (:mod:`flatcli.options`): both attacks from their presets with
+        every given option applied; ``square`` adds the Square attack per scale (``queries`` per restart)."""
+        sweep, attack, head, speed = chosen.sweep, chosen.attack, chosen.head, chosen.speed
+        per_scale_options = ("attack_norm", "attack_eps", "attack_alpha", "attack_steps", "attack_loss")
+        if attack.queries is not None and not sweep.square:
+            raise OptionError(("queries", "square", "queries"), "{} is the budget of {}; add it or drop {}")
+        if not sweep.attack_each_scale:
+            named = [name for name in (*per_scale_options, "square") if name in sweep.given()]
             if named:
-                raise UsageError(f"{', '.join(named)} set the per-scale attack, which --no-attack-each-scale skips; "
-                                 "drop one or the other")
-        preset = preset or TRAJECTORY_PRESET
-        trajectory = PGD.from_options(preset, norm=norm, eps=eps, alpha=alpha, steps=steps,
-                                      random_start=random_start, restarts=restarts)
+                raise OptionError((*named, "!attack_each_scale"), ", ".join("{}" for _ in named) +
+                                  " set the per-scale attack, which {} skips; drop one or the other")
+        preset = attack.preset or TRAJECTORY_PRESET
+        trajectory = PGD.from_options(preset, norm=attack.norm, eps=attack.eps, alpha=attack.alpha, steps=attack.steps,
+                                      random_start=attack.random_start, restarts=attack.restarts)
         per_scale = None
-        if attack_each_scale:
+        if sweep.attack_each_scale:
             try:
-                per_scale = PGD.from_options(ATTACK_PRESET, norm=attack_norm, eps=attack_eps, alpha=attack_alpha,
-                                             steps=attack_steps, loss=attack_loss)
-            except UsageError as exc:  # PGD names --eps, --steps, ...: here they are --attack-eps, ...
-                raise UsageError(str(exc).replace("--", "--attack-", 1)) from None
+                per_scale = PGD.from_options(ATTACK_PRESET, norm=sweep.attack_norm, eps=sweep.attack_eps,
+                                             alpha=sweep.attack_alpha, steps=sweep.attack_steps, loss=sweep.attack_loss)
+            except OptionError as exc:  # PGD names eps, steps, ...: here they are attack_eps, ...
+                raise OptionError(tuple(f"attack_{name}" for name in exc.options), exc.problem) from None
         gradient_free = None
-        if square and per_scale is not None:
+        if sweep.square and per_scale is not None:
             gradient_free = Square(norm=per_scale.norm, eps=per_scale.eps,
-                                   steps=DEFAULT_QUERIES if queries is None else queries)
-        if isinstance(scales, str):
-            scales = parse_scales(scales)
-        return cls(scales=scales, trajectory=trajectory, attack=per_scale, preset=preset, square=gradient_free,
-                   **settings)
+                                   steps=DEFAULT_QUERIES if attack.queries is None else attack.queries)
+        return cls(scales=sweep.scales, trajectory=trajectory, attack=per_scale, preset=preset, square=gradient_free,
+                   scale_bias=head.scale_bias, weight_norm=head.norm, takeoff=chosen.takeoff.takeoff,
+                   precision=speed.precision, channels_last=speed.channels_last,
+                   masking_threshold=sweep.masking_threshold)
 
     def scaling(self, scale: float) -> Scaling:
         return Scaling(float(scale), self.scale_bias)
@@ -225,14 +229,14 @@ def check_scales(scales) -> tuple[float, ...]:
     """The scales as floats: at least one, each finite and positive, no repeats."""
     values = tuple(float(s) for s in scales)
     if not values:
-        raise UsageError("--scales needs at least one scale, e.g. --scales 0.25,0.5,1,2.5,5,10,50")
+        raise OptionError("scales", "{} needs at least one scale, e.g. 0.25,0.5,1,2.5,5,10,50")
     for s in values:
         if not (math.isfinite(s) and s > 0):
-            raise UsageError(f"--scales: every scale must be a finite number > 0, got {s:g}")
+            raise OptionError("scales", f"{{}}: every scale must be a finite number > 0, got {s:g}")
     seen = set()
     for s in values:
         if s in seen:
-            raise UsageError(f"--scales lists {s:g} twice; give each scale once")
+            raise OptionError("scales", f"{{}} lists {s:g} twice; give each scale once")
         seen.add(s)
     return values
 
@@ -245,7 +249,7 @@ def parse_scales(text: str) -> tuple[float, ...]:
         try:
             values.append(float(p))
         except ValueError:
-            raise UsageError(f"--scales takes comma-separated numbers such as 0.25,1,10; got {p!r} in {text!r}") from None
+            raise OptionError("scales", f"{{}} takes comma-separated numbers such as 0.25,1,10; got {p!r} in {text!r}") from None
     return check_scales(values)
 
 
@@ -351,10 +355,10 @@ def plot_directory(path: str) -> Path:
     """``--plot DIR``: an existing directory, or a new one whose parent exists (created after the run)."""
     d = Path(path).expanduser()
     if d.exists() and not d.is_dir():
-        raise UsageError(f"--plot {path} is a file; --plot takes a directory for the figures")
+        raise OptionError("plot", f"{{}} {path} is a file; it takes a directory for the figures")
     parent = d.parent if str(d.parent) else Path(".")
     if not d.exists() and not parent.is_dir():
-        raise UsageError(f"--plot {path}: directory {parent} does not exist; create it first")
+        raise OptionError("plot", f"{{}} {path}: directory {parent} does not exist; create it first")
     return d
 
 

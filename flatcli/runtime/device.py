@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError, UsageError
 
 
 def resolve_device(name: str) -> torch.device:
@@ -23,9 +23,9 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+            raise OptionError(("device", "device"), f"{{}} {name}: CUDA is not available on this machine; use {{}} cpu")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise UsageError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+            raise OptionError("device", f"{{}} {name}: only {torch.cuda.device_count()} CUDA device(s) present")
     elif device.type != "cpu":
         raise UsageError(f"unsupported device {name!r}; use auto, cpu, cuda or cuda:N")
     return device

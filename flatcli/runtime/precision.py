@@ -11,7 +11,7 @@ import contextlib
 
 import torch
 
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -19,11 +19,11 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 def autocast(device: torch.device, precision: str = "fp32") -> contextlib.AbstractContextManager:
     """A context for the forward pass: nothing for fp32, ``torch.autocast`` otherwise."""
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        raise OptionError("precision", f"{{}} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     dtype = PRECISIONS[precision]
     if dtype is None:
         return contextlib.nullcontext()
     try:
         return torch.autocast(device_type=device.type, dtype=dtype)
     except RuntimeError as e:
-        raise UsageError(f"--precision {precision} is not supported on {device.type}: {e}") from None
+        raise OptionError("precision", f"{{}} {precision} is not supported on {device.type}: {e}") from None

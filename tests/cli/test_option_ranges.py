@@ -1,4 +1,4 @@
-"""The options added with the layer methods, the detectors and the other attacks have ranges too (README
+"""The options added with the layer methods, the detectors and the other attacks have ranges too (docs/guarantees.md,
 "Limits"): each out-of-range value is bad input, refused before any work; --fit-data is an input no output
 may replace."""
 

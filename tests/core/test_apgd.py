@@ -1,4 +1,4 @@
-"""APGD (flatcli.core.apgd) against torchattacks' APGD on a CNN trained here; its schedule and recording."""
+"""APGD (flatcli.core.attacks.apgd) against torchattacks' APGD on a CNN trained here; its schedule and recording."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import statistics
 import pytest
 import torch
 
-from flatcli.core.apgd import APGD, checkpoint_periods
+from flatcli.core.attacks.apgd import APGD, checkpoint_periods
 from flatcli.core.attack_losses import attack_loss
-from flatcli.core.pgd import batch_generator
+from flatcli.core.attacks import batch_generator
 from flatcli.errors import UsageError
 from flatcli.inputs.data import load_data
 from flatcli.models.head import HeadSplit
@@ -94,9 +94,9 @@ def test_restarts_keep_the_better_answer(trained_cnn, batch):
 
 
 def test_settings_are_checked():
-    with pytest.raises(UsageError, match="--steps"):
+    with pytest.raises(UsageError, match="steps"):
         APGD(steps=0)
-    with pytest.raises(UsageError, match="--random-start"):
+    with pytest.raises(UsageError, match="random_start"):
         APGD(restarts=2)
     with pytest.raises(UsageError, match="unknown loss"):
         APGD(loss="hinge")

@@ -73,10 +73,10 @@ def test_probe_points_are_sign_steps_on_the_predicted_class_loss(loaded, batch):
 
 def test_probe_settings_refuse_bad_values():
     for steps in (0, 4, 1.5, True):
-        with pytest.raises(UsageError, match="--probe-steps"):
+        with pytest.raises(UsageError, match="probe_steps"):
             Probe(steps=steps)
     for size in (0, -0.1, float("nan"), float("inf")):
-        with pytest.raises(UsageError, match="--probe-size"):
+        with pytest.raises(UsageError, match="probe_size"):
             Probe(size=size)
     assert Probe().config() == {"norm": "linf", "steps": 3, "size": 0.03}
 
@@ -166,13 +166,12 @@ def test_torch_decision_equals_the_fitted_detector(loaded, batch, method):
         probe = Probe(steps=2, size=0.04)
         cols, _ = detection_features(split, x, probe=probe, mahalanobis=mahalanobis_tensors(maha, "cpu"))
         labels = rng.permutation(np.r_[np.zeros(20), np.ones(20)]).astype(int)
-        columns = {"stump": ("relative_sharpness",), "mahalanobis": (core.MAHALANOBIS,)}.get(
-            method) or core.feature_names(method, probe.steps)
+        cls = core.METHODS[method]
+        columns = cls.columns_for(cls.scores[0], probe.config())
         X = np.stack([cols[c].numpy() for c in columns], axis=1)
-        det = core.fit(X[:, 0] if method in core.THRESHOLD_METHODS else X, labels, method=method,
-                       mahalanobis=maha if method in ("mahalanobis", "ensemble") else None,
-                       probe=probe.config() if method in ("profile", "ensemble") else None)
-        want = det.decision(X[:, 0] if method in core.THRESHOLD_METHODS else X)
+        det = core.fit(X, labels, method=method, mahalanobis=maha if cls.needs_mahalanobis else None,
+                       probe=probe.config() if cls.needs_probe else None)
+        want = det.decision(X)
         assert np.allclose(decision(det, cols).numpy(), want, rtol=1e-10, atol=1e-10)
         # the adaptive loss sees the same decisions, with their graph from the input
         loss = AdaptiveLoss(split, [det, det], torch.tensor([0, 1] * 20), y, weight=2.0, scale=4.0)
@@ -185,7 +184,7 @@ def test_torch_decision_equals_the_fitted_detector(loaded, batch, method):
 
 def test_adaptive_objective_is_the_cross_entropy_until_the_model_is_fooled(loaded, batch):
     x, y = batch
-    det = core.Detector("stump", "confidence", threshold=0.5, direction="below")
+    det = core.Stump(score="confidence", threshold=0.5, direction="below")
     with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
         loss = AdaptiveLoss(split, [det], torch.zeros(len(y), dtype=torch.long), y, weight=2.0, scale=0.25)
         xg = x.clone().requires_grad_(True)

@@ -16,12 +16,12 @@ from flatcli.core import detectors as core
 from flatcli.core.detectors import (
     DETECTOR_KIND,
     SCHEMA_VERSION,
-    Detector,
+    Stump,
     balance,
     cross_validate,
     fit,
 )
-from flatcli.inputs.detector_file import load_detector, save_detector
+from flatcli.inputs.detector_file import detector_from_json, load_detector, save_detector
 from flatcli.errors import DetectorError, UsageError
 
 
@@ -67,8 +67,8 @@ def test_separable_scores_are_detected_perfectly_in_both_directions(adv_higher, 
 
 
 def test_direction_semantics_are_strict_inequalities():
-    above = Detector("stump", "s", threshold=1.0, direction="above")
-    below = Detector("stump", "s", threshold=1.0, direction="below")
+    above = Stump(score="s", threshold=1.0, direction="above")
+    below = Stump(score="s", threshold=1.0, direction="below")
     x = np.array([0.5, 1.0, 1.5])
     assert above.predict(x).tolist() == [False, False, True]
     assert below.predict(x).tolist() == [True, False, False]
@@ -325,11 +325,12 @@ def test_new_methods_save_load_reproduce_predictions_exactly(tmp_path, method):
     if method == "mahalanobis":
         X, y = np.r_[rng.lognormal(0, 1, 200), rng.lognormal(1, 1, 200)], _labels(200, 200)
     else:
-        d = len(core.feature_names(method, 2))
+        d = len(core.METHODS[method].columns_for(method, _probe()))
         y = _labels(200, 200)
         X = np.exp(rng.normal(size=(400, d)) + 0.5 * y[:, None] * rng.normal(size=d))
     det = fit(X, y, method=method, seed=2, mahalanobis=maha, probe=probe)
-    assert det.columns() == ((core.MAHALANOBIS,) if method == "mahalanobis" else core.feature_names(method, 2))
+    assert det.columns() == ((core.MAHALANOBIS,) if method == "mahalanobis" else core.METHODS[method].columns_for(
+        method, _probe()))
     path = tmp_path / "det.json"
     save_detector(path, det)
     back = load_detector(path)
@@ -359,7 +360,7 @@ def _doc(method, **changes):
     rng = np.random.default_rng(0)
     maha = _maha_model(rng) if method in ("mahalanobis", "ensemble") else None
     probe = _probe() if method in ("profile", "ensemble") else None
-    n = 1 if method == "mahalanobis" else len(core.feature_names(method, 2))
+    n = 1 if method == "mahalanobis" else len(core.METHODS[method].columns_for(method, _probe()))
     X = np.exp(rng.normal(size=(40, n)))[:, 0] if n == 1 else np.exp(rng.normal(size=(40, n)))
     doc = fit(X, _labels(20, 20), method=method, mahalanobis=maha, probe=probe).to_json()
     for key, value in changes.items():
@@ -386,4 +387,4 @@ def _doc(method, **changes):
 ])
 def test_load_rejects_malformed_new_detectors(method, changes, fragment):
     with pytest.raises(DetectorError, match=fragment):
-        Detector.from_json(_doc(method, **changes))
+        detector_from_json(_doc(method, **changes))

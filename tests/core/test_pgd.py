@@ -1,4 +1,4 @@
-"""The PGD core (flatcli.core.pgd) against a PGD written out step by step.
+"""The PGD core (flatcli.core.attacks.pgd) against a PGD written out step by step.
 
 Oracles: torchattacks' update order (step, project, clamp) written out in the test, and the per-sample
 runs of a per-sample eps.
@@ -11,8 +11,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flatcli.core import pgd as attacks
-from flatcli.core.pgd import PGD, pgd
+from flatcli.core.attacks import base, geometry
+from flatcli.core.attacks.pgd import PGD, pgd
 from flatcli.errors import UsageError
 from flatcli.inputs.data import load_data
 from flatcli.models.head import HeadSplit
@@ -187,7 +187,7 @@ def test_targeted_moves_towards_target(loaded, batch):
     with HeadSplit(loaded.model, loaded.head, loaded.layer) as split:
         target = torch.full_like(y, 3)
         res = pgd(split, x, y, norm="linf", eps=0.3, alpha=0.03, steps=20, target=target, record=True)
-        ll = attacks.least_likely(split(x)[0])
+        ll = base.least_likely(split(x)[0])
         res_ll = pgd(split, x, y, norm="linf", eps=0.3, alpha=0.03, steps=20, target=ll, record=True)
     assert (res.logits.argmax(1) == 3).float().mean() > 0.9
     assert (res_ll.logits.argmax(1) == ll).float().mean() > 0.8
@@ -197,12 +197,12 @@ def test_targeted_moves_towards_target(loaded, batch):
 
 def test_random_start_l2_is_uniform_in_volume():
     x0 = torch.full((20000, 1, 1, 2), 0.5)
-    start = attacks.random_start(x0, 0.1, "l2", torch.Generator().manual_seed(0))
+    start = geometry.random_start(x0, 0.1, "l2", torch.Generator().manual_seed(0))
     r = (start - x0).flatten(1).norm(dim=1)
     assert (r <= 0.1 + 1e-7).all()
     # in d = 2 dimensions, P(r <= eps/2) = 1/4 for the volume-uniform law (1/2 for a uniform radius)
     assert abs((r <= 0.05).float().mean().item() - 0.25) < 0.015
-    box = attacks.random_start(x0, 0.1, "linf", torch.Generator().manual_seed(0))
+    box = geometry.random_start(x0, 0.1, "linf", torch.Generator().manual_seed(0))
     assert ((box - x0).abs() <= 0.1 + 1e-7).all() and (box - x0).abs().max() > 0.09
 
 

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from flatcli.inputs import data as fdata
 from flatcli.inputs.data import DataSource, batches, check_compatible, load_data
 from flatcli.inputs.data.tensors import save_tensors
-from flatcli.errors import DataError, UsageError
+from flatcli.errors import DataError, OptionError, UsageError
 
 # ---------------------------------------------------------------------------------- digits
 
@@ -51,8 +51,9 @@ def test_digits_values_shapes_and_determinism():
 def test_digits_bad_split_and_argument():
     with pytest.raises(UsageError, match="train, test or all"):
         load_data("digits", "val")
-    with pytest.raises(UsageError, match="--split"):
+    with pytest.raises(OptionError, match="choose the split with split=") as caught:
         load_data("digits:test")
+    assert caught.value.options == ("split",)
 
 
 def test_limit_keeps_first_items():
@@ -63,9 +64,10 @@ def test_limit_keeps_first_items():
     assert len(load_data("digits", "test", limit=10_000)) == 360
 
 
-def test_negative_limit_is_usage_error():
-    with pytest.raises(UsageError, match="--limit"):
+def test_negative_limit_names_the_option():
+    with pytest.raises(OptionError, match="^limit= must be 0 or more, got -1$") as caught:
         load_data("digits", limit=-1)
+    assert caught.value.worded(lambda name: f"--{name}") == "--limit must be 0 or more, got -1"
 
 
 def test_empty_result_is_data_error():

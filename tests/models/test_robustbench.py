@@ -9,7 +9,8 @@ import torch
 
 from flatcli import api
 from flatcli.errors import SpecError
-from flatcli.models.registry import build_network, names_code
+from flatcli.models.arch_forms import names_code
+from flatcli.models.registry import build_network
 from flatcli.models.robustbench_zoo import zoo
 from tests.conftest import assert_one_error, invoke
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from flatcli.core.head_scaling import Scaling
-from flatcli.core.pgd import PGD
+from flatcli.core.attacks import PGD
 from flatcli.inputs.data import DataSource, load_data
 from flatcli.models.loading import load_model
 from flatcli.runs.attack import AttackSettings, attack

@@ -9,7 +9,7 @@ import torch
 from flatcli.inputs import data as datamod
 from flatcli.core import detectors as core
 from flatcli.core.detection_features import Probe, probe_path
-from flatcli.core.detectors import COMPONENT_NAMES, PROFILE_MEASURES, Detector
+from flatcli.core.detectors import COMPONENT_NAMES, PROFILE_MEASURES, MahalanobisStump, Stump
 from flatcli.models.head import HeadSplit
 from flatcli.runs.detect import SCORES, DetectSettings, ScoreSet, check_detector, fit_detection, score_inputs
 from flatcli.runs.detect_scores import Features, fit_mahalanobis
@@ -35,7 +35,7 @@ def test_scores_are_label_free_and_match_the_closed_form(loaded):
         assert np.array_equal(a.values[k], b.values[k]), k
     with torch.no_grad():
         logits = loaded.model(ds.x)
-    # oracle: the factors multiply back to the scores (DESIGN.md §2)
+    # oracle: the factors multiply back to the scores (the formulas of docs/commands/sharpness.md)
     W = loaded.head.weight.detach().double()
     v = a.values
     assert np.allclose(v["trace_h"], v["p_var_sum"] * v["phi_norm_sq"], rtol=1e-12)
@@ -76,15 +76,15 @@ def test_only_successful_needs_the_clean_inputs():
 def test_settings_refuse_conflicts():
     with pytest.raises(UsageError, match="conflicts"):
         DetectSettings(method="components", score="trace_h")
-    with pytest.raises(UsageError, match="--folds"):
+    with pytest.raises(UsageError, match="folds="):
         DetectSettings(folds=1)
-    with pytest.raises(UsageError, match="--score"):
+    with pytest.raises(UsageError, match="score="):
         DetectSettings(score="loss")  # needs a label: not offered
     assert DetectSettings(method="components").score == "components"
 
 
 def test_check_detector_refuses_other_checkpoint_and_layer(loaded):
-    det = Detector("stump", "relative_sharpness", threshold=1.0, direction="above",
+    det = Stump(score="relative_sharpness", threshold=1.0, direction="above",
                    meta={"checkpoint_sha256": loaded.checkpoint.sha256, "layer": "fc"})
     assert check_detector(det, loaded) == []
     det.meta["layer"] = "features.3"
@@ -179,24 +179,24 @@ def test_fit_and_scoring_keep_per_input_numbers_only():
 
 
 def test_new_settings_refuse_conflicts():
-    with pytest.raises(UsageError, match="--probe-steps/--probe-size"):
+    with pytest.raises(UsageError, match="probe_steps=/probe_size="):
         DetectSettings(method="components", probe=Probe())
-    with pytest.raises(UsageError, match="conflicts with --method mahalanobis"):
+    with pytest.raises(UsageError, match="conflicts with method= mahalanobis"):
         DetectSettings(method="mahalanobis", score="confidence")
-    with pytest.raises(UsageError, match="--adaptive"):
+    with pytest.raises(UsageError, match="adaptive="):
         DetectSettings(method="profile", adaptive=True)  # no attack: adversarials read from a file
-    with pytest.raises(UsageError, match="--adaptive-weight"):
+    with pytest.raises(UsageError, match="adaptive_weight="):
         DetectSettings.from_options(method="stump", adaptive_weight=2.0)
-    with pytest.raises(UsageError, match="--adaptive-weight must be"):
+    with pytest.raises(UsageError, match="adaptive_weight= must be"):
         DetectSettings.from_options(method="stump", adaptive=True, adaptive_weight=0.0)
     s = DetectSettings.from_options(method="all", probe_size=0.05)
-    assert s.methods == core.METHODS and s.probe == Probe(3, 0.05) and s.uses_mahalanobis
+    assert s.methods == core.method_names() and s.probe == Probe(3, 0.05) and s.uses_mahalanobis
     assert DetectSettings(method="profile").probe == Probe() and not DetectSettings(method="profile").uses_mahalanobis
 
 
 def test_check_detector_refuses_a_mahalanobis_model_of_another_shape(loaded):
     maha = core.MahalanobisModel(np.zeros((10, 16)), np.eye(16), np.ones(10, np.int64))
-    det = Detector("mahalanobis", "mahalanobis", threshold=1.0, direction="above", mahalanobis=maha,
+    det = MahalanobisStump(score="mahalanobis", threshold=1.0, direction="above", mahalanobis=maha,
                    meta={"checkpoint_sha256": loaded.checkpoint.sha256, "layer": "fc"})
     with pytest.raises(DetectorError, match="16 features"):
         check_detector(det, loaded, force=True)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import flatcli.api as fr
-from flatcli.core.pgd import PGD
+from flatcli.core.attacks import PGD
 from flatcli.inputs.data import DataSource, load_data
 from flatcli.models.loading import load_model
 from flatcli.runs.attack import AttackSettings, attack

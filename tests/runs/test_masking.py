@@ -3,6 +3,8 @@ margin loss is immune to it (flatcli.runs.sweep diagnostics, flatcli.core.attack
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ def data():
 
 
 def test_ce_pgd_is_masked_at_s100_and_the_verdict_says_so(model, data):
-    settings = SweepSettings.from_options(SCALES, steps=1, examples=0, **PER_SCALE)
+    settings = dataclasses.replace(SweepSettings.from_options(scales=SCALES, steps=1, **PER_SCALE), examples=0)
     one, hundred = sweep_scale(run_context(model, data), settings).summary["scales"]
     # CE-PGD fails at s=100: robust accuracy is near clean accuracy, the first-step gradients are zero
     assert hundred["robust_accuracy"] >= hundred["clean_accuracy"] - 0.05

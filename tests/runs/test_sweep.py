@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from flatcli.inputs import data as datamod
 from flatcli.core.classifier import eval_mode
-from flatcli.core.pgd import PGD
+from flatcli.core.attacks import PGD
 from flatcli.errors import UsageError
 from flatcli.models.head import HeadSplit
 from flatcli.models.loading import load_model

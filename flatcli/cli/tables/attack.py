@@ -6,6 +6,8 @@ from flatcli.cli import tables
 
 
 def render(stream, summary: dict, samples: list[dict] | None) -> None:
+    if "prompts" in summary:
+        return render_gcg(stream, summary, samples)
     con = tables.console(stream)
     scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
     con.print(tables.key_values("Attack (config: attack, loss)", scalars))
@@ -39,3 +41,17 @@ def render(stream, summary: dict, samples: list[dict] | None) -> None:
                                  f"{to['censored']} censored)", stats))
     if samples:
         con.print(tables.rows_table("Samples", samples))
+
+
+def render_gcg(stream, summary: dict, samples: list[dict] | None) -> None:
+    """GCG on a language model: the figures, each prompt's outcome, the mean sharpness per step (Fig. 15)."""
+    con = tables.console(stream)
+    scalars = {k: v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    con.print(tables.key_values("GCG on a language model (config: steps, search_width, positions)", scalars))
+    con.print(tables.rows_table("Prompts", summary["prompts"],
+                                ["sample", "steps", "initial_loss", "final_loss", "best_loss", "success", "suffix"]))
+    curve = [{"step": t, "mean relative sharpness": v} for t, v in enumerate(summary["mean_sharpness_by_step"])]
+    con.print(tables.rows_table("Mean over prompts, per step", curve))
+    if samples:
+        con.print(tables.rows_table("Steps", samples, ["sample", "step", "loss", "trace_h", "relative_sharpness",
+                                                        "exact_match", "suffix"]))

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import os
 
-#: Every ``--data`` form, as the errors list them.
-ACCEPTED_FORMS = ("digits, cifar10:ROOT, cifar100:ROOT, mnist:ROOT, fashionmnist:ROOT, kmnist:ROOT, svhn:ROOT, "
-                  "stl10:ROOT, folder:DIR, npz:FILE, hf:PATH (save_to_disk folder or parquet), "
-                  "tensors:FILE (tensors:- reads stdin)")
+from flatcli.inputs.data.forms import ACCEPTED_FORMS
 
 # (magic bytes at offset 0, what the file is, the --data form that reads it)
 _MAGIC = (

@@ -24,7 +24,6 @@ the split. The whole construction runs under :func:`~flatcli.inputs.data.offline
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,50 +33,17 @@ from flatcli.errors import DataError, UsageError
 from flatcli.inputs.data.images import Preprocess, Uint8Images
 from flatcli.inputs.data.offline import no_network
 from flatcli.inputs.data.source import DataSource, one_line
-
-_IDX = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
-
-
-@dataclass(frozen=True)
-class _Set:
-    cls: str  # the torchvision.datasets class
-    folder: str  # where its files are, relative to ROOT
-    files: tuple[str, ...]  # every file the class needs
-    listing: str  # how the message shows them
-    splits: tuple[str, ...]
-    classes: int
-    where: str  # where to get the files
+from flatcli.inputs.data.torchvision_files import SETS, TorchvisionSet
 
 
-SETS = {
-    "cifar10": _Set("CIFAR10", "cifar-10-batches-py", (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                    "batches.meta"), "{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), 10,
-                    "download cifar-10-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it"),
-    "cifar100": _Set("CIFAR100", "cifar-100-python", ("train", "test", "meta"), "{train,test,meta}", ("train", "test"),
-                     100, "download cifar-100-python.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html and extract it"),
-    "mnist": _Set("MNIST", "MNIST/raw", tuple(_IDX), "{train,t10k}-{images-idx3,labels-idx1}-ubyte", ("train", "test"),
-                  10, "download the four .gz files of MNIST (e.g. torchvision.datasets.MNIST.mirrors) and gunzip them"),
-    "fashionmnist": _Set("FashionMNIST", "FashionMNIST/raw", tuple(_IDX), "{train,t10k}-{images-idx3,labels-idx1}-ubyte",
-                         ("train", "test"), 10, "download the four .gz files of https://github.com/zalandoresearch/"
-                         "fashion-mnist and gunzip them"),
-    "kmnist": _Set("KMNIST", "KMNIST/raw", tuple(_IDX), "{train,t10k}-{images-idx3,labels-idx1}-ubyte", ("train", "test"),
-                   10, "download the four .gz files of https://github.com/rois-codh/kmnist and gunzip them"),
-    "svhn": _Set("SVHN", ".", ("train_32x32.mat", "test_32x32.mat", "extra_32x32.mat"), "{SPLIT}_32x32.mat",
-                 ("train", "test", "extra"), 10, "download SPLIT_32x32.mat from http://ufldl.stanford.edu/housenumbers/"),
-    "stl10": _Set("STL10", "stl10_binary", ("train_X.bin", "train_y.bin", "unlabeled_X.bin", "test_X.bin", "test_y.bin"),
-                  "{train_X,train_y,unlabeled_X,test_X,test_y}.bin", ("train", "test"), 10,
-                  "download stl10_binary.tar.gz from https://cs.stanford.edu/~acoates/stl10/ and extract it"),
-}
-
-
-def _needed(entry: _Set, split: str) -> list[str]:
+def _needed(entry: TorchvisionSet, split: str) -> list[str]:
     """The files the class reads for ``split`` (SVHN: only that split's .mat)."""
     if entry.cls == "SVHN":
         return [f"{split}_32x32.mat"]
     return list(entry.files)
 
 
-def _root(entry: _Set, root: Path) -> Path:
+def _root(entry: TorchvisionSet, root: Path) -> Path:
     """ROOT as torchvision wants it, when the user pointed at the data set's folder itself."""
     parts = Path(entry.folder).parts
     for depth in range(len(parts), 0, -1):
@@ -135,7 +101,7 @@ def load_torchvision(kind: str, root_arg: str, split: str, preprocess: Preproces
     )
 
 
-def _arrays(entry: _Set, dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _arrays(entry: TorchvisionSet, dataset) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """uint8 images (N, C, H, W), int64 labels and class names of a constructed torchvision data set."""
     data = dataset.data
     if entry.cls.startswith("CIFAR"):  # (N, H, W, C) numpy

@@ -12,41 +12,42 @@ from the samples not yet broken. Untargeted only.
 
 torchattacks seeds torch's global generator; the seed is drawn from the batch's generator (so a batch
 is attacked the same way on every run and every rank) and the global generators are restored
-afterwards. Nothing is recorded along its path: with ``record=True`` the result holds ``x_0`` (the
-clean input) and the adversarial as a two-point trajectory.
+afterwards. Nothing is recorded along its path: with ``record=True`` the recorder gets ``x_0`` (the
+clean input) and the adversarial, a two-point trajectory.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from flatcli.core.attack_losses import attack_loss
-from flatcli.core.pgd import Forward, PGDResult, check_ball, check_count, check_restarts
-from flatcli.errors import UsageError
+from flatcli.core.attacks.base import Attack, AttackResult, Forward
+from flatcli.core.attacks.recording import Recorder
+from flatcli.errors import MissingExtraError
 
 #: Our loss name -> torchattacks' ``Square(loss=...)``.
 LIBRARY_LOSS = {"cw": "margin", "ce": "ce"}
-#: Query budget per restart when ``--queries`` is not given (torchattacks' default).
+#: Query budget per restart when ``queries`` is not given (torchattacks' default).
 DEFAULT_QUERIES = 5000
-#: The largest --queries (one forward pass of the batch each).
+#: The most queries (one forward pass of the batch each).
 MAX_QUERIES = 100_000
 P_INIT = 0.8
 INSTALL_HINT = "pip install 'flatrob[square]' (torchattacks)"
 
 
 def require_torchattacks() -> None:
-    """Fail with one clear :class:`UsageError` when torchattacks is not installed."""
+    """Fail with one clear :class:`MissingExtraError` when torchattacks is not installed."""
     try:
         import torchattacks  # noqa: F401
     except ImportError:
-        raise UsageError(f"--attack square needs torchattacks, which is not installed: {INSTALL_HINT}") from None
+        raise MissingExtraError(f"the square attack needs torchattacks, which is not installed: {INSTALL_HINT}") from None
 
 
 @dataclass(frozen=True)
-class Square:
+class Square(Attack):
     """A Square configuration (``steps`` = queries per restart); :meth:`run` applies it."""
 
     norm: str = "linf"
@@ -56,58 +57,56 @@ class Square:
     loss: str = "cw"
 
     kind = "square"
-    random_start = False  # its own initialisation (vertical stripes in linf, squares in l2)
+    summary = "gradient-free random search (torchattacks' Square), a budget of queries instead of steps"
+    steps_option = "queries"
+    min_steps = 1
+    max_steps = MAX_QUERIES
+    losses = tuple(LIBRARY_LOSS)
+    targets = False
+    draws_own_start = True  # vertical stripes in linf, squares in l2, on every restart
+    random_start = False
     recorded_steps = 1  # x_0 and the adversarial
+    rounds = 1  # torchattacks restarts from the samples not yet broken
+    refusals = {
+        "alpha": ("Square sets its own steps (squares of a shrinking size); drop {}",),
+        "steps": ("{} does not apply: Square counts queries, not steps; use {} N", "queries"),
+        "random_start": ("Square starts from its own random stripes; drop {}",),
+    }
 
     def __post_init__(self) -> None:
-        check_ball(self.loss, self.norm, eps=self.eps)
-        if self.loss not in LIBRARY_LOSS:
-            raise UsageError(f"--attack square takes --loss cw (its margin loss) or ce, not {self.loss}")
-        check_count("--queries", self.steps, 1, MAX_QUERIES)
-        check_restarts(self.restarts, None)  # its own random initialisation per restart
+        super().__post_init__()
         require_torchattacks()
 
     def config(self) -> dict:
         import torchattacks
 
-        return {"attack": self.kind, **asdict(self), "queries": self.steps, "p_init": P_INIT,
+        return {**super().config(), "queries": self.steps, "p_init": P_INIT,
                 "library": f"torchattacks {torchattacks.__version__} Square"}
 
-    def with_(self, **changes) -> "Square":
-        return replace(self, **changes)
+    def describe(self) -> str:
+        return f"Square-{self.norm} eps {self.eps:g}, {self.steps} queries, loss {self.loss}"
 
-    def run(self, forward: Forward, x: Tensor, y: Tensor, *, target: Tensor | None = None, record: bool = False,
-            keep_iterates: bool = False, generator: torch.Generator | None = None) -> PGDResult:
-        """Attack the batch ``x`` (labels ``y``) through ``forward``'s logits; see the module docstring."""
-        if target is not None:
-            raise UsageError("--attack square is untargeted here; drop --targeted")
+    def attempt(self, forward: Forward, x0: Tensor, y: Tensor, *, target: Tensor | None, recorder: Recorder | None,
+                generator: torch.Generator | None, final: bool) -> AttackResult:
+        """Attack the batch ``x0`` (labels ``y``) through ``forward``'s logits; see the module docstring."""
         import torchattacks
 
         seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        net = _Logits(forward, x.device).eval()
+        net = _Logits(forward, x0.device).eval()
         atk = torchattacks.Square(net, norm="Linf" if self.norm == "linf" else "L2", eps=self.eps,
                                   n_queries=self.steps, n_restarts=self.restarts, p_init=P_INIT,
                                   loss=LIBRARY_LOSS[self.loss], seed=seed)
-        devices = [x.device] if x.device.type == "cuda" else []
+        devices = [x0.device] if x0.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices), torch.no_grad():
-            x_adv = atk(x.detach(), y).detach()
-        result = PGDResult(x_adv=x_adv, restart=torch.zeros(x.shape[0], dtype=torch.long, device=x.device),
-                           x_start=x.detach())
+            x_adv = atk(x0, y).detach()
         with torch.no_grad():
-            if record:
-                logits0, phi0 = forward(x)
+            if recorder is not None:
+                recorder(x0, *forward(x0))
             logits, phi = forward(x_adv)
-        result.logits = logits.detach()
-        result.objective = attack_loss(result.logits, y, None, self.loss)
-        if record:
-            result.phi = torch.stack([phi0.detach(), phi.detach()])
-            result.logits_by_step = torch.stack([logits0.detach(), result.logits])
-            delta = (x_adv - x).flatten(1)
-            zeros = torch.zeros(x.shape[0], device=x.device, dtype=x.dtype)
-            result.dist_l2 = torch.stack([zeros, torch.linalg.vector_norm(delta, dim=1)])
-            result.dist_linf = torch.stack([zeros, delta.abs().amax(dim=1)])
-            if keep_iterates:
-                result.x_by_step = torch.stack([x.detach(), x_adv])
+        result = AttackResult(x_adv=x_adv, restart=torch.zeros(0), x_start=x0, logits=logits.detach(),
+                              objective=attack_loss(logits.detach(), y, None, self.loss))
+        if recorder is not None:
+            recorder(x_adv, logits, phi)
         return result
 
 

@@ -1,0 +1,163 @@
+"""Causal language models as a model kind: one row per token position, token ids perturbed.
+
+The head is the output projection (``lm_head``: k = vocabulary, m = hidden size); ``phi_t``, the input of
+the head at position t (after the final norm), is captured by a forward hook during the model's own forward
+pass, and the label of position t is the token at t + 1. A model whose logits are not the head's output
+(Gemma's soft-capping, Cohere's logit scale) breaks the closed form: the first forward pass compares the
+head's output with the model's logits and refuses such a model (:class:`LayerError`). A head tied to the
+input embeddings is measured as its own variable (the paper's split, features fixed); :attr:`tied` says so.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+from torch import Tensor, nn
+
+from flatcli.errors import LayerError, OptionError
+from flatcli.models.kinds.base import HeadBatch, ModelKind
+
+#: |head(phi) - logits| allowed, in units of the dtype's eps times max(1, max |logits|).
+TRANSFORM_ULPS = 4
+
+
+class CausalLM(ModelKind):
+    """A ``transformers`` causal LM and its tokenizer, seen through the head."""
+
+    name = "causal-lm"
+    perturbs = "tokens"
+
+    def __init__(self, model: nn.Module, tokenizer=None, *, source: str | None = None):
+        head = model.get_output_embeddings()
+        if not isinstance(head, nn.Linear):
+            raise LayerError(f"the model's output embeddings are a {type(head).__name__}, not an nn.Linear head")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.source = source
+        self._head = head
+        self._verified = False
+
+    @classmethod
+    def from_folder(cls, path, *, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
+                    trust_embedded_code: bool = False) -> "CausalLM":
+        """The model and tokenizer of a Hugging Face folder (:func:`flatcli.models.kinds.hf_folder.load_folder`)."""
+        from flatcli.models.kinds.hf_folder import load_folder
+
+        model, tokenizer, folder = load_folder(path, dtype=dtype, device=device,
+                                               trust_embedded_code=trust_embedded_code)
+        return cls(model, tokenizer, source=str(folder.path))
+
+    @classmethod
+    def open(cls, model, tokenizer=None, *, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
+             trust_embedded_code: bool = False) -> "CausalLM":
+        """A folder path (loaded), or an in-memory ``transformers`` causal LM with its ``tokenizer`` (used as it is,
+        in eval mode; ``dtype``/``device`` apply to folders only)."""
+        if isinstance(model, nn.Module):
+            if tokenizer is None:
+                raise OptionError("tokenizer", "an in-memory language model needs its tokenizer: give {}")
+            return cls(model.eval(), tokenizer, source=f"in-memory {type(model).__name__}")
+        return cls.from_folder(model, dtype=dtype, device=device, trust_embedded_code=trust_embedded_code)
+
+    @property
+    def head(self) -> nn.Linear:
+        return self._head
+
+    @property
+    def tied(self) -> bool:
+        """Whether the head shares its weight with the input embeddings."""
+        embed = self.model.get_input_embeddings()
+        return getattr(embed, "weight", None) is not None and embed.weight.data_ptr() == self._head.weight.data_ptr()
+
+    @property
+    def device(self) -> torch.device:
+        return self._head.weight.device
+
+    def features(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
+                 attention_mask: Tensor | None = None, past_key_values=None) -> tuple[Tensor, Tensor]:
+        """``(phi, logits)``, (B, L, m) and (B, L, k), from one forward pass (after the cached tokens of
+        ``past_key_values``, when given); checks the head on the first."""
+        captured: list[tuple[Tensor, Tensor]] = []
+        cache = {self._cache_keyword: past_key_values} if past_key_values is not None else {}
+        handle = self._head.register_forward_hook(lambda module, args, out: captured.append((args[0], out)))
+        try:
+            logits = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                                use_cache=past_key_values is not None, **cache).logits
+        finally:
+            handle.remove()
+        if len(captured) != 1:
+            raise LayerError(f"the head ran {len(captured)} times in one forward pass; it must run exactly once")
+        phi, out = captured[0]
+        if not self._verified:
+            self._check(out, logits)
+            self._verified = True
+        return phi, logits
+
+    def prefix(self, ids: Tensor) -> "CachedPrefix | None":
+        """Token ids (P,) run once: their head features and key/value cache (:class:`flatcli.core.gcg.Prefix`);
+        None when the model's cache cannot be copied for a batch (a legacy tuple cache)."""
+        with torch.no_grad():
+            phi, _ = self.features(ids.to(self.device)[None])
+            out = self.model(input_ids=ids.to(self.device)[None], use_cache=True)
+        cache = out[self._cache_keyword]
+        return CachedPrefix(int(ids.numel()), phi[0], cache) if hasattr(cache, "batch_repeat_interleave") else None
+
+    @property
+    def _cache_keyword(self) -> str:
+        """What the model calls its key/value cache: ``cache`` (transformers >= 5.25) or ``past_key_values``."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+
+    def _check(self, out: Tensor, logits: Tensor) -> None:
+        if out.shape != logits.shape:
+            raise LayerError(f"the model's logits {tuple(logits.shape)} are not its head's output {tuple(out.shape)}")
+        with torch.no_grad():
+            err = (out.double() - logits.double()).abs().max().item()
+            scale = max(1.0, logits.detach().double().abs().max().item())
+        if not err <= TRANSFORM_ULPS * torch.finfo(out.dtype).eps * scale:
+            raise LayerError(f"the model transforms its head's output (logits differ from lm_head by {err:.3g}: "
+                             "soft-capping or a logit scale); the closed form holds only for plain logits")
+
+    def head_batch(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> HeadBatch:
+        """Rows for every position of ``input_ids`` (B, L); labels the next tokens, ``-100`` at the end."""
+        phi, logits = self.features(input_ids, attention_mask=attention_mask)
+        b, length = input_ids.shape
+        labels = torch.full_like(input_ids, -100)
+        labels[:, :-1] = input_ids[:, 1:]
+        if attention_mask is not None:
+            labels[:, :-1][attention_mask[:, 1:] == 0] = -100
+        owner = torch.arange(b, device=input_ids.device).repeat_interleave(length)
+        return HeadBatch(logits.reshape(b * length, -1), phi.reshape(b * length, -1), labels.reshape(-1), owner)
+
+    def describe(self) -> dict:
+        """Provenance for the ``config`` of an output: where the model came from and what its head is."""
+        import transformers
+
+        return {"checkpoint": self.source, "architecture": type(self.model).__name__, **self.describe_inputs(),
+                "transformers": transformers.__version__}
+
+    def inspect(self) -> dict:
+        """What ``flatrob inspect`` reports of a language model: :meth:`describe` and ``||W||_F`` of the head."""
+        from flatcli.core.token_curvature import weight_norm_sq
+
+        return {**self.describe(), "head_weight_norm": float(weight_norm_sq(self._head.weight)) ** 0.5}
+
+    def describe_inputs(self) -> dict:
+        head = self._head
+        return {"kind": self.name, "perturbs": self.perturbs, "vocabulary": head.out_features,
+                "hidden": head.in_features, "tied": self.tied, "dtype": str(head.weight.dtype).removeprefix("torch."),
+                "chat_template": bool(getattr(self.tokenizer, "chat_template", None))}
+
+
+class CachedPrefix:
+    """Tokens run once: ``length``, their head features ``phi`` (length, m), and their key/value cache."""
+
+    def __init__(self, length: int, phi: Tensor, cache):
+        self.length, self.phi, self._cache = length, phi, cache
+
+    def cache(self, b: int):
+        """A fresh copy of the cache for a batch of ``b`` sequences (the model appends to what it is given)."""
+        fresh = copy.deepcopy(self._cache)
+        if b > 1:
+            fresh.batch_repeat_interleave(b)
+        return fresh
