@@ -43,7 +43,7 @@ costs ``L^2 (O + D)`` against ``L O D`` for forming ``G_i = g_i u_i^T`` (``O`` o
 ``L`` positions). Each layer takes the cheaper one (as Opacus' ghost clipping and Bu et al.'s "mixed"
 clipping do); the input Gram does not depend on the class, so it is computed once per batch and reused
 for all ``k`` backward passes. A Linear layer on flat (B, d) inputs is the case ``L = 1``:
-``||G_i||^2 = ||g_i||^2 ||a_i||^2``. Norms are formed in at least float32 (inputs under ``--precision``
+``||G_i||^2 = ||g_i||^2 ||a_i||^2``. Norms are formed in at least float32 (inputs under the ``precision`` option
 may be bf16/fp16) in chunks of samples (memory bounded by :data:`CHUNK_ELEMENTS`), and every sum over
 classes, draws and samples is accumulated in float64.
 """

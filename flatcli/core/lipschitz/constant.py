@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from flatcli.core.classifier import Classifier
-from flatcli.errors import LayerError, UsageError
+from flatcli.errors import LayerError, OptionError
 
 #: What every refusal to bound ``phi`` suggests instead.
-HINT = "pass --lipschitz VALUE"
+HINT = "give the Lipschitz constant of phi as a number (the lipschitz option)"
 
 
 @dataclass
@@ -29,13 +29,14 @@ class Lipschitz:
 
 
 def given(value: float) -> Lipschitz:
-    """A Lipschitz constant the user passed (``--lipschitz VALUE``): positive and finite, else UsageError."""
+    """A Lipschitz constant the user passed (the ``lipschitz`` option): positive and finite, else OptionError."""
     try:
         v = float(value)
     except (TypeError, ValueError):
-        raise UsageError(f"--lipschitz must be a number, got {value!r}") from None
+        shown = repr(value).replace("{", "{{").replace("}", "}}")  # the user's text, not an option slot
+        raise OptionError("lipschitz", "{} must be a number, got " + shown) from None
     if not math.isfinite(v) or v <= 0:
-        raise UsageError(f"--lipschitz must be positive and finite, got {value!r}")
+        raise OptionError("lipschitz", f"{{}} must be positive and finite, got {v!r}")
     return Lipschitz(value=v, kind="given", detail={})
 
 
