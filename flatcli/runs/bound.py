@@ -40,7 +40,7 @@ from flatcli.core.curvature import cross_entropy, head_measures, weight_factor
 from flatcli.core.attacks import MAX_STEPS, pgd
 from flatcli.core.radius import certified_radius
 from flatcli.core.statistics import describe
-from flatcli.errors import DataError, UsageError
+from flatcli.errors import DataError, OptionError, UsageError
 from flatcli.models.head import HeadSplit
 from flatcli.runs.bound_numbers import parse_list
 from flatcli.runs.result import OnRows, Result, Rows
@@ -88,16 +88,17 @@ class BoundSettings:
             raise UsageError("give at least one --epsilon")
         for e in self.epsilons:
             if not (math.isfinite(e) and e > 0):
-                raise UsageError(f"--epsilon must be positive, got {e}")
+                raise OptionError("epsilon", f"{{}} must be positive, got {e}")
         if isinstance(self.lipschitz, str):
             if self.lipschitz not in LIPSCHITZ_KINDS:
-                raise UsageError(f"--lipschitz must be a positive number, upper or local, got {self.lipschitz!r}")
+                shown = repr(self.lipschitz).replace("{", "{{").replace("}", "}}")  # the user's text
+                raise OptionError("lipschitz", "{} must be a positive number, upper or local, got " + shown)
         elif not (math.isfinite(self.lipschitz) and self.lipschitz > 0):
-            raise UsageError(f"--lipschitz must be positive, got {self.lipschitz}")
+            raise OptionError("lipschitz", f"{{}} must be positive, got {self.lipschitz}")
         if not 0 <= self.check_steps <= MAX_STEPS:
-            raise UsageError(f"--check-steps must be from 0 to {MAX_STEPS}, got {self.check_steps}")
+            raise OptionError("check_steps", f"{{}} must be from 0 to {MAX_STEPS}, got {self.check_steps}")
         if not 1 <= self.local_iters <= MAX_LOCAL_ITERS:
-            raise UsageError(f"--local-iters must be from 1 to {MAX_LOCAL_ITERS}, got {self.local_iters}")
+            raise OptionError("local_iters", f"{{}} must be from 1 to {MAX_LOCAL_ITERS}, got {self.local_iters}")
 
     @classmethod
     def from_options(cls, epsilon: str, *, lipschitz: str | float | None = None, at_minimum: bool = False,
@@ -116,11 +117,11 @@ class BoundSettings:
             lip_value = lips[0]
         steps = 20 if check_steps is None else check_steps
         if check and steps < 1:
-            raise UsageError(f"--check-steps must be at least 1, got {steps}")
+            raise OptionError("check_steps", f"{{}} must be at least 1, got {steps}")
         if check_steps is not None and not check:
-            raise UsageError("--check-steps needs --check")
+            raise OptionError(("check_steps", "check"), "{} needs {}")
         if loss is not None and not check:
-            raise UsageError("--loss is the loss of the --check attack; add --check or drop --loss")
+            raise OptionError(("loss", "check", "check", "loss"), "{} is the loss of the {} attack; add {} or drop {}")
         return cls(epsilons=tuple(epsilons), lipschitz=lip_value, at_minimum=at_minimum,
                    check_steps=steps if check else 0, local_iters=50 if local_iters is None else local_iters,
                    check_loss=loss or "ce")
@@ -282,10 +283,8 @@ def lipschitz_constants(loaded, measured: Measured, settings: BoundSettings) -> 
     kind = settings.lipschitz_kind
     used = out[kind] if kind in LIPSCHITZ_KINDS else float(settings.lipschitz)
     if not (used is not None and math.isfinite(used) and used > 0):
-        raise UsageError(
-            f"the {kind} Lipschitz estimate of phi is {used}; the bound needs L > 0 "
-            f"(phi may be constant on this data); pass --lipschitz VALUE"
-        )
+        raise OptionError("lipschitz", f"the {kind} Lipschitz estimate of phi is {used}; the bound needs L > 0 "
+                          "(phi may be constant on this data); pass {} VALUE")
     head_order = {"used": used, "kind": kind, "certificate": kind == "upper"}
     return {**head_order, **out}
 

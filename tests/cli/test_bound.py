@@ -433,4 +433,4 @@ def test_a_vision_transformer_gets_a_local_estimate(tmp_path):
     assert lip["kind"] == "local" and lip["used"] > 0
     res = invoke("bound", tmp_path / "vit.safetensors", "--spec", tmp_path / "vit.yaml", "--data",
                  f"tensors:{tmp_path / 'x.safetensors'}", "--epsilon", "0.1")
-    assert_one_error(res, "cannot bound the Lipschitz constant", "--lipschitz VALUE")  # no sound rule for LayerNorm
+    assert_one_error(res, "cannot bound the Lipschitz constant", "as a number (the lipschitz option)")  # no sound rule for LayerNorm
