@@ -76,7 +76,7 @@ def load_data(source: str, split: str = "test", limit: int | None = None, num_cl
     elif kind == "npz":
         from flatcli.inputs.data.npz import load_npz
 
-        data = load_npz(arg)
+        data = load_npz(arg, split)
     elif kind == "hf":
         from flatcli.inputs.data.hf import load_hf
 

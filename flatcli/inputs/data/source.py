@@ -24,7 +24,9 @@ class DataSource(Dataset):
 
     ``x`` is set for in-memory sources (float32, (N, C, H, W)); streamed sources leave it ``None``
     and read images through a private reader. ``y`` (int64 labels) and ``index`` (int64 source
-    indices) are always in memory.
+    indices) are always in memory. The reader is asked for rows by position in what it holds: ``rows``,
+    which is ``index`` unless set (a file's own ``index`` column is metadata carried to the rows, never a
+    key to look images up by).
     """
 
     name: str
@@ -38,6 +40,7 @@ class DataSource(Dataset):
     metadata: dict[str, str] = field(default_factory=dict)
     preprocess: Any = None  # the images.Preprocess its images are read through (None: at their own size)
     _reader: Any = field(default=None, repr=False)
+    _rows: Tensor | None = field(default=None, repr=False)  # positions in the reader (None: ``index``)
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(s) for s in self.input_shape)  # type: ignore[assignment]
@@ -53,6 +56,11 @@ class DataSource(Dataset):
         """True when ``x`` holds every image (batches are plain tensor slices)."""
         return self.x is not None
 
+    @property
+    def rows(self) -> Tensor:
+        """The reader's position of every sample (``index`` unless the source set its own)."""
+        return self.index if self._rows is None else self._rows
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
@@ -60,7 +68,7 @@ class DataSource(Dataset):
         if self.x is not None:
             image = self.x[i].clone()
         else:
-            image = self._reader(int(self.index[i]))
+            image = self._reader(int(self.rows[i]))
         return image, int(self.y[i]), int(self.index[i])
 
     def subset(self, start: int, stop: int | None = None) -> "DataSource":
@@ -78,6 +86,7 @@ class DataSource(Dataset):
             metadata=dict(self.metadata),
             preprocess=self.preprocess,
             _reader=self._reader,
+            _rows=None if self._rows is None else self._rows[rows],
         )
 
 
@@ -147,7 +156,7 @@ def batches(
             if data.x is not None:
                 x = data.x[start:stop].to(device, dtype=torch.float32, copy=True)
             else:
-                x = data._reader.batch(data.index[start:stop], device)
+                x = data._reader.batch(data.rows[start:stop], device)
             y = data.y[start:stop].to(device, copy=True)
             index = data.index[start:stop].to(device, copy=True)
             yield x, y, index
