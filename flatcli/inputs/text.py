@@ -2,14 +2,15 @@
 
 ``stat`` cannot be trusted for the bound: ``/dev/zero``, a named pipe or ``/proc`` files report size 0
 and never end. :func:`read_text` reads at most ``limit + 1`` bytes, whatever the file is, so an input
-over its limit is refused after reading ``limit + 1`` bytes, never loaded whole.
+over its limit is refused after reading ``limit + 1`` bytes, never loaded whole; a named pipe without a
+writer reads as empty instead of blocking (:func:`open_input`).
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from typing import Type
+from typing import BinaryIO, Type
 
 from flatcli.errors import FlatrobError
 
@@ -20,6 +21,14 @@ def size_text(limit: int) -> str:
         if limit >= size and limit % size == 0:
             return f"{limit // size} {unit}"
     return f"{limit} bytes"
+
+
+def open_input(path: str | os.PathLike) -> BinaryIO:
+    """``path`` opened for reading without waiting for a writer: a named pipe nobody writes to reads as empty
+    at once (opened non-blocking, then reads block as usual), instead of hanging the run."""
+    fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
 
 
 def read_text(source: str | os.PathLike, *, limit: int, what: str, error: Type[FlatrobError],
@@ -35,7 +44,7 @@ def read_text(source: str | os.PathLike, *, limit: int, what: str, error: Type[F
             stream = getattr(sys.stdin, "buffer", sys.stdin)
             blob = stream.read(limit + 1)
         else:
-            with open(os.path.expanduser(name), "rb") as handle:
+            with open_input(name) as handle:
                 blob = handle.read(limit + 1)
     except FileNotFoundError:
         raise error(f"{what} {name} does not exist{missing_hint}") from None

@@ -2,7 +2,7 @@
 rename), except special files (devices, pipes, ``/dev/stdout``), which are written in place.
 
 A run's outputs go through :mod:`flatcli.outputs.plan`, which stages them with these helpers and commits
-them together; :func:`atomic_path` alone replaces a file at once (the ``--resume`` store's batches).
+them together; the ``--resume`` store (:mod:`flatcli.runtime.resume`) writes its files with them too.
 """
 
 from __future__ import annotations
@@ -90,26 +90,3 @@ def write_errors(target: str | os.PathLike) -> Iterator[None]:
         if e.errno not in WRITE_ERRNOS:
             raise
         raise OutputError(f"cannot write {os.fspath(target)}: {e.strerror}") from None
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` as soon as the block succeeds.
-
-    A failed or interrupted block never leaves a half-written file, and an existing file is replaced in
-    one step (``os.replace`` is atomic on POSIX within a file system). A special file is written in place.
-    """
-    target = check_writable(path)
-    if written_in_place(target):
-        with write_errors(target):
-            yield target
-        return
-    real = resolved(target)
-    tmp = temporary_beside(real)
-    try:
-        with write_errors(target):
-            yield tmp
-        os.replace(tmp, real)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
