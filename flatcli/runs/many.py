@@ -31,6 +31,7 @@ checkpoint failed, nothing is written.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -346,7 +347,7 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
                         raise  # debugging: the unexpected failure ends the run, with its traceback
                     run.exit_code, message = (e.exit_code, str(e)) if isinstance(e, FlatrobError) else \
                         (1, f"unexpected failure: {type(e).__name__}: {e} (FLATROB_DEBUG=1 shows a traceback)")
-                    run.error = " ".join(message.split())
+                    run.error = _named_once(ref, " ".join(message.split()))
                     for tmp, _ in plan.staged[staged:]:  # its own files never reach the output
                         plan.unstage(tmp)
                     if fail_fast:
@@ -390,6 +391,19 @@ def _replay(held: list[_Spool], on_rows: OnRows) -> None:
         spool = held.pop(0)
         spool.replay(on_rows)
         spool.close()
+
+
+def _named_once(ref: str, message: str) -> str:
+    """``message`` without a leading ``REF: `` (the checkpoint is named by whoever reports it: once)."""
+    from flatcli.inputs.checkpoint import resolve
+
+    names = [ref]
+    with contextlib.suppress(FlatrobError):
+        names.append(os.fspath(resolve(ref)))
+    for name in names:
+        if message.startswith(f"{name}: "):
+            return message[len(name) + 2:]
+    return message
 
 
 def _is_main() -> bool:
