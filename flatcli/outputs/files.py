@@ -22,6 +22,9 @@ from flatcli.errors import OutputError, UsageError
 PSEUDO_ROOTS = ("/dev/", "/proc/")
 #: ``OSError`` numbers that mean "this output cannot be written" rather than a bug: reported as one line.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+#: How much of the target's name a temporary file's name keeps (``.NAME.XXXXXXXX.tmp`` must fit in the 255
+#: bytes a file name may have, whatever the length of a legal target name).
+MAX_NAME_KEPT = 200
 
 
 def written_in_place(path: str | os.PathLike) -> bool:
@@ -34,6 +37,8 @@ def written_in_place(path: str | os.PathLike) -> bool:
         return False
     except OSError:
         return True  # exists (lstat or the link says so) but cannot be inspected: never rename over it
+    if stat.S_ISDIR(mode):
+        return False  # never written at all: check_writable refuses it
     if not stat.S_ISREG(mode):
         return True
     return (target + os.sep).startswith(PSEUDO_ROOTS) or os.path.realpath(target).startswith(PSEUDO_ROOTS)
@@ -70,9 +75,10 @@ def _umask() -> int:
 
 
 def temporary_beside(target: Path) -> Path:
-    """A new empty file in the directory of ``target`` (to be renamed onto it), with the usual file mode."""
+    """A new empty file in the directory of ``target`` (to be renamed onto it), with the usual file mode, named
+    after it (``.NAME.XXXXXXXX.tmp``, the name cut to :data:`MAX_NAME_KEPT` characters)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:MAX_NAME_KEPT]}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
         raise OutputError(f"cannot write {target}: {e.strerror}") from None
     os.close(fd)
