@@ -33,6 +33,7 @@ from torch import nn
 from flatcli.core.head_scaling import Scaling
 from flatcli.errors import DataError, UsageError
 from flatcli.inputs.data import FILE_FORMS, IMAGE_FILE_FORMS, DataSource, check_compatible, load_data, preprocessing
+from flatcli.inputs.data.source import refuse_resizing
 from flatcli.models.loading import LoadedModel, from_module, load_model
 from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
 from flatcli.runs import attack as attack_run
@@ -154,6 +155,7 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
             raise UsageError("pass data=: (x, y) tensors, a Dataset, a DataLoader or a --data string")
         data = loaded.spec.data or "digits"
     if isinstance(data, str):
+        refuse_resizing(data, **{k: (reading or {}).get(k) for k in ("resize", "crop", "interpolation")})
         kind, _, path = data.strip().partition(":")
         if kind in FILE_FORMS and path:
             plan_inputs(**{role: path})

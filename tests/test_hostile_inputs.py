@@ -423,3 +423,11 @@ def test_convert_refuses_a_view_larger_than_its_data(tmp_path):
     assert not (tmp_path / "v.safetensors").exists()
     torch.save({"w": torch.arange(6.0).reshape(2, 3)[:, :2], "b": torch.ones(3)}, tmp_path / "ok.pt")  # views fit
     assert invoke("convert", tmp_path / "ok.pt", tmp_path / "ok.safetensors").exit_code == 0
+
+
+@pytest.mark.parametrize("option", [["--resize", "8"], ["--crop", "8"], ["--interpolation", "nearest"]])
+def test_resizing_options_are_refused_for_exact_pixel_sources(tmp_path, option):
+    """Case 14: ``--resize/--crop`` were silently ignored for ``tensors:``."""
+    save_file({"x": torch.zeros(2, 1, 8, 8), "y": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "d.safetensors"))
+    res = invoke("sharpness", EXAMPLE, "--data", f"tensors:{tmp_path / 'd.safetensors'}", *option)
+    assert_one_error(res, f"{option[0]} resizes images read from files; tensors: holds exact pixels")

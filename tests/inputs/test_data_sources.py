@@ -362,6 +362,33 @@ def test_hf_entries_naming_paths_or_urls_are_refused(tmp_path):
         load_data(f"hf:{tmp_path / 'x.parquet'}")
 
 
+def test_hf_undecodable_image_message_has_no_python_repr(tmp_path):
+    """Issue 24 case 14: ``cannot identify image file <_io.BytesIO object at 0x...>``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = _hf_dataset(n=2).data.table
+    junk = pa.array([{"bytes": b"not an image", "path": None}] * 2, type=table.schema.field("img").type)
+    pq.write_table(table.set_column(0, table.schema.field("img"), junk), tmp_path / "junk.parquet")
+    with pytest.raises(DataError, match="cannot identify image file") as caught:
+        load_data(f"hf:{tmp_path / 'junk.parquet'}")
+    assert " object at 0x" not in str(caught.value)
+
+
+def test_hf_parquet_that_expands_is_refused_while_decoding(tmp_path, monkeypatch):
+    """Issue 24 case 10: a few KB of one repeated value decoding to gigabytes (the footer claims little)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import flatcli.inputs.data.hf as hf
+
+    monkeypatch.setattr(hf, "MIN_DECODED_BYTES", 2**20)
+    images = pa.DictionaryArray.from_arrays(pa.array([0] * 2000, pa.int32()), pa.array([bytes(10_000)]))
+    pq.write_table(pa.table({"image": images, "label": pa.array([0] * 2000)}), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match="decodes to more than 1 MiB"):
+        load_data(f"hf:{tmp_path / 'b.parquet'}")
+
+
 # ---------------------------------------------------------------------------------- folder: resize and crop
 
 

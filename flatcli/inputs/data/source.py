@@ -8,6 +8,7 @@ that cannot feed the model. The sources behind ``--data`` are in the sibling mod
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from flatcli.errors import DataError, UsageError
+from flatcli.errors import DataError, OptionError, UsageError
 
 
 @dataclass(eq=False)
@@ -186,9 +187,26 @@ def batches(
         )
 
 
+#: Python's default repr of an object (``<_io.BytesIO object at 0x7f...>``): never part of a message.
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+#: Sources whose pixels are used as they are, never resized or cropped.
+EXACT_PIXELS = ("tensors", "npz")
+
+
 def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """A library's error as one line, without Python reprs (PIL names in-memory images by their object)."""
+    text = _REPR.sub("", " ".join(str(exc).split()))
     return text or type(exc).__name__
+
+
+def refuse_resizing(source: str, **given) -> None:
+    """Refuse image-reading options (``resize``, ``crop``, ``interpolation``) given for a ``source`` whose pixels
+    are exact (``tensors:``, ``npz:``), instead of ignoring them silently."""
+    kind = str(source).strip().partition(":")[0]
+    named = [option for option, value in given.items() if value is not None]
+    if kind in EXACT_PIXELS and named:
+        raise OptionError(named[0], f"{{}} resizes images read from files; {kind}: holds exact pixels, used as they "
+                                    "are: drop it, or resize them before saving")
 
 
 def worker_message(text: str) -> str:
