@@ -410,8 +410,13 @@ def test_a_legal_250_byte_output_name_is_written(tmp_path):
 
 def test_convert_says_one_line_without_torchs_warnings(tmp_path):
     """Case 14: a pickle-protocol warning came before ``Error:``."""
-    (tmp_path / "junk.pt").write_bytes(b"\x80\x05junk")
-    assert_one_error(invoke("convert", tmp_path / "junk.pt", tmp_path / "j.safetensors"), "not a readable")
+    import subprocess
+    import sys
+
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x05junk")  # pickle protocol 5: torch warns about it
+    res = subprocess.run([sys.executable, "-m", "flatcli", "convert", "junk.pt", "j.safetensors"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("Error: ") and len(res.stderr.splitlines()) == 1, res.stderr
 
 
 def test_convert_refuses_a_view_larger_than_its_data(tmp_path):

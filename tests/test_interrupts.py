@@ -411,18 +411,20 @@ ON_FILE = ["attack", EXAMPLE, "--batch-size", "10", "--steps", "3", "--format", 
 @pytest.mark.parametrize("name", ["batch-000000.safetensors", "batches.sha256", "manifest.json"])
 @pytest.mark.parametrize("how", ["symlink", "hardlink"])
 def test_a_linked_file_in_the_store_is_refused_and_its_target_untouched(tmp_path, name, how):
-    """Case 1: a store file linked to the checkpoint (or any file) is never read, replaced or appended to."""
+    """Case 1: a store file linked to the checkpoint (or a text file) is never read, replaced or appended to."""
     ckpt = tmp_path / "c.safetensors"
     ckpt.write_bytes(Path(EXAMPLE_FILE).read_bytes())
     args = [*ON_FILE, "--limit", "20"]
     args[1] = str(ckpt)
     assert invoke(*args, "--resume", tmp_path / "R").exit_code == 0
+    target = ckpt if name.endswith(".safetensors") else tmp_path / "notes.txt"  # text: readable as a list
+    target.write_text("my notes\n") if target != ckpt else None
     (tmp_path / "R" / name).unlink()
-    (tmp_path / "R" / name).symlink_to(ckpt) if how == "symlink" else os.link(ckpt, tmp_path / "R" / name)
-    before = ckpt.read_bytes()
+    (tmp_path / "R" / name).symlink_to(target) if how == "symlink" else os.link(target, tmp_path / "R" / name)
+    before = target.read_bytes()
     res = invoke(*args, "--resume", tmp_path / "R", "--output", tmp_path / "out.json")
     assert res.exit_code == 2 and name in _one_line(res.stderr)
-    assert ckpt.read_bytes() == before and not (tmp_path / "out.json").exists()
+    assert target.read_bytes() == before and not (tmp_path / "out.json").exists()
 
 
 def test_a_store_inside_the_data_folder_is_refused(tmp_path):
