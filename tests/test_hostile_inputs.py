@@ -436,3 +436,14 @@ def test_resizing_options_are_refused_for_exact_pixel_sources(tmp_path, option):
     save_file({"x": torch.zeros(2, 1, 8, 8), "y": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "d.safetensors"))
     res = invoke("sharpness", EXAMPLE, "--data", f"tensors:{tmp_path / 'd.safetensors'}", *option)
     assert_one_error(res, f"{option[0]} resizes images read from files; tensors: holds exact pixels")
+
+
+def test_timms_channel_note_is_not_printed(caplog):
+    """Case 14: timm's "Pretrained mean/std does not match 1 channels" reached stderr despite ``-q``."""
+    timm = pytest.importorskip("timm")
+    from flatcli.models.timm_models import data_defaults
+
+    net = timm.create_model("test_resnet", in_chans=1, num_classes=10)
+    with caplog.at_level("WARNING"):
+        assert data_defaults(net)["mean"] == (0.5,)
+    assert not [r for r in caplog.records if r.name.startswith("timm")]
