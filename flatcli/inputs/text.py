@@ -2,17 +2,23 @@
 
 ``stat`` cannot be trusted for the bound: ``/dev/zero``, a named pipe or ``/proc`` files report size 0
 and never end. :func:`read_text` reads at most ``limit + 1`` bytes, whatever the file is, so an input
-over its limit is refused after reading ``limit + 1`` bytes, never loaded whole; a named pipe without a
-writer reads as empty instead of blocking (:func:`open_input`).
+over its limit is refused after reading ``limit + 1`` bytes, never loaded whole; a named pipe that no
+writer opens is refused after a few seconds instead of blocking for ever (:func:`open_input`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import select
+import stat
 import sys
 from typing import BinaryIO, Type
 
 from flatcli.errors import FlatrobError
+
+#: How long a named pipe given as an input may stay without a writer before it is refused.
+PIPE_WAIT_S = 5
 
 
 def size_text(limit: int) -> str:
@@ -24,10 +30,20 @@ def size_text(limit: int) -> str:
 
 
 def open_input(path: str | os.PathLike) -> BinaryIO:
-    """``path`` opened for reading without waiting for a writer: a named pipe nobody writes to reads as empty
-    at once (opened non-blocking, then reads block as usual), instead of hanging the run."""
+    """``path`` opened for reading without hanging on a named pipe nobody writes to: the pipe is opened
+    non-blocking and given :data:`PIPE_WAIT_S` seconds for a writer to come (then reads block as usual);
+    without one it is an ``OSError`` (ETIMEDOUT) naming the wait."""
     fd = os.open(os.path.expanduser(path), os.O_RDONLY | os.O_NONBLOCK)
-    os.set_blocking(fd, True)
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(PIPE_WAIT_S * 1000):
+                raise OSError(errno.ETIMEDOUT, f"a named pipe nothing was written to in {PIPE_WAIT_S} s")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
     return os.fdopen(fd, "rb")
 
 
