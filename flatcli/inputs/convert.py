@@ -139,9 +139,9 @@ def check_container(src: Path) -> None:
     their sizes are bounded by the file's; a deflated record (a few KB declaring GBs) would be inflated whole."""
     import zipfile
 
-    if not zipfile.is_zipfile(src):
-        return
     try:
+        if not zipfile.is_zipfile(src):
+            return
         with zipfile.ZipFile(src) as archive:
             packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
     except (zipfile.BadZipFile, OSError, ValueError):
