@@ -41,6 +41,7 @@ from flatcli.inputs.data import DataSource, check_compatible, load_data
 from flatcli.inputs.data.images import resolve_preprocessing
 from flatcli.inputs.data.forms import DEFAULT as DEFAULT_DATA
 from flatcli.inputs.data.forms import parse as parse_data
+from flatcli.inputs.data.source import refuse_resizing
 from flatcli.models.loading import LoadedModel, from_module, load_model
 from flatcli.options import (
     AttackOptions, DataOptions, HeadOptions, PGDOptions, LayerOptions, ModelOptions, RunOptions, ScalingOptions, SpeedOptions,
@@ -159,6 +160,7 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
         data = loaded.spec.data or DEFAULT_DATA
     if isinstance(data, str):
         form, argument = parse_data(data)
+        refuse_resizing(form, **{k: (reading or {}).get(k) for k in ("resize", "crop", "interpolation")})
         if form.metavar:
             plan_inputs(**{role: argument})
         reading = reading or {}

@@ -76,6 +76,14 @@ def hostile(tmp_path_factory):
         Image.new("L", (8, 8), 100).save(d / name / "0" / "a.png")
     (d / "big_class" / "100000000").mkdir()  # a class list of 10^8 names
     (d / "loop" / "0" / "up").symlink_to("..")  # os.walk(followlinks=True) never ends
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+
+    torch.save({"w": torch.zeros(1).expand(60000, 60000)}, d / "view.pt")  # 1.5 KB declaring 14 GB
+    images = pa.DictionaryArray.from_arrays(pa.array([0] * 44000, pa.int32()), pa.array([bytes(100_000)]))
+    pq.write_table(pa.table({"image": images, "label": pa.array([0] * 44000)}), d / "bomb.parquet",
+                   compression="zstd")  # 1 KB decoding to 4.4 GB
     return d
 
 
@@ -105,16 +113,23 @@ def cases(d) -> dict[str, tuple[list[str], str]]:
                                 str(10**9)], "--check-steps must be"),
         "--attack-steps 10^9": (["sweep-scale", EXAMPLE, "--limit", "4", "--attack-steps", str(10**9)],
                                 "--attack-steps must be"),
+        # issue 24 cases 8-10 (stdin is /dev/zero for every case)
+        "--data tensors:- from /dev/zero": (["sharpness", EXAMPLE, "--data", "tensors:-", "--limit", "4"],
+                                             "header claims 0 bytes"),
+        "convert a stride-0 view of 60000 x 60000": (["convert", str(d / "view.pt"), str(d / "view.safetensors")],
+                                                     "views 4 bytes"),
+        "hf: parquet of one repeated value": (["sharpness", EXAMPLE, "--data", f"hf:{d / 'bomb.parquet'}"],
+                                              "decodes to more than"),
     }
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmData from /proc")
 def test_every_exhaustion_case_is_refused_within_the_limits(hostile):
     todo = cases(hostile)
-    res = subprocess.run([sys.executable, "-c", RUNNER, json.dumps({k: v[0] for k, v in todo.items()}), str(SECONDS),
-                          str(EXTRA_BYTES)],
-                         capture_output=True, text=True, timeout=600, cwd=hostile,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with open("/dev/zero", "rb") as zero:  # stdin of every case: what an endless pipe gives
+        res = subprocess.run([sys.executable, "-c", RUNNER, json.dumps({k: v[0] for k, v in todo.items()}),
+                              str(SECONDS), str(EXTRA_BYTES)], capture_output=True, text=True, timeout=600,
+                             cwd=hostile, stdin=zero, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert res.returncode == 0, res.stderr
     results = json.loads(res.stdout.splitlines()[-1])
     assert set(results) == set(todo)

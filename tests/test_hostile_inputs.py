@@ -374,3 +374,76 @@ def test_float16_and_bfloat16_checkpoints_that_fit_still_load(tmp_path):
                   metadata={"flatrob.spec": ck.metadata["flatrob.spec"]})
         res = invoke("inspect", str(path), "--format", "json")
         assert res.exit_code == 0, res.stderr
+
+
+# ---------------------------------------------------------------- issue 24: exit codes, names, messages
+
+
+def test_an_existing_directory_as_an_output_is_exit_2(tmp_path):
+    """Case 12: ``-o DIR`` and ``convert --force`` onto a directory were exit 1 (IsADirectoryError)."""
+    import torch
+
+    (tmp_path / "out").mkdir()
+    assert_one_error(invoke("sharpness", EXAMPLE, "--limit", "4", "-f", "json", "-o", tmp_path / "out"),
+                     "is a directory")
+    torch.save({"w": torch.zeros(2)}, tmp_path / "w.pt")
+    (tmp_path / "x.safetensors").mkdir()
+    assert_one_error(invoke("convert", tmp_path / "w.pt", tmp_path / "x.safetensors", "--force"), "is a directory")
+
+
+def test_an_unknown_timm_tag_in_an_embedded_spec_is_exit_2(tmp_path):
+    """Case 12: an embedded ``timm:resnet18.no_such_tag``."""
+    pytest.importorskip("timm")
+    ck = read(EXAMPLE)
+    spec = "arch: timm:resnet18.no_such_tag\nlayer: fc\nnum_classes: 10\ninput_shape: [1, 8, 8]\n"
+    save_file(ck.state_dict, str(tmp_path / "t.safetensors"), metadata={"flatrob.spec": spec})
+    assert_one_error(invoke("inspect", tmp_path / "t.safetensors"), "no_such_tag")
+
+
+def test_a_legal_250_byte_output_name_is_written(tmp_path):
+    """Case 13: the temporary file beside a 250-byte name was what was too long."""
+    out = tmp_path / ("a" * 245 + ".json")
+    res = invoke("sharpness", EXAMPLE, "--limit", "4", "-f", "json", "-o", out)
+    assert res.exit_code == 0, res.stderr
+    assert json.loads(out.read_text())["command"] == "sharpness" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_convert_says_one_line_without_torchs_warnings(tmp_path):
+    """Case 14: a pickle-protocol warning came before ``Error:``."""
+    import subprocess
+    import sys
+
+    (tmp_path / "junk.pt").write_bytes(b"\x80\x05junk")  # pickle protocol 5: torch warns about it
+    res = subprocess.run([sys.executable, "-m", "flatcli", "convert", "junk.pt", "j.safetensors"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith("Error: ") and len(res.stderr.splitlines()) == 1, res.stderr
+
+
+def test_convert_refuses_a_view_larger_than_its_data(tmp_path):
+    """Case 9: a 1.5 KB file declaring a 20000 x 20000 tensor wrote 1.6 GB; now refused before materialising."""
+    import torch
+
+    torch.save({"w": torch.zeros(1).expand(20000, 20000), "b": torch.ones(3)}, tmp_path / "v.pt")
+    assert_one_error(invoke("convert", tmp_path / "v.pt", tmp_path / "v.safetensors"), "views 4 bytes")
+    assert not (tmp_path / "v.safetensors").exists()
+    torch.save({"w": torch.arange(6.0).reshape(2, 3)[:, :2], "b": torch.ones(3)}, tmp_path / "ok.pt")  # views fit
+    assert invoke("convert", tmp_path / "ok.pt", tmp_path / "ok.safetensors").exit_code == 0
+
+
+@pytest.mark.parametrize("option", [["--resize", "8"], ["--crop", "8"], ["--interpolation", "nearest"]])
+def test_resizing_options_are_refused_for_exact_pixel_sources(tmp_path, option):
+    """Case 14: ``--resize/--crop`` were silently ignored for ``tensors:``."""
+    save_file({"x": torch.zeros(2, 1, 8, 8), "y": torch.zeros(2, dtype=torch.int64)}, str(tmp_path / "d.safetensors"))
+    res = invoke("sharpness", EXAMPLE, "--data", f"tensors:{tmp_path / 'd.safetensors'}", *option)
+    assert_one_error(res, f"{option[0]} resizes images read from files; tensors: holds exact pixels")
+
+
+def test_timms_channel_note_is_not_printed(caplog):
+    """Case 14: timm's "Pretrained mean/std does not match 1 channels" reached stderr despite ``-q``."""
+    timm = pytest.importorskip("timm")
+    from flatcli.models.timm_models import data_defaults
+
+    net = timm.create_model("test_resnet", in_chans=1, num_classes=10)
+    with caplog.at_level("WARNING"):
+        assert data_defaults(net)["mean"] == (0.5,)
+    assert not [r for r in caplog.records if r.name.startswith("timm")]

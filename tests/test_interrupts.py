@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -14,7 +15,10 @@ import pytest
 import torch
 
 from flatcli.runtime import interrupts
+from flatcli.inputs.checkpoint import resolve
 from tests.conftest import TORCHRUN, EXAMPLE, invoke
+
+EXAMPLE_FILE = resolve(EXAMPLE)
 
 FLATROB = str(Path(sys.executable).with_name("flatrob"))
 
@@ -387,3 +391,64 @@ def test_save_adv_can_be_added_when_resuming(tmp_path):
     assert res.exit_code == 0 and "resumed: 3 finished batch" in res.stderr
     assert invoke(*SMALL, "--save-adv", tmp_path / "fresh.safetensors").exit_code == 0
     assert (tmp_path / "resumed.safetensors").read_bytes() == (tmp_path / "fresh.safetensors").read_bytes()
+
+
+# ---------------------------------------------------------------- issue 24: the resume store is an output
+
+
+def _digits_tensors(path, invert: bool = False, n: int = 30):
+    from safetensors.torch import save_file
+
+    from flatcli.inputs.data import load_data
+
+    ds = load_data("digits", limit=n)
+    save_file({"x": (1 - ds.x if invert else ds.x).contiguous(), "y": ds.y.contiguous()}, str(path))
+
+
+ON_FILE = ["attack", EXAMPLE, "--batch-size", "10", "--steps", "3", "--format", "json"]
+
+
+@pytest.mark.parametrize("name", ["batch-000000.safetensors", "batches.sha256", "manifest.json"])
+@pytest.mark.parametrize("how", ["symlink", "hardlink"])
+def test_a_linked_file_in_the_store_is_refused_and_its_target_untouched(tmp_path, name, how):
+    """Case 1: a store file linked to the checkpoint (or a text file) is never read, replaced or appended to."""
+    ckpt = tmp_path / "c.safetensors"
+    ckpt.write_bytes(Path(EXAMPLE_FILE).read_bytes())
+    args = [*ON_FILE, "--limit", "20"]
+    args[1] = str(ckpt)
+    assert invoke(*args, "--resume", tmp_path / "R").exit_code == 0
+    target = ckpt if name.endswith(".safetensors") else tmp_path / "notes.txt"  # text: readable as a list
+    target.write_text("my notes\n") if target != ckpt else None
+    (tmp_path / "R" / name).unlink()
+    (tmp_path / "R" / name).symlink_to(target) if how == "symlink" else os.link(target, tmp_path / "R" / name)
+    before = target.read_bytes()
+    res = invoke(*args, "--resume", tmp_path / "R", "--output", tmp_path / "out.json")
+    assert res.exit_code == 2 and name in _one_line(res.stderr)
+    assert target.read_bytes() == before and not (tmp_path / "out.json").exists()
+
+
+def test_a_store_inside_the_data_folder_is_refused(tmp_path):
+    """Case 3 (one checkpoint): ``--resume`` inside a ``folder:`` input would add a class to it."""
+    from PIL import Image
+
+    for cls in ("0", "1"):
+        (tmp_path / "D" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), 50).save(tmp_path / "D" / cls / "a.png")
+    res = invoke(*ON_FILE, "--data", f"folder:{tmp_path / 'D'}", "--resume", tmp_path / "D" / "R")
+    assert res.exit_code == 2 and "lies inside the --data directory" in _one_line(res.stderr)
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["0", "1"]
+
+
+def test_changed_images_are_computed_afresh_not_read_from_the_store(tmp_path):
+    """Case 5: same labels and indices, other pixels: the stored batches are not reused."""
+    data = tmp_path / "d.safetensors"
+    _digits_tensors(data)
+    args = [*ON_FILE, "--data", f"tensors:{data}"]
+    assert invoke(*args, "--resume", tmp_path / "R").exit_code == 0
+    _digits_tensors(data, invert=True)
+    fresh = invoke(*args)
+    resumed = invoke(*args, "--resume", tmp_path / "R")
+    assert resumed.exit_code == 0 and "resumed:" not in resumed.stderr
+    assert json.loads(resumed.stdout)["summary"] == json.loads(fresh.stdout)["summary"]
+    again = invoke(*args, "--resume", tmp_path / "R")  # the store now holds the new batches
+    assert "resumed: 3 finished batch" in again.stderr and again.stdout == resumed.stdout

@@ -204,3 +204,93 @@ def test_torchrun_many_checkpoints_equal_one_process(ckpts, tmp_path):
     assert [(r["checkpoint"], r["index"]) for r in dist] == [(r["checkpoint"], r["index"]) for r in single]
     for a, b in zip(single, dist):
         assert b["relative_sharpness"] == pytest.approx(a["relative_sharpness"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- issue 24: trust, round two
+
+
+def test_every_file_read_is_an_input_checked_before_any_work(ckpts, tmp_path, monkeypatch):
+    """Case 2: the ``--checkpoints-from`` list (and a hub folder's files) may not be an output, refused before
+    the first checkpoint is measured."""
+    import flatcli.runs.many as many_module
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{ckpts[0]}\n{ckpts[1]}\n")
+    before = listing.read_text()
+    monkeypatch.setattr(many_module, "_release", lambda refs: pytest.fail("a checkpoint was measured"))
+    assert_one_error(invoke(*SHARP, "--checkpoints-from", listing, "--format", "json", "-o", listing),
+                     "is the --checkpoints-from list")
+    assert listing.read_text() == before
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    (hub / "config.json").write_text("{}")
+    (hub / "model.safetensors").write_bytes(Path(ckpts[1]).read_bytes())
+    assert_one_error(invoke(*SHARP, ckpts[0], hub, "-o", hub / "config.json"), "config.json")
+    assert (hub / "config.json").read_text() == "{}"
+
+
+def test_hub_folders_have_a_sha256_and_a_store_each(ckpts, tmp_path):
+    """Case 7: hub checkpoints were ``sha256: null``, so their stores collided on ``R/unreadable``."""
+    hubs = []
+    for i in range(2):
+        hubs.append(tmp_path / f"hub{i}")
+        hubs[-1].mkdir()
+        (hubs[-1] / "config.json").write_text("{}")
+        (hubs[-1] / "model.safetensors").write_bytes(Path(ckpts[i]).read_bytes())
+    res = invoke(*ATTACK, *hubs, "--format", "json", "--resume", tmp_path / "R")
+    assert res.exit_code == 0, res.stderr
+    shas = [e["sha256"] for e in json.loads(res.stdout)["summaries"]]
+    assert shas == [hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in ckpts[:2]]
+    assert sorted(p.name for p in (tmp_path / "R").iterdir()) == sorted(s[:16] for s in shas)
+
+
+def test_a_resume_directory_of_several_checkpoints_is_checked_like_one(ckpts, tmp_path):
+    """Case 3: ``--resume D`` with ``--data folder:D`` made ``D/<sha16>/``, a new class of the data."""
+    from PIL import Image
+
+    for cls in ("0", "1"):
+        (tmp_path / "D" / cls).mkdir(parents=True)
+        Image.new("L", (8, 8), 50).save(tmp_path / "D" / cls / "a.png")
+    for resume in (tmp_path / "D", tmp_path / "D" / "R"):
+        assert_one_error(invoke(*ATTACK, *ckpts[:2], "--data", f"folder:{tmp_path / 'D'}", "--resume", resume),
+                         "the --data directory")
+    assert sorted(p.name for p in (tmp_path / "D").iterdir()) == ["0", "1"]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("x")
+    assert_one_error(invoke(*ATTACK, *ckpts[:2], "--resume", tmp_path / "mine"), "not a flatrob resume directory")
+
+
+def test_fail_fast_writes_no_row_before_every_checkpoint_succeeded(ckpts, tmp_path):
+    """Case 14: the first checkpoint's CSV rows were on stdout although --fail-fast promises nothing written."""
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"not a checkpoint")
+    assert_one_error(invoke(*SHARP, ckpts[0], bad, "--format", "csv", "--fail-fast"), str(bad))
+    ok = invoke(*SHARP, ckpts[0], ckpts[1], "--format", "csv", "--fail-fast")
+    assert ok.exit_code == 0 and len(ok.stdout.splitlines()) == 81
+
+
+def test_messages_name_the_checkpoint_once_and_stdin_twice_is_one_line(ckpts, tmp_path):
+    """Case 14: "Error: X: X: ..." and one "read nothing" per checkpoint when list and data both want stdin."""
+    from safetensors.torch import load_file, save_file
+
+    from flatcli.inputs.checkpoint import read
+
+    state = load_file(ckpts[0])
+    state["fc.bias"][:] = float("nan")
+    save_file(state, str(tmp_path / "nan.safetensors"), metadata=read(ckpts[0]).metadata)
+    res = invoke(*SHARP, ckpts[0], tmp_path / "nan.safetensors")
+    line = [l for l in res.stderr.splitlines() if l.startswith("Error:")]
+    assert line == [f"Error: {tmp_path / 'nan.safetensors'}: tensor 'fc.bias' contains NaN or Inf; the checkpoint is "
+                    "broken"]
+    assert_one_error(invoke(*SHARP, "--checkpoints-from", "-", "--data", "tensors:-", input=f"{ckpts[0]}\n"),
+                     "both read stdin")
+
+
+def test_an_interrupted_run_of_several_names_the_directory_given(ckpts, tmp_path, monkeypatch):
+    """Case 14: after Ctrl-C the hint said ``--resume R/66afdebf8422cbcf`` instead of ``--resume R``."""
+    from tests.test_interrupts import _signal_during_batch
+
+    _signal_during_batch(monkeypatch, signal.SIGINT, on_call=3)
+    res = invoke(*ATTACK, *ckpts[:2], "--resume", tmp_path / "R")
+    assert res.exit_code == 130
+    assert f"--resume {tmp_path / 'R'})" in res.stderr and "R/" not in res.stderr

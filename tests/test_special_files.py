@@ -131,3 +131,19 @@ def test_named_pipe_and_device_nodes_in_a_directory(tmp_path):
     if (where / "null").exists():
         _check_devices(out)
     assert sorted(p.name for p in where.iterdir()) == sorted(["pipe"] + (["null", "full"] if "null" in out else []))
+
+
+@pytest.mark.parametrize("args", [
+    ["sharpness", "example:digits-cnn", "{pipe}", "--limit", "5"],
+    ["sharpness", "example:digits-cnn", "/dev/zero", "--limit", "5"],
+    ["sharpness", "{pipe}", "--limit", "5"],
+    ["detect", "example:digits-cnn", "--detector", "{pipe}", "--limit", "5"],
+], ids=["pipe among checkpoints", "/dev/zero among checkpoints", "pipe as checkpoint", "pipe as --detector"])
+def test_a_named_pipe_or_device_as_an_input_is_refused_not_waited_on(tmp_path, args):
+    """Issue 24 case 11: a pipe nobody writes to blocked forever; /dev/zero among checkpoints was hashed forever."""
+    os.mkfifo(tmp_path / "pipe")
+    res = subprocess.run([sys.executable, "-m", "flatcli", *(a.format(pipe=tmp_path / "pipe") for a in args)],
+                         capture_output=True, text=True, env=_env(), timeout=120, cwd=tmp_path)
+    assert res.returncode == 2, res.stderr
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,10 +64,15 @@ def locate(ref: str) -> tuple[Path, Path | None]:
 def read_header(path: Path) -> dict:
     """Parse and sanity-check the safetensors header without reading the tensors.
 
-    Layout: 8-byte little-endian header length n, then n bytes of JSON, then the tensor data.
+    Layout: 8-byte little-endian header length n, then n bytes of JSON, then the tensor data. Only a regular
+    file is opened (a named pipe would block, ``/dev/zero`` never end).
     """
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            raise CheckpointError(f"checkpoint {path} is not a regular file (a device or a named pipe); pass a "
+                                  ".safetensors file")
+        size = st.st_size
         with path.open("rb") as f:
             head = f.read(8)
             if len(head) < 8:

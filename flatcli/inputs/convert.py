@@ -16,7 +16,9 @@ which other weights the file holds. Then wrappers are unwrapped, each named in t
 has it; in a Lightning checkpoint the LightningModule's other keys (losses, metrics) are dropped and
 the ``model.`` ones kept; ``strip_prefix`` keeps the keys under another prefix (``net.``) instead.
 The result is checked as every checkpoint is (dtypes, NaN/Inf) and written atomically; it may not be
-the source (nor the spec) under any name or link.
+the source (nor the spec) under any name or link. Sizes are bounded by the file's before anything is
+materialised: compressed records in the zip container are refused (:func:`check_container`), and so is a
+tensor larger than the data it views (:func:`check_sizes`). torch's warnings while loading are not shown.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import hashlib
 import os
 import pickle
 import re
+import warnings
 from pathlib import Path
 
 from flatcli.inputs.checkpoint import check_tensors
@@ -131,6 +134,34 @@ def unwrap(state: dict, *, lightning: bool = False, strip_prefix: str | None = N
         stripped.append(prefix)
 
 
+def check_container(src: Path) -> None:
+    """Refuse a zip-format torch file whose storages are compressed: ``torch.save`` stores them as they are, so
+    their sizes are bounded by the file's; a deflated record (a few KB declaring GBs) would be inflated whole."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(src):
+            return
+        with zipfile.ZipFile(src) as archive:
+            packed = [i.filename for i in archive.infolist() if i.compress_type != zipfile.ZIP_STORED]
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # torch.load says what is wrong with it
+    if packed:
+        raise CheckpointError(f"{src} holds the compressed record {packed[0]}, which torch.save never writes; "
+                              "save the weights again with torch.save")
+
+
+def check_sizes(src: Path, state: dict) -> None:
+    """Refuse a tensor larger than the storage it views (a stride-0 view of one number declaring 60000 x 60000),
+    before it is materialised: converted tensors are at most as large as the data the file holds."""
+    for name, t in state.items():
+        need, have = t.numel() * t.element_size(), t.untyped_storage().nbytes()
+        if need > have:
+            raise CheckpointError(f"{src}: tensor {name!r} of shape {list(t.shape)} would take {need / 2**20:.1f} MiB "
+                                  f"but views {have} bytes of data (its strides repeat them); save each tensor whole "
+                                  "(tensor.contiguous())")
+
+
 def convert_pickle(source: str | os.PathLike, dest: str | os.PathLike, *, key: str | None = None,
                    spec_file: str | None = None, force: bool = False, weights: str = "model",
                    strip_prefix: str | None = None) -> dict:
@@ -162,8 +193,10 @@ def convert_pickle(source: str | os.PathLike, dest: str | os.PathLike, *, key: s
         raise UsageError("--key and --weights ema both choose the weights; give one")
     if strip_prefix == "":
         raise UsageError("--strip-prefix needs a prefix, such as net.")
+    check_container(src)
     try:
-        with torch.serialization.safe_globals(safe_globals()):
+        with torch.serialization.safe_globals(safe_globals()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on the file (pickle protocol): the outcome says enough
             obj = torch.load(src, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
@@ -183,6 +216,7 @@ def convert_pickle(source: str | os.PathLike, dest: str | os.PathLike, *, key: s
     state, used, others = find_state_dict(obj, key, str(src), weights)
     lightning = isinstance(obj, dict) and "pytorch-lightning_version" in obj
     state, stripped, dropped = unwrap(state, lightning=lightning, strip_prefix=strip_prefix)
+    check_sizes(src, state)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # clone: no shared storage
     check_tensors(src, tensors)
     metadata = None if spec_text is None else {METADATA_KEY: spec_text}

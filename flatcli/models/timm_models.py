@@ -13,6 +13,7 @@ mean, std, resize, crop and interpolation (:mod:`flatcli.inputs.preprocessing`).
 from __future__ import annotations
 
 import difflib
+import logging
 from typing import Any
 
 from torch import nn
@@ -89,4 +90,11 @@ def data_defaults(net: nn.Module) -> dict[str, Any]:
     from timm.data.model_config import get_model_input_config, resolve_input_data_config
 
     fixed = bool(get_model_input_config(net).get("fixed_input_size"))
-    return from_timm(resolve_input_data_config(net), fixed_input_size=fixed)
+    timm_log = logging.getLogger("timm")
+    level = timm_log.level
+    timm_log.setLevel(logging.ERROR)  # "Pretrained mean does not match 1 channels": the config says what is used
+    try:
+        config = resolve_input_data_config(net)
+    finally:
+        timm_log.setLevel(level)
+    return from_timm(config, fixed_input_size=fixed)

@@ -2,7 +2,7 @@
 rename), except special files (devices, pipes, ``/dev/stdout``), which are written in place.
 
 A run's outputs go through :mod:`flatcli.outputs.plan`, which stages them with these helpers and commits
-them together; :func:`atomic_path` alone replaces a file at once (the ``--resume`` store's batches).
+them together; the ``--resume`` store (:mod:`flatcli.runtime.resume`) writes its files with them too.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from flatcli.errors import OutputError, UsageError
 PSEUDO_ROOTS = ("/dev/", "/proc/")
 #: ``OSError`` numbers that mean "this output cannot be written" rather than a bug: reported as one line.
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS})
+#: How much of the target's name a temporary file's name keeps (``.NAME.XXXXXXXX.tmp`` must fit in the 255
+#: bytes a file name may have, whatever the length of a legal target name).
+MAX_NAME_KEPT = 200
 
 
 def written_in_place(path: str | os.PathLike) -> bool:
@@ -34,6 +37,8 @@ def written_in_place(path: str | os.PathLike) -> bool:
         return False
     except OSError:
         return True  # exists (lstat or the link says so) but cannot be inspected: never rename over it
+    if stat.S_ISDIR(mode):
+        return False  # never written at all: check_writable refuses it
     if not stat.S_ISREG(mode):
         return True
     return (target + os.sep).startswith(PSEUDO_ROOTS) or os.path.realpath(target).startswith(PSEUDO_ROOTS)
@@ -70,9 +75,10 @@ def _umask() -> int:
 
 
 def temporary_beside(target: Path) -> Path:
-    """A new empty file in the directory of ``target`` (to be renamed onto it), with the usual file mode."""
+    """A new empty file in the directory of ``target`` (to be renamed onto it), with the usual file mode, named
+    after it (``.NAME.XXXXXXXX.tmp``, the name cut to :data:`MAX_NAME_KEPT` characters)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name[:MAX_NAME_KEPT]}.", suffix=".tmp", dir=target.parent)
     except OSError as e:
         raise OutputError(f"cannot write {target}: {e.strerror}") from None
     os.close(fd)
@@ -90,26 +96,3 @@ def write_errors(target: str | os.PathLike) -> Iterator[None]:
         if e.errno not in WRITE_ERRNOS:
             raise
         raise OutputError(f"cannot write {os.fspath(target)}: {e.strerror}") from None
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` as soon as the block succeeds.
-
-    A failed or interrupted block never leaves a half-written file, and an existing file is replaced in
-    one step (``os.replace`` is atomic on POSIX within a file system). A special file is written in place.
-    """
-    target = check_writable(path)
-    if written_in_place(target):
-        with write_errors(target):
-            yield target
-        return
-    real = resolved(target)
-    tmp = temporary_beside(real)
-    try:
-        with write_errors(target):
-            yield tmp
-        os.replace(tmp, real)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -5,11 +5,13 @@ One :class:`OutputPlan` is open per command (``FlatrobGroup.main`` opens it for 
 
 * :func:`plan_inputs` names the files the run reads (checkpoint, a hub checkpoint's ``config.json``, ``--spec``,
   the ``--data`` file or directory,
-  ``--detector``, ``--adversarial``, ``--from-json``, a converted pickle) and :func:`check_outputs` the
+  ``--detector``, ``--adversarial``, ``--from-json``, a converted pickle, the ``--checkpoints-from`` list) and :func:`check_outputs` the
   files it writes (``-o``, ``--trajectory``, ``--save-adv``, ``--save``, ``--plot``). Each time one is
   added, every output is checked: writable, not a directory, no two options naming the same file, and
   none the same file as an input (same device and inode, so hard and symbolic links count too) nor an
   existing file inside an input directory (``folder:DIR``, ``cifar10:ROOT``, ...);
+* :func:`check_output_directory` checks a directory written into (the ``--resume`` store) the same way: not
+  an input, not an input directory nor inside one;
 * :func:`output_path` gives each writer a temporary file beside its target; the target is replaced only
   when the whole run has succeeded (:meth:`OutputPlan.commit`, renames in order); a failure or an
   interruption anywhere removes every temporary file, so no output of a failed run is left behind;
@@ -34,7 +36,8 @@ from flatcli.outputs.files import check_writable, resolved, temporary_beside, wr
 #: How inputs are named in messages (keyword of :func:`plan_inputs` -> words).
 INPUT_NAMES = {"checkpoint": "the checkpoint", "hub_config": "the checkpoint's config.json", "source": "the file to convert", "data": "the --data file",
                "fit_data": "the --fit-data file", "spec": "the --spec file", "detector": "the --detector file",
-               "adversarial": "the --adversarial file", "from_json": "the --from-json file"}
+               "adversarial": "the --adversarial file", "from_json": "the --from-json file",
+               "checkpoints_from": "the --checkpoints-from list"}
 
 #: Outputs that are not options (keyword of :func:`check_outputs` -> how the command line names them).
 OUTPUT_NAMES = {"dest": "DEST"}
@@ -119,6 +122,18 @@ class OutputPlan:
                     same = "" if os.path.abspath(source) == os.path.abspath(path) else f" ({source})"
                     raise UsageError(f"{flag} {path} is {name}{same}: an output must not replace an input; "
                                      "name another file")
+
+    def check_directory(self, option: str, directory: str | os.PathLike) -> None:
+        """``directory`` (the ``--resume`` store: files written and replaced in it) is no input, no input
+        directory and lies inside none (links resolved), existing or not yet made."""
+        real = os.path.realpath(os.path.expanduser(directory))
+        for what, source in self.inputs:
+            top = os.path.realpath(source)
+            if real == top or real.startswith(top.rstrip(os.sep) + os.sep):
+                where = "is" if real == top else "lies inside"
+                name = _directory(what) if os.path.isdir(source) else INPUT_NAMES.get(what, what)
+                raise UsageError(f"--{option.replace('_', '-')} {directory} {where} {name} {source}: files written "
+                                 "there would change an input; name a directory elsewhere")
 
     def check_target(self, target: Path) -> None:
         """The last guard before writing: ``target`` is none of the inputs (whichever option named it)."""
@@ -207,6 +222,12 @@ def check_outputs(**paths) -> None:
     names several files), and check them before any work: writable, named once, none of them an input."""
     with output_plan() as plan:
         plan.add_outputs(**paths)
+
+
+def check_output_directory(option: str, directory: str | os.PathLike) -> None:
+    """Check a directory the run writes into (``option`` names it, e.g. ``resume``) against every input."""
+    with output_plan() as plan:
+        plan.check_directory(option, directory)
 
 
 @contextlib.contextmanager

@@ -11,12 +11,18 @@ one process (:func:`each_checkpoint`):
 * its rows get a ``checkpoint`` column and are held in a temporary file until it has finished, so a
   checkpoint that fails half-way leaves none of its rows in the output;
 * a checkpoint that fails is reported (``on_error``) and the others still run; with ``fail_fast`` the first
-  failure ends the call and nothing is written. A :class:`~flatcli.errors.UsageError` (options that are
+  failure ends the call and nothing is written (no row reaches the output before every checkpoint has
+  finished). A :class:`~flatcli.errors.UsageError` (options that are
   wrong, or out of range) ends the call at once, as it would for one checkpoint;
 * outputs written per checkpoint (``--trajectory``, ``--save-adv``, ``--save``) name a template with
   ``{stem}`` (the file name without its suffix) or ``{index}`` (the position in the list, from 0, zero-padded);
   every name is made and checked before any work. ``--plot FILE`` draws the summary measures against the
-  checkpoint order (:func:`trend`). ``--resume DIR`` keeps each checkpoint's batches in ``DIR/<sha256[:16]>``.
+  checkpoint order (:func:`trend`). ``--resume DIR`` keeps each checkpoint's batches in ``DIR/<sha256[:16]>``
+  (the sha256 of its weights, a hub checkpoint's too); ``DIR`` is checked as an output (no input, not inside
+  an input folder, holding nothing but such stores) before any work, and an interruption names ``DIR``;
+* every file the call reads (each checkpoint, a hub checkpoint's cached files, the ``--checkpoints-from``
+  list, the ``--data`` file) is an input of the output plan before any work (:func:`plan_checkpoints`); a
+  device or named pipe among the checkpoints is never read to hash it.
 
 What a call with failures writes: the results of the checkpoints that succeeded (rows, summaries, files),
 committed together at the end; the failed ones appear in ``summaries`` with their ``error``. When every
@@ -31,6 +37,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import tempfile
 import weakref
 from contextvars import ContextVar
@@ -38,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from flatcli.errors import CheckpointFailed, FlatrobError, UsageError
+from flatcli.errors import CheckpointFailed, FlatrobError, Interrupted, UsageError
 from flatcli.inputs.text import read_text
 from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
 from flatcli.outputs.writer import document, jsonable
@@ -49,6 +56,8 @@ MAX_LIST_BYTES = 16 * 1024 * 1024
 #: Outputs written once per checkpoint: their names must hold ``{stem}`` or ``{index}``.
 PER_CHECKPOINT = ("trajectory", "save_adv", "save")
 _FIELD = re.compile(r"\{(stem|index)\}")
+#: The name of one checkpoint's store inside a several-checkpoint ``--resume`` directory.
+_STORE = re.compile(r"[0-9a-f]{16}|unreadable")
 #: Rows replayed from a checkpoint's temporary file per call of ``on_rows``.
 _REPLAY = 1024
 
@@ -82,18 +91,64 @@ def checkpoint_list(models: Any, checkpoints_from: str | None) -> list[str]:
     return paths
 
 
-def file_sha256(ref: str) -> str | None:
-    """The sha256 of the checkpoint file ``ref`` (``example:NAME`` resolved), ``None`` if it cannot be read."""
-    from flatcli.inputs.checkpoint import resolve
-
+def file_sha256(path: str | os.PathLike) -> str | None:
+    """The sha256 of the checkpoint file ``path``, ``None`` if it is no regular file or cannot be read (a device
+    or a named pipe is never read: it is refused when its turn comes, as it is alone)."""
     digest = hashlib.sha256()
     try:
-        with open(resolve(ref), "rb") as handle:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            return None
+        with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-    except (OSError, FlatrobError):
+    except OSError:
         return None
     return digest.hexdigest()
+
+
+def plan_checkpoints(checkpoints: list[str], kwargs: dict, checkpoints_from: str | None) -> list[str | None]:
+    """Every file the call reads, named as an input of the output plan before any work (each checkpoint, a hub
+    checkpoint's cached files, the ``--checkpoints-from`` list, the ``--data`` file or folder); the sha256 of
+    each checkpoint's weights (``None`` where they cannot be found: that checkpoint fails in its turn)."""
+    from flatcli.inputs.checkpoint import locate
+    from flatcli.inputs.data import FILE_FORMS
+
+    plan_inputs(checkpoints_from=checkpoints_from)
+    for role in ("data", "fit_data"):
+        kind, _, path = kwargs[role].strip().partition(":") if isinstance(kwargs.get(role), str) else ("", "", "")
+        if kind in FILE_FORMS and path:
+            plan_inputs(**{role: path})
+    digests = []
+    for ref in checkpoints:
+        try:
+            weights, config = locate(ref)
+        except FlatrobError:
+            digests.append(None)
+            continue
+        plan_inputs(checkpoint=weights, hub_config=config)
+        digests.append(file_sha256(weights))
+    return digests
+
+
+def resume_parent(resume: str) -> None:
+    """Check (then create) the ``--resume`` directory of several checkpoints, which holds one store per
+    checkpoint (``<sha256[:16]>/``): no input, nor inside an input folder, and holding nothing else."""
+    from flatcli.outputs.plan import check_output_directory
+
+    check_output_directory("resume", resume)
+    top = Path(resume).expanduser()
+    if top.is_dir():
+        other = sorted(e.name for e in top.iterdir() if not (_STORE.fullmatch(e.name) and e.is_dir()
+                                                            and not e.is_symlink()))
+        if other:
+            raise UsageError(f"--resume {resume} holds {other[0]}, which is not a checkpoint's store (<sha256[:16]>/): "
+                             "it is not a flatrob resume directory; name a new or empty directory")
+    elif top.exists() or top.is_symlink():
+        raise UsageError(f"--resume {resume} is a file; name a directory (it is created if missing)")
+    elif not top.parent.is_dir():
+        raise UsageError(f"--resume {resume}: directory {top.parent} does not exist; create it first")
+    else:
+        top.mkdir()
 
 
 def per_checkpoint_names(option: str, template: str, checkpoints: list[str]) -> list[str]:
@@ -245,8 +300,12 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
     ``resume`` the parent directory, ``on_rows`` the consumer of every row (with its ``checkpoint`` column).
     ``on_error(checkpoint, message)`` hears of each failure as it happens.
     """
-    from flatcli.inputs.checkpoint import resolve
+    from flatcli.runtime.resume import hint_for
 
+    stdin = [role for role in ("data", "fit_data") if kwargs.get(role) == "tensors:-"]
+    if checkpoints_from == "-" and stdin:
+        raise UsageError(f"--checkpoints-from - and --{stdin[0].replace('_', '-')} tensors:- both read stdin; "
+                         "save one of them to a file")
     names = {opt: per_checkpoint_names(opt, kwargs[opt], checkpoints) for opt in PER_CHECKPOINT
              if kwargs.get(opt) is not None and kwargs[opt] != "-"}
     if plot is not None:
@@ -255,28 +314,32 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
         check_plot_path(plot)
         require_matplotlib()
     check_outputs(plot=plot, **names)
-    for ref in checkpoints:  # no output may be any of the checkpoints, checked before any work
-        with contextlib.suppress(FlatrobError):
-            plan_inputs(checkpoint=resolve(ref))
+    digests = plan_checkpoints(checkpoints, kwargs, checkpoints_from)  # no output may be an input: before any work
     resume = kwargs.get("resume")
+    if resume is not None:
+        resume_parent(resume)
     on_rows = kwargs.get("on_rows")
     runs: list[CheckpointRun] = []
+    held: list[_Spool] = []  # with fail_fast, every checkpoint's rows until all have finished
     token, refs = _shared.set({}), []
     models_token = _models.set(refs)
     try:
         with output_plan() as plan:
             for i, ref in enumerate(checkpoints):
-                run = CheckpointRun(i, ref, file_sha256(ref))
+                run = CheckpointRun(i, ref, digests[i])
                 runs.append(run)
                 args = dict(kwargs, **{opt: paths[i] for opt, paths in names.items()})
                 if resume is not None:
-                    os.makedirs(resume, exist_ok=True)
                     args["resume"] = os.path.join(resume, (run.sha256 or "unreadable")[:16])
                 spool = _Spool(ref) if on_rows is not None else None
                 args["on_rows"] = spool
                 staged = len(plan.staged)
                 try:
                     run.result = call(ref, **args)
+                except Interrupted as e:  # the line names the directory given, not this checkpoint's store in it
+                    if resume is None:
+                        raise
+                    raise Interrupted(e.signum, str(e).replace(hint_for(args["resume"]), hint_for(resume))) from None
                 except UsageError:
                     raise  # the options are wrong, for every checkpoint: the run ends as one checkpoint's would
                 except Exception as e:  # noqa: BLE001 - one checkpoint's failure must not end the others
@@ -284,7 +347,7 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
                         raise  # debugging: the unexpected failure ends the run, with its traceback
                     run.exit_code, message = (e.exit_code, str(e)) if isinstance(e, FlatrobError) else \
                         (1, f"unexpected failure: {type(e).__name__}: {e} (FLATROB_DEBUG=1 shows a traceback)")
-                    run.error = " ".join(message.split())
+                    run.error = _named_once(ref, " ".join(message.split()))
                     for tmp, _ in plan.staged[staged:]:  # its own files never reach the output
                         plan.unstage(tmp)
                     if fail_fast:
@@ -293,11 +356,15 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
                         on_error(ref, run.error)
                 else:
                     if spool is not None:
-                        spool.replay(on_rows)
+                        held.append(spool)
+                        spool = None
                 finally:
                     if spool is not None:
                         spool.close()
                     _release(refs)
+                if not fail_fast:  # else nothing reaches the output until every checkpoint has succeeded
+                    _replay(held, on_rows)
+            _replay(held, on_rows)
             if all(run.result is None for run in runs):
                 raise CheckpointFailed(f"all {len(runs)} checkpoints failed; nothing was written",
                                        max(run.exit_code for run in runs))
@@ -311,9 +378,32 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
                 labels = [Path(r.split(":", 1)[-1]).stem for r in checkpoints]
                 checkpoints_figure(labels, trend_series(many), plot, title=f"flatrob {command}")
     finally:
+        for spool in held:
+            spool.close()
         _shared.reset(token)
         _models.reset(models_token)
     return many
+
+
+def _replay(held: list[_Spool], on_rows: OnRows) -> None:
+    """Hand the rows of the finished checkpoints in ``held`` to ``on_rows``, in order, and empty it."""
+    while held:
+        spool = held.pop(0)
+        spool.replay(on_rows)
+        spool.close()
+
+
+def _named_once(ref: str, message: str) -> str:
+    """``message`` without a leading ``REF: `` (the checkpoint is named by whoever reports it: once)."""
+    from flatcli.inputs.checkpoint import resolve
+
+    names = [ref]
+    with contextlib.suppress(FlatrobError):
+        names.append(os.fspath(resolve(ref)))
+    for name in names:
+        if message.startswith(f"{name}: "):
+            return message[len(name) + 2:]
+    return message
 
 
 def _is_main() -> bool:

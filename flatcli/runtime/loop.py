@@ -26,7 +26,7 @@ from flatcli.inputs.data import DataSource
 from flatcli.models.loading import LoadedModel
 from flatcli.runtime import interrupts
 from flatcli.runtime.distributed import SINGLE, Dist
-from flatcli.runtime.resume import ResumeStore, hint_for, run_identity
+from flatcli.runtime.resume import ResumeStore, hint_for, inputs_digest, run_identity
 
 R = TypeVar("R")
 
@@ -133,13 +133,15 @@ def each_batch(ctx: RunContext, compute: Callable[[Batch], R], *, store: ResumeS
             if batch is not None:
                 x, y, index = batch
                 number = dist.batch_number(i)
-                result = store.load(number, index) if store is not None else None
+                inputs = inputs_digest(x) if ctx.resume is not None else None  # what a stored batch must match
+                result = store.load(number, index, inputs) if store is not None else None
                 if result is None:
                     result = compute(Batch(x, y, index, number, number * ctx.batch_size, first=i == 0))
-            for j, r in enumerate(dist.gather_all(result) if everywhere else dist.gather(result)):
+                result = (result, inputs)
+            for j, (r, inputs) in enumerate(dist.gather_all(result) if everywhere else dist.gather(result)):
                 number = i * dist.world + j
                 if store is not None:
-                    store.save(number, r)  # finished: persisted before it is used
+                    store.save(number, r, inputs)  # finished: persisted before it is used
                 yield r
                 ctx.advance(ctx.batches_in(number))
 
@@ -153,7 +155,8 @@ def resumed_note(store: ResumeStore | None, directory: str | None) -> list[str]:
         more = len(store.recomputed) - 3
         shown = ", ".join(store.recomputed[:3]) + (f" and {more} more" if more > 0 else "")
         notes.append(f"note: --resume {directory}: {shown} did not match the checksum recorded when written "
-                     "(damaged, changed or from an older flatrob); recomputed and written again")
+                     "or the images read now (damaged, changed, the data changed, or from an older flatrob); "
+                     "recomputed and written again")
     return notes
 
 

@@ -20,6 +20,15 @@ appended to ``batches.sha256`` per batch, so recording costs the same for every 
 tampered or unrecorded batch is recomputed and written again (:attr:`ResumeStore.recomputed`). A
 batch that has its recorded checksum but still cannot be read (the checksums were edited too) is an
 error naming the file, never a crash.
+
+The numbers depend on the images, not only on the labels and indices the manifest hashes: every batch
+file records the sha256 of its images as read (:func:`inputs_digest`, the float32 batch), and a batch
+whose images differ now (the data file changed) is recomputed, never reused.
+
+The store is an output like any other: its directory is checked against every input of the run (not an
+input, not inside an input folder: :func:`flatcli.outputs.plan.check_output_directory`), and every file
+in it is opened without following links: a symbolic link, a device, a pipe or a file with a second hard
+link in the directory is refused naming it, so no file outside the store is read, replaced or appended to.
 """
 
 from __future__ import annotations
@@ -28,13 +37,15 @@ import hashlib
 import json
 import os
 import re
+import stat
 from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from flatcli.errors import UsageError
-from flatcli.inputs.text import read_text
-from flatcli.outputs.files import atomic_path
+from flatcli.inputs.text import size_text
+from flatcli.outputs.files import temporary_beside, write_errors
+from flatcli.outputs.plan import check_output_directory
 
 KIND = "flatrob-resume"
 VERSION = 1
@@ -45,6 +56,52 @@ MAX_MANIFEST_BYTES = 1024 * 1024
 #: The largest checksum list read (88 bytes a batch: 760,000 batches).
 MAX_CHECKSUMS_BYTES = 64 * 1024 * 1024
 _CHECKSUM_LINE = re.compile(r"([0-9a-f]{64})  (batch-\d{6}\.safetensors)")
+#: The batch-file metadata key holding the sha256 of the batch's images as read.
+INPUTS_KEY = "flatrob.inputs_sha256"
+
+
+def inputs_digest(x) -> str:
+    """The sha256 of a batch of images as read (float32, on the CPU, in order): what a stored batch was
+    computed on."""
+    import torch
+
+    return hashlib.sha256(x.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
+def _open_own(directory: Path, path: Path, flags: int = os.O_RDONLY) -> int | None:
+    """A descriptor for the file ``path`` of the store (``None`` if there is none), opened without following a
+    link or waiting on a pipe; anything but a regular file with one link is refused naming it."""
+    try:
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if not os.path.islink(path):
+            raise UsageError(f"--resume {directory}: cannot open {path.name}: {exc.strerror}") from None
+        fd = None
+    st = os.fstat(fd) if fd is not None else None
+    if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        if fd is not None:
+            os.close(fd)
+        what = "a symbolic link" if st is None else "a second name of another file (a hard link)" \
+            if stat.S_ISREG(st.st_mode) else "not a regular file"
+        raise UsageError(f"--resume {directory}: {path.name} is {what}; a resume directory holds only files flatrob "
+                         "wrote there, so it is never followed: remove it, or name another directory")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _read_own(directory: Path, path: Path, limit: int | None = None) -> bytes | None:
+    """The bytes of the store's file ``path`` (``None`` if missing), at most ``limit``, as :func:`_open_own`."""
+    fd = _open_own(directory, path)
+    if fd is None:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        blob = handle.read() if limit is None else handle.read(limit + 1)
+    if limit is not None and len(blob) > limit:
+        raise UsageError(f"--resume {directory}: {path.name} is larger than the {size_text(limit)} it may have; "
+                         "remove the directory to start over")
+    return blob
 
 
 def _flatten(value: Any, prefix: str, tensors: dict, nones: list, classes: dict, arrays: list) -> None:
@@ -117,6 +174,7 @@ class ResumeStore:
 
     def _open(self) -> None:
         d = self.dir
+        check_output_directory("resume", d)
         if d.exists() and not d.is_dir():
             raise UsageError(f"--resume {d} is a file; name a directory (it is created if missing)")
         if not d.exists():
@@ -127,19 +185,19 @@ class ResumeStore:
             except OSError as e:
                 raise UsageError(f"--resume {d}: cannot create the directory: {e.strerror}") from None
         manifest = d / MANIFEST
-        if not manifest.exists():
+        if not manifest.exists() and not manifest.is_symlink():
             if any(d.iterdir()):
                 raise UsageError(
                     f"--resume {d} is not empty and holds no {MANIFEST}: it is not a flatrob resume directory; "
                     "name a new or empty directory"
                 )
             doc = {"kind": KIND, "version": VERSION, "command": self.command, "settings": self.settings}
-            with atomic_path(manifest) as tmp:
-                tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            self._replace(manifest, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode("utf-8"))
             return
+        blob = _read_own(d, manifest, MAX_MANIFEST_BYTES)
         try:
-            doc = json.loads(read_text(manifest, limit=MAX_MANIFEST_BYTES, what="manifest", error=UsageError))
-        except (UsageError, ValueError, RecursionError):
+            doc = json.loads(blob.decode("utf-8"))
+        except (ValueError, RecursionError):
             raise UsageError(f"--resume {d}: {MANIFEST} is unreadable; remove the directory to start over") from None
         if not isinstance(doc, dict) or doc.get("kind") != KIND or not isinstance(doc.get("settings"), dict):
             raise UsageError(f"--resume {d}: {MANIFEST} is not a flatrob resume manifest; name another directory")
@@ -160,10 +218,10 @@ class ResumeStore:
     def _read_checksums(self) -> dict[str, str]:
         """File name -> sha256 as recorded when written (the last line for a name wins; damaged lines are
         ignored, so their batches count as unrecorded)."""
-        path = self.dir / CHECKSUMS
-        if not path.exists():
+        blob = _read_own(self.dir, self.dir / CHECKSUMS, MAX_CHECKSUMS_BYTES)
+        if blob is None:
             return {}
-        text = read_text(path, limit=MAX_CHECKSUMS_BYTES, what="checksum list", error=UsageError)
+        text = blob.decode("utf-8", "replace")
         found = (_CHECKSUM_LINE.fullmatch(line) for line in text.splitlines())
         return {m.group(2): m.group(1) for m in found if m}
 
@@ -172,20 +230,24 @@ class ResumeStore:
     def path(self, number: int) -> Path:
         return self.dir / f"batch-{number:06d}.safetensors"
 
-    def load(self, number: int, index) -> dict | None:
+    def load(self, number: int, index, inputs: str | None = None) -> dict | None:
         """The saved results of batch ``number`` (``None``: not finished, or to be recomputed because its file
-        does not have its recorded checksum); ``index`` must match its samples."""
+        does not have its recorded checksum, or was computed on images other than those whose
+        :func:`inputs_digest` is ``inputs``); ``index`` must match its samples."""
         path = self.path(number)
-        if not path.is_file():
+        blob = _read_own(self.dir, path)
+        if blob is None:
             return None
         import torch
 
-        blob = path.read_bytes()
         if self.checksums.get(path.name) != hashlib.sha256(blob).hexdigest():
             self.recomputed.append(path.name)  # damaged, tampered with, or written before checksums were kept
             return None
         try:
             tensors, meta = _read_batch(blob)
+            if inputs is not None and meta.get(INPUTS_KEY) != inputs:
+                self.recomputed.append(path.name)  # computed on other images: the data changed since
+                return None
             layout = json.loads(meta.get("flatrob.layout", "{}"))
             result = _unflatten(tensors, list(layout.get("none", [])), dict(layout.get("classes", {})),
                                 list(layout.get("arrays", [])), self.factories)
@@ -204,9 +266,10 @@ class ResumeStore:
         self._loaded.add(number)
         return result
 
-    def save(self, number: int, result: dict) -> None:
-        """Persist batch ``number`` atomically and record its checksum (a batch read from the directory in this
-        run is left as it is; one that was damaged is written again)."""
+    def save(self, number: int, result: dict, inputs: str | None = None) -> None:
+        """Persist batch ``number`` atomically with ``inputs`` (the :func:`inputs_digest` of its images) and
+        record its checksum (a batch read from the directory in this run is left as it is; one that was damaged
+        is written again)."""
         if number in self._loaded:
             return
         from safetensors.torch import save
@@ -217,14 +280,28 @@ class ResumeStore:
         arrays: list = []
         _flatten(result, "", tensors, nones, classes, arrays)
         layout = json.dumps({"none": nones, "classes": classes, "arrays": arrays}, sort_keys=True)
-        blob = save(tensors, metadata={"flatrob.layout": layout})
+        meta = {"flatrob.layout": layout, **({} if inputs is None else {INPUTS_KEY: inputs})}
+        blob = save(tensors, metadata=meta)
         path = self.path(number)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(blob)
+        self._replace(path, blob)
         digest = hashlib.sha256(blob).hexdigest()
-        with open(self.dir / CHECKSUMS, "a", encoding="utf-8") as handle:
+        checksums = self.dir / CHECKSUMS
+        fd = _open_own(self.dir, checksums, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        with write_errors(checksums), os.fdopen(fd, "a", encoding="utf-8") as handle:
             handle.write(f"{digest}  {path.name}\n")
         self.checksums[path.name] = digest
+
+    def _replace(self, path: Path, blob: bytes) -> None:
+        """Write ``blob`` as the store's file ``path`` in one step: a temporary file beside it, renamed onto the
+        name (a link there is replaced itself, never written through)."""
+        tmp = temporary_beside(path)
+        try:
+            with write_errors(path):
+                tmp.write_bytes(blob)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
     def hint(self) -> str:
         return hint_for(self.dir)

@@ -9,7 +9,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
+from flatcli.errors import CheckpointError
 from flatcli.inputs.checkpoint import read
+from flatcli.inputs.convert import convert_pickle
 from tests.conftest import EXAMPLE, assert_one_error, invoke
 
 
@@ -168,3 +170,16 @@ def test_robustbenchs_last_entry_and_a_chosen_prefix(tmp_path):
     mixed = {**{f"net.{k}": v for k, v in net.state_dict().items()}, "metric.total": torch.zeros(1)}
     summary, converted, _ = _convert(tmp_path, {"state_dict": mixed}, "--strip-prefix", "net.")
     assert summary["dropped"] == ["metric.total"] and converted.keys() == net.state_dict().keys()
+
+
+def test_a_compressed_record_is_refused_before_it_is_inflated(tmp_path):
+    """Issue 24 case 9: torch.save stores records as they are; a deflated one could declare any size."""
+    import zipfile
+
+    torch.save({"w": torch.zeros(1000)}, tmp_path / "s.pt")
+    with zipfile.ZipFile(tmp_path / "s.pt") as src, zipfile.ZipFile(tmp_path / "d.pt", "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+    with pytest.raises(CheckpointError, match="compressed record"):
+        convert_pickle(tmp_path / "d.pt", tmp_path / "d.safetensors")
+    assert convert_pickle(tmp_path / "s.pt", tmp_path / "s.safetensors")["tensors"] == 1

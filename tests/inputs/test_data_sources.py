@@ -173,6 +173,84 @@ def test_npz_huge_declared_array_is_refused_before_reading(tmp_path):
         load_data(f"npz:{tmp_path / 'bomb.npz'}")
 
 
+def test_npz_index_is_carried_never_a_lookup_key(tmp_path):
+    """Issue 24 case 4: uint8 images with an ``index`` array are read by row; the index goes to the rows."""
+    x = np.random.RandomState(6).randint(0, 256, (5, 1, 3, 3), dtype=np.uint8)
+    index = np.array([4, 3, 2, 1, 0])
+    np.savez(tmp_path / "r.npz", x=x, y=np.arange(5), index=index)
+    np.savez(tmp_path / "big.npz", x=x, y=np.arange(5), index=np.array([10, 20, 30, 40, 50]))
+    for name, want in (("r.npz", index), ("big.npz", [10, 20, 30, 40, 50])):
+        data = load_data(f"npz:{tmp_path / name}", limit=4)
+        got, _, got_index = next(batches(data, 4))
+        assert torch.equal(got, torch.from_numpy(x[:4]).float() / 255) and got_index.tolist() == list(want[:4])
+        assert torch.equal(data[1][0], torch.from_numpy(x[1]).float() / 255)
+
+
+def test_npz_keras_layout_is_served_by_split(tmp_path):
+    """Issue 25 item 8: ``x_train``/``y_train``, ``x_test``/``y_test`` picked by ``--split``; another split is
+    refused naming those there are; ``split`` says which was served (``None`` for a plain x/y archive)."""
+    x = np.random.RandomState(7).randint(0, 256, (6, 4, 4), dtype=np.uint8)
+    np.savez(tmp_path / "k.npz", x_train=x[:4], y_train=np.arange(4), x_test=x[4:], y_test=np.array([1, 0]))
+    train, test = load_data(f"npz:{tmp_path / 'k.npz'}", split="train"), load_data(f"npz:{tmp_path / 'k.npz'}")
+    assert (len(train), train.split, len(test), test.split, test.y.tolist()) == (4, "train", 2, "test", [1, 0])
+    assert torch.equal(next(batches(test, 2))[0], torch.from_numpy(x[4:, None]).float() / 255)
+    with pytest.raises(DataError, match="has no split 'banana' .*for test, train"):
+        load_data(f"npz:{tmp_path / 'k.npz'}", split="banana")
+    np.savez(tmp_path / "p.npz", x=x, y=np.arange(6))
+    assert load_data(f"npz:{tmp_path / 'p.npz'}", split="train").split is None
+    np.savez(tmp_path / "none.npz", a=x)
+    with pytest.raises(DataError, match="no array 'x' .*x_train, y_train"):
+        load_data(f"npz:{tmp_path / 'none.npz'}")
+
+
+def test_npz_shapes_and_sizes_are_checked_before_inflating(tmp_path, monkeypatch):
+    """Issue 24 case 10: the shape error the headers show, and a zip entry bigger than its header declares,
+    are refused before ``np.load`` inflates anything."""
+    import zipfile
+
+    monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("inflated before the headers were checked"))
+    x = np.zeros((50, 1, 8, 8), np.uint8)
+    np.savez_compressed(tmp_path / "shape.npz", x=x, y=np.zeros(3, np.int64))
+    with pytest.raises(DataError, match=r"y has shape \[3\], expected \(50,\)"):
+        load_data(f"npz:{tmp_path / 'shape.npz'}")
+    np.savez_compressed(tmp_path / "ok.npz", x=x, y=np.zeros(50, np.int64))
+    with zipfile.ZipFile(tmp_path / "ok.npz") as good, zipfile.ZipFile(tmp_path / "long.npz", "w") as bad:
+        bad.writestr("x.npy", good.read("x.npy") + bytes(10_000), zipfile.ZIP_DEFLATED)
+        bad.writestr("y.npy", good.read("y.npy"))
+    with pytest.raises(DataError, match=r"declares shape \[50, 1, 8, 8\] but its zip entry holds 13328 bytes"):
+        load_data(f"npz:{tmp_path / 'long.npz'}")
+
+
+def test_folder_hidden_or_empty_class_directories_never_shift_labels(tmp_path):
+    """Issue 24 case 6: ``.ipynb_checkpoints`` (ImageFolder's class 0) and an empty named class are refused."""
+    from PIL import Image
+
+    for cls in ("cat", "dog"):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        Image.new("RGB", (4, 4)).save(tmp_path / "d" / cls / "a.png")
+    assert load_data(f"folder:{tmp_path / 'd'}").y.tolist() == [0, 1]
+    (tmp_path / "d" / ".ipynb_checkpoints").mkdir()
+    with pytest.raises(DataError, match="hidden directory .ipynb_checkpoints"):
+        load_data(f"folder:{tmp_path / 'd'}")
+    (tmp_path / "d" / ".ipynb_checkpoints").rmdir()
+    (tmp_path / "d" / "ant").mkdir()
+    with pytest.raises(DataError, match="class directory ant holds no image files"):
+        load_data(f"folder:{tmp_path / 'd'}")
+
+
+def test_folder_holding_only_another_split_is_refused(tmp_path):
+    """Issue 25 item 8: a lone ``test/`` is not served for ``--split train``; a lone ``val/`` still is for test."""
+    from PIL import Image
+
+    (tmp_path / "test" / "cat").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "test" / "cat" / "a.png")
+    assert load_data(f"folder:{tmp_path}").name.endswith(":test")
+    with pytest.raises(DataError, match="holds only the split directory test/, not train"):
+        load_data(f"folder:{tmp_path}", split="train")
+    (tmp_path / "test").rename(tmp_path / "val")
+    assert load_data(f"folder:{tmp_path}").name.endswith(":val")
+
+
 def test_tensors_error_names_the_format_it_looks_like(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((1, 1, 2, 2)), y=np.zeros(1, int))
     (tmp_path / "d.mat").write_bytes(b"MATLAB 5.0 MAT-file" + bytes(200))
@@ -282,6 +360,33 @@ def test_hf_entries_naming_paths_or_urls_are_refused(tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"\x89PNG not parquet")
     with pytest.raises(DataError, match="as a parquet file .*PNG image: use --data folder:DIR"):
         load_data(f"hf:{tmp_path / 'x.parquet'}")
+
+
+def test_hf_undecodable_image_message_has_no_python_repr(tmp_path):
+    """Issue 24 case 14: ``cannot identify image file <_io.BytesIO object at 0x...>``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = _hf_dataset(n=2).data.table
+    junk = pa.array([{"bytes": b"not an image", "path": None}] * 2, type=table.schema.field("img").type)
+    pq.write_table(table.set_column(0, table.schema.field("img"), junk), tmp_path / "junk.parquet")
+    with pytest.raises(DataError, match="cannot identify image file") as caught:
+        load_data(f"hf:{tmp_path / 'junk.parquet'}")
+    assert " object at 0x" not in str(caught.value)
+
+
+def test_hf_parquet_that_expands_is_refused_while_decoding(tmp_path, monkeypatch):
+    """Issue 24 case 10: a few KB of one repeated value decoding to gigabytes (the footer claims little)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import flatcli.inputs.data.hf as hf
+
+    monkeypatch.setattr(hf, "MIN_DECODED_BYTES", 2**20)
+    images = pa.DictionaryArray.from_arrays(pa.array([0] * 2000, pa.int32()), pa.array([bytes(10_000)]))
+    pq.write_table(pa.table({"image": images, "label": pa.array([0] * 2000)}), tmp_path / "b.parquet")
+    with pytest.raises(DataError, match="decodes to more than 1 MiB"):
+        load_data(f"hf:{tmp_path / 'b.parquet'}")
 
 
 # ---------------------------------------------------------------------------------- folder: resize and crop

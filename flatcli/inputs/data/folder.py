@@ -1,8 +1,9 @@
 """``folder:DIR``: an ImageFolder tree ``DIR/<class>/<image>`` (``DIR/<split>`` when it exists), streamed.
 
 ``DIR/<split>`` is read when it exists; when ``DIR`` holds split directories only (``train``, ``val``,
-``valid``, ``validation``, ``test``) and just one of them (an ImageNet ``val/``), that one is read
-whatever ``--split`` says; several without the asked one are an error. Images are read from disk one at
+``valid``, ``validation``, ``test``) and just one of them (an ImageNet ``val/``), that one is read for an
+evaluation split (``val/`` for ``--split test``), never for another (a lone ``test/`` for ``--split
+train`` is an error); several without the asked one are an error. Images are read from disk one at
 a time, never all held in memory, resized and centre-cropped to the model's input
 (:class:`~flatcli.inputs.data.images.Preprocess`) and converted to float [0, 1] CHW as ``ToTensor`` does. Colour mode: ``L`` (1 channel) when the first image is greyscale, else ``RGB``;
 :func:`flatcli.inputs.data.check_compatible` switches the reader to the model's channel count
@@ -10,7 +11,9 @@ a time, never all held in memory, resized and centre-cropped to the model's inpu
 every class directory name is a non-negative integer the label *is* that integer (so ``2`` < ``10``).
 Without a size to crop to (no model input size, no ``--crop``) every image must have the size of the
 first one. The source index is the position in ``ImageFolder``
-order. Decompression bombs are refused, not read.
+order. Decompression bombs are refused, not read. A hidden directory among the classes
+(``.ipynb_checkpoints``) or a class directory without images is refused, naming it, never counted as a
+class that shifts the labels.
 
 The tree is walked by :func:`scan` rather than ``ImageFolder`` (whose ``os.walk(followlinks=True)``
 never ends on a link cycle): directory links are followed, but a directory reached a second time (a
@@ -43,6 +46,8 @@ MAX_CLASSES = 100_000
 
 #: The split directories a folder may hold, tried in this order when the asked split is missing.
 SPLIT_DIRECTORIES = ("train", "val", "valid", "validation", "test")
+#: Split directories that stand for one another: a lone ``val/`` is read for ``--split test``, never for ``train``.
+EVALUATION_SPLITS = frozenset({"val", "valid", "validation", "test"})
 
 
 class _Files:
@@ -94,7 +99,9 @@ def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
 
     Same order as ``torchvision.datasets.ImageFolder``: classes sorted, then per class every directory
     below it sorted by path and its files by name; files must have an image suffix
-    (``torchvision.datasets.folder.IMG_EXTENSIONS``) and be regular files.
+    (``torchvision.datasets.folder.IMG_EXTENSIONS``) and be regular files. Where ``ImageFolder`` would
+    number labels differently from what the folder means, it is refused naming the directory: a hidden
+    class directory (``.ipynb_checkpoints``, taken as a class) and a named class directory without images.
     """
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -106,6 +113,10 @@ def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
             classes = sorted(e.name for e in entries if e.is_dir())
     except OSError as exc:
         raise DataError(f"folder {root} cannot be read ({one_line(exc)})") from None
+    hidden = [c for c in classes if c.startswith(".")]
+    if hidden:
+        raise DataError(f"folder {root} holds the hidden directory {hidden[0]}, which ImageFolder takes as a class "
+                        "(shifting every label after it); remove or move it out of the folder")
     visited = {(top.st_dev, top.st_ino): root}
     samples: list[tuple[str, int]] = []
     for position, name in enumerate(classes):
@@ -138,6 +149,10 @@ def scan(root: str) -> tuple[list[str], list[tuple[str, int]]]:
             found.append((directory, sorted(files)))
         for directory, files in sorted(found):
             samples.extend((os.path.join(directory, f), position) for f in files)
+    empty = sorted(set(range(len(classes))) - {label for _, label in samples})
+    if empty and samples and not all(c.isdigit() for c in classes):  # a numbered class keeps its number
+        raise DataError(f"folder {root}: class directory {classes[empty[0]]} holds no image files, and ImageFolder "
+                        "refuses an empty class (it would take a label of its own); remove it or add its images")
     return classes, samples
 
 
@@ -188,7 +203,8 @@ def load_folder(dir_arg: str, split: str, num_classes: int | None = None,
 
 def split_directory(root: Path, split: str | None) -> str | None:
     """The split directory of ``root`` to read: ``split`` when it is there; else, when the class directories
-    are split directories and there is only one (``val/`` alone), that one; else ``None`` (``root`` is read)."""
+    are split directories and there is only one, that one if it stands for ``split`` (``val/`` alone for
+    ``test``; a lone ``test/`` is refused for ``train``); else ``None`` (``root`` is read)."""
     if split and (root / split).is_dir():
         return split
     try:
@@ -198,8 +214,11 @@ def split_directory(root: Path, split: str | None) -> str | None:
         raise DataError(f"folder {root} cannot be read ({one_line(exc)})") from None
     splits = [d for d in directories if d in SPLIT_DIRECTORIES]
     if splits and len(splits) == len(directories):
-        if len(splits) == 1:
+        if len(splits) == 1 and (split is None or {split, splits[0]} <= EVALUATION_SPLITS):
             return splits[0]
+        if len(splits) == 1:
+            raise DataError(f"folder {root} holds only the split directory {splits[0]}/, not {split}; "
+                            f"choose it with --split {splits[0]}")
         raise DataError(f"folder {root} has the split directories {', '.join(splits)} but no {split}; "
                         f"choose one with --split {splits[0]}")
     return None

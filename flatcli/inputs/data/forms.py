@@ -54,6 +54,7 @@ class DataForm:
     note: str = ""  # a remark the list of accepted forms adds in parentheses
     image_files: bool = False  # images of any size: the architecture's data config may size them
     columns: bool = False  # takes image_column / label_column
+    exact: bool = False  # pixels used as they are: resize, crop and interpolation are refused
 
     @property
     def usage(self) -> str:
@@ -87,7 +88,7 @@ def _folder(argument: str, request: DataRequest) -> DataSource:
 def _npz(argument: str, request: DataRequest) -> DataSource:
     from flatcli.inputs.data.npz import load_npz
 
-    return load_npz(argument)
+    return load_npz(argument, request.split)
 
 
 def _hf(argument: str, request: DataRequest) -> DataSource:
@@ -112,12 +113,12 @@ FORMS: dict[str, DataForm] = {
         DataForm("folder", "DIR", "an ImageFolder directory", _folder, completion="dir", argument="a directory",
                  image_files=True),
         DataForm("npz", "FILE", "numpy .npz with x (uint8 or float in [0, 1]; NCHW or NHWC) and y", _npz,
-                 completion="file", argument="a file"),
+                 completion="file", argument="a file", exact=True),
         DataForm("hf", "PATH", "a Hugging Face datasets save_to_disk folder, a .parquet file or a folder of them", _hf,
                  completion="file", argument="a path", note="save_to_disk folder or parquet", image_files=True,
                  columns=True),
         DataForm("tensors", "FILE", "safetensors with x, y (as attack --save-adv writes); tensors:- reads stdin",
-                 _tensors, completion="file", argument="a file", note="tensors:- reads stdin"),
+                 _tensors, completion="file", argument="a file", note="tensors:- reads stdin", exact=True),
     )
 }
 #: The form a run reads when neither the options nor the spec name one.

@@ -17,7 +17,8 @@ Images are decoded from the bytes stored in the data set by PIL (decompression b
 a time, then resized and centre-cropped like a ``folder:`` (never by ``datasets``' own decoding, which
 opens whatever path or URL an entry names: an entry without bytes is refused). Labels must be 0..K-1
 (``-1``, "no label", is refused). At most :data:`MAX_PARQUET_FILES` files and :data:`MAX_BYTES` of
-uncompressed parquet are read. The source index is the row number.
+uncompressed parquet are read, and each file is decoded in batches and refused once it holds more than
+:func:`decoded_bound` bytes (a small file of repeated values must not expand to gigabytes). The source index is the row number.
 """
 
 from __future__ import annotations
@@ -36,6 +37,12 @@ from flatcli.inputs.data.source import DataSource, one_line
 
 MAX_PARQUET_FILES = 10_000
 MAX_BYTES = 64 * 2**30
+#: A parquet file decodes to at most this many times its size (or :data:`MIN_DECODED_BYTES`)...
+DECODED_PER_BYTE = 64
+#: ... which small files may always reach.
+MIN_DECODED_BYTES = 256 * 2**20
+#: Rows decoded at a time, so the bound is checked before a file's expansion is held in memory.
+BATCH_ROWS = 256
 _MARKERS = ("dataset_dict.json", "state.json")
 
 
@@ -159,7 +166,7 @@ def _parquet(path: Path, path_arg: str, split: str):
             total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
             if total > MAX_BYTES:
                 raise DataError(f"{name}: the parquet files hold more than {MAX_BYTES // 2**30} GiB uncompressed")
-            tables.append(handle.read())
+            tables.append(_read_bounded(handle, file, name))
         except DataError:
             raise
         except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, ...
@@ -171,6 +178,33 @@ def _parquet(path: Path, path_arg: str, split: str):
     except Exception as exc:
         raise DataError(f"{name}: the parquet files do not hold one table of datasets features ({one_line(exc)})") from exc
     return table, features, name
+
+
+def decoded_bound(size: int) -> int:
+    """The most bytes a parquet file of ``size`` bytes may decode to: :data:`DECODED_PER_BYTE` times its size, at
+    least :data:`MIN_DECODED_BYTES`, at most :data:`MAX_BYTES` (images are stored encoded, so real files decode
+    to about their size; dictionary or run-length pages of one repeated value can claim any size)."""
+    return min(MAX_BYTES, max(MIN_DECODED_BYTES, DECODED_PER_BYTE * size))
+
+
+def _read_bounded(handle, file: Path, name: str):
+    """The table of one parquet file, decoded in batches of :data:`BATCH_ROWS` rows and refused as soon as it
+    holds more than :func:`decoded_bound` bytes (the footer's sizes are the writer's word, not a bound)."""
+    import pyarrow as pa
+
+    bound, total, batches = decoded_bound(file.stat().st_size), 0, []
+    for batch in handle.iter_batches(batch_size=BATCH_ROWS):
+        batch = pa.RecordBatch.from_arrays(  # dictionary columns decoded: their size as they are used
+            [c.dictionary_decode() if pa.types.is_dictionary(c.type) else c for c in batch.columns],
+            names=batch.schema.names)
+        total += batch.nbytes
+        if total > bound:
+            raise DataError(f"{name}: {file.name} decodes to more than {bound // 2**20} MiB from "
+                            f"{file.stat().st_size} bytes (repeated values that expand); refusing to read it")
+        batches.append(batch)
+    if not batches:
+        return handle.read()  # no rows: the schema alone
+    return pa.Table.from_batches(batches).replace_schema_metadata(handle.schema_arrow.metadata)
 
 
 def _in_split(relative: Path, split: str) -> bool:

@@ -8,6 +8,7 @@ that cannot feed the model. The sources behind ``--data`` are in the sibling mod
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
@@ -15,7 +16,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from flatcli.errors import DataError, UsageError
+from flatcli.errors import DataError, OptionError, UsageError
 
 
 @dataclass(eq=False)
@@ -24,7 +25,9 @@ class DataSource(Dataset):
 
     ``x`` is set for in-memory sources (float32, (N, C, H, W)); streamed sources leave it ``None``
     and read images through a private reader. ``y`` (int64 labels) and ``index`` (int64 source
-    indices) are always in memory.
+    indices) are always in memory. The reader is asked for rows by position in what it holds: ``rows``,
+    which is ``index`` unless set (a file's own ``index`` column is metadata carried to the rows, never a
+    key to look images up by).
     """
 
     name: str
@@ -38,6 +41,7 @@ class DataSource(Dataset):
     metadata: dict[str, str] = field(default_factory=dict)
     preprocess: Any = None  # the images.Preprocess its images are read through (None: at their own size)
     _reader: Any = field(default=None, repr=False)
+    _rows: Tensor | None = field(default=None, repr=False)  # positions in the reader (None: ``index``)
 
     def __post_init__(self) -> None:
         self.input_shape = tuple(int(s) for s in self.input_shape)  # type: ignore[assignment]
@@ -53,6 +57,11 @@ class DataSource(Dataset):
         """True when ``x`` holds every image (batches are plain tensor slices)."""
         return self.x is not None
 
+    @property
+    def rows(self) -> Tensor:
+        """The reader's position of every sample (``index`` unless the source set its own)."""
+        return self.index if self._rows is None else self._rows
+
     def __len__(self) -> int:
         return int(self.y.shape[0])
 
@@ -60,7 +69,7 @@ class DataSource(Dataset):
         if self.x is not None:
             image = self.x[i].clone()
         else:
-            image = self._reader(int(self.index[i]))
+            image = self._reader(int(self.rows[i]))
         return image, int(self.y[i]), int(self.index[i])
 
     def subset(self, start: int, stop: int | None = None) -> "DataSource":
@@ -78,6 +87,7 @@ class DataSource(Dataset):
             metadata=dict(self.metadata),
             preprocess=self.preprocess,
             _reader=self._reader,
+            _rows=None if self._rows is None else self._rows[rows],
         )
 
 
@@ -147,7 +157,7 @@ def batches(
             if data.x is not None:
                 x = data.x[start:stop].to(device, dtype=torch.float32, copy=True)
             else:
-                x = data._reader.batch(data.index[start:stop], device)
+                x = data._reader.batch(data.rows[start:stop], device)
             y = data.y[start:stop].to(device, copy=True)
             index = data.index[start:stop].to(device, copy=True)
             yield x, y, index
@@ -177,9 +187,23 @@ def batches(
         )
 
 
+#: Python's default repr of an object (``<_io.BytesIO object at 0x7f...>``): never part of a message.
+_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
+
+
 def one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
+    """A library's error as one line, without Python reprs (PIL names in-memory images by their object)."""
+    text = _REPR.sub("", " ".join(str(exc).split()))
     return text or type(exc).__name__
+
+
+def refuse_resizing(form, **given) -> None:
+    """Refuse image-reading options (``resize``, ``crop``, ``interpolation``) given for a data ``form`` whose pixels
+    are exact (``tensors:``, ``npz:``), instead of ignoring them silently."""
+    named = [option for option, value in given.items() if value is not None]
+    if form.exact and named:
+        raise OptionError(named[0], f"{{}} resizes images read from files; {form.name}: holds exact pixels, used as "
+                                    "they are: drop it, or resize them before saving")
 
 
 def worker_message(text: str) -> str:

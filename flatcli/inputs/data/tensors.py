@@ -1,6 +1,7 @@
 """``tensors:FILE``: safetensors with ``x`` (float NCHW in [0, 1]), ``y`` (int64) and optionally ``index``.
 
-The format ``attack --save-adv`` writes (:func:`save_tensors`). ``-`` reads the file's bytes from stdin.
+The format ``attack --save-adv`` writes (:func:`save_tensors`). ``-`` reads the file's bytes from stdin, no
+further than its header says the tensors end (:func:`read_stdin`).
 Half, bfloat16 and double images are converted to float32; the split is ignored (every row is used).
 :func:`from_tensors` checks tensors handed over in memory (the Python API) the same way.
 """
@@ -20,6 +21,11 @@ from flatcli.inputs.data.formats import ACCEPTED_FORMS, looks_like
 from flatcli.inputs.data.source import DataSource, dtype_name, fmt_shape, one_line
 from flatcli.outputs.plan import output_path
 
+#: The largest safetensors header read from stdin (as for a checkpoint).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+#: The most tensor bytes ``tensors:-`` reads from stdin (a file has a size; a pipe only what it declares).
+MAX_STDIN_BYTES = 16 * 2**30
+
 
 def load_tensors(file_arg: str) -> DataSource:
     from safetensors.torch import load as safetensors_from_bytes, load_file
@@ -27,12 +33,7 @@ def load_tensors(file_arg: str) -> DataSource:
     name = f"tensors:{file_arg}"
     try:
         if file_arg == "-":
-            stream = getattr(sys.stdin, "buffer", sys.stdin)
-            blob = stream.read()
-            if isinstance(blob, str):
-                blob = blob.encode("latin-1")
-            if not blob:
-                raise DataError("tensors:- read nothing from stdin; pipe a safetensors file into it")
+            blob = read_stdin()
             tensors = safetensors_from_bytes(blob)
             metadata = _header_metadata(blob)
         else:
@@ -56,6 +57,45 @@ def load_tensors(file_arg: str) -> DataSource:
         if key not in tensors:
             raise DataError(f"{name} has no tensor {key!r} (it holds {keys}); expected x (float NCHW in [0, 1]) and y")
     return from_tensors(tensors["x"], tensors["y"], tensors.get("index"), name=name, metadata=metadata)
+
+
+def _read_exactly(stream, size: int) -> bytes:
+    """``size`` bytes of ``stream`` (fewer only at its end), read in blocks."""
+    parts, left = [], size
+    while left > 0:
+        part = stream.read(min(left, 1 << 24))
+        if isinstance(part, str):
+            part = part.encode("latin-1")
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def read_stdin() -> bytes:
+    """The safetensors file piped into stdin, read no further than its header says it ends: the header's
+    length first (at most :data:`MAX_HEADER_BYTES`), then the header, then the tensors' bytes (at most
+    :data:`MAX_STDIN_BYTES`), so an endless or lying stream (``</dev/zero``) is refused after a few bytes."""
+    stream = getattr(sys.stdin, "buffer", sys.stdin)
+    head = _read_exactly(stream, 8)
+    if not head:
+        raise DataError("tensors:- read nothing from stdin; pipe a safetensors file into it")
+    size = int.from_bytes(head, "little") if len(head) == 8 else 0
+    if not 2 <= size <= MAX_HEADER_BYTES:
+        raise DataError(f"stdin is not a safetensors file (its header claims {size} bytes); pipe a safetensors file "
+                        "into tensors:-")
+    header = _read_exactly(stream, size)
+    try:
+        entries = json.loads(header)
+        end = max((int(e["data_offsets"][1]) for k, e in entries.items() if k != "__metadata__"), default=0)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError):
+        raise DataError("stdin is not a safetensors file (its header is not a JSON table of tensors); pipe a "
+                        "safetensors file into tensors:-") from None
+    if end > MAX_STDIN_BYTES:
+        raise DataError(f"stdin declares {end / 2**30:.1f} GiB of tensors; at most {MAX_STDIN_BYTES // 2**30} GiB "
+                        "are read from a pipe: save it to a file and pass --data tensors:FILE")
+    return head + header + _read_exactly(stream, end)
 
 
 def from_tensors(x, y, index=None, *, name: str = "tensors", metadata: dict[str, str] | None = None) -> DataSource:
