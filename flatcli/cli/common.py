@@ -22,8 +22,7 @@ def call(command: str, checkpoint: list[str] | None, checkpoints, output, render
     from flatcli import api
     from flatcli.options import DataOptions
 
-    files = {k: v for k, v in keywords.items() if k in ("trajectory", "save_adv", "save", "plot") and v is not None}
-    check_outputs(output=output.output, **files)
+    check_outputs(output=output.output)  # the command's other files: the library checks them before any work
     data = next((g.data for g in groups if isinstance(g, DataOptions)), None)
     function = getattr(api, command.replace("-", "_"))
     with writer(output, command=command, render_table=render_table) as out:

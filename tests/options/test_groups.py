@@ -119,4 +119,5 @@ def test_the_counting_script_runs():
     out = subprocess.run([sys.executable, "scripts/option_counts.py"], capture_output=True, text=True, check=True,
                          cwd=ROOT)
     counts = {line.split()[1]: int(line.split()[0]) for line in out.stdout.splitlines()}
-    assert counts["trust_embedded_code"] <= 4 and counts["fail_fast"] <= 4
+    assert {"takeoff", "image_column", "search_width", "fail_fast"} <= set(counts)
+    assert counts["fail_fast"] <= 4 and counts["search_width"] <= 4

@@ -40,7 +40,7 @@ def test_parse_scales():
 def test_settings_reject_bad_values():
     with pytest.raises(UsageError, match="takeoff"):
         SweepSettings(takeoff=0)
-    with pytest.raises(UsageError, match="weight-norm"):
+    with pytest.raises(UsageError, match="weight_norm="):
         SweepSettings(weight_norm="cubed")
 
 
