@@ -18,11 +18,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import importlib  # noqa: E402
+import pkgutil  # noqa: E402
+
 from flatcli import options  # noqa: E402 - after the path
 
-GROUPS = [getattr(options, name) for name in options.__all__
-          if isinstance(getattr(options, name), type) and issubclass(getattr(options, name), options.Group)
-          and getattr(options, name) is not options.Group]
+#: Every option group of every module of flatcli/options/ (the shared groups and those of single commands).
+GROUPS = sorted({value for module in pkgutil.iter_modules(options.__path__)
+                 for value in vars(importlib.import_module(f"flatcli.options.{module.name}")).values()
+                 if isinstance(value, type) and issubclass(value, options.Group) and value is not options.Group},
+                key=lambda group: group.__name__)
 
 
 def counts() -> dict[str, list[str]]:
