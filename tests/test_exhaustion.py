@@ -91,7 +91,7 @@ def cases(d) -> dict[str, tuple[list[str], str]]:
     """case: (arguments, what the one error line must say: the refusal, not a failed allocation)."""
     attack = ["attack", EXAMPLE, "--limit", "4"]
     return {
-        "arch_kwargs width 6000": (["inspect", str(d / "wide.safetensors")], "does not fit the model"),
+        "arch_kwargs width 6000": (["sharpness", str(d / "wide.safetensors"), "--limit", "4"], "does not fit the model"),
         "num_classes 10^8": (["sharpness", str(d / "classes.safetensors"), "--limit", "4"], "does not fit the model"),
         "folder class named 100000000": (["sharpness", EXAMPLE, "--data", f"folder:{d / 'big_class'}"],
                                          "class directory named 100000000"),

@@ -228,7 +228,7 @@ CASES: dict[str, tuple[list[str], list[str]]] = {
     "float16 weights overflow to inf": (["detect", "{f16_inf}"], ["nan or inf"]),
     "bfloat16 NaN bias": (["bound", "{bf16_nan}", "--epsilon", "0.1"], ["nan or inf"]),
     "head weight of absurd rank": (["sweep-scale", "{absurd_head}"], ["fc.weight"]),
-    "head weight a scalar": (["inspect", "{scalar_head}"], ["fc.weight"]),
+    "head weight a scalar": (["sharpness", "{scalar_head}"], ["fc.weight"]),
     "metadata only, no tensors": (["attack", "{no_tensors_meta_only}", *ATTACK], ["no tensors"]),
     # embedded spec
     "embedded spec a json list": (["attack", "{meta_json_list}", *ATTACK], ["mapping"]),

@@ -432,7 +432,7 @@ class Untraceable(nn.Module):
 
 def test_unsupported_operations_raise_usage_error_naming_them():
     model = Classifier(WithSE(), [0.0] * 3, [1.0] * 3)
-    with pytest.raises(UsageError, match=r"through layer3\.0\.se \(SqueezeExcite\).*--lipschitz"):
+    with pytest.raises(UsageError, match=r"through layer3\.0\.se \(SqueezeExcite\).*lipschitz option"):
         upper_bound(model, "fc", (3, 4, 4))
     model = Classifier(WithNorm(), [0.0] * 3, [1.0] * 3)
     with pytest.raises(UsageError, match=r"through norm \(LayerNorm\): unsupported module; give the Lipschitz constant of phi as a number"):
