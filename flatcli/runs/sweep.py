@@ -56,6 +56,7 @@ from flatcli.options.sweep import DEFAULT_SCALES, SweepOptions
 from flatcli.models.head import HeadSplit
 from flatcli.runs.result import OnRows, Result, Rows
 from flatcli.runs.sanity import checked
+from flatcli.runtime import interrupts
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
 
@@ -427,6 +428,7 @@ def _attack_batch(split: HeadSplit, atk: PGD, x, y, evaluated, heads, settings: 
             for key, attack in attacks.items():
                 if attack is None:
                     continue
+                interrupts.check()  # a signal stops the batch between attacks; --resume recomputes it whole
                 res = attack.run(scaled, x, y, generator=batch_generator(seed, number))
                 if key == "robust":
                     zero_grad.append(res.zero_grad.cpu() if res.zero_grad is not None
