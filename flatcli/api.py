@@ -148,7 +148,7 @@ def device_for(device: str | torch.device) -> torch.device:
 
 
 def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, *, role: str = "data",
-          reading: dict | None = None) -> DataSource:
+          reading: dict | None = None, first: bool = False) -> DataSource:
     """``data`` as a checked :class:`DataSource` (see the module docstring for the accepted forms); the file or
     directory a ``--data`` string names is an input of the run under ``role`` (``data``, ``fit_data``).
     ``reading`` holds :meth:`DataOptions.reading` (resize, crop, interpolation, columns)."""
@@ -168,9 +168,9 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
         preprocess = resolve_preprocessing(reading, loaded.spec, pretrained)
         columns = (reading.get("image_column"), reading.get("label_column"))
         ds = many.shared(  # read once for many checkpoints: keyed by everything that shapes the tensors
-            ("data", role, data, split, limit, loaded.num_classes, preprocess, columns),
+            ("data", role, data, split, limit, first, loaded.num_classes, preprocess, columns),
             lambda: load_data(data, split or "test", limit, num_classes=loaded.num_classes, preprocess=preprocess,
-                              image_column=columns[0], label_column=columns[1]))
+                              image_column=columns[0], label_column=columns[1], first=first))
     else:
         given = [k for k, v in (reading or {}).items() if v is not None]
         if given:
@@ -194,7 +194,7 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
             raise UsageError(f"data must be (x, y) tensors, a Dataset, a DataLoader or a --data string, "
                              f"got {type(data).__name__}")
         if limit is not None:
-            ds = ds.subset(0, limit)
+            ds = ds.limited(limit, first=first)
         if len(ds) == 0:
             raise DataError(f"data source {ds.name} holds no samples")
     check_compatible(ds, loaded.spec.input_shape, loaded.num_classes)
@@ -212,7 +212,7 @@ def _context(model, data, chosen: Chosen, *, resume=None, layer=None, progress: 
         options = dataclasses.replace(options, layer=layer)
     loaded = _load(model, options, dev, speed.channels_last)
     many.track(loaded)  # released before the next checkpoint of a many-checkpoint call
-    ds = _data(data, loaded, reading.split, reading.limit, reading=reading.reading())
+    ds = _data(data, loaded, reading.split, reading.limit, reading=reading.reading(), first=reading.first)
     return RunContext(loaded=loaded, data=ds, device=dev, dist=from_environment(dev), batch_size=reading.batch_size,
                       seed=run.seed, split=reading.split, limit=reading.limit, resume=resume, progress=progress,
                       strict=run.strict)

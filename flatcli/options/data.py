@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flatcli.inputs.data.forms import data_help
-from flatcli.options.base import Group, choice, integer, text
+from flatcli.options.base import Group, choice, integer, switch, text
 
 #: Resizing filters of ``interpolation`` (torchvision's InterpolationMode by name).
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
@@ -20,7 +20,10 @@ class DataOptions(Group):
 
     data: str | None = text(None, data_help, completion="data")
     split: str = text("test", "Data split: train, test or all (digits).", completion="split")
-    limit: int | None = integer(None, "Use only the first N samples of the split.", minimum=0)
+    limit: int | None = integer(None, "Use only N samples of the split: the first N, or from a source sorted by class "
+                                "(a folder of class directories) N taken class by class in turn.", minimum=0)
+    first: bool = switch(False, "With --limit: the first N samples in the source's order, even from a source "
+                         "sorted by class.")
     batch_size: int = integer(256, "Samples per batch; memory is bounded by it.", minimum=1)
     resize: int | None = integer(None, "Resize each image's shorter side to N pixels before the centre crop (default: "
                                  "spec, else just covering the crop).", metavar="N", minimum=1)

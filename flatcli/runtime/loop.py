@@ -106,6 +106,7 @@ class RunContext:
             "preprocess": None if self.data.preprocess is None else self.data.preprocess.describe(),
             "split": self.split,
             "limit": self.limit,
+            **({"limit_order": self.data.metadata["limit_order"]} if "limit_order" in self.data.metadata else {}),
             "batch_size": self.batch_size,
             "device": str(self.device),
             "seed": self.seed,

@@ -446,3 +446,24 @@ def test_folder_with_several_splits_and_none_asked(tmp_path):
         load_data(f"folder:{tmp_path}", "test")
     assert load_data(f"folder:{tmp_path}", "val").name.endswith(":val")
     check_compatible(load_data(f"folder:{tmp_path}", "train"), (3, 8, 8), 2)
+
+
+def test_limit_on_a_class_sorted_folder_covers_every_class(tmp_path):
+    """Issue 25 item 5: ``--limit`` on class directories draws class by class (``--first``: today's first N)."""
+    from PIL import Image
+
+    for cls, n in (("a", 5), ("b", 5), ("c", 2)):
+        (tmp_path / "d" / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (4, 4), (i * 40, 0, 0)).save(tmp_path / "d" / cls / f"{i}.png")
+    balanced = load_data(f"folder:{tmp_path / 'd'}", limit=7)
+    assert balanced.y.tolist() == [0, 0, 0, 1, 1, 2, 2]  # round-robin: a0 b0 c0 a1 b1 c1 a2
+    assert set(balanced.y.tolist()) == {0, 1, 2} and balanced.metadata["limit_order"] == "balanced"
+    assert balanced.index.tolist() == sorted(balanced.index.tolist())  # kept in the folder's order
+    whole = load_data(f"folder:{tmp_path / 'd'}")
+    for i, sample in zip(balanced.index.tolist(), range(len(balanced))):
+        assert torch.equal(balanced[sample][0], whole[i][0])  # each image is the one its index names
+    first = load_data(f"folder:{tmp_path / 'd'}", limit=7, first=True)
+    assert first.y.tolist() == [0] * 5 + [1] * 2 and "limit_order" not in first.metadata
+    mixed = load_data("digits", limit=30)  # not sorted by class: the first N, as before
+    assert mixed.index.tolist() == load_data("digits").index[:30].tolist() and "limit_order" not in mixed.metadata

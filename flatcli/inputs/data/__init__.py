@@ -43,10 +43,11 @@ def __getattr__(name: str):
 
 def load_data(source: str, split: str = "test", limit: int | None = None, num_classes: int | None = None, *,
               preprocess: Preprocess | None = None, image_column: str | None = None,
-              label_column: str | None = None) -> DataSource:
+              label_column: str | None = None, first: bool = False) -> DataSource:
     """Open the data source named by a ``--data`` string (see the module docstring); ``num_classes`` (the
     model's) bounds the class directories a ``folder:`` may have; ``image_column``/``label_column`` pick
-    the columns of an ``hf:`` source."""
+    the columns of an ``hf:`` source; ``limit`` samples of a class-sorted source are drawn class by class
+    unless ``first`` (:meth:`DataSource.limited`)."""
     if limit is not None and limit < 0:
         raise OptionError("limit", f"{{}} must be 0 or more, got {limit}")
     form, argument = parse(source)
@@ -56,7 +57,7 @@ def load_data(source: str, split: str = "test", limit: int | None = None, num_cl
                           + " has no columns: drop it")
     data = form.load(argument, DataRequest(split or "test", num_classes, preprocess, image_column, label_column))
     if limit is not None:
-        data = data.subset(0, limit)
+        data = data.limited(limit, first=first)
     if len(data) == 0:
         why = f" (after --limit {limit})" if limit == 0 else ""
         raise DataError(f"data source {data.name} holds no samples{why}")

@@ -73,8 +73,11 @@ class DataSource(Dataset):
         return image, int(self.y[i]), int(self.index[i])
 
     def subset(self, start: int, stop: int | None = None) -> "DataSource":
-        """Rows ``start:stop`` (in order) as a new source, e.g. for ``--limit`` or one rank's shard."""
-        rows = slice(start, stop)
+        """Rows ``start:stop`` (in order) as a new source, e.g. for one rank's shard."""
+        return self.take(slice(start, stop))
+
+    def take(self, rows: slice | Tensor) -> "DataSource":
+        """The samples at ``rows`` (a slice, or positions in this source) as a new source."""
         return DataSource(
             name=self.name,
             input_shape=self.input_shape,
@@ -89,6 +92,24 @@ class DataSource(Dataset):
             _reader=self._reader,
             _rows=None if self._rows is None else self._rows[rows],
         )
+
+    def limited(self, limit: int, *, first: bool = False) -> "DataSource":
+        """``limit`` samples: the first ones, unless the source is sorted by class (a ``folder:`` of class
+        directories, say), whose first ``limit`` samples would hold its first classes only. Then, unless
+        ``first``, the samples are taken class by class in turn, each class's in its own order (round-robin:
+        every class gets ``limit // k`` or one more, as far as it has them), kept in the source's order, and
+        ``metadata["limit_order"]`` says ``balanced``. Deterministic: the same samples on every run."""
+        y = self.y
+        sorted_by_class = len(y) > limit and bool((y[1:] >= y[:-1]).all()) and int(y[0]) != int(y[-1])
+        if first or not sorted_by_class:
+            return self.subset(0, limit)
+        starts = torch.searchsorted(y, y, right=False)  # first position of each sample's class
+        rank = torch.arange(len(y)) - starts  # position within its class
+        order = torch.argsort(rank * (int(y.max()) + 1) + y, stable=True)  # rank 0 of every class, then rank 1, ...
+        picked = torch.sort(order[:limit]).values
+        out = self.take(picked)
+        out.metadata["limit_order"] = "balanced"
+        return out
 
 
 def check_compatible(data: DataSource, input_shape: tuple | None, num_classes: int | None) -> None:
