@@ -8,6 +8,19 @@ from typer.testing import CliRunner
 
 from flatcli.cli import app
 
+
+def load_generate_docs():
+    """``scripts/generate_docs.py`` as a module (the docs and shell tests read what it generates)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "generate_docs.py"
+    spec = importlib.util.spec_from_file_location("generate_docs", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
 EXAMPLE = "example:digits-cnn"
 
 #: torchrun as torch ships it (``torch.distributed.run``): always there when torch is, so no test skips it.

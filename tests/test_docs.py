@@ -27,6 +27,7 @@ import yaml
 from typer.core import TyperCommand, TyperGroup
 
 from flatcli.cli import app
+from tests.conftest import load_generate_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -37,15 +38,7 @@ SHELL_BREAKS = ("|", "||", "&&", ";", "<", ">", "2>", "&")
 EXAMPLE_FILE = importlib.resources.files("flatcli.examples") / "digits-cnn.safetensors"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate_docs", ROOT / "scripts" / "generate_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _generator()
+gen = load_generate_docs()
 ROOT_COMMAND = typer.main.get_command(app)
 
 

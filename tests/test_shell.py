@@ -7,7 +7,6 @@ The completion and pipeline tests run the real ``flatrob`` executable beside thi
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -24,21 +23,14 @@ from typer.testing import CliRunner
 
 from flatcli.cli import app, complete
 from flatcli.outputs.writer import ResultWriter
+from tests.conftest import load_generate_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 REGENERATE = "python scripts/generate_docs.py"
 
 
-def _generator():
-    spec = importlib.util.spec_from_file_location("generate_docs", ROOT / "scripts" / "generate_docs.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-gen = _generator()
+gen = load_generate_docs()
 
 
 def _env(**extra: str) -> dict[str, str]:
