@@ -48,6 +48,7 @@ from typing import Any, Callable
 from flatcli.errors import CheckpointFailed, FlatrobError, Interrupted, UsageError
 from flatcli.inputs.text import read_text
 from flatcli.outputs.plan import check_outputs, output_plan, plan_inputs
+from flatcli.runtime.resume import refusal
 from flatcli.outputs.writer import document, jsonable
 from flatcli.runs.result import OnRows, Result
 
@@ -141,12 +142,12 @@ def resume_parent(resume: str) -> None:
         other = sorted(e.name for e in top.iterdir() if not (_STORE.fullmatch(e.name) and e.is_dir()
                                                             and not e.is_symlink()))
         if other:
-            raise UsageError(f"--resume {resume} holds {other[0]}, which is not a checkpoint's store (<sha256[:16]>/): "
+            raise refusal(resume, f" holds {other[0]}, which is not a checkpoint's store (<sha256[:16]>/): "
                              "it is not a flatrob resume directory; name a new or empty directory")
     elif top.exists() or top.is_symlink():
-        raise UsageError(f"--resume {resume} is a file; name a directory (it is created if missing)")
+        raise refusal(resume, " is a file; name a directory (it is created if missing)")
     elif not top.parent.is_dir():
-        raise UsageError(f"--resume {resume}: directory {top.parent} does not exist; create it first")
+        raise refusal(resume, f": directory {top.parent} does not exist; create it first")
     else:
         top.mkdir()
 

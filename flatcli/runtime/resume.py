@@ -42,7 +42,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from flatcli.errors import UsageError
+from flatcli.errors import OptionError
 from flatcli.inputs.text import size_text
 from flatcli.outputs.files import temporary_beside, write_errors
 from flatcli.outputs.plan import check_output_directory
@@ -59,6 +59,11 @@ _CHECKSUM_LINE = re.compile(r"([0-9a-f]{64})  (batch-\d{6}\.safetensors)")
 #: The batch-file metadata key holding the sha256 of the batch's images as read.
 INPUTS_KEY = "flatrob.inputs_sha256"
 
+
+
+def refusal(directory, problem: str) -> OptionError:
+    """The error ``resume DIR<problem>``, naming the option (the directory and problem are shown as they are)."""
+    return OptionError("resume", "{}" + f" {directory}{problem}".replace("{", "{{").replace("}", "}}"))
 
 def inputs_digest(x) -> str:
     """The sha256 of a batch of images as read (float32, on the CPU, in order): what a stored batch was
@@ -77,7 +82,7 @@ def _open_own(directory: Path, path: Path, flags: int = os.O_RDONLY) -> int | No
         return None
     except OSError as exc:
         if not os.path.islink(path):
-            raise UsageError(f"--resume {directory}: cannot open {path.name}: {exc.strerror}") from None
+            raise refusal(directory, f": cannot open {path.name}: {exc.strerror}") from None
         fd = None
     st = os.fstat(fd) if fd is not None else None
     if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
@@ -85,7 +90,7 @@ def _open_own(directory: Path, path: Path, flags: int = os.O_RDONLY) -> int | No
             os.close(fd)
         what = "a symbolic link" if st is None else "a second name of another file (a hard link)" \
             if stat.S_ISREG(st.st_mode) else "not a regular file"
-        raise UsageError(f"--resume {directory}: {path.name} is {what}; a resume directory holds only files flatrob "
+        raise refusal(directory, f": {path.name} is {what}; a resume directory holds only files flatrob "
                          "wrote there, so it is never followed: remove it, or name another directory")
     os.set_blocking(fd, True)
     return fd
@@ -99,7 +104,7 @@ def _read_own(directory: Path, path: Path, limit: int | None = None) -> bytes | 
     with os.fdopen(fd, "rb") as handle:
         blob = handle.read() if limit is None else handle.read(limit + 1)
     if limit is not None and len(blob) > limit:
-        raise UsageError(f"--resume {directory}: {path.name} is larger than the {size_text(limit)} it may have; "
+        raise refusal(directory, f": {path.name} is larger than the {size_text(limit)} it may have; "
                          "remove the directory to start over")
     return blob
 
@@ -176,19 +181,19 @@ class ResumeStore:
         d = self.dir
         check_output_directory("resume", d)
         if d.exists() and not d.is_dir():
-            raise UsageError(f"--resume {d} is a file; name a directory (it is created if missing)")
+            raise refusal(d, " is a file; name a directory (it is created if missing)")
         if not d.exists():
             if not d.parent.is_dir():
-                raise UsageError(f"--resume {d}: directory {d.parent} does not exist; create it first")
+                raise refusal(d, f": directory {d.parent} does not exist; create it first")
             try:
                 d.mkdir()
             except OSError as e:
-                raise UsageError(f"--resume {d}: cannot create the directory: {e.strerror}") from None
+                raise refusal(d, f": cannot create the directory: {e.strerror}") from None
         manifest = d / MANIFEST
         if not manifest.exists() and not manifest.is_symlink():
             if any(d.iterdir()):
-                raise UsageError(
-                    f"--resume {d} is not empty and holds no {MANIFEST}: it is not a flatrob resume directory; "
+                raise refusal(
+                    d, f" is not empty and holds no {MANIFEST}: it is not a flatrob resume directory; "
                     "name a new or empty directory"
                 )
             doc = {"kind": KIND, "version": VERSION, "command": self.command, "settings": self.settings}
@@ -198,19 +203,19 @@ class ResumeStore:
         try:
             doc = json.loads(blob.decode("utf-8"))
         except (ValueError, RecursionError):
-            raise UsageError(f"--resume {d}: {MANIFEST} is unreadable; remove the directory to start over") from None
+            raise refusal(d, f": {MANIFEST} is unreadable; remove the directory to start over") from None
         if not isinstance(doc, dict) or doc.get("kind") != KIND or not isinstance(doc.get("settings"), dict):
-            raise UsageError(f"--resume {d}: {MANIFEST} is not a flatrob resume manifest; name another directory")
+            raise refusal(d, f": {MANIFEST} is not a flatrob resume manifest; name another directory")
         if doc.get("command") != self.command:
-            raise UsageError(
-                f"--resume {d} holds batches of `flatrob {doc.get('command')}`, not `flatrob {self.command}`; "
+            raise refusal(
+                d, f" holds batches of `flatrob {doc.get('command')}`, not `flatrob {self.command}`; "
                 "name another directory"
             )
         old = doc["settings"]
         for key in [*self.settings, *(k for k in old if k not in self.settings)]:
             if old.get(key) != self.settings.get(key):
-                raise UsageError(
-                    f"--resume {d} was made with different settings: {key} was {_show(old.get(key))}, "
+                raise refusal(
+                    d, f" was made with different settings: {key} was {_show(old.get(key))}, "
                     f"this run has {_show(self.settings.get(key))}; rerun with the same settings or name another directory"
                 )
         self.checksums = self._read_checksums()
@@ -253,13 +258,13 @@ class ResumeStore:
                                 list(layout.get("arrays", [])), self.factories)
             saved = torch.as_tensor(self.index_of(result))
         except Exception as exc:  # noqa: BLE001 - whatever a forged file makes the readers raise
-            raise UsageError(
-                f"--resume {self.dir}: {path.name} has its recorded checksum but is not a batch flatrob wrote "
+            raise refusal(
+                self.dir, f": {path.name} has its recorded checksum but is not a batch flatrob wrote "
                 f"({type(exc).__name__}: {' '.join(str(exc).split())[:80]}); remove the directory to start over"
             ) from None
         if not isinstance(saved, torch.Tensor) or not torch.equal(saved.cpu(), index.detach().cpu()):
-            raise UsageError(
-                f"--resume {self.dir}: {path.name} holds other samples than batch {number} of this run; "
+            raise refusal(
+                self.dir, f": {path.name} holds other samples than batch {number} of this run; "
                 "remove the directory to start over"
             )
         self.reused += 1
