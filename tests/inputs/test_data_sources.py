@@ -435,7 +435,7 @@ def test_folder_default_preprocessing_and_without_a_size(tmp_path):
     assert wide.size_for(40, 30) == [40, 30] and wide.size_for(20, 20) == [30, 30]
     with pytest.raises(UsageError, match="smaller than the crop"):
         preprocessing((3, 224, 224), resize=200)
-    with pytest.raises(UsageError, match="--interpolation must be one of"):
+    with pytest.raises(UsageError, match="interpolation= must be one of"):
         preprocessing((3, 8, 8), interpolation="lanczos")
 
 

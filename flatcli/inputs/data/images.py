@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flatcli.errors import DataError, UsageError
+from flatcli.errors import DataError, OptionError, UsageError
 from flatcli.inputs.data.source import fmt_shape, one_line
 from flatcli.inputs.spec import INTERPOLATIONS, MAX_SIDE
 
@@ -75,11 +75,12 @@ def preprocessing(input_shape: tuple | None, resize: int | None = None, crop: in
     """The :class:`Preprocess` of a run: ``crop`` (else the model's input H, W), ``resize``, ``interpolation``
     (default bilinear); ``None`` when neither a crop nor the model's input size is known (images are then
     read at their own size, which must be the same for all)."""
-    for name, side in (("--resize", resize), ("--crop", crop)):
+    for name, side in (("resize", resize), ("crop", crop)):
         if side is not None and (isinstance(side, bool) or not isinstance(side, int) or not 1 <= side <= MAX_SIDE):
-            raise UsageError(f"{name} must be a side in pixels from 1 to {MAX_SIDE}, got {side!r}")
+            raise OptionError(name, f"{{}} must be a side in pixels from 1 to {MAX_SIDE}, got {side!r}")
     if interpolation is not None and interpolation not in INTERPOLATIONS:
-        raise UsageError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)}, got {interpolation!r}")
+        raise OptionError("interpolation", f"{{}} must be one of {', '.join(INTERPOLATIONS)}, got "
+                          + repr(interpolation).replace("{", "{{").replace("}", "}}"))
     if crop is not None:
         target = (crop, crop)
     elif input_shape is not None and len(input_shape) == 3:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flatcli.errors import MissingExtraError, UsageError
+from flatcli.errors import MissingExtraError, OptionError
 from flatcli.outputs.plan import output_path
 
 FORMATS = ("png", "pdf", "svg")
@@ -21,19 +21,22 @@ def require_matplotlib() -> None:
         import matplotlib  # noqa: F401
     except ImportError:
         raise MissingExtraError(
-            "--plot needs matplotlib, which is not installed; pip install 'flatrob[plot]' (or drop --plot)"
+            "a figure (plot) needs matplotlib, which is not installed; pip install 'flatrob[plot]'"
         ) from None
 
 
-def check_plot_path(path: str | os.PathLike, option: str = "--plot") -> str:
-    """The image format implied by the suffix; UsageError for an unknown suffix or a missing directory."""
+def check_plot_path(path: str | os.PathLike, option: str = "plot") -> str:
+    """The image format implied by the suffix; OptionError (naming ``option``) for an unknown suffix or a missing
+    directory."""
     p = Path(path)
     fmt = p.suffix.lower().lstrip(".")
+    shown = str(path).replace("{", "{{").replace("}", "}}")
     if fmt not in FORMATS:
-        raise UsageError(f"{option} {path}: use a .png, .pdf or .svg file name")
+        raise OptionError(option, "{} " + shown + ": use a .png, .pdf or .svg file name")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
+        raise OptionError(option, "{} " + shown + ": directory " + str(parent).replace("{", "{{").replace("}", "}}")
+                          + " does not exist; create it first")
     return fmt
 
 
