@@ -315,9 +315,9 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     :mod:`flatcli.runs.lm_attack`): one trajectory row per prompt and step, streamed to ``trajectory``.
     """
     if _language_model(model, data) or chosen.attack.attack == GCG_KIND:
-        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, refused={
-            "targeted": targeted, "save_adv": save_adv, "plot": plot, "resume": resume}, samples=samples,
-            on_rows=on_rows, progress=progress)
+        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, plot=plot, refused={
+            "targeted": targeted, "save_adv": save_adv, "resume": resume}, samples=samples, on_rows=on_rows,
+            progress=progress)
     _only_for(chosen, (*LANGUAGE, GCGOptions), "an image classifier (they are for language models and prompts: data)")
     settings = attack_run.AttackSettings.from_groups(chosen, targeted=targeted)
     attack_run.trajectory_format(trajectory)
@@ -331,8 +331,10 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
                              keep_samples=samples)
 
 
-def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, refused: dict, samples, on_rows, progress) -> Result:
-    """GCG on a causal language model's prompts, its trajectory rows streamed to ``trajectory`` (and ``on_rows``)."""
+def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: dict, samples, on_rows,
+         progress) -> Result:
+    """GCG on a causal language model's prompts, its trajectory rows streamed to ``trajectory`` (and ``on_rows``);
+    ``plot``: the paper's Fig. 15 (:mod:`flatcli.outputs.figures.language`)."""
     from flatcli.outputs.writer import ResultWriter
     from flatcli.runs.lm_attack import lm_attack
 
@@ -348,22 +350,31 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, refused: dict, s
         raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to GCG on a language model; "
                           "drop them")
     fmt = attack_run.trajectory_format(trajectory)
-    check_outputs(trajectory=trajectory)
+    _check_plot(plot)
+    check_outputs(trajectory=trajectory, plot=plot)
     kind, prompts = _open_language_model(model, data, chosen, tokenizer)
     writer = ResultWriter(fmt, trajectory, command="attack") if trajectory else None
+    points: list[dict] = []  # what the figure needs: a few numbers per prompt and step
 
     def both(rows):
         if writer is not None:
             writer.rows(rows)
         if on_rows is not None:
             on_rows(rows)
+        if plot is not None:
+            points.extend({k: r[k] for k in ("sample", "step", "loss", "relative_sharpness")} for r in rows)
 
     with writer if writer is not None else contextlib.nullcontext():
         result = lm_attack(kind, prompts, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
                            head=_token_head(chosen), seed=chosen.run.seed,
-                           on_rows=both if writer is not None or on_rows is not None else None,
+                           on_rows=both if writer is not None or on_rows is not None or plot is not None else None,
                            keep_samples=samples, progress=progress)
-        result.config["trajectory"] = trajectory
+        result.config.update(trajectory=trajectory, plot=plot)
+        if plot is not None:
+            from flatcli.outputs.figures.language import gcg_figure
+
+            gcg_figure(points, plot, title=f"flatrob attack --attack gcg: {result.config['checkpoint']}, "
+                       f"{result.config['steps']} steps, search width {result.config['search_width']}")
         if writer is not None:
             writer.finish(result.config, result.summary)
     return result

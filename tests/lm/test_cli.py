@@ -34,12 +34,16 @@ def test_sharpness_of_a_folder_on_prompts_is_the_library_run(lm_folders, prompts
     assert all(r["input_ids"] and r["target_start"] > 0 for r in doc["samples"])
 
 
-def test_gcg_through_the_cli_writes_its_trajectory(lm_folders, prompts_csv, tmp_path):
-    path = tmp_path / "gcg.jsonl"
+def test_gcg_through_the_cli_writes_its_trajectory_and_figure(lm_folders, prompts_csv, tmp_path):
+    pytest.importorskip("matplotlib")
+    path, figure = tmp_path / "gcg.jsonl", tmp_path / "fig15.png"
     res = invoke("attack", lm_folders["tied"], "--attack", "gcg", "--data", f"prompts:{prompts_csv}", "--limit", 1,
                  "--steps", 2, "--search-width", 8, "--topk", 4, "--suffix-length", 3, "--chat-template", "none",
-                 "--trajectory", path, "-q")
+                 "--trajectory", path, "--plot", figure, "-q")
     assert res.exit_code == 0, res.output
+    from matplotlib.image import imread
+
+    assert imread(str(figure)).shape[1] == 10 * 120  # two panels, loss and sharpness (Fig. 15)
     assert "GCG on a language model" in res.stdout
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1, 2] and all(r["sample"] == 0 for r in rows)
