@@ -374,7 +374,7 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: d
             from flatcli.outputs.figures.language import gcg_figure
 
             gcg_figure(points, plot, title=f"flatrob attack --attack gcg: {result.config['checkpoint']}, "
-                       f"{result.config['steps']} steps, search width {result.config['search_width']}")
+                       f"{result.config['steps']} steps")
         if writer is not None:
             writer.finish(result.config, result.summary)
     return result
