@@ -44,6 +44,12 @@ class OptionError(UsageError):
         return self.worded(keyword)
 
 
+def literal(text: object) -> str:
+    """``text`` (a path, a value the user gave) as it is inside an :class:`OptionError` problem, whose ``{}``
+    stand for option names: its own braces doubled."""
+    return str(text).replace("{", "{{").replace("}", "}}")
+
+
 def keyword(option: str) -> str:
     """How a Python caller names an option: ``steps=``, or ``flag=False`` for ``!flag``."""
     return f"{option[1:]}=False" if option.startswith("!") else f"{option}="

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from flatcli.errors import OptionError
+from flatcli.errors import OptionError, literal
 
 LOSSES = ("ce", "cw", "dlr")
 #: Smallest number of classes each loss needs, untargeted and targeted (the DLR denominators).
@@ -35,8 +35,7 @@ def check_loss(loss: str, classes: int | None = None, targeted: bool = False) ->
     """Fail with :class:`OptionError` (naming ``loss``) for an unknown loss, or one the number of classes cannot
     support."""
     if loss not in LOSSES:
-        shown = repr(loss).replace("{", "{{").replace("}", "}}")
-        raise OptionError("loss", f"unknown loss {shown}; {{}} takes {', '.join(LOSSES)}")
+        raise OptionError("loss", f"unknown loss {literal(repr(loss))}; {{}} takes {', '.join(LOSSES)}")
     if classes is not None:
         need = MIN_CLASSES[loss][1 if targeted else 0]
         if classes < need:

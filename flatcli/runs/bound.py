@@ -40,7 +40,7 @@ from flatcli.core.curvature import cross_entropy, head_measures, weight_factor
 from flatcli.core.attacks import MAX_STEPS, pgd
 from flatcli.core.radius import certified_radius
 from flatcli.core.statistics import describe
-from flatcli.errors import DataError, OptionError, UsageError
+from flatcli.errors import DataError, OptionError, UsageError, literal
 from flatcli.models.head import HeadSplit
 from flatcli.runs.bound_numbers import parse_list
 from flatcli.runs.result import OnRows, Result, Rows
@@ -91,8 +91,8 @@ class BoundSettings:
                 raise OptionError("epsilon", f"{{}} must be positive, got {e}")
         if isinstance(self.lipschitz, str):
             if self.lipschitz not in LIPSCHITZ_KINDS:
-                shown = repr(self.lipschitz).replace("{", "{{").replace("}", "}}")  # the user's text
-                raise OptionError("lipschitz", "{} must be a positive number, upper or local, got " + shown)
+                raise OptionError("lipschitz", "{} must be a positive number, upper or local, got "
+                                  + literal(repr(self.lipschitz)))
         elif not (math.isfinite(self.lipschitz) and self.lipschitz > 0):
             raise OptionError("lipschitz", f"{{}} must be positive, got {self.lipschitz}")
         if not 0 <= self.check_steps <= MAX_STEPS:

@@ -42,7 +42,7 @@ from dataclasses import fields, is_dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from flatcli.errors import OptionError
+from flatcli.errors import OptionError, literal
 from flatcli.inputs.text import size_text
 from flatcli.outputs.files import temporary_beside, write_errors
 from flatcli.outputs.plan import check_output_directory
@@ -63,7 +63,7 @@ INPUTS_KEY = "flatrob.inputs_sha256"
 
 def refusal(directory, problem: str) -> OptionError:
     """The error ``resume DIR<problem>``, naming the option (the directory and problem are shown as they are)."""
-    return OptionError("resume", "{}" + f" {directory}{problem}".replace("{", "{{").replace("}", "}}"))
+    return OptionError("resume", "{}" + literal(f" {directory}{problem}"))
 
 def inputs_digest(x) -> str:
     """The sha256 of a batch of images as read (float32, on the CPU, in order): what a stored batch was

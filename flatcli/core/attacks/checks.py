@@ -11,7 +11,7 @@ import math
 
 from flatcli.core.attack_losses import check_loss
 from flatcli.core.attacks.geometry import NORMS
-from flatcli.errors import OptionError
+from flatcli.errors import OptionError, literal
 
 #: The largest eps / alpha: inputs live in [0, 1], and an l2 ball of radius sqrt(C H W) (388 for
 #: 3x224x224) already holds the whole box; beyond this float32 arithmetic only overflows.
@@ -31,7 +31,7 @@ PRESETS: dict[str, dict] = {
 
 def shown(value) -> str:
     """``repr(value)`` safe inside an :class:`OptionError` problem (braces doubled)."""
-    return repr(value).replace("{", "{{").replace("}", "}}")
+    return literal(repr(value))
 
 
 def check_preset(preset: str | None) -> None:

@@ -58,7 +58,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import numpy as np
 
 from flatcli.core.detectors.mahalanobis import MahalanobisModel
-from flatcli.errors import OptionError, UsageError
+from flatcli.errors import OptionError, UsageError, literal
 
 SCHEMA_VERSION = 1
 DETECTOR_KIND = "flatrob-detector"
@@ -164,7 +164,7 @@ class Detector(ABC):
         if score is None:
             return cls.scores[0]
         if score not in cls.scores:
-            raise OptionError("score", f"{{}} {_shown(score)} is not read by the {cls.method} detector; "
+            raise OptionError("score", f"{{}} {literal(repr(score))} is not read by the {cls.method} detector; "
                                        f"choose one of {', '.join(cls.scores)}")
         return score
 
@@ -264,7 +264,7 @@ def method_class(method: Any) -> type[Detector]:
     """The class of a registered method; :class:`OptionError` (``method``) naming the choices otherwise."""
     cls = _METHODS.get(method) if isinstance(method, str) else None
     if cls is None:
-        raise OptionError("method", f"{{}} {_shown(method)} is not a detector method; "
+        raise OptionError("method", f"{{}} {literal(repr(method))} is not a detector method; "
                                     f"choose one of {', '.join(_METHODS)}")
     return cls
 
@@ -335,7 +335,7 @@ def is_int(v: Any) -> bool:
 
 def check_seed(seed: Any) -> int:
     if not is_int(seed) or not 0 <= seed < 2**32:
-        raise OptionError("seed", f"{{}} must be an integer in [0, 2**32), got {_shown(seed)}")
+        raise OptionError("seed", f"{{}} must be an integer in [0, 2**32), got {literal(repr(seed))}")
     return int(seed)
 
 
@@ -365,10 +365,6 @@ def class_counts(y: np.ndarray, what: str) -> tuple[int, int]:
         raise UsageError(f"cannot {what}: no {missing} inputs; both classes are needed")
     return n0, n1
 
-
-def _shown(value: Any) -> str:
-    """``repr(value)`` safe inside an :class:`OptionError` problem (its braces doubled)."""
-    return repr(value).replace("{", "{{").replace("}", "}}")
 
 
 def jsonable(obj: Any) -> Any:

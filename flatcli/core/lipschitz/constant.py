@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from flatcli.core.classifier import Classifier
-from flatcli.errors import LayerError, OptionError
+from flatcli.errors import LayerError, OptionError, literal
 
 #: What every refusal to bound ``phi`` suggests instead.
 HINT = "give the Lipschitz constant of phi as a number (the lipschitz option)"
@@ -33,8 +33,7 @@ def given(value: float) -> Lipschitz:
     try:
         v = float(value)
     except (TypeError, ValueError):
-        shown = repr(value).replace("{", "{{").replace("}", "}}")  # the user's text, not an option slot
-        raise OptionError("lipschitz", "{} must be a number, got " + shown) from None
+        raise OptionError("lipschitz", "{} must be a number, got " + literal(repr(value))) from None
     if not math.isfinite(v) or v <= 0:
         raise OptionError("lipschitz", f"{{}} must be positive and finite, got {v!r}")
     return Lipschitz(value=v, kind="given", detail={})

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Callable
 
-from flatcli.errors import OptionError, UsageError
+from flatcli.errors import OptionError, UsageError, literal
 from flatcli.inputs.data.torchvision_files import SETS
 
 if TYPE_CHECKING:
@@ -137,10 +137,6 @@ def data_help() -> str:
     return f"{', '.join(usages[:-1])} or {usages[-1]} (default: spec, then {DEFAULT})."
 
 
-def _literal(text: str) -> str:
-    """``text`` inside an :class:`OptionError` problem, whose ``{}`` stand for option names."""
-    return text.replace("{", "{{").replace("}", "}}")
-
 
 def parse(source: str) -> tuple[DataForm, str]:
     """The form a ``--data`` string names and its argument (``""`` for ``digits``); :class:`UsageError`
@@ -151,9 +147,9 @@ def parse(source: str) -> tuple[DataForm, str]:
     if form is None:
         raise UsageError(f"unknown data source {source!r}; use one of: {ACCEPTED_FORMS}")
     if not form.metavar and sep:
-        raise OptionError("split", f"{_literal(repr(name))} takes no argument (got {_literal(repr(source))}); "
+        raise OptionError("split", f"{literal(repr(name))} takes no argument (got {literal(repr(source))}); "
                           "choose the split with {}")
     if form.metavar and not argument:
         note = f" ({form.note})" if form.note else ""
-        raise OptionError("data", f"{name} needs {form.argument}: {{}} {form.usage}{_literal(note)}")
+        raise OptionError("data", f"{name} needs {form.argument}: {{}} {form.usage}{literal(note)}")
     return form, argument

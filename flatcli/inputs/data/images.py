@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from flatcli.errors import DataError, OptionError, UsageError
+from flatcli.errors import DataError, OptionError, UsageError, literal
 from flatcli.inputs.data.source import fmt_shape, one_line
 from flatcli.inputs.spec import INTERPOLATIONS, MAX_SIDE
 
@@ -80,7 +80,7 @@ def preprocessing(input_shape: tuple | None, resize: int | None = None, crop: in
             raise OptionError(name, f"{{}} must be a side in pixels from 1 to {MAX_SIDE}, got {side!r}")
     if interpolation is not None and interpolation not in INTERPOLATIONS:
         raise OptionError("interpolation", f"{{}} must be one of {', '.join(INTERPOLATIONS)}, got "
-                          + repr(interpolation).replace("{", "{{").replace("}", "}}"))
+                          + literal(repr(interpolation)))
     if crop is not None:
         target = (crop, crop)
     elif input_shape is not None and len(input_shape) == 3:

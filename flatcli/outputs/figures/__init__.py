@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from flatcli.errors import MissingExtraError, OptionError
+from flatcli.errors import MissingExtraError, OptionError, literal
 from flatcli.outputs.plan import output_path
 
 FORMATS = ("png", "pdf", "svg")
@@ -30,12 +30,11 @@ def check_plot_path(path: str | os.PathLike, option: str = "plot") -> str:
     directory."""
     p = Path(path)
     fmt = p.suffix.lower().lstrip(".")
-    shown = str(path).replace("{", "{{").replace("}", "}}")
     if fmt not in FORMATS:
-        raise OptionError(option, "{} " + shown + ": use a .png, .pdf or .svg file name")
+        raise OptionError(option, "{} " + literal(path) + ": use a .png, .pdf or .svg file name")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
-        raise OptionError(option, "{} " + shown + ": directory " + str(parent).replace("{", "{{").replace("}", "}}")
+        raise OptionError(option, "{} " + literal(path) + ": directory " + literal(parent)
                           + " does not exist; create it first")
     return fmt
 
