@@ -54,6 +54,18 @@ def quantiles(values, qs=(0.05, 0.25, 0.5, 0.75, 0.95)) -> dict:
     return out
 
 
+#: The quantiles over samples reported at every step of a trajectory (the bands of Fig. 3).
+STEP_QUANTILES = (0.1, 0.25, 0.5, 0.75, 0.9)
+
+
+def quantiles_by_step(values) -> dict[str, list[float]]:
+    """The :data:`STEP_QUANTILES` over samples at every step of ``values`` (steps x samples), keyed ``q10``,
+    ``q25``, ...; NaN at every step when there is no sample."""
+    v = np.asarray(values, dtype=np.float64)
+    q = np.quantile(v, STEP_QUANTILES, axis=1) if v.shape[1] else np.full((len(STEP_QUANTILES), v.shape[0]), np.nan)
+    return {f"q{round(level * 100):02d}": row.tolist() for level, row in zip(STEP_QUANTILES, q)}
+
+
 def rankdata(values) -> np.ndarray:
     """Ranks 1..n of ``values``, ties given the average of the ranks they span."""
     v = np.asarray(values, dtype=np.float64)

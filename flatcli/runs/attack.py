@@ -27,7 +27,7 @@ from flatcli.core.head_scaling import Scaling
 from flatcli.core.hutchinson import HutchinsonTraces, batch_loss_sum, trace_estimates
 from flatcli.core.attack_losses import check_loss
 from flatcli.core.attacks import PGD, PRESETS, Attack, batch_generator, least_likely
-from flatcli.core.statistics import describe, quantiles
+from flatcli.core.statistics import describe, quantiles, quantiles_by_step
 from flatcli.core.trajectories import (
     Takeoff, finite_samples, sharpness_peaks, takeoff, valley_mask, valley_of_mean,
 )
@@ -191,7 +191,8 @@ def trajectory_format(path: str | None) -> str | None:
 
 
 class _Accumulator:
-    """Per-step sums (O(T)) and per-sample scalars (O(N)) for the summary."""
+    """Per-step sums (O(T)), per-sample scalars (O(N)) and the per-sample loss and sharpness at every step
+    (O(N T), for the quantile bands) for the summary."""
 
     def __init__(self, steps: int, plans=(), weight_norm: str = "squared"):
         shape = steps + 1
@@ -210,6 +211,10 @@ class _Accumulator:
                             "censored", "lower_bound", "takeoff_step", "clean_sharpness", "adv_sharpness", "hit",
                             "zero_grad")
         }
+        self.by_step: dict[str, list[np.ndarray]] = {"loss": [], "sharp": []}  # (T+1, B) blocks per batch
+        for p in self.plans:
+            if p.per_sample:
+                self.by_step[p.column("sharpness")] = []
         self.n = 0  # samples in the statistics (finite ones)
         self.total = 0  # samples attacked
         self.nonfinite = 0  # samples whose logits or gradients went NaN/Inf: flagged, left out of the statistics
@@ -221,6 +226,11 @@ class _Accumulator:
     def column(self, k: str) -> np.ndarray:
         parts = self.per_sample[k]
         return np.concatenate(parts) if parts else np.zeros(0)
+
+    def step_quantiles(self, k: str) -> dict[str, list[float]]:
+        """``{"q10": [...], ..., "q90": [...]}``: the :data:`STEP_QUANTILES` over samples of ``k`` at every step."""
+        parts = self.by_step[k]
+        return quantiles_by_step(np.concatenate(parts, axis=1) if parts else np.zeros((len(self.sums["loss"]), 0)))
 
 
 def resolve_targets(targeted, y: Tensor, clean_logits: Tensor | None) -> Tensor | None:
@@ -413,6 +423,8 @@ def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
     s["correct"] += correct[:, ok].sum(1).numpy()
     s["confidence"] += m["confidence"][:, ok].sum(1).numpy()
     s["dist_l2"] += r["dist_l2"].double()[:, ok].sum(1).numpy()
+    acc.by_step["loss"].append(loss[:, ok].numpy())
+    acc.by_step["sharp"].append(sharp[:, ok].numpy())
     acc.add(
         clean_correct=clean_correct[ok],
         adv_correct=correct[-1][ok],
@@ -440,6 +452,8 @@ def _consume(r: dict, acc: "_Accumulator", on_steps, on_samples) -> int:
         v = v.double()[:, ok]
         s[key] += v.sum(1).numpy()
         s[key + "^2"] += (v * v).sum(1).numpy()
+        if key in acc.by_step:
+            acc.by_step[key].append(v.numpy())
     if "hutchinson" in layers:
         quad = layers["hutchinson"].numpy()
         acc.quad = quad if acc.quad is None else acc.quad + quad
@@ -543,6 +557,8 @@ def _summary(acc: _Accumulator, settings: AttackSettings, target_hits: int) -> d
         "std_loss_by_step": std_loss.tolist(),
         "mean_sharpness_by_step": mean_sharp.tolist(),
         "std_sharpness_by_step": std_sharp.tolist(),
+        "loss_quantiles_by_step": acc.step_quantiles("loss"),
+        "sharpness_quantiles_by_step": acc.step_quantiles("sharp"),
         "accuracy_by_step": (s["correct"] / max(n, 1) if n else s["correct"] * np.nan).tolist(),
         "mean_confidence_by_step": (s["confidence"] / max(n, 1) if n else s["confidence"] * np.nan).tolist(),
         "mean_dist_l2_by_step": (s["dist_l2"] / max(n, 1) if n else s["dist_l2"] * np.nan).tolist(),
@@ -596,6 +612,7 @@ def _layer_summary(acc: _Accumulator, settings: AttackSettings) -> list[dict]:
             "mean_sharpness_by_step": mean["sharpness"].tolist(),
             "std_sharpness_by_step": None if std["sharpness"] is None else std["sharpness"].tolist(),
             "sharpness_stderr_by_step": None if se is None else (wf * se).tolist(),
+            "sharpness_quantiles_by_step": acc.step_quantiles(p.column("sharpness")) if p.per_sample else None,
             **valley_of_mean(mean["sharpness"]),
         })
         out.append(entry)

@@ -16,6 +16,7 @@ from tests.conftest import EXAMPLE, assert_one_error
 SUMMARY_KEYS = {
     "n", "steps", "clean_accuracy", "robust_accuracy", "ever_fooled_accuracy", "success_rate",
     "mean_loss_by_step", "std_loss_by_step", "mean_sharpness_by_step", "std_sharpness_by_step", "accuracy_by_step",
+    "loss_quantiles_by_step", "sharpness_quantiles_by_step",
     "mean_confidence_by_step", "mean_dist_l2_by_step", "sharpness_peak_step", "sharpness_final_over_peak",
     "valley_fraction", "loss_final_is_max", "loss_increase", "clean_sharpness", "adv_sharpness", "takeoff",
     "nonfinite", "zero_grad_fraction",

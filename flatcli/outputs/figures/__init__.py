@@ -13,6 +13,8 @@ from flatcli.errors import MissingExtraError, OptionError, literal
 from flatcli.outputs.plan import output_path
 
 FORMATS = ("png", "pdf", "svg")
+#: Panels per row: more panels wrap onto further rows instead of a long strip.
+MAX_COLUMNS = 3
 
 
 def require_matplotlib() -> None:
@@ -48,6 +50,19 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def panel_grid(plt, count: int, width: float = 5.0, height: float = 3.6):
+    """A figure of ``count`` panels, at most :data:`MAX_COLUMNS` a row, each ``width`` x ``height`` inches; the
+    figure and its panels in reading order (the empty cells of the last row are hidden)."""
+    columns = max(1, min(count, MAX_COLUMNS))
+    rows = max(1, -(-count // columns))
+    fig, grid = plt.subplots(rows, columns, figsize=(width * columns, height * rows), constrained_layout=True,
+                             squeeze=False)
+    axes = list(grid.flat)
+    for ax in axes[count:]:
+        ax.set_axis_off()
+    return fig, axes[:count]
 
 
 def eps_text(eps: float) -> str:
