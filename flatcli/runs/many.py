@@ -17,7 +17,8 @@ one process (:func:`each_checkpoint`):
 * outputs written per checkpoint (``--trajectory``, ``--save-adv``, ``--save``) name a template with
   ``{stem}`` (the file name without its suffix) or ``{index}`` (the position in the list, from 0, zero-padded);
   every name is made and checked before any work. ``--plot FILE`` draws the summary measures against the
-  checkpoint order (:func:`trend`). ``--resume DIR`` keeps each checkpoint's batches in ``DIR/<sha256[:16]>``
+  checkpoint order (:func:`trend`) and each checkpoint's curves overlaid (:func:`curve_series`); the table and
+  the figure name the checkpoints by :func:`short_names`. ``--resume DIR`` keeps each checkpoint's batches in ``DIR/<sha256[:16]>``
   (the sha256 of its weights, a hub checkpoint's too); ``DIR`` is checked as an output (no input, not inside
   an input folder, holding nothing but such stores) before any work, and an interruption names ``DIR``;
 * every file the call reads (each checkpoint, a hub checkpoint's cached files, the ``--checkpoints-from``
@@ -376,8 +377,8 @@ def each_checkpoint(command: str, call: Callable[..., Result], checkpoints: list
             if plot is not None and _is_main():
                 from flatcli.outputs.figures.checkpoints import checkpoints_figure
 
-                labels = [Path(r.split(":", 1)[-1]).stem for r in checkpoints]
-                checkpoints_figure(labels, trend_series(many), plot, title=f"flatrob {command}")
+                checkpoints_figure(short_names(checkpoints), trend_series(many), plot, title=f"flatrob {command}",
+                                   marks=masking_marks(many), curves=curve_series(many))
     finally:
         for spool in held:
             spool.close()
@@ -409,6 +410,36 @@ def _named_once(ref: str, message: str) -> str:
 
 def _is_main() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
+
+
+#: A checkpoint named by a reference, not a file path (``example:NAME``, ``hf-hub:ORG/NAME``).
+_REFERENCE = re.compile(r"[a-z][a-z0-9-]*:")
+
+
+def short_names(checkpoints: list[str]) -> list[str]:
+    """The shortest names that still tell the checkpoints apart, for tables and figures (the JSON keeps what was
+    given): the path components of the files without the leading and trailing ones every file shares, and
+    without the file suffix when all share it; a reference (``example:NAME``, ``hf-hub:ORG/NAME``) stays whole.
+    ``runs/a/model.safetensors``, ``runs/b/model.safetensors`` -> ``a``, ``b``; ``ckpt/cnn_seed0.safetensors``,
+    ``ckpt/cnn_seed1.safetensors`` -> ``cnn_seed0``, ``cnn_seed1``; one file -> its stem. Nothing is cut inside
+    a component, no name is emptied (the same checkpoint listed twice keeps one name), an absolute path left
+    whole keeps its leading ``/``, and names that would clash are given whole."""
+    files = [i for i, ref in enumerate(checkpoints) if not _REFERENCE.match(ref)]
+    parts = {i: [p for j, p in enumerate(checkpoints[i].split("/")) if j == 0 or p not in ("", ".")] for i in files}
+    suffixes = {Path(p[-1]).suffix for p in parts.values()}
+    if len(suffixes) == 1 and "" not in suffixes and all(Path(p[-1]).stem for p in parts.values()):
+        parts = {i: [*p[:-1], Path(p[-1]).stem] for i, p in parts.items()}
+    shortest = min((len(p) for p in parts.values()), default=0)
+    lead = trail = 0
+    while lead < shortest - 1 and len({p[lead] for p in parts.values()}) == 1:
+        lead += 1
+    while lead + trail < shortest - 1 and len({p[len(p) - 1 - trail] for p in parts.values()}) == 1:
+        trail += 1
+    if len(parts) == 1:  # one file, nothing to tell it apart from: its own name
+        lead, trail = shortest - 1, 0
+    names = [("/".join(parts[i][lead:len(parts[i]) - trail]) if i in parts else ref)
+             for i, ref in enumerate(checkpoints)]
+    return names if len(set(names)) == len(set(checkpoints)) else list(checkpoints)
 
 
 def _at(summary: dict, path: str):
@@ -478,3 +509,56 @@ def trend_series(many: ManyResult) -> dict[str, dict[str, list[float | None]]]:
             for name, value in values:
                 series.setdefault(panel, {}).setdefault(name, [None] * len(many.runs))[position] = value
     return series
+
+
+def masking_marks(many: ManyResult) -> dict[str, dict[str, list[bool]]]:
+    """Where ``sweep-scale`` flags gradient masking, on the robust accuracy of :func:`trend_series`:
+    ``{panel: {column: [flag per checkpoint]}}`` (empty for the other commands)."""
+    marks: dict[str, dict[str, list[bool]]] = {}
+    if many.command != "sweep-scale":
+        return marks
+    for position, run in enumerate(many.runs):
+        for s in (run.result.summary.get("scales") or []) if run.result is not None else []:
+            column = marks.setdefault("robust accuracy", {}).setdefault(f"robust s={s['scale']:g}",
+                                                                        [False] * len(many.runs))
+            column[position] = bool(s.get("masking"))
+    return marks
+
+
+#: The curves of one checkpoint overlaid with the others' by ``--plot`` (panel -> x label, summary key of the
+#: per-step list); ``sweep-scale``'s are per scale (:func:`curve_series`).
+CURVES: dict[str, dict[str, tuple[str, str]]] = {
+    "attack": {"mean loss": ("PGD step", "mean_loss_by_step"),
+               "mean relative sharpness": ("PGD step", "mean_sharpness_by_step")},
+}
+
+
+def curve_series(many: ManyResult) -> dict[str, dict]:
+    """Each checkpoint's curves, to overlay: ``{panel: {"x": label, "log_x": bool, "lines": [(index, name, xs, ys,
+    masked)]}}`` with one line per checkpoint that succeeded (``index`` its place in the list, ``name`` from
+    :func:`short_names`; ``masked`` the
+    points ``sweep-scale`` flags as gradient masking, else ``None``): ``attack``'s mean loss and sharpness
+    against the step, ``sweep-scale``'s robust accuracy and median sharpness against the scale."""
+    names = short_names([run.checkpoint for run in many.runs])
+    panels: dict[str, dict] = {}
+    for index, (name, run) in enumerate(zip(names, many.runs)):
+        if run.result is None:
+            continue
+        summary = run.result.summary
+        if many.command == "sweep-scale":
+            scales = sorted(summary.get("scales") or [], key=lambda s: s["scale"])
+            xs = [s["scale"] for s in scales]
+            lines = {("robust accuracy", "robust_accuracy"): [bool(s.get("masking")) for s in scales],
+                     ("sharpness median", "sharpness_median"): None}
+            for (panel, key), masked in lines.items():
+                ys = [s.get(key) for s in scales]
+                if any(y is not None for y in ys):
+                    panels.setdefault(panel, {"x": "scale s", "log_x": True, "lines": []})["lines"].append(
+                        (index, name, xs, ys, masked))
+            continue
+        for panel, (label, key) in CURVES.get(many.command, {}).items():
+            ys = summary.get(key)
+            if isinstance(ys, list) and ys:
+                panels.setdefault(panel, {"x": label, "log_x": False, "lines": []})["lines"].append(
+                    (index, name, list(range(len(ys))), ys, None))
+    return panels

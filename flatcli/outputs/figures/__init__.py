@@ -52,17 +52,22 @@ def pyplot():
     return plt
 
 
-def panel_grid(plt, count: int, width: float = 5.0, height: float = 3.6):
-    """A figure of ``count`` panels, at most :data:`MAX_COLUMNS` a row, each ``width`` x ``height`` inches; the
-    figure and its panels in reading order (the empty cells of the last row are hidden)."""
-    columns = max(1, min(count, MAX_COLUMNS))
-    rows = max(1, -(-count // columns))
-    fig, grid = plt.subplots(rows, columns, figsize=(width * columns, height * rows), constrained_layout=True,
-                             squeeze=False)
-    axes = list(grid.flat)
-    for ax in axes[count:]:
-        ax.set_axis_off()
-    return fig, axes[:count]
+def panel_grid(plt, *groups: int, width: float = 5.0, height: float = 3.6):
+    """A figure of panels, at most :data:`MAX_COLUMNS` a row, each ``width`` x ``height`` inches; ``groups`` the
+    panel counts of groups that each start on a new row. Returns the figure and its panels in reading order
+    (the empty cells at the end of each group's last row are hidden)."""
+    columns = max(1, min(max(groups, default=1), MAX_COLUMNS))
+    spans = [max(1, -(-count // columns)) for count in groups]
+    fig, grid = plt.subplots(sum(spans), columns, figsize=(width * columns, height * sum(spans)),
+                             constrained_layout=True, squeeze=False)
+    axes, first = [], 0
+    for count, span in zip(groups, spans):
+        cells = list(grid[first:first + span].flat)
+        for ax in cells[count:]:
+            ax.set_axis_off()
+        axes += cells[:count]
+        first += span
+    return fig, axes
 
 
 def eps_text(eps: float) -> str:
