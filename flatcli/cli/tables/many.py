@@ -39,10 +39,11 @@ def render(stream: TextIO, command: str, entries: list[dict]) -> None:
     for c in columns:
         text = c in TEXT_COLUMNS
         table.add_column(c, justify="left" if text else "right", overflow="fold" if text else "ellipsis")
+    sections = any(len(rows) > 1 for rows in groups)  # a line between checkpoints of several rows each
     for rows in groups:
         for i, row in enumerate(rows):
             table.add_row(*(fmt(row.get(c)) if c in row else "" for c in columns),
-                          end_section=len(rows) > 1 and i == len(rows) - 1)
+                          end_section=sections and i == len(rows) - 1)
     console(stream).print(table)
 
 
