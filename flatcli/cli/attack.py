@@ -24,8 +24,9 @@ Trajectory = Annotated[Optional[str], typer.Option(
     "--trajectory", help="Write one row per sample and step to FILE (.csv or .jsonl), streamed; with several "
     "checkpoints a name with {stem} or {index}.", metavar="FILE")]
 Plot = Annotated[Optional[str], typer.Option(
-    "--plot", help="Draw mean/spread of loss and sharpness per step (paper Fig. 3) to FILE (.png, .pdf, .svg); with "
-    "several checkpoints, the summary measures against the checkpoint order.", metavar="FILE")]
+    "--plot", help="Draw the mean (the paper's line), median and 25-75%/10-90% bands of loss and sharpness per step "
+    "(paper Fig. 3) to FILE (.png, .pdf, .svg); with several checkpoints, the summary measures against the checkpoint "
+    "order and each checkpoint's mean curves overlaid.", metavar="FILE")]
 
 
 @app.command()

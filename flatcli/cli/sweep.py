@@ -19,7 +19,8 @@ from flatcli.options.sweep import SweepOptions
 
 Plot = Annotated[Optional[str], typer.Option(
     "--plot", help="Write the Fig. 2 and Fig. 13 panels as PNGs into DIR (needs matplotlib); with several checkpoints, "
-    "FILE (.png, .pdf, .svg): robust accuracy and sharpness median per scale against the checkpoint order.",
+    "FILE (.png, .pdf, .svg): robust accuracy and sharpness median per scale against the checkpoint order, and each "
+    "checkpoint's per-scale curves overlaid.",
     metavar="DIR|FILE")]
 
 

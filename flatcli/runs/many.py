@@ -528,8 +528,8 @@ def masking_marks(many: ManyResult) -> dict[str, dict[str, list[bool]]]:
 #: The curves of one checkpoint overlaid with the others' by ``--plot`` (panel -> x label, summary key of the
 #: per-step list); ``sweep-scale``'s are per scale (:func:`curve_series`).
 CURVES: dict[str, dict[str, tuple[str, str]]] = {
-    "attack": {"mean loss": ("PGD step", "mean_loss_by_step"),
-               "mean relative sharpness": ("PGD step", "mean_sharpness_by_step")},
+    "attack": {"mean loss": ("attack step", "mean_loss_by_step"),
+               "mean relative sharpness": ("attack step", "mean_sharpness_by_step")},
 }
 
 

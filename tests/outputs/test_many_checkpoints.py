@@ -118,7 +118,7 @@ def test_attack_plot_of_several_checkpoints_overlays_their_curves(ckpts, tmp_pat
     for panel, key in (("mean loss", "mean_loss_by_step"), ("mean relative sharpness", "mean_sharpness_by_step")):
         lines = {ln.get_label(): ln.get_ydata().tolist() for ln in curves[panel].get_lines()}
         assert lines == {name: r.summary[key] for name, r in zip(["epoch0/model", "m2", EXAMPLE], many.results)}
-        assert curves[panel].get_xlabel() == "PGD step"
+        assert curves[panel].get_xlabel() == "attack step"
     geometry = {ax.get_subplotspec().get_geometry()[:2] for ax in [*trend.values(), *curves.values()]}
     assert geometry == {(2, 3)}  # the trend on the first row, the curves on the second
 

@@ -57,9 +57,10 @@ def panel_grid(plt, *groups: int, width: float = 5.0, height: float = 3.6):
     panel counts of groups that each start on a new row. Returns the figure and its panels in reading order
     (the empty cells at the end of each group's last row are hidden)."""
     columns = max(1, min(max(groups, default=1), MAX_COLUMNS))
-    spans = [max(1, -(-count // columns)) for count in groups]
-    fig, grid = plt.subplots(sum(spans), columns, figsize=(width * columns, height * sum(spans)),
-                             constrained_layout=True, squeeze=False)
+    spans = [-(-count // columns) for count in groups]  # an empty group takes no row
+    rows = max(1, sum(spans))
+    fig, grid = plt.subplots(rows, columns, figsize=(width * columns, height * rows), constrained_layout=True,
+                             squeeze=False)
     axes, first = [], 0
     for count, span in zip(groups, spans):
         cells = list(grid[first:first + span].flat)
