@@ -18,9 +18,10 @@ one process (:func:`each_checkpoint`):
   ``{stem}`` (the file name without its suffix) or ``{index}`` (the position in the list, from 0, zero-padded);
   every name is made and checked before any work. ``--plot FILE`` draws the summary measures against the
   checkpoint order (:func:`trend`) and each checkpoint's curves overlaid (:func:`curve_series`); the table and
-  the figure name the checkpoints by :func:`short_names`. ``--resume DIR`` keeps each checkpoint's batches in ``DIR/<sha256[:16]>``
-  (the sha256 of its weights, a hub checkpoint's too); ``DIR`` is checked as an output (no input, not inside
-  an input folder, holding nothing but such stores) before any work, and an interruption names ``DIR``;
+  the figure name the checkpoints by :func:`short_names`. ``--resume DIR`` keeps each checkpoint's batches in
+  ``DIR/<sha256[:16]>`` (the sha256 of its weights, a hub checkpoint's too); ``DIR`` is checked as an output
+  (no input, not inside an input folder, holding nothing but such stores) before any work, and an
+  interruption names ``DIR``;
 * every file the call reads (each checkpoint, a hub checkpoint's cached files, the ``--checkpoints-from``
   list, the ``--data`` file) is an input of the output plan before any work (:func:`plan_checkpoints`); a
   device or named pipe among the checkpoints is never read to hash it.
@@ -536,9 +537,9 @@ CURVES: dict[str, dict[str, tuple[str, str]]] = {
 def curve_series(many: ManyResult) -> dict[str, dict]:
     """Each checkpoint's curves, to overlay: ``{panel: {"x": label, "log_x": bool, "lines": [(index, name, xs, ys,
     masked)]}}`` with one line per checkpoint that succeeded (``index`` its place in the list, ``name`` from
-    :func:`short_names`; ``masked`` the
-    points ``sweep-scale`` flags as gradient masking, else ``None``): ``attack``'s mean loss and sharpness
-    against the step, ``sweep-scale``'s robust accuracy and median sharpness against the scale."""
+    :func:`short_names`; ``masked`` the points ``sweep-scale`` flags as gradient masking, else ``None``):
+    ``attack``'s mean loss and sharpness against the step, ``sweep-scale``'s robust accuracy and median
+    sharpness against the scale."""
     names = short_names([run.checkpoint for run in many.runs])
     panels: dict[str, dict] = {}
     for index, (name, run) in enumerate(zip(names, many.runs)):

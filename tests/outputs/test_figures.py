@@ -9,6 +9,7 @@ import pytest
 
 from flatcli.outputs.figures import eps_text
 from tests.conftest import EXAMPLE
+from tests.outputs import figures_of
 
 
 def test_radii_in_255ths_are_written_as_fractions():
@@ -25,21 +26,16 @@ def drawn(tmp_path_factory):
     from flatcli.outputs.figures import attack as figure
 
     out = tmp_path_factory.mktemp("fig3")
-    caught = []
-    save = figure.save
-    figure.save = lambda fig, path, fmt: (caught.append(fig.axes), save(fig, path, fmt))
-    try:
+    with figures_of(figure) as caught:
         result = api.attack(EXAMPLE, "digits", limit=40, batch_size=16, steps=6, eps=0.3, alpha=0.08, device="cpu",
                             trajectory=str(out / "traj.jsonl"), plot=str(out / "fig3.png"))
-    finally:
-        figure.save = save
     rows = [json.loads(line) for line in (out / "traj.jsonl").read_text().splitlines()]
     steps, samples = 1 + max(r["step"] for r in rows), sorted({r["index"] for r in rows})
     grid = {key: np.full((steps, len(samples)), np.nan) for key in ("loss", "relative_sharpness")}
     for r in rows:
         for key, values in grid.items():
             values[r["step"], samples.index(r["index"])] = r[key]
-    return result, caught[0], grid, out / "fig3.png"
+    return result, caught[0].axes, grid, out / "fig3.png"
 
 
 def _band(ax, label: str, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -91,13 +87,8 @@ def test_layer_panels_wrap_at_three_per_row(tmp_path):
              "sharpness_stderr_by_step": [0.5] * steps}
     summary = {"mean_loss_by_step": [1.0] * steps, "mean_sharpness_by_step": [1.0] * steps,
                "loss_quantiles_by_step": band, "sharpness_quantiles_by_step": band}
-    caught = []
-    save = figure.save
-    figure.save = lambda fig, path, fmt: (caught.append(fig), save(fig, path, fmt))
-    try:
+    with figures_of(figure) as caught:
         figure.attack_figure(summary, tmp_path / "f.svg", layers=[layer, layer, layer, hutch])
-    finally:
-        figure.save = save
     fig = caught[0]
     shown = [ax for ax in fig.axes if ax.axison]
     assert len(shown) == 6 and {ax.get_subplotspec().get_geometry()[:2] for ax in shown} == {(2, 3)}

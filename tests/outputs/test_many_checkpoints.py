@@ -12,6 +12,7 @@ from bench.common import perturbed_copies
 from flatcli.runs.many import CheckpointRun, ManyResult, curve_series, masking_marks, short_names, trend_series
 from flatcli.runs.result import Result
 from tests.conftest import EXAMPLE
+from tests.outputs import figures_of
 
 
 @pytest.mark.parametrize("given, shown", [
@@ -62,11 +63,11 @@ def test_sweep_table_has_a_row_per_scale_with_its_masking_verdict_and_whole_name
     assert "--format json has the paths" in text
 
 
-def test_sweep_plot_rings_masking_and_overlays_one_line_per_checkpoint(tmp_path, monkeypatch):
+def test_sweep_plot_rings_masking_and_overlays_one_line_per_checkpoint(tmp_path):
     pytest.importorskip("matplotlib")
     from flatcli.outputs.figures import checkpoints as figure
 
-    fig = _drawn(monkeypatch, figure, SWEEP, tmp_path / "sweep.svg")
+    fig = _drawn(figure, SWEEP, tmp_path / "sweep.svg")
     assert (tmp_path / "sweep.svg").read_text().lstrip().startswith("<?xml")
     trend, curves = _panels(fig)
     assert [t.get_text() for t in trend["robust accuracy"].get_xticklabels()] == ["seed0", "seed1", "seed2"]
@@ -82,14 +83,14 @@ def test_sweep_plot_rings_masking_and_overlays_one_line_per_checkpoint(tmp_path,
     assert ring.get_offsets().tolist() == [[50.0, 0.9]]
 
 
-def test_many_checkpoints_overlay_has_a_colour_bar_instead_of_a_legend(tmp_path, monkeypatch):
+def test_many_checkpoints_overlay_has_a_colour_bar_instead_of_a_legend(tmp_path):
     pytest.importorskip("matplotlib")
     from flatcli.outputs.figures import checkpoints as figure
 
     runs = [CheckpointRun(i, f"runs/epoch{i:02d}.safetensors", None, Result("attack", {}, {
         "n": 5, "clean_accuracy": 1.0, "mean_loss_by_step": [0.0, i], "mean_sharpness_by_step": [1.0, i]}))
         for i in range(figure.LEGEND_LINES + 2)]
-    fig = _drawn(monkeypatch, figure, ManyResult("attack", {}, runs, []), tmp_path / "many.pdf")
+    fig = _drawn(figure, ManyResult("attack", {}, runs, []), tmp_path / "many.pdf")
     assert (tmp_path / "many.pdf").read_bytes().startswith(b"%PDF")
     _, curves = _panels(fig)
     assert curves["mean loss"].get_legend() is None and len(curves["mean loss"].get_lines()) == len(runs)
@@ -101,16 +102,14 @@ def ckpts(tmp_path_factory):
     return perturbed_copies(tmp_path_factory.mktemp("ckpts"), 3)
 
 
-def test_attack_plot_of_several_checkpoints_overlays_their_curves(ckpts, tmp_path, monkeypatch):
+def test_attack_plot_of_several_checkpoints_overlays_their_curves(ckpts, tmp_path):
     pytest.importorskip("matplotlib")
     from flatcli import api
     from flatcli.outputs.figures import checkpoints as figure
 
-    caught = []
-    save = figure.save
-    monkeypatch.setattr(figure, "save", lambda fig, path, fmt: (caught.append(fig), save(fig, path, fmt)))
-    many = api.attack([ckpts[0], ckpts[2], EXAMPLE], "digits", limit=16, batch_size=16, steps=3, eps=0.2, alpha=0.05,
-                      device="cpu", plot=str(tmp_path / "attack.png"))
+    with figures_of(figure) as caught:
+        many = api.attack([ckpts[0], ckpts[2], EXAMPLE], "digits", limit=16, batch_size=16, steps=3, eps=0.2,
+                          alpha=0.05, device="cpu", plot=str(tmp_path / "attack.png"))
     assert (tmp_path / "attack.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     trend, curves = _panels(caught[0])
     assert set(trend) == {"accuracy", "relative sharpness", "uncanny valley"}
@@ -123,13 +122,11 @@ def test_attack_plot_of_several_checkpoints_overlays_their_curves(ckpts, tmp_pat
     assert geometry == {(2, 3)}  # the trend on the first row, the curves on the second
 
 
-def _drawn(monkeypatch, figure, many: ManyResult, path):
+def _drawn(figure, many: ManyResult, path):
     """Draw ``many``'s figure as ``--plot`` does; the Figure, caught before it is saved and closed."""
-    caught = []
-    save = figure.save
-    monkeypatch.setattr(figure, "save", lambda fig, p, fmt: (caught.append(fig), save(fig, p, fmt)))
-    figure.checkpoints_figure(short_names([run.checkpoint for run in many.runs]), trend_series(many), path,
-                              marks=masking_marks(many), curves=curve_series(many))
+    with figures_of(figure) as caught:
+        figure.checkpoints_figure(short_names([run.checkpoint for run in many.runs]), trend_series(many), path,
+                                  marks=masking_marks(many), curves=curve_series(many))
     return caught[0]
 
 
