@@ -39,7 +39,7 @@ from flatcli.models.head import HeadSplit
 from flatcli.outputs.writer import ResultWriter
 from flatcli.runs import layers as layer_run
 from flatcli.runs.result import OnRows, Result, Rows
-from flatcli.runs.sanity import checked
+from flatcli.runs.sanity import checked, degenerate_attack
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
 
@@ -296,8 +296,12 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
                      "they are flagged (nonfinite) and left out of the means")
     notes += layer_run.notes(plans, settings.layer_method, settings.probes)
     notes += resumed_note(store, ctx.resume)
+    censored = acc.column("censored").astype(bool)
+    degenerate = degenerate_attack(acc.column("takeoff_step")[~censored], int(censored.sum()),
+                                   steps=settings.attack.recorded_steps, tau=settings.takeoff,
+                                   attack=settings.attack.config(), success_rate=summary["success_rate"])
     return checked(Result("attack", config, summary, rows.kept, artifacts={"adversarials": adv} if adv is not None
-                          else {}, notes=notes), ctx, summary["clean_accuracy"])
+                          else {}, notes=notes), ctx, summary["clean_accuracy"], degenerate)
 
 
 def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor, y: Tensor,
