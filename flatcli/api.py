@@ -307,8 +307,9 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     ``attack`` is ``"pgd"`` (default), ``"apgd"`` or ``"square"`` (``queries`` its budget), ``loss`` the loss it
     ascends (``"ce"``, ``"cw"``, ``"dlr"``; default ce, cw for square).
 
-    The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
-    names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
+    ``result.artifacts["adversarials"]`` holds the adversarials ``(x_adv, y, index)``: CPU tensors in data order,
+    ``x_adv`` float NCHW in [0, 1], ``index`` the source indices; kept with ``samples`` (the default) when they take
+    at most 1 GiB (beyond, a note: ``save_adv`` names a file to write them to), and always with ``save_adv``. ``layers`` (default: the spec's) records the traces of earlier layers
     at every step too (``layer_method``, ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
 
     On a causal language model with ``prompts:FILE`` data the attack is GCG (``attack="gcg"``, the GCG options;
@@ -328,7 +329,7 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     ctx = _context(model, data, chosen, resume=resume, progress=progress)
     settings.layers = _spec_layers(chosen, ctx)
     return attack_run.attack(ctx, settings, trajectory=trajectory, save_adv=save_adv, plot=plot, on_rows=on_rows,
-                             keep_samples=samples)
+                             keep_samples=samples, keep_adv=samples)
 
 
 def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: dict, samples, on_rows,
