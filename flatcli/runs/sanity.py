@@ -14,14 +14,19 @@ and one note naming the usual causes, or, with ``RunContext.strict``, a :class:`
 
 An attack's take-off steps (:func:`flatcli.core.trajectories.takeoff`) say whether its setting suits the data. A
 loss rising in a straight line from the clean input, ``l_t = l_0 + c t``, has ``n_t = t / T`` and takes off at
-``t_line = ceil(tau T)``; one rising out of a quadratic basin, ``l_t = l_0 + c t^2``, at ``t_basin = ceil(sqrt(tau) T)``
-(4 of 10 steps for tau 0.1). When every measured take-off comes no later than ``t_line`` (``t_line + 1`` while that
-is still before ``t_basin``; at step 1 every basin width is 0), the loss rose from the first step on and the widths
-measure the step size, not a basin: the paper's CIFAR-10 settings do this on MNIST-like data. With too few steps to
-tell the two apart (``t_line >= t_basin``: 3 steps or fewer for tau 0.1) nothing is checked. When every trajectory is censored the loss never rose. Either way
-:func:`degenerate_attack` gives ``summary.degenerate_attack`` and one note naming the likely cause (the attack
-stays in the loss's linear regime: eps too small; or most samples are fooled by then: alpha too large) and the
-MNIST presets; ``strict`` does not refuse it (the numbers are right, only uninformative).
+``t_line = ceil(tau T)``; one rising out of a quadratic basin, ``l_t = l_0 + c t^2``, at
+``t_basin = ceil(sqrt(tau) T)`` (4 of 10 steps for tau 0.1). :func:`degenerate_attack` gives
+``summary.degenerate_attack`` and one note when
+
+- every measured take-off comes no later than ``t_line`` (``t_line + 1`` while that is still before ``t_basin``;
+  at step 1 every basin width is 0): the loss rose from the first step on and the widths measure the step size,
+  not a basin (the paper's CIFAR-10 settings on MNIST-like data); or
+- every trajectory is censored: the loss never rose.
+
+The note names the likely cause (few samples fooled: the attack stays in the loss's linear regime, eps too
+small; most fooled: alpha too large) and the MNIST presets. With too few steps to tell a line from a basin
+(``t_line >= t_basin``: 3 steps or fewer for tau 0.1) nothing is checked. ``strict`` does not refuse it: the
+numbers are right, only uninformative.
 """
 
 from __future__ import annotations
@@ -67,7 +72,8 @@ def degenerate_attack(takeoff_steps: np.ndarray, censored: int, *, steps: int, t
     if line_step >= basin_step or takeoff_steps.size + censored == 0:
         return None
     latest = line_step + 1 if line_step + 1 < basin_step else line_step
-    eps = f"eps {attack['eps']:.4g} ({attack['norm']}, alpha {attack.get('alpha', float('nan')):.4g})"
+    alpha = f", alpha {attack['alpha']:.4g}" if "alpha" in attack else ""  # APGD sets its own step size
+    eps = f"eps {attack['eps']:.4g} ({attack['norm']}{alpha})"
     presets = " or ".join(f"{name} ({_preset_text(name)})" for name in MNIST_PRESETS)
     if takeoff_steps.size == 0:
         problem, cause = (f"no trajectory's loss rose (all {censored} censored)",

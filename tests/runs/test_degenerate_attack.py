@@ -51,6 +51,11 @@ def test_takeoffs_no_later_than_a_straight_line(steps, takeoffs, degenerate):
     assert (check is not None) == bool(degenerate)
 
 
+def test_an_attack_without_alpha_is_named_without_it():  # APGD sets its own step size
+    check = degenerate_attack(np.ones(3, dtype=int), 0, steps=10, tau=0.1, attack={"norm": "l2", "eps": 0.5})
+    assert "eps 0.5 (l2)" in check["note"] and "alpha 0" not in check["note"]
+
+
 def test_every_trajectory_censored_and_nothing_measured():
     check = degenerate_attack(np.zeros(0, dtype=int), 5, steps=10, tau=0.1, attack=LINF)
     assert check["reason"] == "censored" and check["censored"] == 5 and "all 5 censored" in check["note"]
