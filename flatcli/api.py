@@ -320,8 +320,9 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
 
     ``result.artifacts["adversarials"]`` holds the adversarials ``(x_adv, y, index)``: CPU tensors in data order,
     ``x_adv`` float NCHW in [0, 1], ``index`` the source indices; kept with ``samples`` (the default) when they take
-    at most 1 GiB (beyond, a note: ``save_adv`` names a file to write them to), and always with ``save_adv``. ``layers`` (default: the spec's) records the traces of earlier layers
-    at every step too (``layer_method``, ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
+    at most 1 GiB (beyond, a note: ``save_adv`` names a file to write them to), and always with ``save_adv``.
+    ``layers`` (default: the spec's) records the traces of earlier layers at every step too (``layer_method``,
+    ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
 
     On a causal language model with ``prompts:FILE`` data the attack is GCG (``attack="gcg"``, the GCG options;
     :mod:`flatcli.runs.lm_attack`): one trajectory row per prompt and step, streamed to ``trajectory``.

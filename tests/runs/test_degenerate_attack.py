@@ -1,4 +1,4 @@
-"""An attack whose take-offs resolve no basin says so: one note, ``summary.degenerate_attack``, and the MNIST presets."""
+"""An attack whose take-offs resolve no basin says so: one note, ``summary.degenerate_attack``, the MNIST presets."""
 
 from __future__ import annotations
 

@@ -41,7 +41,8 @@ SETS = {
     "cifar10": TorchvisionSet(
         "CIFAR-10 under ROOT (torchvision files, never downloaded)", "CIFAR10", "cifar-10-batches-py",
         (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
-        "{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), 10, f"download cifar-10-python.tar.gz {_TORONTO}",
+        "{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), 10,
+        f"download cifar-10-python.tar.gz {_TORONTO}",
         {"train": ((*(f"data_batch_{i}" for i in range(1, 6)), "batches.meta"), "{data_batch_1..5,batches.meta}"),
          "test": (("test_batch", "batches.meta"), "{test_batch,batches.meta}")}),
     "cifar100": TorchvisionSet(
