@@ -1,11 +1,14 @@
 # make demo: set up .venv (if missing) and run `flatrob demo`; make test: same set-up (with the extras the tests
 # use: timm, hub, robustbench, hf, llm, docs), then the suite; make docs: same set-up, then the manual (docs/) as a
 # website in site/, any warning an error; make gpu-check: the CUDA tests and throughput figures (says so and
-# succeeds on a machine without CUDA).
+# succeeds on a machine without CUDA). Each also links man/flatrob.1 into $(VENV)/share/man/man1, where
+# `man flatrob` finds it with $(VENV)/bin on PATH (man-db searches DIR/../share/man of every PATH entry; pip's
+# editable install leaves pyproject's data-files out).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+MAN := $(VENV)/share/man/man1/flatrob.1
 
 .PHONY: demo test docs install clean gpu-check
 
@@ -22,18 +25,22 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --no-deps robustbench==1.1.1
 	touch $(STAMP)
 
-install: $(STAMP)
+$(MAN): man/flatrob.1
+	mkdir -p $(dir $@)
+	ln -sfn $(CURDIR)/man/flatrob.1 $@
 
-demo: $(STAMP)
+install: $(STAMP) $(MAN)
+
+demo: $(STAMP) $(MAN)
 	$(BIN)/flatrob demo
 
-test: $(STAMP)
+test: $(STAMP) $(MAN)
 	$(BIN)/python -m pytest
 
-docs: $(STAMP)
+docs: $(STAMP) $(MAN)
 	$(BIN)/mkdocs build --strict --site-dir site
 
-gpu-check: $(STAMP)
+gpu-check: $(STAMP) $(MAN)
 	$(BIN)/python scripts/gpu-check
 
 clean:

@@ -6,7 +6,8 @@
 
 ``model`` is an ``nn.Module`` (normalised inside by ``mean``/``std``; the head is ``layer``, or the
 network's last ``nn.Linear``), a checkpoint path, ``example:NAME``, or what :func:`load` returned.
-``data`` is an ``(x, y)`` pair of tensors (or arrays; x float NCHW in [0, 1]), a torch ``Dataset`` or
+``data`` is an ``(x, y)`` pair of tensors (or arrays; x float NCHW in [0, 1], or uint8 pixels 0..255 in NCHW,
+NHWC or NHW, divided by 255 as ``npz:`` reads them), a torch ``Dataset`` or
 ``DataLoader`` yielding ``(x, y)``, a ``--data`` string (``digits``, ``cifar10:ROOT``, ...), or, for a
 checkpoint, ``None`` (its spec's data, else digits). Keyword arguments mirror the command-line options
 (``--batch-size`` is ``batch_size``); the shared ones may also come as option groups
@@ -33,6 +34,7 @@ import os
 import sys
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -186,6 +188,10 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
             from flatcli.inputs.data.pytorch import from_dataset
 
             ds = from_dataset(data)
+        elif isinstance(data, (tuple, list)) and len(data) == 2 and _uint8(data[0]):
+            from flatcli.inputs.data.npz import from_arrays  # npz:'s rule: NCHW, NHWC or NHW, divided by 255
+
+            ds = from_arrays(np.asarray(data[0]), np.asarray(data[1]), None, name="arrays")
         elif isinstance(data, (tuple, list)) and len(data) == 2:
             from flatcli.inputs.data.tensors import from_tensors
 
@@ -199,6 +205,11 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
             raise DataError(f"data source {ds.name} holds no samples")
     check_compatible(ds, loaded.spec.input_shape, loaded.num_classes)
     return ds
+
+
+def _uint8(x) -> bool:
+    """Whether ``x`` holds uint8 pixels (a numpy array or a tensor), which ``npz:``'s rule reads."""
+    return getattr(x, "dtype", None) in (np.uint8, torch.uint8)
 
 
 def _context(model, data, chosen: Chosen, *, resume=None, layer=None, progress: Progress | None = None) -> RunContext:
@@ -307,9 +318,11 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     ``attack`` is ``"pgd"`` (default), ``"apgd"`` or ``"square"`` (``queries`` its budget), ``loss`` the loss it
     ascends (``"ce"``, ``"cw"``, ``"dlr"``; default ce, cw for square).
 
-    The adversarials are in ``result.artifacts["adversarials"]`` (``(x, y, index)``) when ``save_adv``
-    names a file to write them to. ``layers`` (default: the spec's) records the traces of earlier layers
-    at every step too (``layer_method``, ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
+    ``result.artifacts["adversarials"]`` holds the adversarials ``(x_adv, y, index)``: CPU tensors in data order,
+    ``x_adv`` float NCHW in [0, 1], ``index`` the source indices; kept with ``samples`` (the default) when they take
+    at most 1 GiB (beyond, a note: ``save_adv`` names a file to write them to), and always with ``save_adv``.
+    ``layers`` (default: the spec's) records the traces of earlier layers at every step too (``layer_method``,
+    ``fisher_samples`` and ``hutchinson`` probes as for :func:`sharpness`).
 
     On a causal language model with ``prompts:FILE`` data the attack is GCG (``attack="gcg"``, the GCG options;
     :mod:`flatcli.runs.lm_attack`): one trajectory row per prompt and step, streamed to ``trajectory``.
@@ -328,7 +341,7 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     ctx = _context(model, data, chosen, resume=resume, progress=progress)
     settings.layers = _spec_layers(chosen, ctx)
     return attack_run.attack(ctx, settings, trajectory=trajectory, save_adv=save_adv, plot=plot, on_rows=on_rows,
-                             keep_samples=samples)
+                             keep_samples=samples, keep_adv=samples)
 
 
 def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: dict, samples, on_rows,

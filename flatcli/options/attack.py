@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 from flatcli.options.base import Group, choice, integer, number, switch
 
-PRESET_NAMES = ("uncanny", "basin", "robust")
+#: The names of :data:`flatcli.core.attacks.PRESETS` (a test keeps them equal; this module imports no torch).
+PRESET_NAMES = ("uncanny", "basin", "robust", "mnist", "mnist-basin")
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw", "dlr")
 
@@ -33,7 +34,10 @@ class PGDOptions(Group):
 
     preset: str | None = choice(None, "Paper settings: uncanny (PGD-linf, 10 steps, eps 8/255, alpha 2/255; §6.2), "
                                 "basin (PGD-l2, 25 steps, eps 0.025, alpha 0.001; §6.1), robust (PGD-l2, 50 steps, eps "
-                                "0.5, alpha 0.01; D.2). Explicit options override it.", PRESET_NAMES)
+                                "0.5, alpha 0.01; D.2); for MNIST-like data (1x28x28 in [0, 1]), where those are "
+                                "degenerate: mnist (PGD-linf, 40 steps, eps 0.3, alpha 0.01; Madry et al. 2018), "
+                                "mnist-basin (PGD-l2, 25 steps, eps 2, alpha 0.08; the §6.1 sweep). Explicit options "
+                                "override it.", PRESET_NAMES)
     norm: str | None = choice(None, "Threat model: linf or l2 (default: from --preset).", NORMS)
     eps: float | None = number(None, "Radius of the eps-ball around each input (default: from --preset).")
     alpha: float | None = number(None, "Step size (default: from --preset).")

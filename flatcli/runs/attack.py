@@ -15,6 +15,7 @@ backward passes per step for exact traces; Hutchinson probes give per-step data-
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from flatcli.models.head import HeadSplit
 from flatcli.outputs.writer import ResultWriter
 from flatcli.runs import layers as layer_run
 from flatcli.runs.result import OnRows, Result, Rows
-from flatcli.runs.sanity import checked
+from flatcli.runs.sanity import checked, degenerate_attack
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
 
@@ -73,6 +74,8 @@ CONVENTIONS = {
     "summary.nonfinite and left out of every mean and rate; --save-adv keeps its clean input",
 }
 
+#: The most bytes of adversarials (float32 inputs) ``keep_adv`` holds in memory; beyond, a note says how to get them.
+KEEP_ADV_BYTES = 2**30
 #: Trajectory file formats by suffix.
 TRAJECTORY_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 
@@ -243,14 +246,18 @@ def resolve_targets(targeted, y: Tensor, clean_logits: Tensor | None) -> Tensor 
 
 
 def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None = None, save_adv: str | None = None,
-           plot: str | None = None, on_rows: OnRows | None = None, keep_samples: bool = False) -> Result:
+           plot: str | None = None, on_rows: OnRows | None = None, keep_samples: bool = False,
+           keep_adv: bool = False) -> Result:
     """Attack every batch, stream the per-sample rows to ``on_rows`` and the per-step rows to the
     ``trajectory`` file; write ``save_adv`` and ``plot`` at the end; return the result on rank 0.
+
+    ``result.artifacts["adversarials"]`` is ``(x_adv, y, index)`` (CPU tensors, in data order) with ``save_adv``, and
+    with ``keep_adv`` when the data set's adversarials take at most :data:`KEEP_ADV_BYTES` (else a note says so).
 
     Random starts draw from a generator seeded by ``(seed, batch number)``, so a batch is attacked the
     same way whichever process runs it. With ``--resume`` finished batches come from the store (every
     batch keeps its adversarials there, so a resumed run may add ``--save-adv``); the adversarials are
-    held in memory only for ``save_adv``.
+    held in memory only for ``save_adv`` and ``keep_adv``. A flagged (non-finite) sample keeps its clean input.
     """
     loaded = ctx.loaded
     k = loaded.num_classes
@@ -261,7 +268,9 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
     plans = layer_run.plan_layers(loaded, settings.layers, settings.layer_method)
     store = ctx.store("attack", settings.identity(), {"Takeoff": Takeoff})
     ctx.expect(len(ctx.data))
-    keep_adv = save_adv is not None
+    adv_bytes = 4 * len(ctx.data) * math.prod(ctx.data.input_shape)
+    too_big = keep_adv and save_adv is None and adv_bytes > KEEP_ADV_BYTES
+    keep_adv = save_adv is not None or keep_adv and not too_big
     acc = _Accumulator(settings.attack.recorded_steps, plans, settings.weight_norm)
     advs: list[tuple[Tensor, Tensor, Tensor]] = []
     target_hits = 0
@@ -305,9 +314,16 @@ def attack(ctx: RunContext, settings: AttackSettings, *, trajectory: str | None 
         notes.append(f"note: {summary['nonfinite']} of {summary['n']} samples hit NaN/Inf in the logits or gradients; "
                      "they are flagged (nonfinite) and left out of the means")
     notes += layer_run.notes(plans, settings.layer_method, settings.probes)
+    if too_big:
+        notes.append(f"note: the adversarials ({adv_bytes / 2**30:.1f} GiB of float32 inputs) are not kept in memory "
+                     f"(at most {KEEP_ADV_BYTES / 2**30:g} GiB); save_adv writes them to a file")
     notes += resumed_note(store, ctx.resume)
+    censored = acc.column("censored").astype(bool)
+    degenerate = degenerate_attack(acc.column("takeoff_step")[~censored], int(censored.sum()),
+                                   steps=settings.attack.recorded_steps, tau=settings.takeoff,
+                                   attack=settings.attack.config(), success_rate=summary["success_rate"])
     return checked(Result("attack", config, summary, rows.kept, artifacts={"adversarials": adv} if adv is not None
-                          else {}, notes=notes), ctx, summary["clean_accuracy"])
+                          else {}, notes=notes), ctx, summary["clean_accuracy"], degenerate)
 
 
 def _attack_batch(split: HeadSplit, loaded, settings: AttackSettings, x: Tensor, y: Tensor,

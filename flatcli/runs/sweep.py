@@ -55,7 +55,7 @@ from flatcli.options.calls import chosen_of
 from flatcli.options.sweep import DEFAULT_SCALES, SweepOptions
 from flatcli.models.head import HeadSplit
 from flatcli.runs.result import OnRows, Result, Rows
-from flatcli.runs.sanity import checked
+from flatcli.runs.sanity import checked, degenerate_attack
 from flatcli.runtime import interrupts
 from flatcli.runtime.loop import RunContext, each_batch, resumed_note
 from flatcli.runtime.precision import PRECISIONS, autocast
@@ -348,8 +348,12 @@ def sweep_scale(ctx: RunContext, settings: SweepSettings, *, plot: str | None = 
         notes.append(f"note: {summary['nonfinite']} of {summary['n']} samples hit NaN/Inf in the logits or gradients "
                      "at one or more scales; they are flagged (nonfinite) and left out of those scales' means")
     notes += resumed_note(store, ctx.resume) + [f"wrote {path}" for path in figures]
+    censored, finite = arrays["censored"][one].astype(bool), ~arrays["nonfinite"][one].astype(bool)
+    degenerate = degenerate_attack(arrays["takeoff_step"][one][finite & ~censored], int((finite & censored).sum()),
+                                   steps=settings.trajectory.steps, tau=settings.takeoff,
+                                   attack=settings.trajectory.config())
     return checked(Result("sweep-scale", config, summary, rows.kept, artifacts={"outcome": outcome, "figures": figures},
-                          notes=notes), ctx, _mean(arrays["clean_correct"][one]))
+                          notes=notes), ctx, _mean(arrays["clean_correct"][one]), degenerate)
 
 
 def plot_directory(path: str) -> Path:

@@ -1,7 +1,8 @@
 """Where torchvision's data sets keep their files: the table behind ``cifar10:ROOT`` ... ``stl10:ROOT``.
 
-One row per data set: the ``torchvision.datasets`` class, the files it reads under ``ROOT``, its splits
-and classes, where to get the files, and the one-line help of its ``--data`` form. Nothing here imports
+One row per data set: the ``torchvision.datasets`` class, the files it reads under ``ROOT`` (all of them, or
+those of the split asked for), its splits and classes, where to get the files, and the one-line help of its
+``--data`` form. Nothing here imports
 torch, so the data forms' table (:mod:`.forms`), and through it the CLI's help and shell completion,
 read it cheaply; :mod:`.torchvision_sets` opens the data sets.
 """
@@ -25,17 +26,30 @@ class TorchvisionSet:
     splits: tuple[str, ...]
     classes: int
     where: str  # where to get the files
+    split_files: dict[str, tuple[tuple[str, ...], str]] | None = None  # per split: its files and their listing
+
+    def needed(self, split: str) -> tuple[tuple[str, ...], str]:
+        """The files ``split`` needs and how a message shows them (``SPLIT`` in :attr:`listing` replaced)."""
+        if self.split_files is not None:
+            return self.split_files[split]
+        if self.listing == "{SPLIT}_32x32.mat":  # SVHN: one file per split
+            return (f"{split}_32x32.mat",), f"{split}_32x32.mat"
+        return self.files, self.listing
 
 
 SETS = {
     "cifar10": TorchvisionSet(
         "CIFAR-10 under ROOT (torchvision files, never downloaded)", "CIFAR10", "cifar-10-batches-py",
         (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch", "batches.meta"),
-        "{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), 10, f"download cifar-10-python.tar.gz {_TORONTO}"),
+        "{data_batch_1..5,test_batch,batches.meta}", ("train", "test"), 10,
+        f"download cifar-10-python.tar.gz {_TORONTO}",
+        {"train": ((*(f"data_batch_{i}" for i in range(1, 6)), "batches.meta"), "{data_batch_1..5,batches.meta}"),
+         "test": (("test_batch", "batches.meta"), "{test_batch,batches.meta}")}),
     "cifar100": TorchvisionSet(
         "CIFAR-100 under ROOT (torchvision files, never downloaded)", "CIFAR100", "cifar-100-python",
         ("train", "test", "meta"), "{train,test,meta}", ("train", "test"), 100,
-        f"download cifar-100-python.tar.gz {_TORONTO}"),
+        f"download cifar-100-python.tar.gz {_TORONTO}",
+        {"train": (("train", "meta"), "{train,meta}"), "test": (("test", "meta"), "{test,meta}")}),
     "mnist": TorchvisionSet(
         "MNIST idx files under ROOT/MNIST/raw (torchvision, never downloaded)", "MNIST", "MNIST/raw", _IDX,
         _IDX_LISTING, ("train", "test"), 10,

@@ -14,8 +14,11 @@ stl10           ``ROOT/stl10_binary/{train,test}_{X,y}.bin``, ``unlabeled_X.bin`
 ==============  ==========================================================================================
 
 ROOT may also be the data set's own folder (``ROOT/MNIST``, ``ROOT/MNIST/raw``, ``ROOT/cifar-10-batches-py``).
-Missing files are named before torchvision is called; files torchvision refuses (CIFAR, SVHN and STL-10
-check md5 sums) are reported as corrupted. Images are kept as uint8 in memory and divided by 255 per
+Only the files of the split asked for are needed (CIFAR: ``test_batch`` or ``data_batch_1..5``, with the class
+names' file; torchvision itself would demand both splits). Before torchvision is called, missing files are named,
+and each needed file that torchvision has an md5 sum for (CIFAR, SVHN, STL-10: the class's ``train_list``,
+``test_list``, ``meta``, ``split_list``) is checked against it: the first that differs is named. Files torchvision
+refuses otherwise are reported as corrupted. Images are kept as uint8 in memory and divided by 255 per
 batch (the numbers of ``ToTensor``), after resizing and centre-cropping to the model's input when their
 size differs (:class:`~flatcli.inputs.data.images.Preprocess`). The source index is the position within
 the split. The whole construction runs under :func:`~flatcli.inputs.data.offline.no_network`.
@@ -23,7 +26,9 @@ the split. The whole construction runs under :func:`~flatcli.inputs.data.offline
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -36,11 +41,23 @@ from flatcli.inputs.data.source import DataSource, one_line
 from flatcli.inputs.data.torchvision_files import SETS, TorchvisionSet
 
 
-def _needed(entry: TorchvisionSet, split: str) -> list[str]:
-    """The files the class reads for ``split`` (SVHN: only that split's .mat)."""
-    if entry.cls == "SVHN":
-        return [f"{split}_32x32.mat"]
-    return list(entry.files)
+def checksums(cls) -> dict[str, str]:
+    """torchvision's md5 sum of each file a ``torchvision.datasets`` class checks, by file name."""
+    table = {name: md5 for name, md5 in [*getattr(cls, "train_list", ()), *getattr(cls, "test_list", ())]}
+    meta = getattr(cls, "meta", None)
+    if isinstance(meta, dict) and "md5" in meta:
+        table[meta["filename"]] = meta["md5"]
+    for _, name, md5 in getattr(cls, "split_list", {}).values():
+        table[name] = md5
+    return table
+
+
+def _md5(path: Path) -> str:
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _root(entry: TorchvisionSet, root: Path) -> Path:
@@ -61,18 +78,24 @@ def load_torchvision(kind: str, root_arg: str, split: str, preprocess: Preproces
         raise UsageError(f"{kind} has no split {split!r}; use {', '.join(entry.splits[:-1])} or {entry.splits[-1]}")
     root = _root(entry, Path(os.path.expanduser(root_arg)))
     folder = root / entry.folder
-    needed = _needed(entry, split)
+    needed, listing = entry.needed(split)
     missing = [name for name in needed if not (folder / name).is_file()]
     shown = os.path.normpath(os.path.join(root_arg, entry.folder))
     into = folder if entry.cls.endswith("MNIST") else root
     advice = f"{entry.where.replace('SPLIT', split)} into {into} yourself; flatrob never downloads"
     if missing:
         what = "none of them is there" if len(missing) == len(needed) else f"missing {', '.join(missing)}"
-        listing = entry.listing.replace("SPLIT", split)
         if len(needed) == 1:
-            listing, what = needed[0], "it is not there"
+            what = "it is not there"
         raise DataError(f"expected {shown}/{listing}: {what} ({folder}); {advice}")
     cls = getattr(tv, entry.cls)
+    expected = checksums(cls)
+    for name in needed:
+        if name in expected and (found := _md5(folder / name)) != expected[name]:
+            raise DataError(f"{os.path.join(shown, name)} is not torchvision's {kind} file (md5 {found}, expected "
+                            f"{expected[name]}): damaged, truncated or another version; {advice}")
+    if entry.split_files is not None:  # torchvision checks every split's files; those of this split were checked
+        cls = type(cls.__name__, (cls,), {"_check_integrity": lambda self: True})
     kwargs = {"train": split == "train"} if entry.cls not in ("SVHN", "STL10") else {"split": split}
     try:
         with no_network(f"{kind}:{root_arg}"):
@@ -80,7 +103,8 @@ def load_torchvision(kind: str, root_arg: str, split: str, preprocess: Preproces
     except DataError:
         raise
     except (RuntimeError, OSError, EOFError, ValueError, KeyError, TypeError, AssertionError, IndexError) as exc:
-        raise DataError(f"the {kind} files in {folder} are corrupted or incomplete (torchvision: {one_line(exc)}); "
+        said = re.sub(r"\s*You can use download=True to download it\.?", "", one_line(exc))
+        raise DataError(f"the {kind} files in {folder} are corrupted or incomplete (torchvision: {said}); "
                         f"{advice}") from exc
     images, labels, classes = _arrays(entry, dataset)
     if len(images) != len(labels):
