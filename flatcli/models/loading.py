@@ -18,7 +18,9 @@ and not at all once the user gives ``input_shape`` (it sets the crop) or arch_kw
 Trust: code is named only by the person running the command (``--arch module.path:Class``, or a
 ``--spec`` file they pass). An embedded spec whose ``arch`` names a module to import is refused before
 anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code``
-(``--trust-embedded-code``) says the checkpoint's author is trusted. Resources: the network is first
+(``--trust-embedded-code``) says the checkpoint's author is trusted. Code allowed so is imported from the
+current directory (the user's project) first, then ``PYTHONPATH`` and the installed packages
+(:func:`flatcli.models.registry._import_attr`); :attr:`LoadedModel.arch_file` records the file its class came from. Resources: the network is first
 built on the ``meta`` device (nothing allocated) and its keys and shapes compared with the state dict, and
 its buffers beyond the state dict capped (:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob
 allocate gigabytes.
@@ -41,8 +43,8 @@ from flatcli.models import stems
 from flatcli.models.arch_forms import names_code
 from flatcli.models.builtins import BUILTINS
 from flatcli.models.matching import check_fits, describe_candidates, detect, load_state, strip_prefix
-from flatcli.models.registry import (data_defaults, default_head, infer_in_channels, infer_num_classes,
-                                     known_head, kwargs_naming_code)
+from flatcli.models.registry import (class_file, data_defaults, default_head, infer_in_channels,
+                                     infer_num_classes, known_head, kwargs_naming_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.
@@ -88,6 +90,8 @@ class LoadedModel:
     #: Where each preprocessing value (:data:`PREPROCESSING_KEYS`) came from: "option", "spec file", "embedded
     #: spec", "hub config", "<arch> data config" (pretrained weights') or "default" (mean 0, std 1).
     sources: dict[str, str] = field(default_factory=dict)
+    #: For a ``module.path:Class`` (or ``path/to/file.py:Class``) architecture: the file its class was read from.
+    arch_file: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -119,6 +123,7 @@ class LoadedModel:
             "layer": self.layer,
             "classes": self.num_classes,
             "features": self.features,
+            **({"arch_file": self.arch_file} if self.arch_file else {}),
             **({"arch_candidates": self.candidates} if self.candidates else {}),
             **({"preprocessing_sources": self.sources} if self.pretrained_data else {}),
         }
@@ -254,7 +259,8 @@ def load_model(
         arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
     )
     loaded = LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source,
-                         checkpoint=checkpoint, image_defaults=image_defaults, sources=sources)
+                         checkpoint=checkpoint, image_defaults=image_defaults, sources=sources,
+                         arch_file=class_file(net) if names_code(arch) else None)
     loaded.notes += _pretrained_notes(defaults, image_defaults, given_by)
     if arch_source == "keys":
         loaded.candidates = [{"arch": name, "arch_kwargs": kw} for name, kw in others]
