@@ -36,13 +36,14 @@ import torch
 from torch import nn
 
 from flatcli.core.classifier import Classifier
-from flatcli.errors import LayerError, OptionError, SpecError
+from flatcli.errors import CheckpointError, LayerError, OptionError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
 from flatcli.models import stems
 from flatcli.models.arch_forms import names_code
 from flatcli.models.builtins import BUILTINS
-from flatcli.models.matching import check_fits, describe_candidates, detect, load_state, strip_prefix
+from flatcli.models.matching import (check_fits, describe_candidates, detect, load_state, strip_prefix,
+                                     torchvision_resnets)
 from flatcli.models.registry import (class_file, data_defaults, default_head, infer_in_channels,
                                      infer_num_classes, known_head, kwargs_naming_code)
 
@@ -244,7 +245,10 @@ def load_model(
         if head_name is None:
             raise SpecError(f"cannot tell the number of classes of {ref}; add num_classes: or layer: to the spec")
         num_classes = infer_num_classes(state, head_name)
-    net = build_fitting(arch, state, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    try:
+        net = build_fitting(arch, state, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    except CheckpointError as exc:
+        raise _with_stems(exc, arch, state) from None
     load_state(net, state)
     if head_name is None:
         head_name = default_head(arch, net)
@@ -270,6 +274,17 @@ def load_model(
             f"measured as {arch}: if another was trained, name it (arch: and arch_kwargs: in a spec, or --arch)"
         )
     return loaded
+
+
+def _with_stems(error: CheckpointError, arch: str, state: dict) -> CheckpointError:
+    """``error`` (the checkpoint does not fit ``arch``), naming the stem ``arch_kwargs`` with which it does when
+    ``arch`` is a torchvision ResNet whose stem was replaced for small images (:mod:`flatcli.models.stems`)."""
+    fitting = [(name, kwargs) for name, kwargs in torchvision_resnets(state) if name == arch and kwargs]
+    if not fitting:
+        return error
+    which = "the one trained" if len(fitting) > 1 else "it"
+    return CheckpointError(f"{error}; it fits {describe_candidates(fitting)}: name {which} with arch_kwargs: in a "
+                           "spec (--spec FILE)")
 
 
 def _pretrained(arch: str, net: nn.Module, kwargs: dict, hub_data: dict, spec: Spec, sources: dict[str, str],

@@ -54,6 +54,7 @@ SPECS = {
     "own.yaml": f"arch: {MODULE}:Net\narch_kwargs: {{width: 8}}\nmean: [0.1307]\nstd: [0.3081]\n",
     "tvstem.yaml": "arch: torchvision:resnet18\narch_kwargs: {stem_kernel: 3, stem_stride: 1, maxpool: true}\n"
                    "mean: [0.1307]\nstd: [0.3081]\n",
+    "timm-as-tv.yaml": "arch: torchvision:resnet18\narch_kwargs: {stem_kernel: 7, stem_stride: 2}\n",
 }
 
 
@@ -236,6 +237,9 @@ CASES = [
          says="comes from the checkpoint's keys alone",
          config=(("arch_source", "keys"), ("arch_candidates", [{"arch": "torchvision:resnet18", "arch_kwargs": {
              "stem_kernel": 3, "stem_stride": 1, "maxpool": True}}]))),
+    Case("tvstem", "safetensors --arch torchvision:resnet18", "tvstem.safetensors",
+         ("--arch", "torchvision:resnet18", *_norm(MNIST)), "refused",
+         says="fits torchvision:resnet18 with arch_kwargs {stem_kernel: 3, stem_stride: 1, maxpool: true} and"),
     Case("tvstem", "safetensors --spec", "tvstem.safetensors", ("--spec", "tvstem.yaml"), "same"),
     Case("tvstem", ".pt converted", "tvstem-pt.safetensors", ("--spec", "tvstem.yaml"), "same"),
     Case("tvstem", "Lightning .ckpt converted", "tvstem-ckpt.safetensors", ("--spec", "tvstem.yaml"), "same"),
@@ -255,6 +259,11 @@ CASES = [
     Case("timm", "safetensors --arch", "timm.safetensors", TIMM_ARCH, "same"),
     Case("timm", "safetensors, no --arch", "timm.safetensors", _norm(MNIST), "refused",
          says="fit torchvision:resnet18 with arch_kwargs {stem_kernel: 7, stem_stride: 2}"),
+    Case("timm", "safetensors --arch torchvision:resnet18", "timm.safetensors",
+         ("--arch", "torchvision:resnet18", *_norm(MNIST)), "refused",
+         says="fits torchvision:resnet18 with arch_kwargs {stem_kernel: 7, stem_stride: 2}: name it"),
+    Case("timm", "safetensors as the torchvision variant it names", "timm.safetensors",
+         ("--spec", "timm-as-tv.yaml", *_norm(MNIST)), "same"),
     Case("timm", "save_for_hf folder", "timm-hf", _norm(MNIST), "same"),
 ]
 
@@ -293,3 +302,14 @@ def test_the_api_finds_the_users_class_in_the_current_directory(project, monkeyp
         losses = torch.tensor([row["loss"] for row in result.samples], dtype=torch.float64)
         torch.testing.assert_close(losses, built["own"].losses, rtol=1e-4, atol=1e-5)
         assert result.config["arch_file"] == str((folder / f"{MODULE}.py").resolve())
+
+
+def test_a_class_not_in_the_project_is_refused_saying_where_it_was_looked_for(project, tmp_path, monkeypatch):
+    folder, built = project
+    monkeypatch.chdir(tmp_path)
+    checkpoint = str(folder / "own.safetensors")
+    res = invoke("sharpness", checkpoint, "--arch", "four_net_elsewhere:Net", "--data", built["own"].data)
+    assert_one_error(res, "cannot import 'four_net_elsewhere'", f"searched the current directory ({tmp_path})",
+                     "path/to/models.py:ClassName")
+    res = invoke("sharpness", checkpoint, "--arch", "nets/four_net.py:Net", "--data", built["own"].data)
+    assert_one_error(res, "nets/four_net.py is not a file")
