@@ -312,6 +312,9 @@ def _import_file(ref: str, file: str):
     try:
         with _project_first(os.path.dirname(path), os.getcwd()):
             spec.loader.exec_module(module)
+    except ImportError as exc:
+        del sys.modules[name]  # as Python does with a module that failed: the next import runs it again
+        raise SpecError(f"cannot run {file} for {ref}: {exc}; install what it imports") from None
     except BaseException:
         del sys.modules[name]
         raise

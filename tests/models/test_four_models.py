@@ -295,13 +295,22 @@ def test_every_way_of_loading_gives_the_models_own_losses_or_says_why_not(projec
 
 
 def test_the_api_finds_the_users_class_in_the_current_directory(project, monkeypatch):
+    """``arch=`` as ``--arch``: a module of the project, its file, or a file in a subfolder that imports its
+    neighbour and the project's module."""
     folder, built = project
     monkeypatch.chdir(folder)
-    for arch in (f"{MODULE}:Net", f"{MODULE}.py:Net"):
+    (folder / "nets").mkdir(exist_ok=True)
+    (folder / "nets" / "four_net_width.py").write_text("WIDTH = 8\n")
+    (folder / "nets" / "wrapped.py").write_text(
+        f"from four_net_width import WIDTH\nfrom {MODULE} import Net as Own\n\n\n"
+        "class Net(Own):\n    def __init__(self, num_classes=10):\n        super().__init__(num_classes, WIDTH)\n")
+    for arch, file in ((f"{MODULE}:Net", f"{MODULE}.py"), (f"{MODULE}.py:Net", f"{MODULE}.py"),
+                       ("nets/wrapped.py:Net", "nets/wrapped.py")):
         result = fr.sharpness("own.safetensors", built["own"].data, arch=arch, mean=[0.1307], std=[0.3081])
         losses = torch.tensor([row["loss"] for row in result.samples], dtype=torch.float64)
         torch.testing.assert_close(losses, built["own"].losses, rtol=1e-4, atol=1e-5)
-        assert result.config["arch_file"] == str((folder / f"{MODULE}.py").resolve())
+        assert result.config["arch_file"] == str((folder / file).resolve())
+    sys.modules.pop("four_net_width", None)
 
 
 def test_a_class_not_in_the_project_is_refused_saying_where_it_was_looked_for(project, tmp_path, monkeypatch):
@@ -313,3 +322,7 @@ def test_a_class_not_in_the_project_is_refused_saying_where_it_was_looked_for(pr
                      "path/to/models.py:ClassName")
     res = invoke("sharpness", checkpoint, "--arch", "nets/four_net.py:Net", "--data", built["own"].data)
     assert_one_error(res, "nets/four_net.py is not a file")
+    (tmp_path / "needs.py").write_text("import four_net_missing_dependency\n")
+    res = invoke("sharpness", checkpoint, "--arch", "needs.py:Net", "--data", built["own"].data)
+    assert_one_error(res, "cannot run needs.py", "four_net_missing_dependency")
+    assert not [name for name in sys.modules if name.startswith("flatrob_file_") and "needs" in str(sys.modules[name])]
