@@ -20,10 +20,10 @@ Trust: code is named only by the person running the command (``--arch module.pat
 anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code``
 (``--trust-embedded-code``) says the checkpoint's author is trusted. Code allowed so is imported from the
 current directory (the user's project) first, then ``PYTHONPATH`` and the installed packages
-(:func:`flatcli.models.registry._import_attr`); :attr:`LoadedModel.arch_file` records the file its class came from. Resources: the network is first
-built on the ``meta`` device (nothing allocated) and its keys and shapes compared with the state dict, and
-its buffers beyond the state dict capped (:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob
-allocate gigabytes.
+(:func:`flatcli.models.registry._import_attr`); :attr:`LoadedModel.arch_file` records the file its class came
+from. Resources: the network is first built on the ``meta`` device (nothing allocated) and its keys and shapes
+compared with the state dict, and its buffers beyond the state dict capped (:data:`MAX_EXTRA_BYTES`), so a few-KB
+spec cannot make flatrob allocate gigabytes.
 """
 
 from __future__ import annotations

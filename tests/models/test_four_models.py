@@ -182,7 +182,8 @@ def _build_all(folder, own_cls) -> dict[str, Built]:
     timm.models.save_for_hf(tm, str(folder / "timm-hf"), model_args={"in_chans": 1}, safe_serialization=True)
     conversions = [("own.pt", "own-pt"), ("own.ckpt", "own-ckpt"), ("tvstem.pt", "tvstem-pt"),
                    ("tvstem.ckpt", "tvstem-ckpt"), ("tv.pt", "tv-pt"), ("timm.pth.tar", "timm-model"),
-                   ("timm.pth.tar", "timm-ema", "--weights", "ema"), ("own.pt", "own-embedded", "--spec", str(folder / "own.yaml"))]
+                   ("timm.pth.tar", "timm-ema", "--weights", "ema"),
+                   ("own.pt", "own-embedded", "--spec", str(folder / "own.yaml"))]
     for source, dest, *options in conversions:
         res = invoke("convert", folder / source, folder / f"{dest}.safetensors", *options, "--format", "json")
         assert res.exit_code == 0, res.stderr
@@ -190,7 +191,8 @@ def _build_all(folder, own_cls) -> dict[str, Built]:
             summary = json.loads(res.stdout)["summary"]
             taken, other = ("state_dict_ema", "state_dict") if options else ("state_dict", "state_dict_ema")
             assert summary["key"] == taken and summary["other_weights"] == [other], summary
-            assert res.stderr.count("note: took the") == 1 and f"--weights {'model' if options else 'ema'}" in res.stderr
+            other_option = f"--weights {'model' if options else 'ema'}"
+            assert res.stderr.count("note: took the") == 1 and other_option in res.stderr
     return built
 
 
