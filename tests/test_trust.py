@@ -1,5 +1,9 @@
 """Nothing a file says runs code or downloads: embedded specs naming code, the import path, torch.hub.
 
+The person at the shell may name code: ``--arch module:Class`` (or ``arch=``) is imported from the current
+directory, their project, first; a checkpoint's embedded spec naming a module that lies right there is still
+refused before anything is imported.
+
 Every case runs in a subprocess (the console script, ``python -m flatcli``, or the Python API through
 ``python -c``) in a directory holding a planted module that leaves a marker file and prints when it is
 imported, so "nothing ran" is observed, not assumed. The download cases point ``TORCH_HOME`` at a
@@ -72,26 +76,32 @@ def test_console_script_refuses_an_embedded_spec_naming_code_before_importing_it
     assert res.returncode == 2 and res.stdout == ""  # `this` prints the Zen of Python when imported
     line = _error_line(res)
     assert "names code" in line and "--trust-embedded-code" in line and "--arch this:X" in line
-    res = _run([FLATROB, "inspect", "plant.safetensors", "--format", "json"], planted)
+    res = _run([FLATROB, "inspect", "plant.safetensors", "--format", "json"], planted)  # plantmod.py is in the cwd
     assert res.returncode == 2 and res.stdout == "" and "--trust-embedded-code" in _error_line(res)
-    res = _run([FLATROB, "inspect", "plant.safetensors", "--arch", "plantmod:X"], planted)  # the cwd is not searched
-    assert res.returncode == 2 and "cannot import 'plantmod'" in _error_line(res)
     assert not list(planted.glob("IMPORTED-*"))
 
 
-def test_python_m_flatcli_never_imports_from_the_current_directory(planted, tmp_path):
-    """``python -m`` puts the current directory first on sys.path: neither a planted ``yaml.py`` (read by
-    every spec) nor a ``--arch plantmod:X`` named on the command line may resolve to files there."""
+def test_python_m_flatcli_imports_from_the_current_directory_only_the_class_the_user_names(planted, tmp_path):
+    """``python -m`` puts the current directory first on sys.path: a planted ``yaml.py`` (read by every spec) is
+    never imported, nor a module there that the checkpoint's embedded spec names; ``--arch plantmod:X`` named on
+    the command line is (the user's project), and the config says which file it came from."""
     (tmp_path / "plantmod.py").write_text(PLANTED)
     (tmp_path / "yaml.py").write_text('open(__file__ + ".IMPORTED", "w").write("ran")\nraise SystemExit("planted")\n')
     (tmp_path / "plant.safetensors").write_bytes((planted / "plant.safetensors").read_bytes())
-    res = _run([sys.executable, "-m", "flatcli", "inspect", "plant.safetensors", "--arch", "plantmod:X"], tmp_path)
-    assert res.returncode == 2 and res.stdout == ""
-    assert "cannot import 'plantmod'" in _error_line(res) and "current directory" in _error_line(res)
+    res = _run([sys.executable, "-m", "flatcli", "inspect", "plant.safetensors"], tmp_path)
+    assert res.returncode == 2 and res.stdout == "" and "--trust-embedded-code" in _error_line(res)
     assert not list(tmp_path.glob("IMPORTED-*")) and not list(tmp_path.glob("*.IMPORTED"))
+    res = _run([sys.executable, "-m", "flatcli", "sharpness", "plant.safetensors", "--arch", "plantmod:X",
+                "--data", "digits", "--limit", "4", "--format", "json"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    planted_line, document = res.stdout.split("\n", 1)
+    assert planted_line == "PLANTED OUTPUT"
+    assert json.loads(document)["config"]["arch_file"] == str((tmp_path / "plantmod.py").resolve())
+    assert [p.name for p in tmp_path.glob("IMPORTED-*")] == ["IMPORTED-plantmod"]
+    assert not list(tmp_path.glob("*.IMPORTED"))
 
 
-def test_the_api_refuses_embedded_code_and_never_searches_the_current_directory(planted):
+def test_the_api_refuses_embedded_code_and_imports_from_the_current_directory_only_what_it_names(planted):
     script = textwrap.dedent("""
         import contextlib, io, json, sys
         import flatcli.api as fr
@@ -108,10 +118,11 @@ def test_the_api_refuses_embedded_code_and_never_searches_the_current_directory(
             out[name + " stdout"] = buffer.getvalue()
         attempt("embedded", "plant.safetensors")
         attempt("this", "this.safetensors")
-        attempt("arch", "plant.safetensors", arch="plantmod:X")
         sys.path.insert(0, "lib")  # not the current directory: found, once the user trusts the spec
         attempt("untrusted lib", "lib.safetensors")
         attempt("trusted lib", "lib.safetensors", trust_embedded_code=True)
+        out["imported before arch="] = sorted(p.name for p in __import__("pathlib").Path().rglob("IMPORTED-*"))
+        attempt("arch", "plant.safetensors", arch="plantmod:X")  # named by the caller: found in the cwd
         out["this imported"] = "this" in sys.modules
         print(json.dumps(out))
     """)
@@ -120,10 +131,11 @@ def test_the_api_refuses_embedded_code_and_never_searches_the_current_directory(
     out = json.loads(res.stdout.splitlines()[-1])
     assert "names code" in out["embedded"] and "trust_embedded_code=True" in out["embedded"]
     assert "names code" in out["this"] and out["this stdout"] == "" and out["this imported"] is False
-    assert "cannot import" in out["arch"]
     assert "names code" in out["untrusted lib"]
     assert out["trusted lib"] == "ok" and out["trusted lib stdout"] == "PLANTED OUTPUT\n"
-    assert [p.name for p in planted.rglob("IMPORTED-*")] == ["IMPORTED-libmod"]  # only the trusted import ran
+    assert out["imported before arch="] == ["IMPORTED-libmod"]  # only the trusted import ran
+    assert out["arch"] == "ok" and out["arch stdout"] == "PLANTED OUTPUT\n"
+    assert sorted(p.name for p in planted.rglob("IMPORTED-*")) == ["IMPORTED-libmod", "IMPORTED-plantmod"]
 
 
 # ------------------------------------------------------------------------------------------------

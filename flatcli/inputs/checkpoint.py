@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # torch is imported only when tensors are read: shell complet
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
 MAX_HEADER_BYTES = 100 * 1024 * 1024
-PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt")
+#: Endings of PyTorch pickles (``.pth.tar``: timm's training checkpoints).
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".bin", ".ckpt", ".pth.tar")
 
 
 @dataclass
@@ -120,9 +121,10 @@ def read(ref: str, located: tuple[Path, Path | None] | None = None) -> Checkpoin
     :func:`locate` returned for ``ref``, if the caller has it already."""
     path, config_path = located or locate(ref)
     config = hub.read_config(config_path) if config_path is not None else {}
-    if path.suffix.lower() in PICKLE_SUFFIXES:
+    suffix = next((end for end in PICKLE_SUFFIXES if path.name.lower().endswith(end)), None)
+    if suffix is not None:
         raise CheckpointError(
-            f"{path} looks like a pickle ({path.suffix}); flatrob reads only safetensors. Convert it with "
+            f"{path} looks like a pickle ({suffix}); flatrob reads only safetensors. Convert it with "
             "`flatrob convert` (weights_only=True) or safetensors.torch.save_file"
         )
     header = read_header(path)

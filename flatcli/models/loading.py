@@ -18,10 +18,12 @@ and not at all once the user gives ``input_shape`` (it sets the crop) or arch_kw
 Trust: code is named only by the person running the command (``--arch module.path:Class``, or a
 ``--spec`` file they pass). An embedded spec whose ``arch`` names a module to import is refused before
 anything is imported (a hub config names a timm model, never a module), unless ``trust_embedded_code``
-(``--trust-embedded-code``) says the checkpoint's author is trusted. Resources: the network is first
-built on the ``meta`` device (nothing allocated) and its keys and shapes compared with the state dict, and
-its buffers beyond the state dict capped (:data:`MAX_EXTRA_BYTES`), so a few-KB spec cannot make flatrob
-allocate gigabytes.
+(``--trust-embedded-code``) says the checkpoint's author is trusted. Code allowed so is imported from the
+current directory (the user's project) first, then ``PYTHONPATH`` and the installed packages
+(:func:`flatcli.models.registry._import_attr`); :attr:`LoadedModel.arch_file` records the file its class came
+from. Resources: the network is first built on the ``meta`` device (nothing allocated) and its keys and shapes
+compared with the state dict, and its buffers beyond the state dict capped (:data:`MAX_EXTRA_BYTES`), so a few-KB
+spec cannot make flatrob allocate gigabytes.
 """
 
 from __future__ import annotations
@@ -34,15 +36,16 @@ import torch
 from torch import nn
 
 from flatcli.core.classifier import Classifier
-from flatcli.errors import LayerError, OptionError, SpecError
+from flatcli.errors import CheckpointError, LayerError, OptionError, SpecError
 from flatcli.inputs import checkpoint as ckpt
 from flatcli.inputs.spec import METADATA_KEY, Spec, parse_spec, read_spec_file
 from flatcli.models import stems
 from flatcli.models.arch_forms import names_code
 from flatcli.models.builtins import BUILTINS
-from flatcli.models.matching import check_fits, describe_candidates, detect, load_state, strip_prefix
-from flatcli.models.registry import (data_defaults, default_head, infer_in_channels, infer_num_classes,
-                                     known_head, kwargs_naming_code)
+from flatcli.models.matching import (check_fits, describe_candidates, detect, load_state, strip_prefix,
+                                     torchvision_resnets)
+from flatcli.models.registry import (class_file, data_defaults, default_head, infer_in_channels,
+                                     infer_num_classes, known_head, kwargs_naming_code)
 
 #: What a network may allocate beyond its state dict (non-persistent buffers and the like): the larger of
 #: this and the checkpoint's own tensors.
@@ -88,6 +91,8 @@ class LoadedModel:
     #: Where each preprocessing value (:data:`PREPROCESSING_KEYS`) came from: "option", "spec file", "embedded
     #: spec", "hub config", "<arch> data config" (pretrained weights') or "default" (mean 0, std 1).
     sources: dict[str, str] = field(default_factory=dict)
+    #: For a ``module.path:Class`` (or ``path/to/file.py:Class``) architecture: the file its class was read from.
+    arch_file: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -119,6 +124,7 @@ class LoadedModel:
             "layer": self.layer,
             "classes": self.num_classes,
             "features": self.features,
+            **({"arch_file": self.arch_file} if self.arch_file else {}),
             **({"arch_candidates": self.candidates} if self.candidates else {}),
             **({"preprocessing_sources": self.sources} if self.pretrained_data else {}),
         }
@@ -239,7 +245,10 @@ def load_model(
         if head_name is None:
             raise SpecError(f"cannot tell the number of classes of {ref}; add num_classes: or layer: to the spec")
         num_classes = infer_num_classes(state, head_name)
-    net = build_fitting(arch, state, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    try:
+        net = build_fitting(arch, state, num_classes=num_classes, in_channels=in_channels, kwargs=kwargs)
+    except CheckpointError as exc:
+        raise _with_stems(exc, arch, state) from None
     load_state(net, state)
     if head_name is None:
         head_name = default_head(arch, net)
@@ -254,7 +263,8 @@ def load_model(
         arch=arch, arch_kwargs=kwargs or None, layer=head_name, num_classes=num_classes, mean=tuple(mean), std=tuple(std)
     )
     loaded = LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source,
-                         checkpoint=checkpoint, image_defaults=image_defaults, sources=sources)
+                         checkpoint=checkpoint, image_defaults=image_defaults, sources=sources,
+                         arch_file=class_file(net) if names_code(arch) else None)
     loaded.notes += _pretrained_notes(defaults, image_defaults, given_by)
     if arch_source == "keys":
         loaded.candidates = [{"arch": name, "arch_kwargs": kw} for name, kw in others]
@@ -264,6 +274,17 @@ def load_model(
             f"measured as {arch}: if another was trained, name it (arch: and arch_kwargs: in a spec, or --arch)"
         )
     return loaded
+
+
+def _with_stems(error: CheckpointError, arch: str, state: dict) -> CheckpointError:
+    """``error`` (the checkpoint does not fit ``arch``), naming the stem ``arch_kwargs`` with which it does when
+    ``arch`` is a torchvision ResNet whose stem was replaced for small images (:mod:`flatcli.models.stems`)."""
+    fitting = [(name, kwargs) for name, kwargs in torchvision_resnets(state) if name == arch and kwargs]
+    if not fitting:
+        return error
+    which = "the one trained" if len(fitting) > 1 else "it"
+    return CheckpointError(f"{error}; it fits {describe_candidates(fitting)}: name {which} with arch_kwargs: in a "
+                           "spec (--spec FILE)")
 
 
 def _pretrained(arch: str, net: nn.Module, kwargs: dict, hub_data: dict, spec: Spec, sources: dict[str, str],

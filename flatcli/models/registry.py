@@ -11,8 +11,9 @@ The forms of a name are the table :data:`flatcli.models.arch_forms.FORMS` (built
 * :class:`Timm`: a model of timm's registry, ``timm.create_model(NAME, pretrained=False, ...)``
   (:mod:`flatcli.models.timm_models`);
 * :class:`RobustBench`: a RobustBench model zoo entry's constructor (:mod:`flatcli.models.robustbench_zoo`);
-* :class:`ModulePath`: an ``nn.Module`` subclass, verified as such before it is called, imported from
-  the installed packages and ``PYTHONPATH``, never from the current directory.
+* :class:`ModulePath`: an ``nn.Module`` subclass, verified as such before it is called, imported with the
+  current directory (the user's project) first on ``sys.path`` for that import only, as ``python -m`` would
+  find it; ``path/to/models.py:ClassName`` runs that file.
 
 Only the last form imports code a user names (:func:`~flatcli.models.arch_forms.names_code`); the registries
 name entries of installed libraries, as built-ins do; :mod:`flatcli.models.loading` refuses it from a
@@ -25,7 +26,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import difflib
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import os
 import re
@@ -206,23 +209,21 @@ class ModulePath(Builder):
 
 
 @contextlib.contextmanager
-def _without_current_directory() -> Iterator[None]:
-    """``sys.path`` without the current directory (``''`` or its path) unless ``PYTHONPATH`` names it.
+def _project_first(*folders: str) -> Iterator[None]:
+    """``sys.path`` with ``folders`` (the current directory: the user's project) first, for one import only.
 
-    Python puts the current directory first for ``python -c``, ``-m`` and the REPL; a ``module:Class``
-    must not resolve to whatever file lies there. The entries are put back afterwards.
+    Only a ``module.path:Class`` that a person named (``--arch``, a ``--spec`` file) or a trusted checkpoint's spec
+    names reaches an import (:mod:`flatcli.models.loading` refuses one from an embedded spec unless it is trusted),
+    so it is found where ``python -m`` would find it: in the current directory before the installed packages. The
+    entries are taken out afterwards.
     """
-    cwd = os.path.realpath(os.getcwd())
-    named = {os.path.realpath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p}
-    removed = [(i, p) for i, p in enumerate(sys.path)
-               if p == "" or (os.path.realpath(p) == cwd and cwd not in named)]
-    for i, _ in reversed(removed):
-        del sys.path[i]
+    added = [os.path.realpath(folder) for folder in folders]
+    sys.path[:0] = added
     try:
         yield
     finally:
-        for i, p in removed:
-            sys.path.insert(i, p)
+        for folder in added:
+            sys.path.remove(folder)
 
 
 def _build_class(arch: str, num_classes: int, in_channels: int, kwargs: dict) -> nn.Module:
@@ -270,23 +271,62 @@ def _kwarg_class(arch: str, key: str, value):
 
 
 def _import_attr(ref: str):
-    """The object ``module.path:Name`` names, imported without the current directory on ``sys.path``."""
+    """The object ``module.path:Name`` (or ``path/to/file.py:Name``) names, imported with the current directory
+    first on ``sys.path`` (:func:`_project_first`)."""
     module_name, _, attr = ref.partition(":")
     if not module_name or not attr:
         raise SpecError(f"{ref!r} must look like module.path:ClassName")
-    try:
-        with _without_current_directory():
-            obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SpecError(
-            f"cannot import {module_name!r} for {ref}: {exc}; install it or add its directory to PYTHONPATH "
-            "(the current directory is never searched)"
-        ) from None
+    if module_name.endswith(".py"):
+        obj = _import_file(ref, module_name)
+    else:
+        try:
+            with _project_first(os.getcwd()):
+                obj = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise SpecError(
+                f"cannot import {module_name!r} for {ref}: {exc}; searched the current directory "
+                f"({os.getcwd()}), PYTHONPATH and the installed packages: run from the project that holds it, "
+                "install it, or name its file (path/to/models.py:ClassName)"
+            ) from None
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise SpecError(f"{module_name!r} has no attribute {attr!r}; check the class name in {ref}")
         obj = getattr(obj, part)
     return obj
+
+
+def _import_file(ref: str, file: str):
+    """The module of the Python file ``file`` (relative to the current directory), run once per file: kept in
+    ``sys.modules`` under ``flatrob_file_<sha256 of its path>``, with its own folder and the current directory
+    first on ``sys.path`` while it runs (so it may import its neighbours)."""
+    path = os.path.realpath(os.path.expanduser(file))
+    if not os.path.isfile(path):
+        raise SpecError(f"{ref}: {file} is not a file (a path/to/models.py:ClassName is read from the current "
+                        f"directory, {os.getcwd()})")
+    name = "flatrob_file_" + hashlib.sha256(path.encode()).hexdigest()[:16]
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses and pickling look a class's module up there
+    try:
+        with _project_first(os.path.dirname(path), os.getcwd()):
+            spec.loader.exec_module(module)
+    except ImportError as exc:
+        del sys.modules[name]  # as Python does with a module that failed: the next import runs it again
+        raise SpecError(f"cannot run {file} for {ref}: {exc}; install what it imports") from None
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+def class_file(net: nn.Module) -> str | None:
+    """The source file of ``net``'s class (where a ``module.path:Class`` came from), ``None`` when it has none."""
+    try:
+        return inspect.getfile(type(net))
+    except (TypeError, OSError):
+        return None
 
 
 def known_head(arch: str) -> str | None:
