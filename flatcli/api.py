@@ -231,17 +231,17 @@ LANGUAGE = (PromptOptions, PositionOptions, LanguageModelOptions)
 
 def _language_model(model, data) -> bool:
     """Whether a call measures a causal language model (the model-kind seam, :mod:`flatcli.models.kinds`):
-    ``prompts:`` data, a Hugging Face causal-LM folder or ``hf-hub:`` reference, or an in-memory transformers
-    model."""
+    ``prompts:`` data, a Hugging Face causal-LM folder or ``hf-hub:`` reference, a ``.safetensors`` file holding
+    a causal LM's weights, or an in-memory transformers model."""
     if isinstance(data, str) and data.strip().startswith("prompts:"):
         return True
     if isinstance(model, nn.Module):
         transformers = sys.modules.get("transformers")
         return transformers is not None and isinstance(model, transformers.PreTrainedModel)
     if isinstance(model, (str, os.PathLike)):
-        from flatcli.models.kinds.hf_folder import is_causal_lm_folder
+        from flatcli.models.kinds.hf_folder import holds_lm_weights, is_causal_lm_folder
 
-        return is_causal_lm_folder(model)
+        return is_causal_lm_folder(model) or holds_lm_weights(model)
     return False
 
 
@@ -254,14 +254,27 @@ def _only_for(chosen: Chosen, kinds: tuple, what: str, but: tuple[str, ...] = ()
 
 
 def _open_language_model(model, data, chosen: Chosen, tokenizer):
-    """The causal language model and the prompts of a call, the options for images refused."""
+    """The causal language model and the prompts of a call, the options for images refused; every file read is
+    an input of the output plan. ``tokenizer`` (the API's: an object or a path) and ``chosen.lm.tokenizer`` (the
+    option, a path) are one setting."""
+    from flatcli.inputs.data.prompts import prompts_path
+    from flatcli.models.kinds.hf_folder import model_files
     from flatcli.runs.lm_sharpness import open_run
 
     _only_for(chosen, (ModelOptions, DataOptions, SpeedOptions, LayerOptions, HeadOptions, TakeoffOptions),
               "a language model", but=("trust_embedded_code", "limit", "data", "weight_norm"))
+    if tokenizer is not None and chosen.lm.tokenizer is not None:
+        raise OptionError("tokenizer", "{} is given twice (as a keyword and in the language-model options); give it once")
+    tokenizer = tokenizer if tokenizer is not None else chosen.lm.tokenizer
+    if isinstance(model, (str, os.PathLike)):
+        path = tokenizer if isinstance(tokenizer, (str, os.PathLike)) else None
+        for role, file in model_files(model, chosen.lm.config, path):
+            plan_inputs(**{role: file})
+    plan_inputs(data=prompts_path(data) if isinstance(data, str) else None)
     torch.manual_seed(chosen.run.seed)
-    return open_run(model, data, tokenizer=tokenizer, dtype=chosen.lm.dtype, device=device_for(chosen.run.device),
-                    trust_embedded_code=chosen.model.trust_embedded_code, limit=chosen.data.limit)
+    return open_run(model, data, tokenizer=tokenizer, config=chosen.lm.config, dtype=chosen.lm.dtype,
+                    device=device_for(chosen.run.device), trust_embedded_code=chosen.model.trust_embedded_code,
+                    limit=chosen.data.limit)
 
 
 def _token_head(chosen: Chosen) -> TokenHeadOptions:
@@ -526,17 +539,24 @@ def _apply(model, data, detector, chosen: Chosen, *, force, samples, on_rows, pr
 
 
 @_one_plan
-@accepts(ModelOptions)
+@accepts(ModelOptions, LanguageModelOptions)
 def inspect(model, *, chosen: Chosen) -> Result:
-    """``flatrob inspect``: what a checkpoint holds (architecture, parameters, linear layers, specs)."""
+    """``flatrob inspect``: what a checkpoint holds (architecture, parameters, linear layers, specs); for a causal
+    language model (a folder, or a single ``.safetensors`` file with ``config`` and ``tokenizer``) its head."""
     options = chosen.model
     described = {"checkpoint": str(model), "spec": options.spec, "arch": options.arch, "layer": options.layer}
     if _language_model(model, None):
         from flatcli.models.kinds.causal_lm import CausalLM
+        from flatcli.models.kinds.hf_folder import model_files
         from flatcli.runtime.loop import versions
 
-        summary = CausalLM.open(model, trust_embedded_code=options.trust_embedded_code).inspect()
+        lm = chosen.lm
+        for role, file in model_files(model, lm.config, lm.tokenizer):
+            plan_inputs(**{role: file})
+        summary = CausalLM.open(model, lm.tokenizer, config=lm.config, dtype=lm.dtype,
+                                trust_embedded_code=options.trust_embedded_code).inspect()
         return Result("inspect", {"checkpoint": str(model), "versions": versions()}, summary, [])
+    _only_for(chosen, (LanguageModelOptions,), "an image classifier (they are for language models)")
     if isinstance(model, nn.Module):
         raise UsageError("inspect describes a checkpoint file; pass its path or example:NAME")
     try:

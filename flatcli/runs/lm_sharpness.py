@@ -60,15 +60,18 @@ def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, fact
     return [{k: out[k][i].tolist() for k in ("exact_match", *MEASURES, "trace_h_tokens")} for i in range(len(ids))]
 
 
-def open_run(model, data: str, *, tokenizer=None, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
-             trust_embedded_code: bool = False, limit: int | None = None) -> tuple[CausalLM, list[Prompt]]:
-    """The language model (a folder, ``hf-hub:`` reference or in-memory model with ``tokenizer``) and the prompts
-    of ``data`` (``prompts:FILE``) of a run."""
-    path = prompts_path(data)
+def open_run(model, data: str, *, tokenizer=None, config=None, dtype: str = "fp32",
+             device: torch.device = torch.device("cpu"), trust_embedded_code: bool = False,
+             limit: int | None = None) -> tuple[CausalLM, list[Prompt]]:
+    """The language model (a folder, ``hf-hub:`` reference, single ``.safetensors`` file with its ``config`` and
+    ``tokenizer``, or in-memory model with ``tokenizer``) and the prompts of ``data`` (``prompts:FILE``) of a run."""
+    path = prompts_path(data) if isinstance(data, str) else None
     if path is None:
         raise OptionError("data", f"a language model reads prompts: give {{}} prompts:FILE, got {data!r}")
     prompts = read_prompts(path, limit)
-    return CausalLM.open(model, tokenizer, dtype=dtype, device=device, trust_embedded_code=trust_embedded_code), prompts
+    kind = CausalLM.open(model, tokenizer, config=config, dtype=dtype, device=device,
+                         trust_embedded_code=trust_embedded_code)
+    return kind, prompts
 
 
 def prompt_layouts(kind: CausalLM, prompts: list[Prompt], options: PromptOptions) -> list[Layout]:
