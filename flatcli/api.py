@@ -301,7 +301,8 @@ def sharpness(model, data=None, *, chosen: Chosen, tokenizer=None, samples: bool
 
         kind, prompts = _open_language_model(model, data, chosen, tokenizer)
         return lm_sharpness(kind, prompts, data=data, prompt=chosen.prompt, head=_token_head(chosen),
-                            seed=chosen.run.seed, on_rows=on_rows, keep_samples=samples, progress=progress)
+                            seed=chosen.run.seed, dist=from_environment(kind.device), on_rows=on_rows,
+                            keep_samples=samples, progress=progress)
     _only_for(chosen, LANGUAGE, "an image classifier (they are for language models and prompts: data)")
     settings = sharpness_run.SharpnessSettings.from_groups(chosen)
     ctx = _context(model, data, chosen, progress=progress)
@@ -328,9 +329,8 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     :mod:`flatcli.runs.lm_attack`): one trajectory row per prompt and step, streamed to ``trajectory``.
     """
     if _language_model(model, data) or chosen.attack.attack == GCG_KIND:
-        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, plot=plot, refused={
-            "targeted": targeted, "save_adv": save_adv, "resume": resume}, samples=samples, on_rows=on_rows,
-            progress=progress)
+        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, plot=plot, resume=resume, refused={
+            "targeted": targeted, "save_adv": save_adv}, samples=samples, on_rows=on_rows, progress=progress)
     _only_for(chosen, (*LANGUAGE, GCGOptions), "an image classifier (they are for language models and prompts: data)")
     settings = attack_run.AttackSettings.from_groups(chosen, targeted=targeted)
     attack_run.trajectory_format(trajectory)
@@ -344,10 +344,11 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
                              keep_samples=samples)
 
 
-def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: dict, samples, on_rows,
+def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, resume, refused: dict, samples, on_rows,
          progress) -> Result:
     """GCG on a causal language model's prompts, its trajectory rows streamed to ``trajectory`` (and ``on_rows``);
-    ``plot``: the paper's Fig. 15 (:mod:`flatcli.outputs.figures.language`)."""
+    ``plot``: the paper's Fig. 15 (:mod:`flatcli.outputs.figures.language`); ``resume``: finished prompts kept in
+    that directory."""
     from flatcli.outputs.writer import ResultWriter
     from flatcli.runs.lm_attack import lm_attack
 
@@ -366,7 +367,8 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: d
     _check_plot(plot)
     check_outputs(trajectory=trajectory, plot=plot)
     kind, prompts = _open_language_model(model, data, chosen, tokenizer)
-    writer = ResultWriter(fmt, trajectory, command="attack") if trajectory else None
+    dist = from_environment(kind.device)
+    writer = ResultWriter(fmt, trajectory, command="attack", enabled=dist.is_main) if trajectory else None
     points: list[dict] = []  # what the figure needs: a few numbers per prompt and step
 
     def both(rows):
@@ -379,11 +381,11 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: d
 
     with writer if writer is not None else contextlib.nullcontext():
         result = lm_attack(kind, prompts, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
-                           head=_token_head(chosen), seed=chosen.run.seed,
+                           head=_token_head(chosen), seed=chosen.run.seed, dist=dist, resume=resume,
                            on_rows=both if writer is not None or on_rows is not None or plot is not None else None,
                            keep_samples=samples, progress=progress)
         result.config.update(trajectory=trajectory, plot=plot)
-        if plot is not None:
+        if plot is not None and dist.is_main:
             from flatcli.outputs.figures.language import gcg_figure
 
             gcg_figure(points, plot, title=f"flatrob attack --attack gcg: {result.config['checkpoint']}, "

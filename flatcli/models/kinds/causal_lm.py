@@ -11,7 +11,9 @@ input embeddings is measured as its own variable (the paper's split, features fi
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import json
 import os
 
 import torch
@@ -147,6 +149,20 @@ class CausalLM(ModelKind):
         from flatcli.core.token_curvature import weight_norm_sq
 
         return {**self.describe(), "head_weight_norm": float(weight_norm_sq(self._head.weight)) ** 0.5}
+
+    def fingerprint(self) -> dict:
+        """What a stored result was computed with: the sha256 of every parameter and buffer (names, dtypes, shapes,
+        bytes; a tied weight counted under each name) and of the tokenizer's vocabulary and special tokens. Reads
+        every weight once (seconds per GB): only a ``resume`` store asks for it."""
+        model = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            data = tensor.detach().to("cpu").contiguous()
+            model.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+            model.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        vocabulary = sorted(self.tokenizer.get_vocab().items())
+        special = sorted(map(str, self.tokenizer.all_special_tokens))
+        words = hashlib.sha256(json.dumps([vocabulary, special]).encode()).hexdigest()
+        return {"model_sha256": model.hexdigest(), "tokenizer_sha256": words}
 
     def describe_inputs(self) -> dict:
         head = self._head
