@@ -77,15 +77,14 @@ def test_sharded_folders_have_their_own_weights_hash(lm_folders):
 
 def test_torchrun_shares_the_prompts_and_writes_the_one_process_result(lm_folders, prompts_csv, tmp_path):
     args = ["attack", str(lm_folders["single"]), "--data", f"prompts:{prompts_csv}", *map(str, GCG), "-f", "json",
-            "--per-sample", "--device", "cpu", "--trajectory", "gcg.jsonl"]
+            "--per-sample", "--device", "cpu"]
+    single = invoke(*args, "--trajectory", tmp_path / "one.jsonl")
+    assert single.exit_code == 0, single.output
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    (tmp_path / "one").mkdir()
-    single = subprocess.run([*TORCHRUN[:1], "-m", "flatcli", *args], capture_output=True, text=True, env=env,
-                            timeout=300, cwd=tmp_path / "one")
-    assert single.returncode == 0, single.stderr[-3000:]
-    proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "flatcli", *args, "-o", "d.json"],
-                          capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = subprocess.run([*TORCHRUN, "--standalone", "--nproc-per-node", "2", "-m", "flatcli", *args, "-o", "d.json",
+                           "--trajectory", "two.jsonl"], capture_output=True, text=True, env=env, timeout=300,
+                          cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     dist, one = json.loads((tmp_path / "d.json").read_text()), json.loads(single.stdout)
-    assert dist["summary"] == one["summary"] and dist["samples"] == one["samples"]
-    assert (tmp_path / "gcg.jsonl").read_bytes() == (tmp_path / "one" / "gcg.jsonl").read_bytes()
+    assert dist["summary"] == one["summary"] and dist["samples"] == one["samples"]  # 3 prompts: rank 1 takes 1
+    assert (tmp_path / "two.jsonl").read_bytes() == (tmp_path / "one.jsonl").read_bytes()
