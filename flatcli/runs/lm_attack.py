@@ -13,6 +13,11 @@ the suffix run once and their key/value cache is reused (``prefix_cache``; check
 per prompt the initial and final loss and success, and the uncanny-valley statistics of the image attack
 (paper Fig. 15): peak step and final/peak of the mean sharpness curve, share of valley-shaped trajectories
 (a trajectory stopped early keeps its last value).
+
+The prompts run through :func:`flatcli.runtime.prompt_loop.each_prompt` (shared out over torchrun ranks). A
+prompt's steps are kept as tensors (:func:`packed`) and its rows are made from them, so with ``resume`` a
+prompt read back from the store (:func:`attack_store`) gives the very rows it gave when computed; a signal
+stops the run after the current step, and the prompt it interrupted is computed again by the rerun.
 """
 
 from __future__ import annotations

@@ -63,6 +63,7 @@ def test_lm_weights_without_config_say_what_is_missing(single_file, prompts_csv)
         assert_one_error(invoke(*args), "--config and --tokenizer are needed", "causal language model's weights")
     assert_one_error(invoke("sharpness", weights), "a language model reads prompts")
     assert_one_error(invoke("inspect", weights, "--config", config), "--tokenizer is needed")
+    assert_one_error(invoke("inspect", weights, "--tokenizer", config.parent / "tok"), "--config is needed")
 
 
 def test_image_checkpoints_are_unchanged_and_refuse_the_language_options():

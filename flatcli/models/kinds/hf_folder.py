@@ -221,6 +221,27 @@ def model_files(path: str | Path, config: str | Path | None = None,
     return named + [("tokenizer", file) for file in (tokenizer_files(tokenizer) if tokenizer is not None else [])]
 
 
+def _read_model(path, config, *, has_tokenizer: bool) -> FolderConfig:
+    """:func:`read_folder` or, with ``config``, :func:`read_single` (which needs a tokenizer too); a causal LM's
+    ``.safetensors`` without ``config`` is refused saying what is missing."""
+    single = Path(str(path)).expanduser()
+    if config is None:
+        if single.is_file() and single.suffix == ".safetensors":
+            needed = ("config",) if has_tokenizer else ("config", "tokenizer")
+            what = "its config.json" + ("" if has_tokenizer else " and its tokenizer (folder or tokenizer.json)")
+            raise OptionError(needed, " and ".join("{}" for _ in needed) + (" is" if has_tokenizer else " are") +
+                              " needed" + literal(f": {path} holds a causal language model's weights alone; give "
+                                                  f"{what}"))
+        return read_folder(resolve(path))
+    if single.is_dir():
+        raise OptionError("config", "{}" + literal(f" goes with a single .safetensors file; the folder {path} has "
+                                                   "its own config.json: drop it"))
+    if not has_tokenizer:
+        raise OptionError("tokenizer", "{}" + literal(f" is needed: {path} holds the weights alone; give the "
+                                                      "tokenizer's folder or its tokenizer.json"))
+    return read_single(path, config)
+
+
 @contextlib.contextmanager
 def _staged(folder: FolderConfig, tokenizer: str | Path | None) -> Iterator[tuple[Path, Path]]:
     """The folders ``from_pretrained`` reads the model and the tokenizer from: a folder as it is; for a single
@@ -263,21 +284,7 @@ def load_folder(path: str | Path, *, config: str | Path | None = None, tokenizer
         raise OptionError("dtype", f"{{}} must be one of {', '.join(DTYPES)}, got {dtype!r}")
     given = None if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)) else tokenizer
     tokenizer = None if given is not None else tokenizer
-    if config is None:
-        single = Path(str(path)).expanduser()
-        if single.is_file() and single.suffix == ".safetensors":
-            raise OptionError(("config", "tokenizer"), "{} and {} are needed" + literal(
-                f": {path} holds a causal language model's weights alone; give its config.json and its tokenizer "
-                "(folder or tokenizer.json)"))
-        folder = read_folder(resolve(path))
-    else:
-        if Path(str(path)).expanduser().is_dir():
-            raise OptionError("config", "{}" + literal(f" goes with a single .safetensors file; the folder {path} "
-                                                       "has its own config.json: drop it"))
-        folder = read_single(path, config)
-        if tokenizer is None and given is None:
-            raise OptionError("tokenizer", "{}" + literal(f" is needed: {path} holds the weights alone; give the "
-                                                          "tokenizer's folder or its tokenizer.json"))
+    folder = _read_model(path, config, has_tokenizer=tokenizer is not None or given is not None)
     if not trust_embedded_code and folder.remote_code:
         raise CheckpointError(f"{needs_trust(folder)}; flatrob runs no code from a checkpoint unless "
                               "trust_embedded_code is given")
