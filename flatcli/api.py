@@ -264,7 +264,8 @@ def _open_language_model(model, data, chosen: Chosen, tokenizer):
     _only_for(chosen, (ModelOptions, DataOptions, SpeedOptions, LayerOptions, HeadOptions, TakeoffOptions),
               "a language model", but=("trust_embedded_code", "limit", "data", "weight_norm"))
     if tokenizer is not None and chosen.lm.tokenizer is not None:
-        raise OptionError("tokenizer", "{} is given twice (as a keyword and in the language-model options); give it once")
+        raise OptionError("tokenizer", "{} is given twice (as a keyword and in the language-model options); "
+                          "give it once")
     tokenizer = tokenizer if tokenizer is not None else chosen.lm.tokenizer
     if isinstance(model, (str, os.PathLike)):
         path = tokenizer if isinstance(tokenizer, (str, os.PathLike)) else None

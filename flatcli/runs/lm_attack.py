@@ -132,10 +132,10 @@ def lm_attack(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts", a
         for step, suffix in enumerate(pack["suffix_ids"].tolist()):
             m = {k: v[step].item() for k, v in pack.items() if k not in PACKED_KEYS}
             trace = m["trace_h"] if head.positions == "target" else m["trace_h_all_positions"]
+            ids = lay.ids(suffix)
             trajectory.append({"sample": index, "step": step, "suffix": tokenizer.decode(suffix), "suffix_ids": suffix,
-                               "input_ids": lay.ids(suffix), "target_start": len(lay.before) + len(suffix)
-                               + len(lay.after), **m, "trace_h": trace, "relative_sharpness": factor * trace,
-                               "candidates": int(pack["candidates"][step])})
+                               "input_ids": ids, "target_start": len(ids) - len(lay.target), **m, "trace_h": trace,
+                               "relative_sharpness": factor * trace, "candidates": int(pack["candidates"][step])})
         if rows.wanted:
             rows([{k: row[k] for k in ROW_KEYS} for row in trajectory])
         per_prompt.append({"sample": index, "goal": prompts[index].goal, "steps": trajectory[-1]["step"],
@@ -165,8 +165,8 @@ def packed(index: int, trajectory: list[Step], prefix_dropped: bool) -> dict:
                                 dtype=torch.bool if isinstance(v, bool) else torch.float64)
                 for k, v in trajectory[0].measures.items()}
     return {"index": torch.tensor([index]), "suffix_ids": torch.tensor([s.suffix for s in trajectory]),
-            "candidates": torch.tensor([s.candidates for s in trajectory]), "prefix_dropped": torch.tensor(prefix_dropped),
-            **measures}
+            "candidates": torch.tensor([s.candidates for s in trajectory]),
+            "prefix_dropped": torch.tensor(prefix_dropped), **measures}
 
 
 def attack_store(kind: CausalLM, resume: str, data: str, prompts: list[Prompt], layouts: list[Layout],

@@ -1,11 +1,12 @@
 """The loop over a language model's prompts: sharded over torchrun ranks, resumable, stopped at prompt boundaries.
 
-A language-model run measures one prompt at a time (:mod:`flatcli.runs.lm_sharpness`, :mod:`flatcli.runs.lm_attack`),
-so a prompt plays the part a batch plays for images (:func:`flatcli.runtime.loop.each_batch`): under ``torchrun
---nproc-per-node N`` rank r takes prompts ``r, r + N, ...``; after each round (one prompt per rank) the results
-are gathered in rank order, which is prompt order, so rank 0 sees exactly what one process would have computed.
-With a resume store (:class:`flatcli.runtime.resume.ResumeStore`, one "batch" file per prompt) a finished prompt is
-read instead of computed, and every new one is saved before it is used. SIGINT/SIGTERM stop the loop at the next
+A language-model run measures one prompt at a time (:mod:`flatcli.runs.lm_sharpness`,
+:mod:`flatcli.runs.lm_attack`), so a prompt plays the part a batch plays for images
+(:func:`flatcli.runtime.loop.each_batch`): under ``torchrun --nproc-per-node N`` rank r takes prompts
+``r, r + N, ...``; after each round (one prompt per rank) the results are gathered in rank order, which is prompt
+order, so rank 0 sees exactly what one process would have computed. With a resume store
+(:class:`flatcli.runtime.resume.ResumeStore`, one "batch" file per prompt) a finished prompt is read instead of
+computed, and every new one is saved before it is used. SIGINT/SIGTERM stop the loop at the next
 prompt boundary (:mod:`flatcli.runtime.interrupts`); a prompt interrupted half-way is computed again by the rerun.
 """
 
@@ -31,8 +32,9 @@ def each_prompt(count: int, compute: Callable[[int], R], *, dist: Dist = SINGLE,
     share and yield nothing).
 
     ``store`` (rank 0's; ``resume`` its directory, known to every rank; its settings hold what the prompts are)
-    supplies the prompts an earlier run finished, and receives every new one. ``resumable``: the command offers ``resume`` (the interrupt line says how).
-    Results must be picklable under torchrun.
+    supplies the prompts an earlier run finished, and receives every new one (other ranks compute theirs again,
+    as for images). ``resumable``: the command offers ``resume`` (the interrupt line says how). Results must be
+    picklable under torchrun.
     """
     if resume is not None:
         interrupts.set_hint("no output file was written; " + hint_for(resume))
