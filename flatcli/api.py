@@ -242,17 +242,17 @@ LANGUAGE = (PromptOptions, PositionOptions, LanguageModelOptions)
 
 def _language_model(model, data) -> bool:
     """Whether a call measures a causal language model (the model-kind seam, :mod:`flatcli.models.kinds`):
-    ``prompts:`` data, a Hugging Face causal-LM folder or ``hf-hub:`` reference, or an in-memory transformers
-    model."""
+    ``prompts:`` data, a Hugging Face causal-LM folder or ``hf-hub:`` reference, a ``.safetensors`` file holding
+    a causal LM's weights, or an in-memory transformers model."""
     if isinstance(data, str) and data.strip().startswith("prompts:"):
         return True
     if isinstance(model, nn.Module):
         transformers = sys.modules.get("transformers")
         return transformers is not None and isinstance(model, transformers.PreTrainedModel)
     if isinstance(model, (str, os.PathLike)):
-        from flatcli.models.kinds.hf_folder import is_causal_lm_folder
+        from flatcli.models.kinds.hf_folder import holds_lm_weights, is_causal_lm_folder
 
-        return is_causal_lm_folder(model)
+        return is_causal_lm_folder(model) or holds_lm_weights(model)
     return False
 
 
@@ -265,14 +265,28 @@ def _only_for(chosen: Chosen, kinds: tuple, what: str, but: tuple[str, ...] = ()
 
 
 def _open_language_model(model, data, chosen: Chosen, tokenizer):
-    """The causal language model and the prompts of a call, the options for images refused."""
+    """The causal language model and the prompts of a call, the options for images refused; every file read is
+    an input of the output plan. ``tokenizer`` (the API's: an object or a path) and ``chosen.lm.tokenizer`` (the
+    option, a path) are one setting."""
+    from flatcli.inputs.data.prompts import prompts_path
+    from flatcli.models.kinds.hf_folder import model_files
     from flatcli.runs.lm_sharpness import open_run
 
     _only_for(chosen, (ModelOptions, DataOptions, SpeedOptions, LayerOptions, HeadOptions, TakeoffOptions),
               "a language model", but=("trust_embedded_code", "limit", "data", "weight_norm"))
+    if tokenizer is not None and chosen.lm.tokenizer is not None:
+        raise OptionError("tokenizer", "{} is given twice (as a keyword and in the language-model options); "
+                          "give it once")
+    tokenizer = tokenizer if tokenizer is not None else chosen.lm.tokenizer
+    if isinstance(model, (str, os.PathLike)):
+        path = tokenizer if isinstance(tokenizer, (str, os.PathLike)) else None
+        for role, file in model_files(model, chosen.lm.config, path):
+            plan_inputs(**{role: file})
+    plan_inputs(data=prompts_path(data) if isinstance(data, str) else None)
     torch.manual_seed(chosen.run.seed)
-    return open_run(model, data, tokenizer=tokenizer, dtype=chosen.lm.dtype, device=device_for(chosen.run.device),
-                    trust_embedded_code=chosen.model.trust_embedded_code, limit=chosen.data.limit)
+    return open_run(model, data, tokenizer=tokenizer, config=chosen.lm.config, dtype=chosen.lm.dtype,
+                    device=device_for(chosen.run.device), trust_embedded_code=chosen.model.trust_embedded_code,
+                    limit=chosen.data.limit)
 
 
 def _token_head(chosen: Chosen) -> TokenHeadOptions:
@@ -299,7 +313,8 @@ def sharpness(model, data=None, *, chosen: Chosen, tokenizer=None, samples: bool
 
         kind, prompts = _open_language_model(model, data, chosen, tokenizer)
         return lm_sharpness(kind, prompts, data=data, prompt=chosen.prompt, head=_token_head(chosen),
-                            seed=chosen.run.seed, on_rows=on_rows, keep_samples=samples, progress=progress)
+                            seed=chosen.run.seed, dist=from_environment(kind.device), on_rows=on_rows,
+                            keep_samples=samples, progress=progress)
     _only_for(chosen, LANGUAGE, "an image classifier (they are for language models and prompts: data)")
     settings = sharpness_run.SharpnessSettings.from_groups(chosen)
     ctx = _context(model, data, chosen, progress=progress)
@@ -328,9 +343,8 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
     :mod:`flatcli.runs.lm_attack`): one trajectory row per prompt and step, streamed to ``trajectory``.
     """
     if _language_model(model, data) or chosen.attack.attack == GCG_KIND:
-        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, plot=plot, refused={
-            "targeted": targeted, "save_adv": save_adv, "resume": resume}, samples=samples, on_rows=on_rows,
-            progress=progress)
+        return _gcg(model, data, chosen, tokenizer, trajectory=trajectory, plot=plot, resume=resume, refused={
+            "targeted": targeted, "save_adv": save_adv}, samples=samples, on_rows=on_rows, progress=progress)
     _only_for(chosen, (*LANGUAGE, GCGOptions), "an image classifier (they are for language models and prompts: data)")
     settings = attack_run.AttackSettings.from_groups(chosen, targeted=targeted)
     attack_run.trajectory_format(trajectory)
@@ -344,10 +358,11 @@ def attack(model, data=None, *, chosen: Chosen, targeted=None, trajectory=None, 
                              keep_samples=samples, keep_adv=samples)
 
 
-def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: dict, samples, on_rows,
+def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, resume, refused: dict, samples, on_rows,
          progress) -> Result:
     """GCG on a causal language model's prompts, its trajectory rows streamed to ``trajectory`` (and ``on_rows``);
-    ``plot``: the paper's Fig. 15 (:mod:`flatcli.outputs.figures.language`)."""
+    ``plot``: the paper's Fig. 15 (:mod:`flatcli.outputs.figures.language`); ``resume``: finished prompts kept in
+    that directory."""
     from flatcli.outputs.writer import ResultWriter
     from flatcli.runs.lm_attack import lm_attack
 
@@ -366,7 +381,8 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: d
     _check_plot(plot)
     check_outputs(trajectory=trajectory, plot=plot)
     kind, prompts = _open_language_model(model, data, chosen, tokenizer)
-    writer = ResultWriter(fmt, trajectory, command="attack") if trajectory else None
+    dist = from_environment(kind.device)
+    writer = ResultWriter(fmt, trajectory, command="attack", enabled=dist.is_main) if trajectory else None
     points: list[dict] = []  # what the figure needs: a few numbers per prompt and step
 
     def both(rows):
@@ -379,11 +395,11 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: d
 
     with writer if writer is not None else contextlib.nullcontext():
         result = lm_attack(kind, prompts, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
-                           head=_token_head(chosen), seed=chosen.run.seed,
+                           head=_token_head(chosen), seed=chosen.run.seed, dist=dist, resume=resume,
                            on_rows=both if writer is not None or on_rows is not None or plot is not None else None,
                            keep_samples=samples, progress=progress)
         result.config.update(trajectory=trajectory, plot=plot)
-        if plot is not None:
+        if plot is not None and dist.is_main:
             from flatcli.outputs.figures.language import gcg_figure
 
             gcg_figure(points, plot, title=f"flatrob attack --attack gcg: {result.config['checkpoint']}, "
@@ -539,17 +555,24 @@ def _apply(model, data, detector, chosen: Chosen, *, force, samples, on_rows, pr
 
 
 @_one_plan
-@accepts(ModelOptions)
+@accepts(ModelOptions, LanguageModelOptions)
 def inspect(model, *, chosen: Chosen) -> Result:
-    """``flatrob inspect``: what a checkpoint holds (architecture, parameters, linear layers, specs)."""
+    """``flatrob inspect``: what a checkpoint holds (architecture, parameters, linear layers, specs); for a causal
+    language model (a folder, or a single ``.safetensors`` file with ``config`` and ``tokenizer``) its head."""
     options = chosen.model
     described = {"checkpoint": str(model), "spec": options.spec, "arch": options.arch, "layer": options.layer}
     if _language_model(model, None):
         from flatcli.models.kinds.causal_lm import CausalLM
+        from flatcli.models.kinds.hf_folder import model_files
         from flatcli.runtime.loop import versions
 
-        summary = CausalLM.open(model, trust_embedded_code=options.trust_embedded_code).inspect()
+        lm = chosen.lm
+        for role, file in model_files(model, lm.config, lm.tokenizer):
+            plan_inputs(**{role: file})
+        summary = CausalLM.open(model, lm.tokenizer, config=lm.config, dtype=lm.dtype,
+                                trust_embedded_code=options.trust_embedded_code).inspect()
         return Result("inspect", {"checkpoint": str(model), "versions": versions()}, summary, [])
+    _only_for(chosen, (LanguageModelOptions,), "an image classifier (they are for language models)")
     if isinstance(model, nn.Module):
         raise UsageError("inspect describes a checkpoint file; pass its path or example:NAME")
     try:

@@ -45,13 +45,18 @@ class TokenHeadOptions(PositionOptions, WeightNormOptions):
 
 @dataclass(frozen=True)
 class LanguageModelOptions(Group):
-    """How a causal language model's weights are loaded."""
+    """How a causal language model is loaded: precision, and the config and tokenizer of a single file."""
 
     title = "Language model"
     key = "lm"
 
     dtype: str = choice("fp32", "Precision the language model's weights are loaded in; the closed forms stay "
                         "float64.", LM_DTYPES)
+    config: str | None = text(None, "The config.json of a language model given as a single .safetensors file.",
+                              metavar="FILE")
+    tokenizer: str | None = text(None, "The tokenizer of a single .safetensors language model: its folder, or its "
+                                 "tokenizer.json (with the tokenizer_config.json beside it, if any); replaces a "
+                                 "folder's own.", metavar="DIR|FILE")
 
 
 @dataclass(frozen=True)

@@ -37,7 +37,8 @@ from flatcli.outputs.files import check_writable, resolved, temporary_beside, wr
 INPUT_NAMES = {"checkpoint": "the checkpoint", "hub_config": "the checkpoint's config.json", "source": "the file to convert", "data": "the --data file",
                "fit_data": "the --fit-data file", "spec": "the --spec file", "detector": "the --detector file",
                "adversarial": "the --adversarial file", "from_json": "the --from-json file",
-               "checkpoints_from": "the --checkpoints-from list"}
+               "checkpoints_from": "the --checkpoints-from list", "config": "the --config file",
+               "tokenizer": "the --tokenizer file"}
 
 #: Outputs that are not options (keyword of :func:`check_outputs` -> how the command line names them).
 OUTPUT_NAMES = {"dest": "DEST"}

@@ -24,7 +24,9 @@ from flatcli.inputs.data.prompts import Layout, Prompt, layout, prompts_path, re
 from flatcli.models.kinds.causal_lm import CausalLM
 from flatcli.options.lm import PromptOptions, TokenHeadOptions
 from flatcli.runs.result import OnRows, Result, Rows
+from flatcli.runtime.distributed import SINGLE, Dist
 from flatcli.runtime.loop import Progress, versions
+from flatcli.runtime.prompt_loop import each_prompt
 
 #: Numeric columns of a row, summarised over prompts.
 MEASURES = ("loss", "target_confidence", "trace_h", "trace_h_all_positions", "relative_sharpness", "feature_norm")
@@ -60,15 +62,18 @@ def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, fact
     return [{k: out[k][i].tolist() for k in ("exact_match", *MEASURES, "trace_h_tokens")} for i in range(len(ids))]
 
 
-def open_run(model, data: str, *, tokenizer=None, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
-             trust_embedded_code: bool = False, limit: int | None = None) -> tuple[CausalLM, list[Prompt]]:
-    """The language model (a folder, ``hf-hub:`` reference or in-memory model with ``tokenizer``) and the prompts
-    of ``data`` (``prompts:FILE``) of a run."""
-    path = prompts_path(data)
+def open_run(model, data: str, *, tokenizer=None, config=None, dtype: str = "fp32",
+             device: torch.device = torch.device("cpu"), trust_embedded_code: bool = False,
+             limit: int | None = None) -> tuple[CausalLM, list[Prompt]]:
+    """The language model (a folder, ``hf-hub:`` reference, single ``.safetensors`` file with its ``config`` and
+    ``tokenizer``, or in-memory model with ``tokenizer``) and the prompts of ``data`` (``prompts:FILE``) of a run."""
+    path = prompts_path(data) if isinstance(data, str) else None
     if path is None:
         raise OptionError("data", f"a language model reads prompts: give {{}} prompts:FILE, got {data!r}")
     prompts = read_prompts(path, limit)
-    return CausalLM.open(model, tokenizer, dtype=dtype, device=device, trust_embedded_code=trust_embedded_code), prompts
+    kind = CausalLM.open(model, tokenizer, config=config, dtype=dtype, device=device,
+                         trust_embedded_code=trust_embedded_code)
+    return kind, prompts
 
 
 def prompt_layouts(kind: CausalLM, prompts: list[Prompt], options: PromptOptions) -> list[Layout]:
@@ -85,24 +90,34 @@ def lm_config(kind: CausalLM, data: str, prompt: PromptOptions, head: TokenHeadO
 
 def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts",
                  prompt: PromptOptions = PromptOptions(), head: TokenHeadOptions = TokenHeadOptions(), seed: int = 0,
-                 on_rows: OnRows | None = None, keep_samples: bool = False, progress: Progress | None = None) -> Result:
+                 dist: Dist = SINGLE, on_rows: OnRows | None = None, keep_samples: bool = False,
+                 progress: Progress | None = None) -> Result:
     """One row per prompt (streamed to ``on_rows``, kept with ``keep_samples``) and their summary;
-    ``progress(done, total)`` after each prompt."""
+    ``progress(done, total)`` after each prompt. Under torchrun the prompts are shared out over the ranks and the
+    rows gathered on rank 0 in order (:func:`flatcli.runtime.prompt_loop.each_prompt`)."""
     rows = Rows(on_rows, keep_samples)
     factor = weight_factor(kind, head.norm)
+    layouts = prompt_layouts(kind, prompts, prompt)
     columns: dict[str, list] = {k: [] for k in (*MEASURES, "exact_match")}  # per prompt, for the summary
-    for index, (p, lay) in enumerate(zip(prompts, prompt_layouts(kind, prompts, prompt))):
-        ids = torch.tensor([lay.ids()])
-        values = sequence_measures(kind, ids, lay.target_start, factor, head.positions)[0]
+
+    def compute(index: int) -> dict:
+        lay = layouts[index]
+        return sequence_measures(kind, torch.tensor([lay.ids()]), lay.target_start, factor, head.positions)[0]
+
+    for index, values in each_prompt(len(prompts), compute, dist=dist, device=kind.device):
+        lay = layouts[index]
         for k in columns:
             columns[k].append(values[k])
         if progress is not None:
             progress(index + 1, len(prompts))
         if rows.wanted:
-            row = {"index": index, "goal": p.goal, "target_start": lay.target_start, "target_length": len(lay.target),
-                   "input_ids": lay.ids(), **values}
+            row = {"index": index, "goal": prompts[index].goal, "target_start": lay.target_start,
+                   "target_length": len(lay.target), "input_ids": lay.ids(), **values}
             rows([{k: row[k] for k in ROW_KEYS}])
     config = lm_config(kind, data, prompt, head, kind.device, seed)
+    notes = template_notes(kind, prompt)
+    if not dist.is_main:
+        return Result("sharpness", config, {}, rows.kept, notes=notes)
     summary = {
         "n": len(prompts),
         "exact_match_rate": float(np.mean(columns.pop("exact_match"))),
@@ -112,7 +127,7 @@ def lm_sharpness(kind: CausalLM, prompts: list[Prompt], *, data: str = "prompts"
         "feature_norm_min": float(np.min(columns["feature_norm"])),
         **describe_columns({k: np.asarray(v) for k, v in columns.items()}),
     }
-    return Result("sharpness", config, summary, rows.kept, notes=template_notes(kind, prompt))
+    return Result("sharpness", config, summary, rows.kept, notes=notes)
 
 
 def template_notes(kind: CausalLM, prompt: PromptOptions) -> list[str]:

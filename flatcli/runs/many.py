@@ -121,8 +121,14 @@ def plan_checkpoints(checkpoints: list[str], kwargs: dict, checkpoints_from: str
         kind, _, path = kwargs[role].strip().partition(":") if isinstance(kwargs.get(role), str) else ("", "", "")
         if kind in FILE_FORMS and path:
             plan_inputs(**{role: path})
+    from flatcli.models.kinds.hf_folder import is_causal_lm_folder, resolve, weights_sha256
+
     digests = []
     for ref in checkpoints:
+        if is_causal_lm_folder(ref):  # a language model's folder: config, weights (maybe sharded), tokenizer
+            plan_inputs(checkpoint=resolve(ref))
+            digests.append(weights_sha256(ref))
+            continue
         try:
             weights, config = locate(ref)
         except FlatrobError:
@@ -464,6 +470,8 @@ MEASURES: dict[str, dict[str, list[tuple[str, str]]]] = {
         "accuracy": [("clean accuracy", "clean_accuracy"), ("robust accuracy", "robust_accuracy")],
         "relative sharpness": [("clean sharpness", "clean_sharpness.mean"), ("adv sharpness", "adv_sharpness.mean")],
         "uncanny valley": [("valley fraction", "valley_fraction")],
+        "GCG": [("success rate", "success_rate"), ("initial loss", "initial_loss_mean"),
+                ("final loss", "final_loss_mean"), ("valley share", "valley_share")],
     },
     "bound": {
         "accuracy": [("accuracy", "accuracy")],

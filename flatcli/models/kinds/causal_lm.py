@@ -11,7 +11,10 @@ input embeddings is measured as its own variable (the paper's split, features fi
 from __future__ import annotations
 
 import copy
+import hashlib
 import inspect
+import json
+import os
 
 import torch
 from torch import Tensor, nn
@@ -40,25 +43,30 @@ class CausalLM(ModelKind):
         self._verified = False
 
     @classmethod
-    def from_folder(cls, path, *, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
-                    trust_embedded_code: bool = False) -> "CausalLM":
-        """The model and tokenizer of a Hugging Face folder (:func:`flatcli.models.kinds.hf_folder.load_folder`)."""
+    def from_folder(cls, path, *, config=None, tokenizer=None, dtype: str = "fp32",
+                    device: torch.device = torch.device("cpu"), trust_embedded_code: bool = False) -> "CausalLM":
+        """The model and tokenizer of a Hugging Face folder, or of a single ``.safetensors`` file with its
+        ``config`` and ``tokenizer`` (:func:`flatcli.models.kinds.hf_folder.load_folder`)."""
         from flatcli.models.kinds.hf_folder import load_folder
 
-        model, tokenizer, folder = load_folder(path, dtype=dtype, device=device,
+        model, tokenizer, folder = load_folder(path, config=config, tokenizer=tokenizer, dtype=dtype, device=device,
                                                trust_embedded_code=trust_embedded_code)
         return cls(model, tokenizer, source=str(folder.path))
 
     @classmethod
-    def open(cls, model, tokenizer=None, *, dtype: str = "fp32", device: torch.device = torch.device("cpu"),
-             trust_embedded_code: bool = False) -> "CausalLM":
-        """A folder path (loaded), or an in-memory ``transformers`` causal LM with its ``tokenizer`` (used as it is,
-        in eval mode; ``dtype``/``device`` apply to folders only)."""
+    def open(cls, model, tokenizer=None, *, config=None, dtype: str = "fp32",
+             device: torch.device = torch.device("cpu"), trust_embedded_code: bool = False) -> "CausalLM":
+        """A folder path or single ``.safetensors`` file with its ``config`` (loaded; ``tokenizer`` a path or a
+        tokenizer object), or an in-memory ``transformers`` causal LM with its ``tokenizer`` object (used as it
+        is, in eval mode; ``dtype``/``device`` apply to files only)."""
         if isinstance(model, nn.Module):
-            if tokenizer is None:
-                raise OptionError("tokenizer", "an in-memory language model needs its tokenizer: give {}")
+            if tokenizer is None or isinstance(tokenizer, (str, os.PathLike)):
+                raise OptionError("tokenizer", "an in-memory language model needs its tokenizer object: give {}")
+            if config is not None:
+                raise OptionError("config", "{} describes a .safetensors file; an in-memory model has its own")
             return cls(model.eval(), tokenizer, source=f"in-memory {type(model).__name__}")
-        return cls.from_folder(model, dtype=dtype, device=device, trust_embedded_code=trust_embedded_code)
+        return cls.from_folder(model, config=config, tokenizer=tokenizer, dtype=dtype, device=device,
+                               trust_embedded_code=trust_embedded_code)
 
     @property
     def head(self) -> nn.Linear:
@@ -141,6 +149,20 @@ class CausalLM(ModelKind):
         from flatcli.core.token_curvature import weight_norm_sq
 
         return {**self.describe(), "head_weight_norm": float(weight_norm_sq(self._head.weight)) ** 0.5}
+
+    def fingerprint(self) -> dict:
+        """What a stored result was computed with: the sha256 of every parameter and buffer (names, dtypes, shapes,
+        bytes; a tied weight counted under each name) and of the tokenizer's vocabulary and special tokens. Reads
+        every weight once (seconds per GB): only a ``resume`` store asks for it."""
+        model = hashlib.sha256()
+        for name, tensor in sorted(self.model.state_dict().items()):
+            data = tensor.detach().to("cpu").contiguous()
+            model.update(f"{name}:{data.dtype}:{tuple(data.shape)}".encode())
+            model.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())
+        vocabulary = sorted(self.tokenizer.get_vocab().items())
+        special = sorted(map(str, self.tokenizer.all_special_tokens))
+        words = hashlib.sha256(json.dumps([vocabulary, special]).encode()).hexdigest()
+        return {"model_sha256": model.hexdigest(), "tokenizer_sha256": words}
 
     def describe_inputs(self) -> dict:
         head = self._head
