@@ -470,6 +470,8 @@ MEASURES: dict[str, dict[str, list[tuple[str, str]]]] = {
         "accuracy": [("clean accuracy", "clean_accuracy"), ("robust accuracy", "robust_accuracy")],
         "relative sharpness": [("clean sharpness", "clean_sharpness.mean"), ("adv sharpness", "adv_sharpness.mean")],
         "uncanny valley": [("valley fraction", "valley_fraction")],
+    },
+    "attack gcg": {  # a language model's GCG summary (it holds "prompts"): no labels, no accuracy
         "GCG": [("success rate", "success_rate"), ("initial loss", "initial_loss_mean"),
                 ("final loss", "final_loss_mean"), ("valley share", "valley_share")],
     },
@@ -490,6 +492,8 @@ def trend(command: str, summary: dict) -> dict[str, list[tuple[str, float | None
         scales = summary.get("scales") or []
         return {"robust accuracy": [(f"robust s={s['scale']:g}", s.get("robust_accuracy")) for s in scales],
                 "sharpness median": [(f"sharpness median s={s['scale']:g}", s.get("sharpness_median")) for s in scales]}
+    if command == "attack" and "prompts" in summary:
+        command = "attack gcg"
     panels = {}
     for panel, columns in MEASURES.get(command, {}).items():
         values = [(name, _at(_lists_as_dicts(summary), key)) for name, key in columns]
