@@ -434,11 +434,11 @@ def bound(model=None, data=None, *, chosen: Chosen, epsilon=None, lipschitz=None
 
 
 @_one_plan
-@accepts(*COMMON, AttackOptions, WeightNormOptions, DetectOptions)
+@accepts(*COMMON, AttackOptions, WeightNormOptions, DetectOptions, PromptOptions, LanguageModelOptions, GCGOptions)
 @_each_checkpoint
 def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None, save=None, save_adv=None, plot=None,
-           detector=None, force=False, resume=None, samples: bool = True, on_rows: OnRows | None = None,
-           progress: Progress | None = None) -> Result:
+           detector=None, force=False, resume=None, tokenizer=None, samples: bool = True,
+           on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
     ``detector`` (a file or a fitted :class:`~flatcli.core.detectors.Detector`) apply a saved one.
 
@@ -446,7 +446,18 @@ def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None,
     (the forms of ``data``; a string is read with split ``train``) holds the clean labelled inputs the
     Mahalanobis model is fitted on (``method`` ``mahalanobis``, ``ensemble``, ``all``; default: the
     training split of a ``data`` string). The fitted detector is ``result.artifacts["detector"]``.
+
+    A causal language model (with its ``tokenizer`` when in memory) on ``prompts:FILE`` data: GCG crafts a suffix
+    per prompt, and the stump on a label-free curvature score of the prompts is cross-validated beside the
+    perplexity filter on the same folds (:mod:`flatcli.runs.lm_detect`).
     """
+    if _language_model(model, data) or chosen.attack.attack == GCG_KIND:
+        return _detect_suffixes(model, data, chosen, tokenizer, refused={
+            "adversarial": adversarial, "fit_data": fit_data, "save": save, "save_adv": save_adv, "plot": plot,
+            "detector": detector, "force": force or None, "resume": resume}, samples=samples, on_rows=on_rows,
+            progress=progress)
+    _only_for(chosen, (PromptOptions, LanguageModelOptions, GCGOptions),
+              "an image classifier (they are for language models and prompts: data)")
     attack_given = tuple(chosen.attack.given())
     if detector is not None:
         fitting = {"adversarial": adversarial, "fit_data": fit_data, "save": save, "save_adv": save_adv, "plot": plot,
@@ -490,6 +501,29 @@ def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None,
     fit_ds = _fit_data(fit_data, data, ctx, chosen.data.reading()) if settings.uses_mahalanobis else None
     return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, fit_data=fit_ds, save=save,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
+
+
+def _detect_suffixes(model, data, chosen: Chosen, tokenizer, *, refused: dict, samples, on_rows, progress) -> Result:
+    """``detect`` on a causal language model's prompts: GCG suffixes, then the detectors
+    (:func:`flatcli.runs.lm_detect.lm_detect`); what belongs to images or to saved detectors refused first."""
+    from flatcli.runs.lm_detect import lm_detect
+
+    if not _language_model(model, data):
+        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
+                          "model and {} prompts:FILE")
+    if chosen.attack.attack not in (None, GCG_KIND):
+        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model's prompts are "
+                          f"attacked by {GCG_KIND}")
+    given = [name for name, value in refused.items() if value is not None]
+    given += [name for name in chosen.attack.given() if name not in ("attack", "steps")]
+    given += list(chosen.head.given())
+    if given:
+        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to detecting GCG suffixes "
+                          "of a language model (a saved detector would need the model's sha256); drop them")
+    settings = detect_run.DetectSettings.from_groups(chosen, crafted=False, language=True)
+    kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+    return lm_detect(kind, prompts, settings, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
+                     seed=chosen.run.seed, on_rows=on_rows, keep_samples=samples, progress=progress)
 
 
 def _fit_data(fit_data, data, ctx: RunContext, reading: dict) -> DataSource:
