@@ -1,0 +1,67 @@
+"""``flatrob detect MODEL --data prompts:FILE --attack gcg`` through the CLI: the library's numbers, the table with the
+perplexity filter beside the curvature detector, rows as CSV, and one line for what does not apply."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import pytest
+
+from tests.conftest import assert_one_error
+from tests.lm.test_cli import invoke
+
+GCG = ("--attack", "gcg", "--steps", 1, "--search-width", 8, "--topk", 4, "--suffix-length", 2,
+       "--chat-template", "none", "--folds", 3)
+
+
+@pytest.fixture(scope="module")
+def doc(lm_folders, prompts_csv):
+    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", *GCG, "-f", "json",
+                 "--per-sample", "-q")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_json_is_the_library_run(doc, lm_folders, prompts_csv):
+    import flatcli.api as fr
+
+    direct = fr.detect(str(lm_folders["single"]), f"prompts:{prompts_csv}", attack="gcg", steps=1, search_width=8,
+                       topk=4, suffix_length=2, chat_template="none", folds=3)
+    assert doc["command"] == "detect" and doc["config"]["score"] == "trace_h_prompt"
+    assert doc["summary"]["auroc"] == pytest.approx(direct.summary["auroc"], abs=1e-12)
+    assert doc["summary"]["baseline"]["score"] == "log_perplexity"
+    assert [(r["index"], r["adversarial"]) for r in doc["samples"]] == [(i, a) for i in range(3) for a in (0, 1)]
+    assert direct.artifacts["detector"].score == "trace_h_prompt"
+
+
+def test_table_shows_both_detectors_and_csv_has_a_row_per_prompt_and_kind(lm_folders, prompts_csv, tmp_path):
+    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", *GCG, "--score", "trace_h_last",
+                 "-q")
+    assert res.exit_code == 0, res.output
+    assert "trace_h_last (stump)" in res.stdout and "log_perplexity (perplexity filter)" in res.stdout
+    out = tmp_path / "rows.csv"
+    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", *GCG, "-f", "csv", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(io.StringIO(out.read_text())))
+    assert len(rows) == 6 and {"log_perplexity", "trace_h_prompt", "fold", "oof_decision", "flagged"} <= set(rows[0])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (("--method", "profile"), "--method profile reads features of an image classifier"),
+    (("--save", "d.json"), "--save do not apply to detecting GCG suffixes"),
+    (("--adaptive",), "--adaptive runs PGD on images"),
+    (("--eps", "0.1"), "--eps do not apply to detecting GCG suffixes"),
+    (("--attack", "pgd"), "are attacked by gcg"),
+])
+def test_what_belongs_to_images_is_refused_in_one_line(lm_folders, prompts_csv, args, fragment):
+    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", "--steps", 1, *args)
+    assert_one_error(res, fragment)
+
+
+def test_language_options_are_refused_for_an_image_classifier():
+    res = invoke("detect", "example:digits-cnn", "--chat-template", "none", "--limit", 4)
+    assert_one_error(res, "--chat-template do not apply to an image classifier")
+    res = invoke("detect", "example:digits-cnn", "--attack", "gcg", "--limit", 4)
+    assert_one_error(res, "--attack gcg attacks a causal language model's prompts")
