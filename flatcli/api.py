@@ -449,28 +449,34 @@ def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None,
 
     A causal language model (with its ``tokenizer`` when in memory) on ``prompts:FILE`` data: GCG crafts a suffix
     per prompt, and the stump on a label-free curvature score of the prompts is cross-validated beside the
-    perplexity filter on the same folds (:mod:`flatcli.runs.lm_detect`).
+    perplexity filter on the same folds (:mod:`flatcli.runs.lm_detect`); ``detector`` applies one so fitted to
+    prompts as they are.
     """
-    if _language_model(model, data) or chosen.attack.attack == GCG_KIND:
-        return _detect_suffixes(model, data, chosen, tokenizer, refused={
-            "adversarial": adversarial, "fit_data": fit_data, "save": save, "save_adv": save_adv, "plot": plot,
-            "detector": detector, "force": force or None, "resume": resume}, samples=samples, on_rows=on_rows,
-            progress=progress)
-    _only_for(chosen, (PromptOptions, LanguageModelOptions, GCGOptions),
-              "an image classifier (they are for language models and prompts: data)")
+    language = _language_model(model, data) or chosen.attack.attack == GCG_KIND
+    if not language:
+        _only_for(chosen, (PromptOptions, LanguageModelOptions, GCGOptions),
+                  "an image classifier (they are for language models and prompts: data)")
     attack_given = tuple(chosen.attack.given())
     if detector is not None:
         fitting = {"adversarial": adversarial, "fit_data": fit_data, "save": save, "save_adv": save_adv, "plot": plot,
                    "resume": resume}
-        clash = (*chosen.detection.given(), *(k for k, v in fitting.items() if v is not None), *attack_given)
+        clash = (*chosen.detection.given(), *(k for k, v in fitting.items() if v is not None), *attack_given,
+                 *chosen.gcg.given())
         if clash:
             raise OptionError(("detector", *clash), "{} applies a saved detector, but " +
                               ", ".join("{}" for _ in clash) + " belong to fitting one; drop them, or drop {} to fit"
                               .replace("drop {} to fit", "drop the detector to fit"))
+        if language:
+            return _apply_to_prompts(model, data, detector, chosen, tokenizer, force=force, samples=samples,
+                                     on_rows=on_rows)
         return _apply(model, data, detector, chosen, force=force, samples=samples, on_rows=on_rows,
                       progress=progress)
     if force:
         raise OptionError(("force", "detector"), "{} only applies with {} (applying a saved detector)")
+    if language:
+        return _detect_suffixes(model, data, chosen, tokenizer, save=save, refused={
+            "adversarial": adversarial, "fit_data": fit_data, "save_adv": save_adv, "plot": plot, "resume": resume},
+            samples=samples, on_rows=on_rows, progress=progress)
     if adversarial is not None:
         if attack_given:
             raise OptionError(("adversarial", *attack_given), "{} reads ready adversarials; " +
@@ -503,9 +509,10 @@ def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
 
 
-def _detect_suffixes(model, data, chosen: Chosen, tokenizer, *, refused: dict, samples, on_rows, progress) -> Result:
+def _detect_suffixes(model, data, chosen: Chosen, tokenizer, *, save, refused: dict, samples, on_rows,
+                     progress) -> Result:
     """``detect`` on a causal language model's prompts: GCG suffixes, then the detectors
-    (:func:`flatcli.runs.lm_detect.lm_detect`); what belongs to images or to saved detectors refused first."""
+    (:func:`flatcli.runs.lm_detect.lm_detect`); what belongs to images refused first."""
     from flatcli.runs.lm_detect import lm_detect
 
     if not _language_model(model, data):
@@ -519,11 +526,32 @@ def _detect_suffixes(model, data, chosen: Chosen, tokenizer, *, refused: dict, s
     given += list(chosen.head.given())
     if given:
         raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to detecting GCG suffixes "
-                          "of a language model (a saved detector would need the model's sha256); drop them")
+                          "of a language model; drop them")
     settings = detect_run.DetectSettings.from_groups(chosen, crafted=False, language=True)
+    check_outputs(save=save)
     kind, prompts = _open_language_model(model, data, chosen, tokenizer)
     return lm_detect(kind, prompts, settings, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
-                     seed=chosen.run.seed, on_rows=on_rows, keep_samples=samples, progress=progress)
+                     seed=chosen.run.seed, save=save, on_rows=on_rows, keep_samples=samples, progress=progress)
+
+
+def _apply_to_prompts(model, data, detector, chosen: Chosen, tokenizer, *, force, samples, on_rows) -> Result:
+    """A detector fitted on a language model's prompts applied to prompts as they are; the chat template and system
+    prompt default to the detector's (:func:`flatcli.runs.lm_detect.lm_apply`)."""
+    from flatcli.core.detectors import Detector
+    from flatcli.inputs.detector_file import load_detector
+    from flatcli.runs.lm_detect import lm_apply
+
+    if chosen.head.given():
+        raise OptionError(tuple(chosen.head.given()), "{} does not apply to a language model's prompts; drop it")
+    if not isinstance(detector, Detector):
+        plan_inputs(detector=detector)
+    det = detector if isinstance(detector, Detector) else load_detector(detector)
+    given = chosen.prompt.given()
+    prompt = dataclasses.replace(chosen.prompt, **{k: det.meta.get(k, getattr(chosen.prompt, k)) for k in
+                                                    ("chat_template", "system") if k not in given})
+    kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+    return lm_apply(kind, prompts, det, data=data, prompt=prompt, force=force, on_rows=on_rows, keep_samples=samples,
+                    detector_path=None if isinstance(detector, Detector) else str(detector))
 
 
 def _fit_data(fit_data, data, ctx: RunContext, reading: dict) -> DataSource:

@@ -453,6 +453,9 @@ def check_detector(det: core.Detector, loaded, *, force: bool = False) -> list[s
     recorded hash counts as a mismatch. A Mahalanobis model must fit the head (classes, feature
     dimension) even with ``force``.
     """
+    if det.score in core.PROMPT_SCORES:
+        raise DetectorError(f"the detector thresholds {det.score} of a language model's prompts; apply it to that "
+                            "language model with --data prompts:FILE")
     notes: list[str] = []
     (key, have), = loaded.fingerprint.items()
     want = det.meta.get(key)
@@ -609,7 +612,7 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
     ctx.expect(len(ctx.data))
     rows = Rows(on_rows, keep_samples)
     values: list[np.ndarray] = []
-    n = flagged_total = 0
+    flagged_total = 0
     columns = det.columns()
     for s in each_score(ctx, features):
         X = s.features(columns)
@@ -623,21 +626,29 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
                 "`flatrob detect ... --save FILE`"
             )
         flagged = decision > 0
-        n += len(s)
         flagged_total += int(flagged.sum())
         values.append(value)
         rows([dict(zip(APPLY_ROW_KEYS, vals)) for vals in zip(s.index.tolist(), value.tolist(), flagged.tolist())])
     if not ctx.dist.is_main:
         return Result("detect", config, {})
-    summary = {
+    summary = applied_summary(det, np.concatenate(values) if values else np.zeros(0), flagged_total,
+                              det.meta.get(key) == have)
+    return Result("detect", config, summary, rows.kept, notes=notes)
+
+
+def applied_summary(det: core.Detector, values: np.ndarray, n_flagged: int, match: bool) -> dict:
+    """The summary of a saved detector applied: ``n, n_flagged, flagged_share, method, score, threshold,
+    direction``, ``score_stats`` (statistics of the thresholded ``values``) and ``checkpoint_match``."""
+    n = len(values)
+    threshold, direction = det.operating_point()
+    return {
         "n": n,
-        "n_flagged": flagged_total,
-        "flagged_share": flagged_total / n if n else float("nan"),
+        "n_flagged": n_flagged,
+        "flagged_share": n_flagged / n if n else float("nan"),
         "method": det.method,
         "score": det.score,
-        "threshold": det.operating_point()[0],
-        "direction": det.operating_point()[1],
-        "score_stats": describe(np.concatenate(values) if values else np.zeros(0)),
-        "checkpoint_match": det.meta.get(key) == have,
+        "threshold": threshold,
+        "direction": direction,
+        "score_stats": describe(values),
+        "checkpoint_match": match,
     }
-    return Result("detect", config, summary, rows.kept, notes=notes)

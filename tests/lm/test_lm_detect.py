@@ -106,3 +106,12 @@ def test_prompt_scores_are_refused_for_images():
     with pytest.raises(OptionError, match="unknown score= 'trace_h_last'"):
         DetectSettings(score="trace_h_last")
     assert DetectSettings().score == "relative_sharpness"
+
+
+def test_a_detector_of_images_is_refused_for_prompts(kind):
+    from flatcli.core.detectors import Stump
+    from flatcli.errors import DetectorError
+    from flatcli.runs.lm_detect import check_prompt_detector
+
+    with pytest.raises(DetectorError, match="thresholds relative_sharpness of an image classifier"):
+        check_prompt_detector(Stump(score="relative_sharpness", threshold=0.0, direction="above"), kind, "none", None)

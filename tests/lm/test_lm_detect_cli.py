@@ -17,11 +17,40 @@ GCG = ("--attack", "gcg", "--steps", 1, "--search-width", 8, "--topk", 4, "--suf
 
 
 @pytest.fixture(scope="module")
-def doc(lm_folders, prompts_csv):
+def saved(lm_folders, prompts_csv, tmp_path_factory):
+    path = tmp_path_factory.mktemp("detector") / "d.json"
     res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", *GCG, "-f", "json",
+                 "--per-sample", "-q", "--save", path)
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout), path
+
+
+@pytest.fixture(scope="module")
+def doc(saved):
+    return saved[0]
+
+
+def test_a_saved_detector_flags_prompts_as_they_are(saved, lm_folders, prompts_csv, prompts_jsonl):
+    doc, path = saved
+    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", "--detector", path, "-f", "json",
                  "--per-sample", "-q")
     assert res.exit_code == 0, res.output
-    return json.loads(res.stdout)
+    applied = json.loads(res.stdout)
+    clean = [r for r in doc["samples"] if not r["adversarial"]]  # the same prompts, no suffix, the same template
+    assert [r["score"] for r in applied["samples"]] == pytest.approx([r["score"] for r in clean], rel=1e-12)
+    assert [r["flagged"] for r in applied["samples"]] == [r["flagged"] for r in clean]
+    assert applied["summary"]["checkpoint_match"] is True and applied["config"]["chat_template"] == "none"
+    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_jsonl}", "--detector", path, "-q")
+    assert res.exit_code == 0, res.output
+    res = invoke("detect", lm_folders["tied"], "--data", f"prompts:{prompts_csv}", "--detector", path)
+    assert_one_error(res, "its threshold means nothing for another model")
+    res = invoke("detect", lm_folders["tied"], "--data", f"prompts:{prompts_csv}", "--detector", path, "--force", "-q")
+    assert res.exit_code == 0, res.output
+    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", "--detector", path,
+                 "--chat-template", "vicuna")
+    assert_one_error(res, "--chat-template 'vicuna' lays the prompts out otherwise than the detector's 'none'")
+    res = invoke("detect", "example:digits-cnn", "--limit", 4, "--detector", path)
+    assert_one_error(res, "thresholds trace_h_prompt of a language model's prompts")
 
 
 def test_json_is_the_library_run(doc, lm_folders, prompts_csv):
@@ -50,7 +79,7 @@ def test_table_shows_both_detectors_and_csv_has_a_row_per_prompt_and_kind(lm_fol
 
 @pytest.mark.parametrize("args, fragment", [
     (("--method", "profile"), "--method profile reads features of an image classifier"),
-    (("--save", "d.json"), "--save do not apply to detecting GCG suffixes"),
+    (("--plot", "d.png"), "--plot do not apply to detecting GCG suffixes"),
     (("--adaptive",), "--adaptive runs PGD on images"),
     (("--eps", "0.1"), "--eps do not apply to detecting GCG suffixes"),
     (("--attack", "pgd"), "are attacked by gcg"),
