@@ -13,7 +13,8 @@ the suffix, never the system prompt nor the template's tokens):
 * ``trace_h_last``: the head curvature at the last position, the one that predicts the answer.
 
 The detectors are fitted and cross-validated by :func:`flatcli.runs.detect.fit_detection`, the image
-``detect``'s code path: the stump on the chosen score (default :data:`DEFAULT_SCORE`) and, on the same folds,
+``detect``'s code path: the stump on the chosen score (default ``trace_h_prompt``, the first of
+:data:`~flatcli.core.detectors.PROMPT_SCORES`) and, on the same folds,
 the stump on ``log_perplexity`` as ``baseline``. The adversarial class's "prediction" is GCG's success
 (greedy decoding reproduces the target), so ``n_successful``/``prediction_changed`` count successful suffixes
 and ``only_successful`` keeps those. ``auroc`` gives each feature's AUROC as a raw score (higher = adversarial;
@@ -47,8 +48,6 @@ from flatcli.runtime.loop import Progress
 
 #: Label-free measures of a prompt, each a detection score.
 FEATURES = PROMPT_SCORES
-#: The score of the default detector (see docs/language-models.md for the measured AUROCs).
-DEFAULT_SCORE = PROMPT_SCORES[0]
 #: The score of the baseline: the perplexity filter.
 BASELINE = "log_perplexity"
 #: Keys of the rows: one clean and one adversarial row per prompt, in prompt order.
