@@ -338,17 +338,8 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, refused: d
     from flatcli.outputs.writer import ResultWriter
     from flatcli.runs.lm_attack import lm_attack
 
-    if not _language_model(model, data):
-        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
-                          "model and {} prompts:FILE")
-    if chosen.attack.attack not in (None, GCG_KIND):
-        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model is attacked by "
-                          f"{GCG_KIND}")
-    given = [name for name, value in refused.items() if value is not None]
-    given += [name for name in chosen.attack.given() if name not in ("attack", "steps")]
-    if given:
-        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to GCG on a language model; "
-                          "drop them")
+    _check_gcg(model, data, chosen, [name for name, value in refused.items() if value is not None],
+               "GCG on a language model")
     fmt = attack_run.trajectory_format(trajectory)
     _check_plot(plot)
     check_outputs(trajectory=trajectory, plot=plot)
@@ -509,24 +500,28 @@ def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
 
 
+def _check_gcg(model, data, chosen: Chosen, refused: list[str], what: str) -> None:
+    """Refuse GCG on anything but a language model's prompts, another ``attack``, and the options ``refused`` and
+    those of the image attacks (all but ``attack`` and ``steps``), which do not apply to ``what``."""
+    if not _language_model(model, data):
+        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
+                          "model and {} prompts:FILE")
+    if chosen.attack.attack not in (None, GCG_KIND):
+        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model is attacked by "
+                          f"{GCG_KIND}")
+    given = [*refused, *(name for name in chosen.attack.given() if name not in ("attack", "steps"))]
+    if given:
+        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + f" do not apply to {what}; drop them")
+
+
 def _detect_suffixes(model, data, chosen: Chosen, tokenizer, *, save, refused: dict, samples, on_rows,
                      progress) -> Result:
     """``detect`` on a causal language model's prompts: GCG suffixes, then the detectors
     (:func:`flatcli.runs.lm_detect.lm_detect`); what belongs to images refused first."""
     from flatcli.runs.lm_detect import lm_detect
 
-    if not _language_model(model, data):
-        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
-                          "model and {} prompts:FILE")
-    if chosen.attack.attack not in (None, GCG_KIND):
-        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model's prompts are "
-                          f"attacked by {GCG_KIND}")
-    given = [name for name, value in refused.items() if value is not None]
-    given += [name for name in chosen.attack.given() if name not in ("attack", "steps")]
-    given += list(chosen.head.given())
-    if given:
-        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to detecting GCG suffixes "
-                          "of a language model; drop them")
+    _check_gcg(model, data, chosen, [*(name for name, value in refused.items() if value is not None),
+                                     *chosen.head.given()], "detecting GCG suffixes of a language model")
     settings = detect_run.DetectSettings.from_groups(chosen, crafted=False, language=True)
     check_outputs(save=save)
     kind, prompts = _open_language_model(model, data, chosen, tokenizer)

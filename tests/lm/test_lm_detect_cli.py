@@ -77,20 +77,19 @@ def test_table_shows_both_detectors_and_csv_has_a_row_per_prompt_and_kind(lm_fol
     assert len(rows) == 6 and {"log_perplexity", "trace_h_prompt", "fold", "oof_decision", "flagged"} <= set(rows[0])
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (("--method", "profile"), "--method profile reads features of an image classifier"),
-    (("--plot", "d.png"), "--plot do not apply to detecting GCG suffixes"),
-    (("--adaptive",), "--adaptive runs PGD on images"),
-    (("--eps", "0.1"), "--eps do not apply to detecting GCG suffixes"),
-    (("--attack", "pgd"), "are attacked by gcg"),
+IMAGES = "example:digits-cnn"
+
+
+@pytest.mark.parametrize("model, args, fragment", [
+    ("single", ("--method", "profile"), "--method profile reads features of an image classifier"),
+    ("single", ("--plot", "d.png"), "--plot do not apply to detecting GCG suffixes"),
+    ("single", ("--adaptive",), "--adaptive runs PGD on images"),
+    ("single", ("--eps", "0.1"), "--eps do not apply to detecting GCG suffixes"),
+    ("single", ("--attack", "pgd"), "a language model is attacked by gcg"),
+    (IMAGES, ("--chat-template", "none", "--limit", 4), "--chat-template do not apply to an image classifier"),
+    (IMAGES, ("--attack", "gcg", "--limit", 4), "--attack gcg attacks a causal language model's prompts"),
 ])
-def test_what_belongs_to_images_is_refused_in_one_line(lm_folders, prompts_csv, args, fragment):
-    res = invoke("detect", lm_folders["single"], "--data", f"prompts:{prompts_csv}", "--steps", 1, *args)
-    assert_one_error(res, fragment)
-
-
-def test_language_options_are_refused_for_an_image_classifier():
-    res = invoke("detect", "example:digits-cnn", "--chat-template", "none", "--limit", 4)
-    assert_one_error(res, "--chat-template do not apply to an image classifier")
-    res = invoke("detect", "example:digits-cnn", "--attack", "gcg", "--limit", 4)
-    assert_one_error(res, "--attack gcg attacks a causal language model's prompts")
+def test_what_belongs_to_the_other_kind_of_model_is_refused_in_one_line(lm_folders, prompts_csv, model, args,
+                                                                         fragment):
+    data = () if model == IMAGES else ("--data", f"prompts:{prompts_csv}", "--steps", 1)
+    assert_one_error(invoke("detect", lm_folders.get(model, model), *data, *args), fragment)
