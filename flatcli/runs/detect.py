@@ -317,10 +317,9 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
     adv_used = adv
     if settings.only_successful:
         if n_successful == 0:
-            raise UsageError(
-                "--only-successful: no adversarial changed the prediction; use a stronger attack (--eps, --steps) "
-                "or drop --only-successful"
-            )
+            what, stronger = (("no suffix made greedy decoding reproduce its target", "--steps, --search-width")
+                              if settings.language else ("no adversarial changed the prediction", "--eps, --steps"))
+            raise UsageError(f"--only-successful: {what}; use a stronger attack ({stronger}) or drop --only-successful")
         adv_used = adv.take(changed)
     y_all = np.concatenate([np.zeros(len(clean), np.int64), np.ones(len(adv_used), np.int64)])
     row_ids, y = core.balance(np.arange(len(y_all)), y_all, seed)

@@ -86,6 +86,8 @@ IMAGES = "example:digits-cnn"
     ("single", ("--adaptive",), "--adaptive runs PGD on images"),
     ("single", ("--eps", "0.1"), "--eps do not apply to detecting GCG suffixes"),
     ("single", ("--attack", "pgd"), "a language model is attacked by gcg"),
+    ("single", ("--only-successful", "--search-width", 8, "--topk", 4, "--suffix-length", 2, "--folds", 3),
+     "no suffix made greedy decoding reproduce its target"),
     (IMAGES, ("--chat-template", "none", "--limit", 4), "--chat-template do not apply to an image classifier"),
     (IMAGES, ("--attack", "gcg", "--limit", 4), "--attack gcg attacks a causal language model's prompts"),
 ])
