@@ -366,17 +366,8 @@ def _gcg(model, data, chosen: Chosen, tokenizer, *, trajectory, plot, resume, re
     from flatcli.outputs.writer import ResultWriter
     from flatcli.runs.lm_attack import lm_attack
 
-    if not _language_model(model, data):
-        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
-                          "model and {} prompts:FILE")
-    if chosen.attack.attack not in (None, GCG_KIND):
-        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model is attacked by "
-                          f"{GCG_KIND}")
-    given = [name for name, value in refused.items() if value is not None]
-    given += [name for name in chosen.attack.given() if name not in ("attack", "steps")]
-    if given:
-        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + " do not apply to GCG on a language model; "
-                          "drop them")
+    _check_gcg(model, data, chosen, [name for name, value in refused.items() if value is not None],
+               "GCG on a language model")
     fmt = attack_run.trajectory_format(trajectory)
     _check_plot(plot)
     check_outputs(trajectory=trajectory, plot=plot)
@@ -463,11 +454,11 @@ def bound(model=None, data=None, *, chosen: Chosen, epsilon=None, lipschitz=None
 
 
 @_one_plan
-@accepts(*COMMON, AttackOptions, WeightNormOptions, DetectOptions)
+@accepts(*COMMON, AttackOptions, WeightNormOptions, DetectOptions, PromptOptions, LanguageModelOptions, GCGOptions)
 @_each_checkpoint
 def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None, save=None, save_adv=None, plot=None,
-           detector=None, force=False, resume=None, samples: bool = True, on_rows: OnRows | None = None,
-           progress: Progress | None = None) -> Result:
+           detector=None, force=False, resume=None, tokenizer=None, samples: bool = True,
+           on_rows: OnRows | None = None, progress: Progress | None = None) -> Result:
     """``flatrob detect``: fit and cross-validate a detector of adversarial inputs (paper D.4), or with
     ``detector`` (a file or a fitted :class:`~flatcli.core.detectors.Detector`) apply a saved one.
 
@@ -475,20 +466,37 @@ def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None,
     (the forms of ``data``; a string is read with split ``train``) holds the clean labelled inputs the
     Mahalanobis model is fitted on (``method`` ``mahalanobis``, ``ensemble``, ``all``; default: the
     training split of a ``data`` string). The fitted detector is ``result.artifacts["detector"]``.
+
+    A causal language model (with its ``tokenizer`` when in memory) on ``prompts:FILE`` data: GCG crafts a suffix
+    per prompt, and the stump on a label-free curvature score of the prompts is cross-validated beside the
+    perplexity filter on the same folds (:mod:`flatcli.runs.lm_detect`); ``detector`` applies one so fitted to
+    prompts as they are.
     """
+    language = _language_model(model, data) or chosen.attack.attack == GCG_KIND
+    if not language:
+        _only_for(chosen, (PromptOptions, LanguageModelOptions, GCGOptions),
+                  "an image classifier (they are for language models and prompts: data)")
     attack_given = tuple(chosen.attack.given())
     if detector is not None:
         fitting = {"adversarial": adversarial, "fit_data": fit_data, "save": save, "save_adv": save_adv, "plot": plot,
                    "resume": resume}
-        clash = (*chosen.detection.given(), *(k for k, v in fitting.items() if v is not None), *attack_given)
+        clash = (*chosen.detection.given(), *(k for k, v in fitting.items() if v is not None), *attack_given,
+                 *chosen.gcg.given())
         if clash:
             raise OptionError(("detector", *clash), "{} applies a saved detector, but " +
                               ", ".join("{}" for _ in clash) + " belong to fitting one; drop them, or drop {} to fit"
                               .replace("drop {} to fit", "drop the detector to fit"))
+        if language:
+            return _apply_to_prompts(model, data, detector, chosen, tokenizer, force=force, samples=samples,
+                                     on_rows=on_rows)
         return _apply(model, data, detector, chosen, force=force, samples=samples, on_rows=on_rows,
                       progress=progress)
     if force:
         raise OptionError(("force", "detector"), "{} only applies with {} (applying a saved detector)")
+    if language:
+        return _detect_suffixes(model, data, chosen, tokenizer, save=save, refused={
+            "adversarial": adversarial, "fit_data": fit_data, "save_adv": save_adv, "plot": plot, "resume": resume},
+            samples=samples, on_rows=on_rows, progress=progress)
     if adversarial is not None:
         if attack_given:
             raise OptionError(("adversarial", *attack_given), "{} reads ready adversarials; " +
@@ -519,6 +527,55 @@ def detect(model, data=None, *, chosen: Chosen, adversarial=None, fit_data=None,
     fit_ds = _fit_data(fit_data, data, ctx, chosen.data.reading()) if settings.uses_mahalanobis else None
     return detect_run.fit(ctx, settings, adversarial=adv_ds, adversarial_path=adversarial, fit_data=fit_ds, save=save,
                           save_adv=save_adv, plot=plot, on_rows=on_rows, keep_samples=samples)
+
+
+def _check_gcg(model, data, chosen: Chosen, refused: list[str], what: str) -> None:
+    """Refuse GCG on anything but a language model's prompts, another ``attack``, and the options ``refused`` and
+    those of the image attacks (all but ``attack`` and ``steps``), which do not apply to ``what``."""
+    if not _language_model(model, data):
+        raise OptionError(("attack", "data"), "{} gcg attacks a causal language model's prompts: give a language "
+                          "model and {} prompts:FILE")
+    if chosen.attack.attack not in (None, GCG_KIND):
+        raise OptionError("attack", f"{{}} {chosen.attack.attack} attacks images; a language model is attacked by "
+                          f"{GCG_KIND}")
+    given = [*refused, *(name for name in chosen.attack.given() if name not in ("attack", "steps"))]
+    if given:
+        raise OptionError(tuple(given), ", ".join("{}" for _ in given) + f" do not apply to {what}; drop them")
+
+
+def _detect_suffixes(model, data, chosen: Chosen, tokenizer, *, save, refused: dict, samples, on_rows,
+                     progress) -> Result:
+    """``detect`` on a causal language model's prompts: GCG suffixes, then the detectors
+    (:func:`flatcli.runs.lm_detect.lm_detect`); what belongs to images refused first."""
+    from flatcli.runs.lm_detect import lm_detect
+
+    _check_gcg(model, data, chosen, [*(name for name, value in refused.items() if value is not None),
+                                     *chosen.head.given()], "detecting GCG suffixes of a language model")
+    settings = detect_run.DetectSettings.from_groups(chosen, crafted=False, language=True)
+    check_outputs(save=save)
+    kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+    return lm_detect(kind, prompts, settings, data=data, attack=chosen.attack, gcg=chosen.gcg, prompt=chosen.prompt,
+                     seed=chosen.run.seed, save=save, on_rows=on_rows, keep_samples=samples, progress=progress)
+
+
+def _apply_to_prompts(model, data, detector, chosen: Chosen, tokenizer, *, force, samples, on_rows) -> Result:
+    """A detector fitted on a language model's prompts applied to prompts as they are; the chat template and system
+    prompt default to the detector's (:func:`flatcli.runs.lm_detect.lm_apply`)."""
+    from flatcli.core.detectors import Detector
+    from flatcli.inputs.detector_file import load_detector
+    from flatcli.runs.lm_detect import lm_apply
+
+    if chosen.head.given():
+        raise OptionError(tuple(chosen.head.given()), "{} does not apply to a language model's prompts; drop it")
+    if not isinstance(detector, Detector):
+        plan_inputs(detector=detector)
+    det = detector if isinstance(detector, Detector) else load_detector(detector)
+    given = chosen.prompt.given()
+    prompt = dataclasses.replace(chosen.prompt, **{k: det.meta.get(k, getattr(chosen.prompt, k)) for k in
+                                                    ("chat_template", "system") if k not in given})
+    kind, prompts = _open_language_model(model, data, chosen, tokenizer)
+    return lm_apply(kind, prompts, det, data=data, prompt=prompt, force=force, on_rows=on_rows, keep_samples=samples,
+                    detector_path=None if isinstance(detector, Detector) else str(detector))
 
 
 def _fit_data(fit_data, data, ctx: RunContext, reading: dict) -> DataSource:

@@ -1,5 +1,6 @@
 """``flatrob detect``: flag adversarial inputs by their sharpness (paper D.4) or the baselines beside it; fit +
-cross-validate (and attack adaptively), save, or apply a saved detector (``--detector``)."""
+cross-validate (and attack adaptively), save, or apply a saved detector (``--detector``); GCG suffixes on a
+language model's prompts beside the perplexity filter."""
 
 from __future__ import annotations
 
@@ -12,11 +13,13 @@ from flatcli.cli.app import app
 from flatcli.cli.options import Checkpoints, SaveAdv
 from flatcli.cli.params import expand
 from flatcli.cli.tables.detect import render_apply, render_fit
+from flatcli.cli.tables.lm_detect import render_suffixes
 from flatcli.options import (
     AttackOptions, CheckpointListOptions, DataOptions, ModelOptions, OutputOptions, ResumeOptions, RunOptions,
     WeightNormOptions,
 )
 from flatcli.options.detect import DetectOptions
+from flatcli.options.lm import GCGOptions, LanguageModelOptions, PromptOptions
 
 
 def _file(flag: str, help: str, metavar: str = "FILE"):
@@ -58,13 +61,21 @@ def detect(
                                         "anyway.")] = False,
     head: WeightNormOptions = None,
     resume: ResumeOptions = None,
+    gcg: GCGOptions = None,
+    prompt: PromptOptions = None,
+    lm: LanguageModelOptions = None,
 ) -> None:
-    """Detect adversarial inputs by their sharpness and its baselines: fit and cross-validate (D.4), or apply a saved detector."""
-    render = render_apply if detector is not None else render_fit
+    """Detect adversarial inputs by their sharpness and its baselines: fit and cross-validate (D.4), or apply a saved detector; GCG suffixes on a language model's prompts, beside the perplexity filter."""
+    render = render_apply if detector is not None else _render_fit
     result = common.call("detect", checkpoint, checkpoints, output, render, model, data, run, detection, attack, head,
-                         adversarial=adversarial, fit_data=fit_data, save=save, save_adv=save_adv, plot=plot,
+                         gcg, prompt, lm, adversarial=adversarial, fit_data=fit_data, save=save, save_adv=save_adv, plot=plot,
                          detector=detector, force=force, resume=resume.resume)
     for s in common.summaries(result) if detector is not None else []:
         common.note(f"flagged {s['n_flagged']} of {s['n']} inputs ({s['flagged_share']:.1%})",
                     output.quiet or output.format not in ("jsonl", "csv"))
     common.exit_status(result)
+
+
+def _render_fit(stream, summary: dict, samples: list[dict] | None) -> None:
+    """The fit's tables: a language model's GCG suffixes (the perplexity filter beside), or images."""
+    (render_suffixes if "auroc" in summary else render_fit)(stream, summary, samples)

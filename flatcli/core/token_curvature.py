@@ -119,17 +119,24 @@ def sequence_means(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return target, {k: tm[k].mean(1) for k in ("trace_h", "feature_norm")}
 
 
-def prompt_means(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor, *,
-                 values: int = CHUNK_VALUES) -> dict[str, torch.Tensor]:
-    """Label-free measures of prompts ``ids`` (B, L) with features ``phi`` (B, L, m), nothing of a target needed:
-    ``log_perplexity``, the mean cross-entropy of each prompt token given those before it (positions 0 .. L - 2
-    predicting tokens 1 .. L - 1; the perplexity filter of Jain et al. 2023), ``trace_h_prompt`` the mean trace
-    over the same positions, and ``trace_h_last`` the trace at the last position (the one predicting the answer).
+def prompt_means(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor,
+                 span: tuple[int, int], *, values: int = CHUNK_VALUES) -> dict[str, torch.Tensor]:
+    """Label-free measures of prompts ``ids`` (B, L) with features ``phi`` (B, L, m), nothing of a target needed.
+
+    ``span = (start, end)``, ``1 <= start < end <= L``, are the tokens measured (the user's text and the suffix):
+    ``log_perplexity`` is their mean cross-entropy, each token given every token before it (positions
+    ``start - 1 .. end - 2`` predicting tokens ``start .. end - 1``; the perplexity filter of Jain et al. 2023),
+    ``trace_h_prompt`` the mean trace over the same positions, and ``trace_h_last`` the trace at the last
+    position (the one predicting the answer).
     """
+    start, end = span
     b, length, m = phi.shape
+    if not 1 <= start < end <= length:
+        raise ValueError(f"span {span} must satisfy 1 <= start < end <= {length}")
     ids = ids.to(phi.device)
     following = ids.roll(-1, dims=1)
     tm = token_measures(phi.reshape(-1, m), weight, bias, following.reshape(-1), values=values)
     tm = {k: v.reshape(b, length) for k, v in tm.items()}
-    return {"log_perplexity": tm["loss"][:, :-1].mean(1), "trace_h_prompt": tm["trace_h"][:, :-1].mean(1),
+    at = slice(start - 1, end - 1)
+    return {"log_perplexity": tm["loss"][:, at].mean(1), "trace_h_prompt": tm["trace_h"][:, at].mean(1),
             "trace_h_last": tm["trace_h"][:, -1]}

@@ -39,7 +39,7 @@ MAX_DETECTOR_BYTES = 128 * 1024 * 1024
 #: Integers with more digits are refused (a float64 holds about 17).
 MAX_INT_DIGITS = 20
 #: ``meta`` entries that applying a detector reads, which must be strings (or absent / null).
-META_STRINGS = ("checkpoint", "checkpoint_sha256", "weights_sha256", "layer", "arch")
+META_STRINGS = ("checkpoint", "checkpoint_sha256", "weights_sha256", "layer", "arch", "chat_template", "system")
 
 
 def save_detector(path: str | os.PathLike, det: Detector) -> None:

@@ -22,7 +22,7 @@ def method_names() -> tuple[str, ...]:
 
 
 def score_names() -> tuple[str, ...]:
-    """The scores the stump thresholds (the other methods have their own fixed score)."""
+    """The scores the stump thresholds, of images and of prompts (the other methods have their own fixed score)."""
     from flatcli.core import detectors
 
     return tuple(detectors.Stump.scores)
@@ -42,8 +42,9 @@ class DetectOptions(Group):
                                 "the input and after each probe step of gradient ascent on the predicted class's loss), "
                                 "ensemble (logistic regression on all of them), or all (every method on the same "
                                 "folds; the best is kept).", method_names)
-    score: str | None = choice(None, "Label-free score the stump thresholds (default relative_sharpness).",
-                               score_names)
+    score: str | None = choice(None, "Label-free score the stump thresholds (default relative_sharpness; on a language "
+                               "model's prompts trace_h_prompt, trace_h_last or log_perplexity, default "
+                               "trace_h_prompt).", score_names)
     folds: int | None = integer(None, "Stratified cross-validation folds, >= 2 (default 5).")
     only_successful: bool = switch(False, "Keep only adversarials whose prediction differs from their clean input's.")
     probe_steps: int | None = integer(None, "Probe steps of the curvature profile, 1 to 3 (default 3).")

@@ -101,12 +101,17 @@ class DetectSettings:
     probe: Probe | None = None  # profile, ensemble, all (default Probe())
     adaptive: bool = False
     adaptive_weight: float = DEFAULT_ADAPTIVE_WEIGHT
+    language: bool = False  # a causal language model's prompts (the stump on one of core.PROMPT_SCORES)
 
     def __post_init__(self) -> None:
         if self.method not in core.method_names() + (ALL,):
             raise OptionError("method", f"unknown {{}} {self.method!r}; choose one of "
                               f"{', '.join(core.method_names() + (ALL,))}")
+        if self.language:
+            self._check_language()
         scores = core.METHODS[self.method].scores if self.method != ALL else (None,)
+        if self.method == "stump":  # the scores of this kind of input only
+            scores = tuple(s for s in scores if (s in core.PROMPT_SCORES) == self.language)
         if len(scores) > 1:
             self.score = self.score or scores[0]
             if self.score not in scores:
@@ -136,6 +141,16 @@ class DetectSettings:
             raise OptionError("adaptive_weight", f"{{}} must be a finite number > 0 and at most "
                               f"{MAX_ADAPTIVE_WEIGHT:g}, got {w!r}")
 
+    def _check_language(self) -> None:
+        """Refuse what needs an image classifier: other methods than the stump, the adaptive PGD attack."""
+        if self.method != "stump":
+            raise OptionError(("method", "method"), f"{{}} {self.method} reads features of an image classifier (the "
+                              "softmax factors, probes, class means); a language model's prompts are fitted by {} "
+                              "stump")
+        if self.adaptive:
+            raise OptionError("adaptive", "{} runs PGD on images against the detector; it does not apply to a "
+                              "language model's prompts: drop it")
+
     @property
     def methods(self) -> tuple[str, ...]:
         """The methods cross-validated: the one asked for, or all of them."""
@@ -160,12 +175,13 @@ class DetectSettings:
         return cls.from_groups(chosen_of(options, AttackOptions, WeightNormOptions, DetectOptions), crafted=crafted)
 
     @classmethod
-    def from_groups(cls, chosen, *, crafted: bool = True) -> "DetectSettings":
+    def from_groups(cls, chosen, *, crafted: bool = True, language: bool = False) -> "DetectSettings":
         """The settings of one call's option groups (:mod:`flatcli.options`); ``crafted`` is false when the
-        adversarials come from a file (no attack)."""
+        adversarials come from a file (no attack), ``language`` when GCG crafts them for a language model's prompts
+        (:mod:`flatcli.runs.lm_detect`; no image attack either)."""
         options = chosen.detection
         attack = preset = None
-        if crafted:
+        if crafted and not language:
             preset = chosen.attack.preset or DEFAULT_PRESET
             attack = chosen.attack.make(preset)
             if options.adaptive and attack.kind != "pgd":
@@ -182,7 +198,7 @@ class DetectSettings:
                    folds=5 if options.folds is None else options.folds, only_successful=options.only_successful,
                    weight_norm=chosen.head.norm, attack=attack, preset=preset, probe=probe, adaptive=options.adaptive,
                    adaptive_weight=DEFAULT_ADAPTIVE_WEIGHT if options.adaptive_weight is None else
-                   options.adaptive_weight)
+                   options.adaptive_weight, language=language)
 
     def config(self) -> dict:
         crafted = self.attack is not None
@@ -221,7 +237,8 @@ class DetectOutcome:
 
     ``summary``: the JSON summary (see :func:`fit_detection`); ``rows``: one dict per scored input with
     :data:`FIT_ROW_KEYS`, clean inputs first; ``detector``: the chosen method fitted on the whole
-    balanced set; ``cv``: its cross-validation; ``clean_score`` / ``adv_score``: the thresholded value of
+    balanced set; ``cv``: its cross-validation; ``baseline``: the cross-validation of the
+    baseline stump when the summary has one; ``clean_score`` / ``adv_score``: the thresholded value of
     the used inputs (for plots); ``fits``: every method's :class:`MethodFit`; ``clean_used``: positions
     in the clean :class:`ScoreSet` of the clean inputs in the balanced set, in order (their folds are
     ``cv.fold_index[labels == 0]``).
@@ -236,6 +253,7 @@ class DetectOutcome:
     labels: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0))
     fits: dict[str, MethodFit] = field(repr=False, default_factory=dict)
     clean_used: np.ndarray = field(repr=False, default_factory=lambda: np.zeros(0, np.int64))
+    baseline: core.CVResult | None = field(repr=False, default=None)
 
 
 def successful(clean: ScoreSet, adv: ScoreSet) -> np.ndarray:
@@ -267,13 +285,15 @@ def probe_of(method: str, settings: DetectSettings) -> dict | None:
 
 
 def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed: int = 0,
-                  mahalanobis: core.MahalanobisModel | None = None) -> DetectOutcome:
+                  mahalanobis: core.MahalanobisModel | None = None, baseline: str | None = None) -> DetectOutcome:
     """Balance, cross-validate and fit detectors of adversarial (1) vs clean (0) inputs.
 
     With ``only_successful`` only the adversarials that changed the prediction are kept. The larger
     class is then subsampled to the smaller one (:func:`flatcli.core.detectors.balance`, seeded) and
     :func:`flatcli.core.detectors.cross_validate` runs every method of ``settings.methods`` on what is
     left, on the same folds. ``mahalanobis`` is the model the ``mahalanobis`` column was scored with.
+    ``baseline`` names the score of a baseline stump reported whatever the method (a language model's
+    perplexity filter); by default the stump on relative sharpness is the baseline of every other method.
 
     Summary keys: ``method, score, folds, fold_accuracies, accuracy_mean, accuracy_std, auc,
     tpr_at_5fpr, threshold, direction, n_clean, n_adversarial`` (the counts that were cross-validated),
@@ -297,10 +317,9 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
     adv_used = adv
     if settings.only_successful:
         if n_successful == 0:
-            raise UsageError(
-                "--only-successful: no adversarial changed the prediction; use a stronger attack (--eps, --steps) "
-                "or drop --only-successful"
-            )
+            what, stronger = (("no suffix made greedy decoding reproduce its target", "--steps, --search-width")
+                              if settings.language else ("no adversarial changed the prediction", "--eps, --steps"))
+            raise UsageError(f"--only-successful: {what}; use a stronger attack ({stronger}) or drop --only-successful")
         adv_used = adv.take(changed)
     y_all = np.concatenate([np.zeros(len(clean), np.int64), np.ones(len(adv_used), np.int64)])
     row_ids, y = core.balance(np.arange(len(y_all)), y_all, seed)
@@ -330,13 +349,16 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
                                                 -settings.methods.index(m)))
     chosen = fits[best]
     summary = chosen.summary
-    if best != "stump":
-        base = fits["stump"].cv if "stump" in fits else core.cross_validate(
-            np.concatenate([clean.values[SCORES[0]], adv_used.values[SCORES[0]]])[row_ids], y,
-            folds=settings.folds, method="stump", seed=seed, score=SCORES[0])
+    base = None
+    if best != "stump" or baseline is not None:
+        base_score = baseline or SCORES[0]
+        stump = fits.get("stump")
+        base = stump.cv if stump is not None and stump.cv.detector.score == base_score else core.cross_validate(
+            np.concatenate([clean.values[base_score], adv_used.values[base_score]])[row_ids], y,
+            folds=settings.folds, method="stump", seed=seed, score=base_score)
         summary["baseline"] = {
             "method": "stump",
-            "score": SCORES[0],
+            "score": base_score,
             "accuracy_mean": base.accuracy_mean,
             "accuracy_std": base.accuracy_std,
             "auc": base.auc,
@@ -371,7 +393,7 @@ def fit_detection(clean: ScoreSet, adv: ScoreSet, settings: DetectSettings, seed
     return DetectOutcome(
         summary=summary, rows=rows, detector=det, cv=cv,
         clean_score=value_used[y == 0], adv_score=value_used[y == 1], labels=y, fits=fits,
-        clean_used=row_ids[y == 0],
+        clean_used=row_ids[y == 0], baseline=base,
     )
 
 
@@ -430,6 +452,9 @@ def check_detector(det: core.Detector, loaded, *, force: bool = False) -> list[s
     recorded hash counts as a mismatch. A Mahalanobis model must fit the head (classes, feature
     dimension) even with ``force``.
     """
+    if det.score in core.PROMPT_SCORES:
+        raise DetectorError(f"the detector thresholds {det.score} of a language model's prompts; apply it to that "
+                            "language model with --data prompts:FILE")
     notes: list[str] = []
     (key, have), = loaded.fingerprint.items()
     want = det.meta.get(key)
@@ -586,7 +611,7 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
     ctx.expect(len(ctx.data))
     rows = Rows(on_rows, keep_samples)
     values: list[np.ndarray] = []
-    n = flagged_total = 0
+    flagged_total = 0
     columns = det.columns()
     for s in each_score(ctx, features):
         X = s.features(columns)
@@ -600,21 +625,29 @@ def apply(ctx: RunContext, det: core.Detector, *, detector_path: str | None = No
                 "`flatrob detect ... --save FILE`"
             )
         flagged = decision > 0
-        n += len(s)
         flagged_total += int(flagged.sum())
         values.append(value)
         rows([dict(zip(APPLY_ROW_KEYS, vals)) for vals in zip(s.index.tolist(), value.tolist(), flagged.tolist())])
     if not ctx.dist.is_main:
         return Result("detect", config, {})
-    summary = {
+    summary = applied_summary(det, np.concatenate(values) if values else np.zeros(0), flagged_total,
+                              det.meta.get(key) == have)
+    return Result("detect", config, summary, rows.kept, notes=notes)
+
+
+def applied_summary(det: core.Detector, values: np.ndarray, n_flagged: int, match: bool) -> dict:
+    """The summary of a saved detector applied: ``n, n_flagged, flagged_share, method, score, threshold,
+    direction``, ``score_stats`` (statistics of the thresholded ``values``) and ``checkpoint_match``."""
+    n = len(values)
+    threshold, direction = det.operating_point()
+    return {
         "n": n,
-        "n_flagged": flagged_total,
-        "flagged_share": flagged_total / n if n else float("nan"),
+        "n_flagged": n_flagged,
+        "flagged_share": n_flagged / n if n else float("nan"),
         "method": det.method,
         "score": det.score,
-        "threshold": det.operating_point()[0],
-        "direction": det.operating_point()[1],
-        "score_stats": describe(np.concatenate(values) if values else np.zeros(0)),
-        "checkpoint_match": det.meta.get(key) == have,
+        "threshold": threshold,
+        "direction": direction,
+        "score_stats": describe(values),
+        "checkpoint_match": match,
     }
-    return Result("detect", config, summary, rows.kept, notes=notes)

@@ -51,7 +51,7 @@ def test_each_method_states_its_columns_needs_scores_and_conventions():
     needs = {m: (cls.needs_probe, cls.needs_mahalanobis) for m, cls in core.METHODS.items()}
     assert needs == {"stump": (False, False), "components": (False, False), "mahalanobis": (False, True),
                      "profile": (True, False), "ensemble": (True, True)}
-    assert core.Stump.scores == core.SCORES and core.Stump.scores[0] == "relative_sharpness"
+    assert core.Stump.scores == core.SCORES + core.PROMPT_SCORES and core.Stump.scores[0] == "relative_sharpness"
     assert {m: cls.scores for m, cls in core.METHODS.items() if m != "stump"} == {
         "components": ("components",), "mahalanobis": ("mahalanobis",), "profile": ("profile",),
         "ensemble": ("ensemble",)}

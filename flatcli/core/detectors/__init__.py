@@ -45,6 +45,7 @@ from flatcli.core.detectors.columns import (
     MAHALANOBIS,
     MAX_PROBE_STEPS,
     PROFILE_MEASURES,
+    PROMPT_SCORES,
     SCORES,
     ensemble_names,
     profile_names,

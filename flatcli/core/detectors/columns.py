@@ -1,4 +1,4 @@
-"""The names of the label-free feature columns detectors read: the scores, the components, the profile, Mahalanobis.
+"""The names of the label-free feature columns detectors read: the scores (of images and of prompts), the components, the profile, Mahalanobis.
 
 The columns are computed in torch by :func:`flatcli.core.detection_features.detection_features`; a
 detector reads them by name (:meth:`flatcli.core.detectors.base.Detector.columns`).
@@ -8,6 +8,9 @@ from __future__ import annotations
 
 #: Label-free measures a stump can threshold (``score``); the first is the default.
 SCORES = ("relative_sharpness", "trace_h", "confidence", "relative_flatness_full")
+#: Label-free measures of a language model's prompt a stump can threshold (computed by
+#: :func:`flatcli.core.token_curvature.prompt_means`); the first is the default, the last the perplexity filter.
+PROMPT_SCORES = ("trace_h_prompt", "trace_h_last", "log_perplexity")
 COMPONENT_NAMES = ("p_var_sum", "phi_norm_sq", "w_phi_norm_sq")
 """The three factors of sharpness: ``sum_j p_j(1-p_j)``, ``||phi||^2``, ``||W phi||^2``."""
 MAHALANOBIS = "mahalanobis"

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from flatcli.core.detectors.base import Detector, ParameterReader
-from flatcli.core.detectors.columns import MAHALANOBIS, SCORES
+from flatcli.core.detectors.columns import MAHALANOBIS, PROMPT_SCORES, SCORES
 from flatcli.errors import UsageError
 
 DIRECTIONS = ("above", "below")
@@ -111,12 +111,13 @@ class ThresholdDetector(Detector):
 
 @dataclass(kw_only=True)
 class Stump(ThresholdDetector):
-    """Paper D.4: a threshold on one label-free score (default relative sharpness)."""
+    """Paper D.4: a threshold on one label-free score (default relative sharpness; on a language model's prompts
+    one of :data:`~flatcli.core.detectors.columns.PROMPT_SCORES`)."""
 
     method = "stump"
     summary = "threshold on one score (default relative_sharpness)"
     conventions = "exact threshold search maximising balanced accuracy; flags score > threshold (above) or < (below)"
-    scores = SCORES
+    scores = SCORES + PROMPT_SCORES
 
 
 @dataclass(kw_only=True)

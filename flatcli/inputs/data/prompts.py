@@ -170,20 +170,49 @@ def render(source: str | None, messages: list[dict], tokenizer) -> str:
         raise OptionError("chat_template", f"the chat template of {{}} fails: {exc}") from None
 
 
-def layout(prompt: Prompt, tokenizer, template: str = "auto", system: str | None = None,
-           suffix: str | None = None) -> Layout:
-    """``prompt`` as token ids around its suffix (``suffix`` overrides the prompt's own)."""
+def _halves(prompt: Prompt, tokenizer, template: str, system: str | None) -> tuple[str | None, str, str]:
+    """The template's source and the rendered chat's text before and after the suffix placeholder."""
     source = template_source(template, tokenizer)
     text = render(source, chat(prompt, system), tokenizer)
     if text.count(PLACEHOLDER) != 1:
         raise OptionError("chat_template", f"the chat template of {{}} must render the user turn once (found "
                           f"{text.count(PLACEHOLDER)} suffix placeholders)")
     before, after = text.split(PLACEHOLDER)
-    target = prompt.target if not (before + after) or (before + after)[-1:].isspace() else " " + prompt.target
+    return source, before, after
 
-    def ids(part: str, special: bool = False) -> tuple[int, ...]:
-        return tuple(tokenizer(part, add_special_tokens=special)["input_ids"]) if part else ()
 
+def _ids(tokenizer, part: str, special: bool = False) -> tuple[int, ...]:
     # Without a template the tokenizer adds its own special tokens (BOS); templates write theirs as text.
+    return tuple(tokenizer(part, add_special_tokens=special)["input_ids"]) if part else ()
+
+
+def layout(prompt: Prompt, tokenizer, template: str = "auto", system: str | None = None,
+           suffix: str | None = None) -> Layout:
+    """``prompt`` as token ids around its suffix (``suffix`` overrides the prompt's own)."""
+    source, before, after = _halves(prompt, tokenizer, template, system)
+    target = prompt.target if not (before + after) or (before + after)[-1:].isspace() else " " + prompt.target
     suffix_text = prompt.suffix if suffix is None else suffix
-    return Layout(ids(before, special=source is None), ids(suffix_text), ids(after), ids(target))
+    return Layout(_ids(tokenizer, before, special=source is None), _ids(tokenizer, suffix_text),
+                  _ids(tokenizer, after), _ids(tokenizer, target))
+
+
+def user_start(prompt: Prompt, tokenizer, template: str = "auto", system: str | None = None) -> int:
+    """Index in :attr:`Layout.before` of the first token of the user's text before the suffix (the goal).
+
+    That text is the content before the placeholder of the turn holding it (``goal`` without ``messages``); the
+    tokens before it are the system prompt and the template's. The index is the length of the common prefix of
+    the tokens of the text before the suffix and of the same text without the user's part, so a token that merges
+    the template's last characters with the user's first counts as the user's. :class:`OptionError`
+    (``chat_template``) when the template does not render the user's text verbatim.
+    """
+    source, before, _ = _halves(prompt, tokenizer, template, system)
+    user = next(m["content"] for m in chat(prompt, system) if PLACEHOLDER in m["content"]).split(PLACEHOLDER)[0]
+    if not before.endswith(user):
+        raise OptionError("chat_template", "the chat template of {} does not render the user's text verbatim, so "
+                          "its tokens cannot be told from the template's; use another template")
+    whole = _ids(tokenizer, before, special=source is None)
+    head = _ids(tokenizer, before[: len(before) - len(user)], special=source is None)
+    common = 0
+    while common < min(len(whole), len(head)) and whole[common] == head[common]:
+        common += 1
+    return common
