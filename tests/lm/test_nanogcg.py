@@ -37,12 +37,14 @@ TEMPLATE = "{{ bos_token }}{% for m in messages %}USER: {{ m['content'] }}\n{% e
 
 @pytest.fixture(scope="module")
 def chat_tokenizer(tokenizer):
-    """The tests' tokenizer with a chat template and, as Llama's, a BOS token added when encoding with special tokens."""
+    """The tests' tokenizer with a chat template and, as Llama's, a BOS token added when encoding with special
+    tokens."""
     from tokenizers.processors import TemplateProcessing
 
     tok = copy.deepcopy(tokenizer)
     tok.chat_template = TEMPLATE
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A",
+                                                              special_tokens=[("<s>", tok.bos_token_id)])
     return tok
 
 
