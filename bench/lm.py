@@ -76,7 +76,7 @@ def peak_memory(fn, device: torch.device) -> str:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         fn()
-        return f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB allocated"
+        return f"peak {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB allocated (weights included)"
     fn()
     return f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"
 
