@@ -13,7 +13,7 @@ fastest of ``--repeats`` interleaved rounds is kept:
 * flatrob, full passes:    the same without the prefix cache;
 * nanoGCG, prefix cache off: nanoGCG's step (``compute_token_gradient``, ``sample_ids_from_grad``,
   ``_compute_candidates_loss_original``, the candidate of lowest loss), the loss only; it calls ``gc.collect()``
-  and ``torch.cuda.empty_cache()`` after every candidate batch;
+  and ``torch.cuda.empty_cache()`` before the candidates (``find_executable_batch_size``) and after every batch;
   the seconds those collections take are timed and shown as a share of its step;
 * nanoGCG, no gc.collect:  the same with its ``gc.collect`` a no-op;
 * nanoGCG, prefix cache on: timed where it works; 0.3.0 fails on transformers 5 (it indexes the cache as a
@@ -130,18 +130,19 @@ class Collect:
 
 @contextlib.contextmanager
 def collecting(collect: Collect | None):
-    """nanoGCG's ``gc.collect()`` calls ``collect`` inside (its module's ``gc`` is swapped, not the interpreter's)."""
+    """nanoGCG's ``gc.collect()`` calls ``collect`` inside: its step's (``nanogcg.gcg``) and its batch-size
+    finder's (``nanogcg.utils``); those modules' ``gc`` is swapped, not the interpreter's."""
     if collect is None:
         yield
         return
-    from nanogcg import gcg as ng
+    from nanogcg import gcg, utils
 
-    real = ng.gc
-    ng.gc = types.SimpleNamespace(collect=collect)
+    real = gc
+    gcg.gc = utils.gc = types.SimpleNamespace(collect=collect)
     try:
         yield
     finally:
-        ng.gc = real
+        gcg.gc = utils.gc = real
 
 
 def gcg_rows(kind: CausalLM, parts: tuple[torch.Tensor, ...], search: Search, steps: int, repeats: int,
