@@ -24,8 +24,8 @@ sides decode and encode each candidate alike) nor keeps a buffer of suffixes (na
 the best candidate, as flatrob does). Seeded alike (flatrob's generator, torch's global generator for
 nanoGCG), both draw the same candidates on the CPU: the last line says whether they ended on the same suffix.
 
-Usage: ``python bench/gcg.py [--threads 1]`` (CPU, about 1.5 minutes of CPU time). The 7B shape on a GPU: ``python bench/gcg.py
---device cuda --dtype bf16 --hidden 4096 --layers 32 --search-width 512``.
+Usage: ``python bench/gcg.py [--threads 1]`` (CPU, about 1.5 minutes of CPU time). The 7B shape on a GPU:
+``python bench/gcg.py --device cuda --dtype bf16 --hidden 4096 --layers 32 --search-width 512``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def prompt(vocab: int, before: int, suffix: int, after: int, target: int) -> tup
 
 
 def flatrob_steps(kind: CausalLM, parts: tuple[torch.Tensor, ...], search: Search, prefix: bool):
-    """``run(steps, seed) -> (seconds per step, last suffix)``: flatrob's GCG, step 0 (the initial suffix) untimed."""
+    """``run(steps, seed, clock) -> (seconds per step, last suffix)``: flatrob's GCG, step 0 (the initial suffix)
+    untimed."""
     before, suffix, after, target = parts
     gcg = GCG(kind.features, kind.head, kind.model.get_input_embeddings(), before, after, target, search,
               prefix=kind.prefix if prefix else None)
@@ -72,7 +73,7 @@ def flatrob_steps(kind: CausalLM, parts: tuple[torch.Tensor, ...], search: Searc
 
 
 def nanogcg_steps(kind: CausalLM, parts: tuple[torch.Tensor, ...], search: Search, prefix: bool):
-    """``run(steps, seed) -> (seconds per step, last suffix)``: the body of nanoGCG's step loop
+    """``run(steps, seed, clock) -> (seconds per step, last suffix)``: the body of nanoGCG's step loop
     (``nanogcg.gcg.GCG.run``) less the retokenising filter and the buffer; raises what nanoGCG raises."""
     from nanogcg import gcg as ng
     from nanogcg.utils import find_executable_batch_size
