@@ -23,6 +23,10 @@ $(STAMP): $(BIN)/python pyproject.toml
 	# only downloads weights with it); its real needs (torch, scipy, numpy, tqdm) are installed above.
 	$(BIN)/pip install -q --no-deps "torchattacks>=3.5"
 	$(BIN)/pip install -q --no-deps robustbench==1.1.1
+	# nanoGCG 0.3.0 (the reference tests/lm/test_nanogcg.py and bench/gcg.py compare GCG against) pins
+	# transformers<=4.47.1; the pin is stale for what we use (its prefix cache off), so no deps: torch, transformers,
+	# scipy and tqdm come from the extras above (its protobuf and sentencepiece serve slow tokenizers only).
+	$(BIN)/pip install -q --no-deps "nanogcg==0.3.0"
 	touch $(STAMP)
 
 $(MAN): man/flatrob.1
