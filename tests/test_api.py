@@ -106,7 +106,8 @@ def test_api_and_cli_give_the_same_numbers(example, name, args):
     assert api_doc["summary"] == cli_doc["summary"]
     assert api_doc["samples"] == cli_doc["samples"]
     # the settings agree too; only what names the model and the data differs
-    differ = {"checkpoint", "checkpoint_sha256", "weights_sha256", "arch", "arch_source", "data", "versions"}
+    differ = {"checkpoint", "checkpoint_sha256", "weights_sha256", "arch", "arch_source", "arch_file", "data",
+              "versions"}
     assert {k: v for k, v in api_doc["config"].items() if k not in differ} == \
            {k: v for k, v in cli_doc["config"].items() if k not in differ}
 

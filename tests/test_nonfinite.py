@@ -114,7 +114,7 @@ def test_sweep_scale_flags_nan_on_the_fixed_trajectories(poisoned_model):
     s = doc["summary"]
     assert s["n"] == 30 and s["nonfinite"] == 6 and [r["nonfinite"] for r in s["scales"]] == [6, 6]
     assert s["spearman_samples"] <= 24
-    lines = [l for l in stderr.splitlines() if l.strip()]
+    lines = [l for l in stderr.splitlines() if "NaN/Inf" in l]  # besides, maybe, the degenerate-attack note
     assert len(lines) == 1 and "6 of 30 samples hit NaN/Inf" in lines[0]
 
 
