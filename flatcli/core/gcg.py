@@ -27,8 +27,9 @@ from torch import Tensor, nn
 
 from flatcli.core.token_curvature import all_positions_measures, target_measures
 
-#: ``features(input_ids=..., inputs_embeds=..., past_key_values=...) -> (phi (B, L, m), logits (B, L, k))``.
-Features = Callable[..., tuple[Tensor, Tensor]]
+#: ``features(input_ids=..., inputs_embeds=..., past_key_values=...) -> phi (B, L, m)``, the head's input (whose
+#: logits are ``head(phi)``: :class:`flatcli.models.kinds.causal_lm.CausalLM` checks it).
+Features = Callable[..., Tensor]
 #: Largest relative difference of the step-0 loss between the cached and the full pass, (float32, half).
 PREFIX_RTOL = (1e-4, 2e-2)
 
@@ -123,21 +124,22 @@ class GCG:
         return torch.cat([self.before.expand(b, -1), suffixes.to(self.device), self.after.expand(b, -1),
                           self.target.expand(b, -1)], dim=1)
 
-    def _forward(self, b: int, **inputs) -> tuple[Tensor, Tensor]:
+    def _forward(self, b: int, **inputs) -> Tensor:
         if self.prefix is None:
             return self.features(**inputs)
         return self.features(**inputs, past_key_values=self.prefix.cache(b))
 
     def gradient(self, suffix: Tensor) -> Tensor:
-        """(n, k): d loss / d one-hot suffix, the loss being the mean target cross-entropy of the model's logits."""
+        """(n, k): d loss / d one-hot suffix, the loss being the mean target cross-entropy of the model's logits (the
+        head applied to the positions that predict the target only)."""
         weight = self.embedding.weight
         onehot = F.one_hot(suffix.to(self.device), weight.shape[0]).to(weight.dtype).requires_grad_()
         parts = [onehot @ weight, self.embedding(self.after), self.embedding(self.target)]
         if self.prefix is None:
             parts.insert(0, self.embedding(self.before))
-        _, logits = self._forward(1, inputs_embeds=torch.cat(parts)[None])
+        phi = self._forward(1, inputs_embeds=torch.cat(parts)[None])
         start = self.target_start - self._offset
-        loss = F.cross_entropy(logits[0, start - 1:-1].float(), self.target)
+        loss = F.cross_entropy(self.head(phi[0, start - 1:-1]).float(), self.target)
         (grad,) = torch.autograd.grad(loss, onehot)
         return grad
 
@@ -149,7 +151,7 @@ class GCG:
         with torch.no_grad():
             for i in range(0, suffixes.shape[0], self.search.candidate_batch):
                 ids = self.sequences(suffixes[i:i + self.search.candidate_batch])[:, offset:]
-                phi, _ = self._forward(len(ids), input_ids=ids)
+                phi = self._forward(len(ids), input_ids=ids)
                 m = target_measures(phi, self.head.weight, self.head.bias, ids, self.target_start - offset)
                 j = int(m["loss"].argmin())
                 if m["loss"][j] < best_loss:

@@ -52,19 +52,19 @@ def token_measures(phi: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         z = phi @ weight[start:start + size].detach().double().T
         if bias is not None:
             z = z + bias[start:start + size].detach().double()
+        if targets is not None:
+            inside = (targets >= start) & (targets < start + z.shape[1])
+            z_y = torch.where(inside, z[rows, (targets - start).clamp(0, z.shape[1] - 1)], z_y)
         best, where = z.max(-1)
         grows = best > top_z
         new_top_z = torch.where(grows, best, top_z)
         scale = torch.exp(top_z - new_top_z)  # 1 where the maximum stays; exp(-inf) = 0 before the first chunk
         old_top = torch.where(grows & torch.isfinite(top_z), scale, torch.zeros_like(scale))
-        e = torch.exp(z - new_top_z[:, None])
+        e = z.sub_(new_top_z[:, None]).exp_()  # in place: the chunk's logits are not needed again
         e[rows[grows], where[grows]] = 0.0  # the new maximum is not among the others
         s1 = s1 * scale + old_top + e.sum(-1)
-        s2 = s2 * scale**2 + old_top**2 + (e * e).sum(-1)
+        s2 = s2 * scale**2 + old_top**2 + e.square_().sum(-1)
         top_z, top = new_top_z, torch.where(grows, where + start, top)
-        if targets is not None:
-            inside = (targets >= start) & (targets < start + z.shape[1])
-            z_y = torch.where(inside, z[rows, (targets - start).clamp(0, z.shape[1] - 1)], z_y)
     partition = 1 + s1
     c = s1 / partition - s2 / partition**2 + s1 / partition**2
     feat_sq = (phi * phi).sum(-1)

@@ -73,7 +73,7 @@ def prompt_row(kind: CausalLM, lay: Layout, start: int, suffix: tuple[int, ...])
     span = (max(1, start), len(lay.before) + len(suffix))
     x = torch.tensor([ids])
     with torch.no_grad():
-        phi, _ = kind.features(x.to(kind.device))
+        phi = kind.features(x.to(kind.device))
     means = prompt_means(phi, kind.head.weight, kind.head.bias, x, span)
     return {"input_ids": ids, "span": list(span), **{k: v[0].item() for k, v in means.items()}}
 

@@ -54,7 +54,7 @@ def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, fact
     """Per sequence of ``ids`` (B, L), all with the target at ``target_start``: the measures of a row, from one
     forward pass (:func:`flatcli.core.token_curvature.sequence_means`)."""
     with torch.no_grad():
-        phi, _ = kind.features(ids.to(kind.device))
+        phi = kind.features(ids.to(kind.device))
     target, every = sequence_means(phi, kind.head.weight, kind.head.bias, ids, target_start)
     chosen = target if positions == "target" else every
     out = {**target, "trace_h": chosen["trace_h"], "trace_h_all_positions": every["trace_h"],

@@ -1,11 +1,14 @@
 """Causal language models as a model kind: one row per token position, token ids perturbed.
 
 The head is the output projection (``lm_head``: k = vocabulary, m = hidden size); ``phi_t``, the input of
-the head at position t (after the final norm), is captured by a forward hook during the model's own forward
-pass, and the label of position t is the token at t + 1. A model whose logits are not the head's output
-(Gemma's soft-capping, Cohere's logit scale) breaks the closed form: the first forward pass compares the
-head's output with the model's logits and refuses such a model (:class:`LayerError`). A head tied to the
-input embeddings is measured as its own variable (the paper's split, features fixed); :attr:`tied` says so.
+the head at position t (after the final norm), is captured by a hook during the model's own forward pass, and
+the label of position t is the token at t + 1. A model whose logits are not the head's output (Gemma's
+soft-capping, Cohere's logit scale) breaks the closed form: the first forward pass compares the head's output
+with the model's logits and refuses such a model (:class:`LayerError`). Every later pass stops where the head
+would start (a pre-hook raises :class:`_HeadReached` with its input): the closed forms recompute the logits
+they need in float64, so the model's own float32 logits, k x m per position, often the largest cost of a
+pass, are never computed. A head tied to the input embeddings is measured as its own variable (the paper's
+split, features fixed); :attr:`tied` says so.
 """
 
 from __future__ import annotations
@@ -83,30 +86,48 @@ class CausalLM(ModelKind):
         return self._head.weight.device
 
     def features(self, input_ids: Tensor | None = None, *, inputs_embeds: Tensor | None = None,
-                 attention_mask: Tensor | None = None, past_key_values=None) -> tuple[Tensor, Tensor]:
-        """``(phi, logits)``, (B, L, m) and (B, L, k), from one forward pass (after the cached tokens of
-        ``past_key_values``, when given); checks the head on the first."""
-        captured: list[tuple[Tensor, Tensor]] = []
+                 attention_mask: Tensor | None = None, past_key_values=None) -> Tensor:
+        """``phi`` (B, L, m), the head's input, from one forward pass up to the head (after the cached tokens of
+        ``past_key_values``, when given); the first pass runs the whole model and checks the head."""
         cache = {self._cache_keyword: past_key_values} if past_key_values is not None else {}
+        inputs = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
+                      use_cache=past_key_values is not None, **cache)
+        if not self._verified:
+            return self._checked_features(inputs)
+
+        def stop(module, args):
+            raise _HeadReached(args[0])
+
+        handle = self._head.register_forward_pre_hook(stop)
+        try:
+            self.model(**inputs)
+        except _HeadReached as reached:
+            return reached.phi
+        finally:
+            handle.remove()
+        raise LayerError("the model's forward pass never reached its head (get_output_embeddings())")
+
+    def _checked_features(self, inputs: dict) -> Tensor:
+        """The head's input of a whole forward pass, after checking that the model's logits are the head's output
+        and that the head runs once."""
+        captured: list[tuple[Tensor, Tensor]] = []
         handle = self._head.register_forward_hook(lambda module, args, out: captured.append((args[0], out)))
         try:
-            logits = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
-                                use_cache=past_key_values is not None, **cache).logits
+            logits = self.model(**inputs).logits
         finally:
             handle.remove()
         if len(captured) != 1:
             raise LayerError(f"the head ran {len(captured)} times in one forward pass; it must run exactly once")
         phi, out = captured[0]
-        if not self._verified:
-            self._check(out, logits)
-            self._verified = True
-        return phi, logits
+        self._check(out, logits)
+        self._verified = True
+        return phi
 
     def prefix(self, ids: Tensor) -> "CachedPrefix | None":
         """Token ids (P,) run once: their head features and key/value cache (:class:`flatcli.core.gcg.Prefix`);
         None when the model's cache cannot be copied for a batch (a legacy tuple cache)."""
         with torch.no_grad():
-            phi, _ = self.features(ids.to(self.device)[None])
+            phi = self.features(ids.to(self.device)[None])
             out = self.model(input_ids=ids.to(self.device)[None], use_cache=True)
         cache = out[self._cache_keyword]
         return CachedPrefix(int(ids.numel()), phi[0], cache) if hasattr(cache, "batch_repeat_interleave") else None
@@ -128,7 +149,8 @@ class CausalLM(ModelKind):
 
     def head_batch(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> HeadBatch:
         """Rows for every position of ``input_ids`` (B, L); labels the next tokens, ``-100`` at the end."""
-        phi, logits = self.features(input_ids, attention_mask=attention_mask)
+        phi = self.features(input_ids, attention_mask=attention_mask)
+        logits = self._head(phi)
         b, length = input_ids.shape
         labels = torch.full_like(input_ids, -100)
         labels[:, :-1] = input_ids[:, 1:]
@@ -183,3 +205,11 @@ class CachedPrefix:
         if b > 1:
             fresh.batch_repeat_interleave(b)
         return fresh
+
+
+class _HeadReached(Exception):
+    """Raised by the head's pre-hook to end a forward pass where the head would start, carrying its input."""
+
+    def __init__(self, phi: Tensor):
+        super().__init__("the head's input")
+        self.phi = phi
