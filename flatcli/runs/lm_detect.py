@@ -74,7 +74,7 @@ def prompt_row(kind: CausalLM, lay: Layout, start: int, suffix: tuple[int, ...])
     x = torch.tensor([ids])
     with torch.no_grad():
         phi = kind.features(x.to(kind.device))
-    means = prompt_means(phi, kind.head.weight, kind.head.bias, x, span)
+    means = prompt_means(phi, *kind.closed_form_head(), x, span)
     return {"input_ids": ids, "span": list(span), **{k: v[0].item() for k, v in means.items()}}
 
 

@@ -55,7 +55,7 @@ def sequence_measures(kind: CausalLM, ids: torch.Tensor, target_start: int, fact
     forward pass (:func:`flatcli.core.token_curvature.sequence_means`)."""
     with torch.no_grad():
         phi = kind.features(ids.to(kind.device))
-    target, every = sequence_means(phi, kind.head.weight, kind.head.bias, ids, target_start)
+    target, every = sequence_means(phi, *kind.closed_form_head(), ids, target_start)
     chosen = target if positions == "target" else every
     out = {**target, "trace_h": chosen["trace_h"], "trace_h_all_positions": every["trace_h"],
            "relative_sharpness": factor * chosen["trace_h"], "feature_norm": chosen["feature_norm"]}

@@ -76,3 +76,45 @@ def test_causal_lm_rows_are_token_positions(tokenizer):
     torch.testing.assert_close(chunked["trace_h"], whole["trace_h"], rtol=1e-12, atol=0)
     torch.testing.assert_close(chunked["loss"], whole["loss"], rtol=1e-12, atol=0)
     assert kind.describe_inputs()["perturbs"] == "tokens"
+
+
+def test_features_stop_at_the_head_after_the_checked_pass(tokenizer):
+    """The first pass runs the whole model (the head check); later ones end at the head's input, equal to the
+    whole pass's, without running the head."""
+    from .conftest import tiny_llama
+
+    kind = CausalLM(tiny_llama(len(tokenizer)), tokenizer)
+    ids = torch.tensor([[1, 5, 9, 14], [1, 7, 7, 30]])
+    calls = []
+    kind.head.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+    with torch.no_grad():
+        first = kind.features(ids)
+        later = kind.features(ids)
+    assert len(calls) == 1  # the head ran in the checked pass only
+    torch.testing.assert_close(later, first, rtol=0, atol=0)
+
+
+def test_closed_form_head_is_a_float64_copy_only_within_the_chunk_budget(tokenizer, monkeypatch):
+    """Within :data:`CHUNK_VALUES` the closed forms read a float64 copy made once; beyond it the head's own
+    tensors (converted chunk by chunk); the measures are the same either way."""
+    from flatcli.core import token_curvature
+    from flatcli.core.token_curvature import sequence_means
+
+    from .conftest import tiny_llama
+
+    model = tiny_llama(len(tokenizer))
+    small, large = CausalLM(model, tokenizer), CausalLM(model, tokenizer)
+    w, b = small.closed_form_head()
+    assert w.dtype == torch.float64 and small.closed_form_head()[0] is w and b is None
+    torch.testing.assert_close(w, model.lm_head.weight.double(), rtol=0, atol=0)
+    monkeypatch.setattr(token_curvature, "CHUNK_VALUES", model.lm_head.weight.numel() - 1)
+    own = large.closed_form_head()[0]
+    assert own.dtype == torch.float32 and own.data_ptr() == model.lm_head.weight.data_ptr()
+    ids = torch.tensor([[1, 5, 9, 14, 22, 3]])
+    with torch.no_grad():
+        phi = small.features(ids)
+    one = sequence_means(phi, *small.closed_form_head(), ids, 3)
+    other = sequence_means(phi, *large.closed_form_head(), ids, 3)
+    for a, c in zip(one, other):
+        for key in a:
+            torch.testing.assert_close(a[key], c[key], rtol=0, atol=0)
