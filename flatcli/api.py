@@ -44,7 +44,7 @@ from flatcli.inputs.data.images import resolve_preprocessing
 from flatcli.inputs.data.forms import DEFAULT as DEFAULT_DATA
 from flatcli.inputs.data.forms import parse as parse_data
 from flatcli.inputs.data.source import refuse_resizing
-from flatcli.models.loading import LoadedModel, from_module, load_model
+from flatcli.models.loading import LoadedModel, from_module, load_model, pretrained_sizes_note
 from flatcli.options import (
     AttackOptions, DataOptions, HeadOptions, PGDOptions, LayerOptions, ModelOptions, RunOptions, ScalingOptions, SpeedOptions,
     TakeoffOptions, WeightNormOptions,
@@ -168,6 +168,9 @@ def _data(data: Any, loaded: LoadedModel, split: str | None, limit: int | None, 
         reading = reading or {}
         pretrained = loaded.image_defaults if form.image_files else {}  # files of any size only
         preprocess = resolve_preprocessing(reading, loaded.spec, pretrained)
+        if pretrained and preprocess != resolve_preprocessing(reading, loaded.spec, {}):  # their sizes were used
+            note = pretrained_sizes_note(loaded)
+            loaded.notes += [note] if note not in loaded.notes else []
         columns = (reading.get("image_column"), reading.get("label_column"))
         ds = many.shared(  # read once for many checkpoints: keyed by everything that shapes the tensors
             ("data", role, data, split, limit, first, loaded.num_classes, preprocess, columns),

@@ -265,7 +265,7 @@ def load_model(
     loaded = LoadedModel(model=model, head=head, layer=head_name, spec=spec, arch_source=arch_source,
                          checkpoint=checkpoint, image_defaults=image_defaults, sources=sources,
                          arch_file=class_file(net) if names_code(arch) else None)
-    loaded.notes += _pretrained_notes(defaults, image_defaults, given_by)
+    loaded.notes += _normalisation_note(defaults, given_by)
     if arch_source == "keys":
         loaded.candidates = [{"arch": name, "arch_kwargs": kw} for name, kw in others]
         loaded.notes.append(
@@ -301,21 +301,24 @@ def _pretrained(arch: str, net: nn.Module, kwargs: dict, hub_data: dict, spec: S
     return defaults, given_by
 
 
-def _pretrained_notes(defaults: dict, image_defaults: dict, given_by: dict[str, str]) -> list[str]:
-    """One line each for a pretrained config's normalisation and its image sizes, saying where they came from."""
-    notes = []
-    if "mean" in defaults or "std" in defaults:
-        used = ", ".join(f"{k} {list(defaults[k])}" for k in ("mean", "std") if k in defaults)
-        where = given_by.get("mean", given_by.get("std"))
-        notes.append(f"note: normalisation {used} comes from the {where}, which describes pretrained weights; if this "
-                     "checkpoint was trained with another, give mean/std (options or spec)")
-    if "resize" in image_defaults or "crop" in image_defaults:
-        sizes = ", ".join(f"{k} {image_defaults[k]}" for k in IMAGE_KEYS if k in image_defaults)
-        where = given_by.get("crop", given_by.get("resize"))
-        notes.append(f"note: image files (folder:, hf:) are read with {sizes} from the {where}, which describes "
-                     "pretrained weights; if this checkpoint was trained on other sizes, give input_shape (it sets the "
-                     "crop) or resize/crop")
-    return notes
+def _normalisation_note(defaults: dict, given_by: dict[str, str]) -> list[str]:
+    """One line for a pretrained config's normalisation, saying where it came from (none when the spec set it)."""
+    if "mean" not in defaults and "std" not in defaults:
+        return []
+    used = ", ".join(f"{k} {list(defaults[k])}" for k in ("mean", "std") if k in defaults)
+    where = given_by.get("mean", given_by.get("std"))
+    return [f"note: normalisation {used} comes from the {where}, which describes pretrained weights; if this "
+            "checkpoint was trained with another, give mean/std (options or spec)"]
+
+
+def pretrained_sizes_note(loaded: "LoadedModel") -> str:
+    """The line said when image files are read with a pretrained config's sizes
+    (:attr:`LoadedModel.image_defaults`; the data reader adds it only when it used them)."""
+    used = [k for k in IMAGE_KEYS if k in loaded.image_defaults]
+    sizes = ", ".join(f"{k} {loaded.image_defaults[k]}" for k in used)
+    where = loaded.sources.get(used[0], "pretrained data config")
+    return (f"note: image files are read with {sizes} from the {where}, which describes pretrained weights; if this "
+            "checkpoint was trained on other sizes, give input_shape (it sets the crop) or resize/crop")
 
 
 def _unset(spec: Spec, defaults: dict, channels: int) -> dict:

@@ -8,6 +8,7 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
+from flatcli import api
 from flatcli.errors import CheckpointError, OptionError
 from flatcli.inputs.data.images import Preprocess, resolve_preprocessing
 from flatcli.models.loading import load_model
@@ -32,7 +33,28 @@ def test_the_architectures_config_is_used_with_a_note_and_its_source(tv_resnet):
     assert loaded.sources == {k: "torchvision:resnet18 data config" for k in ("mean", "std", "resize", "crop",
                                                                              "interpolation")}
     assert loaded.describe()["preprocessing_sources"] == loaded.sources
-    assert len(loaded.notes) == 2 and all("describes pretrained weights" in note for note in loaded.notes)
+    assert len(loaded.notes) == 1 and "normalisation" in loaded.notes[0] and "pretrained weights" in loaded.notes[0]
+
+
+def test_the_pretrained_sizes_are_noted_only_when_image_files_are_read_with_them(tv_resnet, tmp_path):
+    """The note on the config's resize/crop comes with data read through them (folder:), not with data of exact
+    pixels (tensors:) nor when the options set the sizes."""
+    from PIL import Image
+
+    for label in ("a", "b"):
+        (tmp_path / "imgs" / "test" / label).mkdir(parents=True)
+        Image.new("RGB", (40, 40), (10, 200, 30)).save(tmp_path / "imgs" / "test" / label / "0.png")
+    save_file({"x": torch.rand(2, 3, 32, 32), "y": torch.tensor([0, 1])}, str(tmp_path / "t.safetensors"))
+
+    def notes(data, **reading):
+        loaded = load_model(tv_resnet, overrides={"arch": "torchvision:resnet18"})
+        api._data(data, loaded, "test", None, reading=reading)
+        return [n for n in loaded.notes if "image files are read with" in n]
+
+    (sizes,) = notes(f"folder:{tmp_path / 'imgs'}")
+    assert "resize 256, crop 224" in sizes and "torchvision:resnet18 data config" in sizes
+    assert notes(f"tensors:{tmp_path / 't.safetensors'}") == []
+    assert notes(f"folder:{tmp_path / 'imgs'}", resize=36, crop=32) == []
 
 
 def test_input_shape_sets_the_crop_and_mean_std_options_win(tv_resnet):
