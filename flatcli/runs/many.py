@@ -94,16 +94,18 @@ def checkpoint_list(models: Any, checkpoints_from: str | None) -> list[str]:
     return paths
 
 
-def file_sha256(path: str | os.PathLike) -> str | None:
-    """The sha256 of the checkpoint file ``path``, ``None`` if it is no regular file or cannot be read (a device
-    or a named pipe is never read: it is refused when its turn comes, as it is alone)."""
+def file_sha256(*paths: str | os.PathLike) -> str | None:
+    """The sha256 of the checkpoint files ``paths`` read one after the other (a sharded model's shards), ``None``
+    if one is no regular file or cannot be read (a device or a named pipe is never read: it is refused when its
+    turn comes, as it is alone)."""
     digest = hashlib.sha256()
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        for path in paths:
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None
+            with open(path, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
     except OSError:
         return None
     return digest.hexdigest()
@@ -121,13 +123,14 @@ def plan_checkpoints(checkpoints: list[str], kwargs: dict, checkpoints_from: str
         kind, _, path = kwargs[role].strip().partition(":") if isinstance(kwargs.get(role), str) else ("", "", "")
         if kind in FILE_FORMS and path:
             plan_inputs(**{role: path})
-    from flatcli.models.kinds.hf_folder import is_causal_lm_folder, resolve, weights_sha256
+    from flatcli.models.kinds.hf_folder import is_causal_lm_folder, resolve, weight_files
 
     digests = []
     for ref in checkpoints:
         if is_causal_lm_folder(ref):  # a language model's folder: config, weights (maybe sharded), tokenizer
             plan_inputs(checkpoint=resolve(ref))
-            digests.append(weights_sha256(ref))
+            files = weight_files(ref)
+            digests.append(file_sha256(*files) if files else None)
             continue
         try:
             weights, config = locate(ref)

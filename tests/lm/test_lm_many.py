@@ -9,10 +9,17 @@ import subprocess
 import pytest
 
 import flatcli.api as fr
-from flatcli.models.kinds.hf_folder import weights_sha256
+from flatcli.models.kinds.hf_folder import weight_files
+from flatcli.runs.many import file_sha256
 from tests.conftest import TORCHRUN, invoke
 
 from .conftest import tiny_llama
+
+
+def weights_sha256(folder) -> str:
+    """The digest :func:`flatcli.runs.many.plan_checkpoints` gives a language model's folder."""
+    return file_sha256(*weight_files(folder))
+
 
 GCG = ("--attack", "gcg", "--steps", 1, "--search-width", 4, "--topk", 4, "--suffix-length", 2, "--chat-template",
        "none")

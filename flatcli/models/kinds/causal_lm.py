@@ -108,7 +108,7 @@ class CausalLM(ModelKind):
         inputs = dict(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                       use_cache=past_key_values is not None, **cache)
         if not self._verified:
-            return self._checked_features(inputs)
+            return self._whole_pass(inputs)[0]
 
         def stop(module, args):
             raise _HeadReached(args[0])
@@ -122,28 +122,28 @@ class CausalLM(ModelKind):
             handle.remove()
         raise LayerError("the model's forward pass never reached its head (get_output_embeddings())")
 
-    def _checked_features(self, inputs: dict) -> Tensor:
-        """The head's input of a whole forward pass, after checking that the model's logits are the head's output
-        and that the head runs once."""
+    def _whole_pass(self, inputs: dict):
+        """The head's input and the model's output of a whole forward pass; the head must run once, and on the
+        first such pass the model's logits must be the head's output."""
         captured: list[tuple[Tensor, Tensor]] = []
         handle = self._head.register_forward_hook(lambda module, args, out: captured.append((args[0], out)))
         try:
-            logits = self.model(**inputs).logits
+            output = self.model(**inputs)
         finally:
             handle.remove()
         if len(captured) != 1:
             raise LayerError(f"the head ran {len(captured)} times in one forward pass; it must run exactly once")
         phi, out = captured[0]
-        self._check(out, logits)
-        self._verified = True
-        return phi
+        if not self._verified:
+            self._check(out, output.logits)
+            self._verified = True
+        return phi, output
 
     def prefix(self, ids: Tensor) -> "CachedPrefix | None":
         """Token ids (P,) run once: their head features and key/value cache (:class:`flatcli.core.gcg.Prefix`);
         None when the model's cache cannot be copied for a batch (a legacy tuple cache)."""
-        with torch.no_grad():
-            phi = self.features(ids.to(self.device)[None])
-            out = self.model(input_ids=ids.to(self.device)[None], use_cache=True)
+        with torch.no_grad():  # one pass gives both
+            phi, out = self._whole_pass({"input_ids": ids.to(self.device)[None], "use_cache": True})
         cache = out[self._cache_keyword]
         return CachedPrefix(int(ids.numel()), phi[0], cache) if hasattr(cache, "batch_repeat_interleave") else None
 

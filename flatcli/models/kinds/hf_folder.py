@@ -17,7 +17,6 @@ hook that refuses network connections, with eager attention (the same numbers on
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import tempfile
@@ -138,23 +137,18 @@ def holds_lm_weights(path) -> bool:
     return any(n == "lm_head.weight" or n.endswith(LM_EMBEDDINGS) for n in names)
 
 
-def weights_sha256(path) -> str | None:
-    """The sha256 of a causal-LM folder's weights, every shard in the index's order (``None`` if unreadable): what
-    tells one checkpoint from another among several (:func:`flatcli.runs.many.plan_checkpoints`)."""
+def weight_files(path) -> list[Path] | None:
+    """The weight files of a causal-LM folder, every shard in the index's order (``None`` if unreadable): what
+    tells one checkpoint from another among several (:func:`flatcli.runs.many.plan_checkpoints` hashes them)."""
     try:
         folder = read_folder(resolve(path))
         files = [folder.path / folder.weights]
         if folder.weights.endswith(".index.json"):
             shards = json.loads(files[0].read_text(encoding="utf-8"))["weight_map"].values()
             files = [folder.path / name for name in dict.fromkeys(sorted(shards))]
-        digest = hashlib.sha256()
-        for file in files:
-            with open(file, "rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(block)
     except (OSError, ValueError, KeyError, TypeError, AttributeError, CheckpointError, MissingExtraError):
         return None
-    return digest.hexdigest()
+    return files
 
 
 def is_causal_lm_folder(path) -> bool:
